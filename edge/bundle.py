@@ -1,0 +1,192 @@
+"""The model bundle contract: a folder with ``model.tflite`` and ``manifest.json``.
+
+``edge`` owns this format and ``train_export`` writes it. A bundle is validated when it is loaded: the
+manifest against :class:`Manifest`, the model file against its sha256, and the preprocessing against the
+code in :mod:`edge.preprocess`. Every failure is a :class:`BundleError` whose message says what is wrong and
+what to do, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge.preprocess import PREPROCESSING_ID, Preprocessing
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.tflite"
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: Largest model file a device accepts, so a corrupt push cannot fill the SD card.
+MAX_MODEL_BYTES = 16 * 1024 * 1024
+
+
+class BundleError(Exception):
+    """A model bundle is missing, malformed, or does not match this runtime."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quantization(_Strict):
+    scale: float = Field(description="Real value = scale * (q - zero_point).", gt=0)
+    zero_point: int = Field(description="Integer that represents real zero.")
+
+
+class Normalization(_Strict):
+    scale: float = Field(description="Float input = pixel * scale + offset for a uint8 pixel.")
+    offset: float = Field(description="See scale.")
+
+
+class InputSpec(_Strict):
+    shape: list[int] = Field(description="Model input shape, batch first, e.g. [1, 48, 48, 1].")
+    dtype: Literal["int8", "uint8", "float32"] = Field(description="Input tensor element type.")
+    quantization: Quantization | None = Field(None, description="Input quantization; null for float input.")
+    normalization: Normalization = Field(description="How a uint8 pixel becomes the float input.")
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_is_image(cls, v: list[int]) -> list[int]:
+        if len(v) != 4 or v[3] != 1 or v[1] != v[2] or v[1] < 8:
+            raise ValueError(f"expected [batch, S, S, 1] grayscale square input, got {v}")
+        return v
+
+
+class OutputSpec(_Strict):
+    shape: list[int] = Field(description="Model output shape, batch first, e.g. [1, 7].")
+    dtype: Literal["int8", "uint8", "float32"] = Field(description="Output tensor element type.")
+    quantization: Quantization | None = Field(None, description="Output quantization; null for float output.")
+    activation: Literal["softmax"] = Field("softmax", description="What the outputs are.")
+
+
+class Manifest(_Strict):
+    """``manifest.json`` of a model bundle."""
+
+    format_version: int = Field(description="Bundle format version; this runtime reads 1.")
+    model_id: str = Field(description="Human-readable unique id, e.g. 'sepse-w48-20261123T1200'.", min_length=1)
+    labels: list[str] = Field(description="Class labels in model output order.", min_length=2)
+    input: InputSpec = Field(description="Input tensor contract.")
+    output: OutputSpec = Field(description="Output tensor contract.")
+    preprocessing: dict[str, Any] = Field(description="Parameters of edge.preprocess.Preprocessing.")
+    sha256: str = Field(description="sha256 hex digest of model.tflite.", pattern=r"^[0-9a-f]{64}$")
+    model_bytes: int | None = Field(None, description="Size of model.tflite in bytes.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics of this model.")
+    training: dict[str, Any] = Field(default_factory=dict, description="Training configuration and data.")
+    created: str = Field(description="ISO-8601 UTC creation time.")
+    architecture: dict[str, Any] = Field(default_factory=dict, description="Model family, params, MACs.")
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != FORMAT_VERSION:
+            raise ValueError(f"bundle format {v} is not supported by this runtime (reads {FORMAT_VERSION})")
+        return v
+
+    def prep(self) -> Preprocessing:
+        """The preprocessing parameters as an object (checked by :func:`validate_manifest`)."""
+        return Preprocessing.from_dict(self.preprocessing)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "manifest"
+    return f"{loc}: {err['msg']}"
+
+
+def validate_manifest(data: dict[str, Any]) -> Manifest:
+    """Validate a manifest dict against the contract; raise :class:`BundleError` naming the first problem."""
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"invalid manifest: {_first_error(exc)}; re-export the bundle with train_export") from None
+    try:
+        prep = manifest.prep()
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"invalid manifest: preprocessing: {exc}") from None
+    if prep.id != PREPROCESSING_ID:
+        raise BundleError(
+            f"bundle needs preprocessing '{prep.id}' but this runtime implements '{PREPROCESSING_ID}'; "
+            "upgrade the edge package or re-export the model"
+        )
+    if manifest.input.shape[1] != prep.input_size:
+        raise BundleError(
+            f"manifest input shape {manifest.input.shape} disagrees with preprocessing input_size {prep.input_size}"
+        )
+    if manifest.output.shape[-1] != len(manifest.labels):
+        raise BundleError(
+            f"manifest has {len(manifest.labels)} labels but the output shape is {manifest.output.shape}"
+        )
+    norm = manifest.input.normalization
+    if abs(norm.scale - prep.scale) > 1e-9 or abs(norm.offset - prep.offset) > 1e-9:
+        raise BundleError("manifest input.normalization disagrees with its preprocessing block")
+    if manifest.input.dtype != "float32" and manifest.input.quantization is None:
+        raise BundleError(f"manifest input dtype {manifest.input.dtype} needs a quantization block")
+    if manifest.output.dtype != "float32" and manifest.output.quantization is None:
+        raise BundleError(f"manifest output dtype {manifest.output.dtype} needs a quantization block")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate ``manifest.json`` of a bundle folder (without touching the model file)."""
+    path = Path(bundle_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST_FILE} in {bundle_dir}; point --model at a bundle folder made by train_export")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); re-export or re-copy the bundle") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object")
+    return validate_manifest(data)
+
+
+def load_bundle(bundle_dir: Path | str) -> tuple[Manifest, Path]:
+    """Validate a bundle folder; return its manifest and the path of its model file.
+
+    Checks the manifest, the model file's presence, size and sha256.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"model bundle folder {bundle_dir} does not exist")
+    manifest = read_manifest(bundle_dir)
+    model_path = bundle_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"no {MODEL_FILE} in {bundle_dir}; the bundle is incomplete, copy it again")
+    size = model_path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise BundleError(f"{model_path} is {size} bytes, above the {MAX_MODEL_BYTES}-byte limit")
+    if manifest.model_bytes is not None and size != manifest.model_bytes:
+        raise BundleError(
+            f"{model_path} is {size} bytes but the manifest says {manifest.model_bytes}; the copy is truncated or corrupt"
+        )
+    digest = sha256_file(model_path)
+    if digest != manifest.sha256:
+        raise BundleError(f"{model_path} sha256 {digest[:12]}… does not match the manifest; the model is corrupt or was altered")
+    return manifest, model_path
+
+
+def default_bundle_dir() -> Path:
+    """The bundle shipped inside the ``edge`` package."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Manifest:
+    """Validate and write ``manifest.json`` (used by train_export); returns the validated manifest."""
+    validated = validate_manifest(manifest)
+    (Path(bundle_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return validated

@@ -1,0 +1,155 @@
+"""The one face preprocessing that training and the device share.
+
+Training (``train_export``) feeds FER2013-style 48x48 crops through :func:`resize_face` and
+:func:`normalize`; the device feeds detector boxes through :func:`crop_face` (which ends in the same
+:func:`resize_face`) and the same :func:`normalize`. The manifest of a model bundle names this code by
+:data:`PREPROCESSING_ID` and records its parameters, so a bundle made for another preprocessing is refused
+at load time.
+
+Only numpy and OpenCV are used here: this module runs on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: Identifier of this preprocessing, written into every model bundle's manifest.
+PREPROCESSING_ID = "gray-sqcrop-area-v1"
+
+#: FER2013 faces fill most of the 48x48 frame with a little hair and chin around them. A face detector box is
+#: tighter, so the device crops a square ``crop_scale`` times the box's longer side, centred on the box
+#: (shifted up by ``crop_shift`` of the box height, since detector boxes sit low on the forehead).
+DEFAULT_CROP_SCALE = 1.25
+DEFAULT_CROP_SHIFT = 0.0
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Parameters of the shared preprocessing, as stored in a bundle manifest.
+
+    Attributes:
+        id: Which preprocessing code these parameters belong to (:data:`PREPROCESSING_ID`).
+        input_size: Side of the square grayscale face the model sees, in pixels.
+        crop_scale: Side of the square crop as a multiple of the detector box's longer side.
+        crop_shift: Vertical shift of the crop centre as a fraction of the box height (negative is up).
+        scale: The float model input is ``pixel * scale + offset`` for a uint8 pixel.
+        offset: See ``scale``.
+    """
+
+    id: str = PREPROCESSING_ID
+    input_size: int = 48
+    crop_scale: float = DEFAULT_CROP_SCALE
+    crop_shift: float = DEFAULT_CROP_SHIFT
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Return the parameters as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        """Build from a manifest block, refusing unknown keys so typos surface."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """Return a 2-D uint8 grayscale view or copy of ``frame``.
+
+    Accepts 2-D grayscale, HxWx1, and HxWx3 BGR (OpenCV's and Picamera2 "RGB888" memory order) images.
+    """
+    import cv2
+
+    if frame.ndim == 2:
+        gray = frame
+    elif frame.ndim == 3 and frame.shape[2] == 1:
+        gray = frame[:, :, 0]
+    elif frame.ndim == 3 and frame.shape[2] == 3:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    elif frame.ndim == 3 and frame.shape[2] == 4:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    else:
+        raise ValueError(f"unsupported frame shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if gray.dtype != np.uint8:
+        gray = np.clip(gray, 0, 255).astype(np.uint8)
+    return gray
+
+
+def square_box(
+    box: tuple[float, float, float, float], crop_scale: float = DEFAULT_CROP_SCALE, crop_shift: float = 0.0
+) -> tuple[int, int, int]:
+    """Turn a detector box ``(x, y, w, h)`` into the square crop ``(x0, y0, side)`` the model expects."""
+    x, y, w, h = box
+    side = max(1, int(round(max(w, h) * crop_scale)))
+    cx = x + w / 2.0
+    cy = y + h / 2.0 + crop_shift * h
+    return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side
+
+
+def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square grayscale face to ``size`` x ``size`` uint8.
+
+    Area interpolation when shrinking (what camera crops usually need) and linear when enlarging.
+    """
+    import cv2
+
+    if gray.shape[0] == size and gray.shape[1] == size:
+        return np.ascontiguousarray(gray, dtype=np.uint8)
+    shrinking = gray.shape[0] > size or gray.shape[1] > size
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interp)
+
+
+def crop_face(
+    gray: np.ndarray, box: tuple[float, float, float, float], prep: Preprocessing | None = None
+) -> np.ndarray:
+    """Cut the face in ``box`` (x, y, w, h in pixels) out of a grayscale frame as a model-sized uint8 square.
+
+    Parts of the square crop outside the frame are filled by replicating the border, as a detector box near
+    the frame edge is common and a black band would look like no FER2013 face.
+    """
+    import cv2
+
+    prep = prep or Preprocessing()
+    x0, y0, side = square_box(box, prep.crop_scale, prep.crop_shift)
+    h, w = gray.shape[:2]
+    x1, y1 = x0 + side, y0 + side
+    pad_l, pad_t = max(0, -x0), max(0, -y0)
+    pad_r, pad_b = max(0, x1 - w), max(0, y1 - h)
+    crop = gray[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    if crop.size == 0:
+        raise ValueError(f"face box {box} lies outside the {w}x{h} frame")
+    if pad_l or pad_t or pad_r or pad_b:
+        crop = cv2.copyMakeBorder(crop, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+    return resize_face(crop, prep.input_size)
+
+
+def normalize(faces: np.ndarray, prep: Preprocessing | None = None) -> np.ndarray:
+    """Map uint8 faces (N x S x S or S x S) to the float32 model input ``pixel * scale + offset``."""
+    prep = prep or Preprocessing()
+    return faces.astype(np.float32) * np.float32(prep.scale) + np.float32(prep.offset)
+
+
+def quantize_input(faces: np.ndarray, scale: float, zero_point: int, dtype: np.dtype, prep: Preprocessing) -> np.ndarray:
+    """Produce the integer input tensor of a quantized model from uint8 faces.
+
+    Goes through :func:`normalize` so the integer path sees exactly what the float model was trained on.
+    """
+    info = np.iinfo(dtype)
+    q = np.round(normalize(faces, prep) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def prepare_batch(gray_faces: np.ndarray, prep: Preprocessing | None = None) -> np.ndarray:
+    """Resize a stack of square uint8 faces (N x H x W) to the model's input size, as training does."""
+    prep = prep or Preprocessing()
+    if gray_faces.ndim != 3:
+        raise ValueError(f"expected N x H x W faces, got shape {gray_faces.shape}")
+    if gray_faces.shape[1:] == (prep.input_size, prep.input_size):
+        return np.ascontiguousarray(gray_faces, dtype=np.uint8)
+    return np.stack([resize_face(f, prep.input_size) for f in gray_faces])

@@ -1,0 +1,131 @@
+"""Hyper-parameters of a training run, as one documented dataclass.
+
+A run's :class:`HParams` is saved as ``hparams.json`` in its run folder and copied into the model bundle's
+manifest, so every shipped model says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.bundle import FER_LABELS
+
+
+@dataclass
+class HParams:
+    """Everything that decides what a training run does.
+
+    Attributes:
+        model: Architecture name from :data:`train_export.model_spec.MODELS` ("mini_xception", "sepse").
+        width: Channel multiplier applied to the architecture's base widths.
+        depth: Separable conv layers per residual block (sepse only).
+        input_size: Square input side in pixels (faces are resized by the shared preprocessing).
+        dropout: Dropout rate before the classifier.
+        se: Use squeeze-excitation in residual blocks (sepse only).
+        labels: Class labels, in model output order.
+        epochs: Total epochs of the schedule (resuming continues the same schedule).
+        batch_size: Faces per step.
+        optimizer: "adam" (AdamW with ``weight_decay``) or "sgd" (SGD with Nesterov momentum).
+        learning_rate: Peak learning rate.
+        weight_decay: Decoupled weight decay (AdamW) or L2-equivalent decay for SGD.
+        momentum: SGD momentum.
+        schedule: "cosine" (with ``warmup_epochs``) or "plateau" (halve on a 5-epoch validation plateau).
+        warmup_epochs: Linear warm-up length for the cosine schedule.
+        loss: "ce" (cross-entropy) or "focal".
+        focal_gamma: Focusing parameter of the focal loss.
+        label_smoothing: Label smoothing factor.
+        class_weight: "none", "sqrt" (inverse square root frequency) or "balanced" (inverse frequency).
+        mixup_alpha: Beta(alpha, alpha) mixup on a ``mix_prob`` share of batches; 0 turns it off.
+        cutmix_alpha: Beta(alpha, alpha) CutMix on a ``mix_prob`` share of batches; 0 turns it off.
+        mix_prob: Probability that a batch is mixed (mixup or CutMix, chosen at random when both are on).
+        flip: Random horizontal flip.
+        rotation: Max rotation as a fraction of a full turn (0.05 = 18 degrees).
+        translation: Max translation as a fraction of the side (simulates detector jitter).
+        zoom: Max zoom in/out as a fraction (simulates detector box-size jitter).
+        brightness: Max brightness jitter as a fraction of the value range.
+        contrast: Max contrast jitter factor.
+        erasing_prob: Probability of random erasing (a grey rectangle) per face.
+        early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
+        seed: Seed of shuffling, augmentation, mixing and weight init.
+        mixed_precision: Use mixed_float16 on a GPU (the softmax stays float32). Ignored on CPU.
+        jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower (see README).
+    """
+
+    model: str = "sepse"
+    width: float = 1.0
+    depth: int = 2
+    input_size: int = 48
+    dropout: float = 0.3
+    se: bool = True
+    labels: list[str] = field(default_factory=lambda: list(FER_LABELS))
+    epochs: int = 60
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: int = 2
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    class_weight: str = "sqrt"
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 0.5
+    flip: bool = True
+    rotation: float = 0.04
+    translation: float = 0.08
+    zoom: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.3
+    erasing_prob: float = 0.25
+    early_stop_patience: int = 0
+    seed: int = 1
+    mixed_precision: bool = True
+    jit_compile: str | bool = "auto"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": ("adam", "sgd"),
+            "schedule": ("cosine", "plateau"),
+            "loss": ("ce", "focal"),
+            "class_weight": ("none", "sqrt", "balanced"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"hparam {name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HParams:
+        """Build from a dict, refusing unknown names so typos fail loudly."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        """Write as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> HParams:
+        """Read a JSON file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def override(self, **changes: object) -> HParams:
+        """Copy with some fields changed (None values are ignored, as CLI defaults are None)."""
+        data = self.to_dict()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return HParams.from_dict(data)

@@ -1,0 +1,144 @@
+"""The compact depthwise-separable CNN family.
+
+Two architectures, both parameterised by width and input size:
+
+* ``mini_xception`` — the baseline of Arriaga et al. (2017), ≈ 58k parameters at width 1: two plain 3x3
+  convolutions, then four residual blocks of two separable convolutions with a strided 1x1 shortcut, and a
+  global-average-pooled 1x1 conv head.
+* ``sepse`` — our stronger variant: a separable stem that keeps the full 48x48 resolution, four residual
+  stages (``depth`` separable convs each) with squeeze-excitation, BN+ReLU6 (which quantizes well to int8),
+  and a dropout + dense head.
+
+All layers are int8-friendly TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, ADD, MUL, MAX_POOL_2D, MEAN,
+FULLY_CONNECTED, SOFTMAX). The softmax runs in float32 under mixed precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+
+def _bn_act(x, act: str = "relu6"):
+    x = layers.BatchNormalization()(x)
+    return layers.Activation(act)(x)
+
+
+def _sep(x, filters: int, stride: int = 1):
+    return layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+
+
+def _se(x, ratio: int = 8):
+    """Squeeze-excitation: global pool → bottleneck → sigmoid channel gates."""
+    c = x.shape[-1]
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = layers.Conv2D(max(8, c // ratio), 1, activation="relu")(s)
+    s = layers.Conv2D(c, 1, activation="hard_sigmoid")(s)
+    return layers.Multiply()([x, s])
+
+
+def _head(x, n_classes: int, dropout: float):
+    x = layers.GlobalAveragePooling2D()(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout)(x)
+    x = layers.Dense(n_classes)(x)
+    return layers.Activation("softmax", dtype="float32", name="probs")(x)
+
+
+def mini_xception(input_size: int, n_classes: int, width: float = 1.0, dropout: float = 0.0, **_: object) -> keras.Model:
+    """Mini-Xception (Arriaga et al. 2017) with a width multiplier; ≈ 58k params at width 1."""
+    w = lambda c: max(4, int(round(c * width)))  # noqa: E731
+    inp = keras.Input((input_size, input_size, 1), name="face")
+    x = layers.Conv2D(w(8), 3, use_bias=False)(inp)
+    x = _bn_act(x, "relu")
+    x = layers.Conv2D(w(8), 3, use_bias=False)(x)
+    x = _bn_act(x, "relu")
+    for c in (16, 32, 64, 128):
+        res = layers.Conv2D(w(c), 1, strides=2, padding="same", use_bias=False)(x)
+        res = layers.BatchNormalization()(res)
+        x = _sep(x, w(c))
+        x = _bn_act(x, "relu")
+        x = _sep(x, w(c))
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.Add()([x, res])
+    x = layers.Conv2D(n_classes, 3, padding="same")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inp, out, name="mini_xception")
+
+
+def sepse(
+    input_size: int,
+    n_classes: int,
+    width: float = 1.0,
+    depth: int = 2,
+    dropout: float = 0.3,
+    se: bool = True,
+    **_: object,
+) -> keras.Model:
+    """Separable residual network with squeeze-excitation (our stronger variant).
+
+    A plain 3x3 conv and a separable conv at full resolution, then four stages that each halve the
+    resolution with a max-pool first and run ``depth`` separable convs at the lower resolution (cheap
+    MACs, wide channels): widths 64-128-256-256 at width 1 over 24-12-6-3 pixels.
+    """
+    w = lambda c: max(8, int(round(c * width / 8)) * 8)  # noqa: E731  (multiples of 8 suit XNNPACK)
+    inp = keras.Input((input_size, input_size, 1), name="face")
+    x = layers.Conv2D(w(32), 3, padding="same", use_bias=False)(inp)
+    x = _bn_act(x)
+    x = _sep(x, w(32))
+    x = _bn_act(x)
+    for c in (64, 128, 256, 256):
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        res = x
+        if x.shape[-1] != w(c):
+            res = layers.Conv2D(w(c), 1, use_bias=False)(res)
+            res = layers.BatchNormalization()(res)
+        for _i in range(depth):
+            x = _sep(x, w(c))
+            x = _bn_act(x)
+        if se:
+            x = _se(x)
+        x = layers.Add()([x, res])
+    return keras.Model(inp, _head(x, n_classes, dropout), name="sepse")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {"mini_xception": mini_xception, "sepse": sepse}
+
+
+def build_model(name: str, input_size: int, n_classes: int, **kwargs: object) -> keras.Model:
+    """Build an architecture from :data:`MODELS` by name."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](input_size, n_classes, **kwargs)
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions, depthwise convolutions and dense layers)."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.SeparableConv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            macs += h * w * c_in * (kh * kw) + h * w * c_in * c_out
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * c * kh * kw
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            macs += h * w * c_in * c_out * kh * kw
+        elif isinstance(layer, layers.Dense):
+            macs += layer.input.shape[-1] * layer.units
+    return int(macs)
+
+
+def describe(model: keras.Model) -> dict:
+    """Parameter count and MACs, for logs and the manifest."""
+    return {"name": model.name, "params": int(model.count_params()), "macs": count_macs(model)}

@@ -1,0 +1,225 @@
+"""The training loop: resumable, checkpointed, logged, on whatever Keras backend is installed.
+
+A run folder holds::
+
+    hparams.json      the hyper-parameters (a resumed run must be started with the same ones)
+    backup/           Keras BackupAndRestore state: weights, optimizer and epoch, written every epoch
+    best.keras        the model (without augmenter) with the best validation accuracy so far
+    best.json         that accuracy and its epoch, so the best survives a resume
+    log.csv           per-epoch loss/accuracy/learning rate (appended across resumes)
+    curves.png        loss and accuracy curves, redrawn each epoch
+
+Interrupting a run (Ctrl-C, a killed session) loses at most the epoch in progress: starting the same
+command again resumes from ``backup/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edge.preprocess import Preprocessing
+from train_export.augment import build_augmenter
+from train_export.data import FaceData
+from train_export.dataset import FaceSequence
+from train_export.hparams import HParams
+from train_export.model_spec import build_model, describe
+
+log = logging.getLogger(__name__)
+
+
+def has_gpu() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - a broken accelerator stack means CPU
+        return False
+    return False
+
+
+def make_optimizer(hp: HParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam(W) or SGD+Nesterov with a cosine-with-warm-up or constant (plateau-driven) learning rate."""
+    if hp.schedule == "cosine":
+        total = max(1, hp.epochs * steps_per_epoch)
+        warmup = min(total - 1, hp.warmup_epochs * steps_per_epoch)
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=hp.learning_rate * 0.05,
+            decay_steps=max(1, total - warmup),
+            alpha=0.01,
+            warmup_target=hp.learning_rate,
+            warmup_steps=warmup,
+        )
+    else:
+        lr = hp.learning_rate
+    if hp.optimizer == "adam":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=hp.weight_decay)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=hp.momentum, nesterov=True, weight_decay=hp.weight_decay)
+
+
+def make_loss(hp: HParams) -> keras.losses.Loss:
+    """Cross-entropy or focal loss on soft labels, both with label smoothing."""
+    if hp.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=hp.focal_gamma, label_smoothing=hp.label_smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=hp.label_smoothing)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the core model with the best validation accuracy; remembers the best across resumes."""
+
+    def __init__(self, core: keras.Model, run_dir: Path):
+        super().__init__()
+        self.core = core
+        self.path = run_dir / "best.keras"
+        self.state_path = run_dir / "best.json"
+        self.best = -math.inf
+        if self.state_path.exists():
+            self.best = json.loads(self.state_path.read_text())["val_accuracy"]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        acc = float((logs or {}).get("val_accuracy", -math.inf))
+        if acc > self.best:
+            self.best = acc
+            tmp = self.path.with_suffix(".tmp.keras")
+            self.core.save(tmp)
+            os.replace(tmp, self.path)  # atomic: a kill mid-save never leaves a broken best model
+            self.state_path.write_text(json.dumps({"val_accuracy": acc, "epoch": epoch + 1}) + "\n")
+            log.info("epoch %d: new best val_accuracy %.4f saved to %s", epoch + 1, acc, self.path)
+
+
+class Curves(keras.callbacks.Callback):
+    """Redraw ``curves.png`` from ``log.csv`` after each epoch."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        try:
+            plot_curves(self.run_dir / "log.csv", self.run_dir / "curves.png")
+        except Exception as exc:  # a plot must never stop training
+            log.warning("could not draw curves: %s", exc)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Add ``epoch_seconds`` to the logs, so log.csv records the real cost of the loop."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.perf_counter() - self.t0, 2)
+            lr = self.model.optimizer.learning_rate
+            logs["lr"] = float(keras.ops.convert_to_numpy(lr))
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Loss and accuracy (train and validation) per epoch as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = np.genfromtxt(csv_path, delimiter=",", names=True)
+    rows = np.atleast_1d(rows)
+    epochs = rows["epoch"] + 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax1), ("accuracy", ax2)):
+        ax.plot(epochs, rows[key], label=f"train {key}")
+        if f"val_{key}" in rows.dtype.names:
+            ax.plot(epochs, rows[f"val_{key}"], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model]:
+    """Return (training model = augmenter + core, core model that gets exported)."""
+    keras.utils.set_random_seed(hp.seed)
+    core = build_model(
+        hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout, se=hp.se
+    )
+    inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
+    augmenter = build_augmenter(hp)
+    out = core(augmenter(inp) if augmenter.layers else inp)
+    return keras.Model(inp, out, name="trainer"), core
+
+
+def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, verbose: int = 1) -> Path:
+    """Train (or resume) a run in ``run_dir``; returns the path of the best model.
+
+    ``verbose=1`` shows Keras' progress bar; use 2 (one line per epoch) when logging to a file.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hp_path = run_dir / "hparams.json"
+    if hp_path.exists() and (run_dir / "backup").exists():
+        saved = HParams.load(hp_path)
+        if saved != hp:
+            diff = {k: (v, getattr(hp, k)) for k, v in saved.to_dict().items() if getattr(hp, k) != v}
+            raise ValueError(f"{run_dir} holds a run with other hyper-parameters {diff}; use a new --run-dir")
+    hp.save(hp_path)
+    if train_data.labels != hp.labels or val_data.labels != hp.labels:
+        raise ValueError("dataset labels differ from hparams.labels")
+
+    gpu = has_gpu()
+    if gpu and hp.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    prep = Preprocessing(input_size=hp.input_size)
+    train_seq = FaceSequence(train_data, hp, prep, training=True)
+    val_seq = FaceSequence(val_data, hp, prep, training=False)
+    model, core = build_training_model(hp)
+    info = describe(core)
+    log.info(
+        "model %s: %d params, %.1f M MACs; backend %s on %s; %d train / %d val faces",
+        info["name"], info["params"], info["macs"] / 1e6, keras.backend.backend(), "GPU" if gpu else "CPU",
+        len(train_data), len(val_data),
+    )
+    (run_dir / "model.json").write_text(json.dumps(info) + "\n")
+    model.compile(
+        optimizer=make_optimizer(hp, len(train_seq)),
+        loss=make_loss(hp),
+        metrics=["accuracy"],
+        jit_compile=hp.jit_compile,
+    )
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+        EpochTimer(),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        BestCheckpoint(core, run_dir),
+        Curves(run_dir),
+    ]
+    if hp.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=5, mode="max"))
+    if hp.early_stop_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=hp.early_stop_patience)
+        )
+    model.fit(train_seq, validation_data=val_seq, epochs=hp.epochs, callbacks=callbacks, verbose=verbose)
+    best = run_dir / "best.keras"
+    if not best.exists():  # e.g. no validation improvement recorded because of NaNs
+        core.save(best)
+    return best
