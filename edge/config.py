@@ -1,0 +1,209 @@
+"""The daemon's one configuration file (TOML), validated with pydantic.
+
+Every option has a default, so an empty file (or none) is a valid configuration: the demo source, the
+shipped default model, and a broker on localhost if one answers. Unknown keys are errors, so a typo never
+silently falls back to a default. Secrets (the MQTT password) come from the environment or systemd
+credentials instead of the file: see :func:`resolve_secret`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DeviceConfig(_Section):
+    id: str = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "edge",
+        description="Device id used in MQTT topics and client id; defaults to the host name.",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+    )
+    name: str | None = Field(None, description="Human-friendly device name (Home Assistant); defaults to the id.")
+    state_dir: Path | None = Field(
+        None,
+        description="Folder for the outbox database, pushed models and the seq counter. Default: $STATE_DIRECTORY "
+        "(systemd), else /var/lib/emotion-edge as root, else ~/.local/state/emotion-edge.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+
+class SourceConfig(_Section):
+    uri: str = Field(
+        "demo",
+        description="Frame source: 'demo' (bundled public-domain faces), 'picamera2', a camera index such as '0', "
+        "a video file, an RTSP/HTTP URL, or an image folder.",
+    )
+    width: int = Field(640, description="Requested capture width (cameras).", ge=64, le=4096)
+    height: int = Field(480, description="Requested capture height (cameras).", ge=48, le=4096)
+    max_fps: float = Field(10.0, description="Frame-rate cap; 0 means as fast as possible.", ge=0)
+    loop: bool = Field(True, description="Restart files, folders and the demo at the end instead of stopping.")
+    retry_initial_s: float = Field(1.0, description="First wait before reopening a failed source.", gt=0)
+    retry_max_s: float = Field(60.0, description="Longest wait between reopen attempts (exponential backoff).", gt=0)
+    picamera_lores_width: int = Field(320, description="Picamera2 low-resolution stream width used for detection.", ge=64)
+    picamera_lores_height: int = Field(240, description="Picamera2 low-resolution stream height.", ge=48)
+
+
+class DetectorConfig(_Section):
+    backend: Literal["auto", "mediapipe", "opencv"] = Field(
+        "auto", description="Face detector: MediaPipe BlazeFace, OpenCV Haar cascade, or 'auto' (MediaPipe if installed)."
+    )
+    min_confidence: float = Field(0.5, description="Minimum detection score (MediaPipe).", ge=0, le=1)
+    min_face_size: int = Field(40, description="Ignore faces smaller than this many pixels (box side).", ge=8)
+    max_faces: int = Field(5, description="Classify at most this many faces per frame (largest first).", ge=1, le=50)
+
+
+class ClassifierConfig(_Section):
+    model: Path | None = Field(None, description="Model bundle folder; default: the bundle shipped with the package.")
+    threads: int = Field(1, description="Interpreter threads.", ge=1, le=8)
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
+        "auto", description="TFLite runtime; 'auto' takes the first that imports in that order."
+    )
+    flip_tta: bool = Field(False, description="Average each face with its mirror image (2x classifier cost).")
+
+
+class TrackingConfig(_Section):
+    iou_threshold: float = Field(0.3, description="Minimum box overlap to continue a track.", ge=0, le=1)
+    max_missed_frames: int = Field(10, description="Frames a track survives without a detection.", ge=0)
+    smoothing: float = Field(0.3, description="Exponential smoothing weight of the newest probabilities (1 = none).", gt=0, le=1)
+    uncertain_below: float = Field(0.4, description="Report 'uncertain' when the top smoothed probability is below.", ge=0, le=1)
+
+
+class TlsConfig(_Section):
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    insecure: bool = Field(False, description="Skip host name verification (testing only).")
+
+
+class OutboxConfig(_Section):
+    max_messages: int = Field(100_000, description="Messages kept while the broker is unreachable; beyond, the "
+                              "oldest 'faces' updates are dropped first, then the oldest of any kind.", ge=100)
+
+
+class MqttConfig(_Section):
+    enabled: bool = Field(True, description="Publish over MQTT; false prints JSON lines to stdout instead.")
+    host: str | None = Field(
+        None, description="Broker host; unset: localhost if a broker answers there, else stdout output."
+    )
+    port: int = Field(1883, description="Broker port (8883 is usual for TLS).", ge=1, le=65535)
+    username: str | None = Field(None, description="User name; the password comes from the environment or credentials.")
+    password_env: str = Field("EMOTION_EDGE_MQTT_PASSWORD", description="Environment variable holding the password.")
+    password_credential: str = Field("mqtt_password", description="systemd credential name holding the password.")
+    client_id: str | None = Field(None, description="MQTT client id; default 'emotion-edge-<device id>'.")
+    keepalive_s: int = Field(30, description="MQTT keep-alive; the Last Will fires after 1.5x this.", ge=5)
+    qos: Literal[0, 1] = Field(1, description="QoS of published data.")
+    topic_prefix: str = Field("emotion", description="First topic level.", pattern=r"^[^#+]+$")
+    faces_interval_s: float = Field(0.0, description="Minimum seconds between 'faces' updates (0 = every frame).", ge=0)
+    summary_interval_s: float = Field(10.0, description="Length of the 'summary' window.", gt=0)
+    status_interval_s: float = Field(10.0, description="Seconds between retained 'status' updates.", gt=0)
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk outbox settings.")
+
+
+class HomeAssistantConfig(_Section):
+    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
+
+
+class ModelPushConfig(_Section):
+    enabled: bool = Field(False, description="Accept signed model pushes over MQTT.")
+    trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
+    groups: list[str] = Field(default_factory=list, description="Fleet groups this device also listens to.")
+    max_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted push payload.", ge=1024)
+
+
+class PrivacyConfig(_Section):
+    debug_preview_dir: Path | None = Field(
+        None, description="Write annotated frames to this local folder for debugging (off by default; never published)."
+    )
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="Device identity and state.")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where frames come from.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Face detection.")
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="Emotion classifier.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and smoothing.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig, description="HA discovery.")
+    model_push: ModelPushConfig = Field(default_factory=ModelPushConfig, description="Fleet model updates.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Privacy switches.")
+
+    def state_dir(self) -> Path:
+        """The state folder (see DeviceConfig.state_dir), created if missing."""
+        path = self.device.state_dir
+        if path is None:
+            if os.environ.get("STATE_DIRECTORY"):
+                path = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+            elif os.geteuid() == 0:
+                path = Path("/var/lib/emotion-edge")
+            else:
+                path = Path.home() / ".local" / "state" / "emotion-edge"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _format_error(exc: ValidationError, path: Path | None) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = f"{path}: " if path else ""
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see config.example.toml)"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}invalid config key '{key}': {msg}{more}"
+
+
+def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
+    """Validate a config dict; raise :class:`ConfigError` with one line naming the first bad key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, path)) from None
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read and validate a TOML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def resolve_secret(env_name: str, credential_name: str) -> str | None:
+    """A secret from systemd credentials (``$CREDENTIALS_DIRECTORY/<name>``) or else the environment."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        cred = Path(cred_dir) / credential_name
+        if cred.is_file():
+            return cred.read_text(encoding="utf-8").rstrip("\n")
+    return os.environ.get(env_name) or None
