@@ -54,6 +54,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels_arg(s: str) -> list[str]:
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate one or more models on labelled faces; the first model's report is the JSON's top level."""
+    from train_export.data import load_dataset
+    from train_export.evaluate import evaluate, load_any, markdown_table, plot_confusion, write_report
+
+    reports = []
+    cache: dict[tuple, object] = {}
+    for path in args.model:
+        model = load_any(path, args.labels, num_threads=args.threads)
+        key = (tuple(model.labels), model.prep.input_size)
+        if key not in cache:
+            cache[key] = load_dataset(args.data, labels=model.labels, split=args.split, strict=args.strict,
+                                      input_size=model.prep.input_size)
+        data = cache[key]
+        report = evaluate(model, data.x, data.y, tta=args.tta)
+        report["data"] = data.describe()
+        reports.append(report)
+    out = dict(reports[0])
+    if len(reports) > 1:
+        out["side_by_side"] = reports
+    write_report(out, args.json)
+    if args.png:
+        plot_confusion(out["confusion"], out["labels"], args.png,
+                       title=f"{Path(out['model']).name} ({out['kind']}): acc {100 * out['accuracy']:.1f}%")
+    print(markdown_table(reports))
+    print(f"report: {args.json}" + (f", confusion matrix: {args.png}" if args.png else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a .keras model as an int8 bundle, refusing it when int8 loses more than the margin."""
+    from train_export.release import export_model
+
+    result = export_model(
+        args.model, args.out, args.train, args.val, margin_pp=args.margin_pp, rep_size=args.rep_size,
+        labels=args.labels, reports_dir=args.reports, model_id=args.model_id, sign_key=args.sign_key,
+        tta=args.tta, strict=args.strict, seed=args.seed,
+    )
+    m = result.manifest.metrics
+    print(f"bundle {result.bundle_dir} ({result.report['bundle_bytes']} bytes): int8 accuracy "
+          f"{100 * m['accuracy']:.2f}%, float {100 * m['float_accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}; "
+          f"reports in {result.reports_dir}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify faces in an image folder or video into a CSV."""
+    from train_export.predict import predict_to_csv
+
+    rows = predict_to_csv(args.model, args.input, args.out, detect=args.detect, every=args.every,
+                          detector=args.detector, num_threads=args.threads)
+    print(f"{rows} face row(s) written to {args.out}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Grad-CAM grid of validation faces per class."""
+    import keras
+
+    from train_export.data import load_dataset
+    from train_export.evaluate import keras_labels
+    from train_export.gradcam import explain_grid
+
+    labels = keras_labels(args.model, args.labels)
+    model = keras.saving.load_model(args.model, compile=False)
+    data = load_dataset(args.data, labels=labels, split=args.split, input_size=int(model.input_shape[1]))
+    n = explain_grid(model, data, args.out, per_class=args.per_class, seed=args.seed)
+    print(f"{n} Grad-CAM overlays written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all sub-commands."""
     parser = argparse.ArgumentParser(prog="python -m train_export", description=__doc__)
@@ -72,6 +147,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-lines", action="store_true", help="one line per epoch instead of a progress bar")
     _add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of models",
+                       description="Evaluate bundles (int8 in LiteRT, as on the device), .tflite files or .keras "
+                       "models on labelled faces. Several --model values are reported side by side.")
+    p.add_argument("--model", action="append", required=True,
+                   help="bundle folder, .tflite or .keras (repeat to compare; the first is the report's top level)")
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR / "val.npz"),
+                   help=".npz, FER2013 CSV or image folder (default: %(default)s)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="CSV Usage rows / sub-folder to use (default: %(default)s)")
+    p.add_argument("--json", required=True, help="report JSON to write")
+    p.add_argument("--png", help="confusion matrix PNG (counts and row-normalised) of the first model")
+    p.add_argument("--labels", type=_labels_arg, help="labels of a bare .tflite/.keras without a run folder")
+    p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
+                       description="Convert a .keras model to full-integer int8 TFLite (calibrated on training "
+                       "faces) and float32, evaluate both in LiteRT on validation faces, refuse (exit 2) when "
+                       "int8 is more than --margin-pp below float, else write the bundle and reports.")
+    p.add_argument("--model", required=True, help="trained model, e.g. runs/X/best.keras")
+    p.add_argument("--out", required=True, help="bundle folder to write (model.tflite + manifest.json)")
+    p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
+                   help="training data for the representative set (default: %(default)s)")
+    p.add_argument("--val", default=str(DEFAULT_DATA_DIR / "val.npz"),
+                   help="validation data for the metrics and the int8 check (default: %(default)s)")
+    p.add_argument("--margin-pp", type=float, default=1.0,
+                   help="largest allowed int8 accuracy loss against float, in points (default: %(default)s)")
+    p.add_argument("--rep-size", type=int, default=300,
+                   help="representative training faces for int8 calibration (default: %(default)s)")
+    p.add_argument("--reports", help="folder for evaluation.json, confusion.png, model_float.tflite "
+                   "(default: OUT.reports beside the bundle)")
+    p.add_argument("--model-id", help="bundle model id (default: <model>-w<width>-<UTC time>)")
+    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.signing")
+    p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
+    p.add_argument("--seed", type=int, default=0, help="seed of the representative sample")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="classify faces in an image folder or video into a CSV",
+                       description="Detect faces with the device's detector, crop them with the shared "
+                       "preprocessing and classify them with a bundle in LiteRT: one CSV row per face.")
+    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--input", required=True, help="image folder (recursive) or video file")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--no-detect", dest="detect", action="store_false",
+                   help="images are already face crops (e.g. 48x48): classify each whole image")
+    p.add_argument("--every", type=int, default=1, help="video: classify every N-th frame (default: %(default)s)")
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "opencv"],
+                   help="face detector backend (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays of validation faces per class as one PNG",
+                       description="Draw Grad-CAM heat maps over a seeded sample of faces per true class.")
+    p.add_argument("--model", required=True, help="trained .keras model")
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR / "val.npz"), help="faces (default: %(default)s)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="CSV/folder split")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--per-class", type=int, default=6, help="faces per class (default: %(default)s)")
+    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--seed", type=int, default=0, help="sample seed")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
@@ -86,9 +227,25 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        from train_export.data import DataError
-
-        if isinstance(exc, (DataError, ValueError, FileNotFoundError)):
+        if isinstance(exc, _expected_errors()):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the user's input, reported as one line (exit 2) instead of a traceback."""
+    from edge.bundle import BundleError
+    from edge.interpreter import RuntimeMissing
+    from train_export.data import DataError
+    from train_export.release import ExportError
+
+    errors: list[type[BaseException]] = [DataError, ValueError, FileNotFoundError, BundleError, RuntimeMissing,
+                                         ExportError]
+    try:
+        from edge.detect import DetectorError
+
+        errors.append(DetectorError)
+    except ImportError:  # edge without the detector module: nothing to catch
+        pass
+    return tuple(errors)

@@ -164,7 +164,7 @@ def _label_lookup(labels: list[str]) -> dict[str, int]:
     return {canonical_label(name): i for i, name in enumerate(labels)}
 
 
-def _square_face(gray: np.ndarray, size: int) -> np.ndarray:
+def center_square_face(gray: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop a grayscale image to a square, then resize it with the shared :func:`resize_face`."""
     h, w = gray.shape[:2]
     side = min(h, w)
@@ -184,7 +184,7 @@ def read_face_image(path: Path | str, size: int) -> np.ndarray | None:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         return None
-    return _square_face(to_gray(img), size)
+    return center_square_face(to_gray(img), size)
 
 
 def _finish(xs: list[np.ndarray], ys: list[int], labels: list[str], source: Path, size: int,

@@ -1,0 +1,155 @@
+"""Batch prediction: classify the faces in an image folder or a video file with a bundle, into a CSV.
+
+Faces are found with the device's detector (:func:`edge.detect.make_detector`: MediaPipe, else OpenCV Haar),
+cropped with :func:`edge.preprocess.crop_face` and classified in LiteRT, as on the device. With
+``detect=False`` every image is taken as an already-cropped face (e.g. FER2013-style 48x48 crops).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edge.preprocess import crop_face, to_gray
+from train_export.data import IMAGE_SUFFIXES, center_square_face
+from train_export.litert import LiteRTModel
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+BASE_COLUMNS = ["source", "frame", "face", "x", "y", "w", "h", "label", "confidence"]
+
+
+def csv_columns(labels: list[str]) -> list[str]:
+    """Columns of the predictions CSV: :data:`BASE_COLUMNS` then ``score_<label>`` per class."""
+    return BASE_COLUMNS + [f"score_{name}" for name in labels]
+
+
+def haar_face_finder(min_face_size: int = 24, max_faces: int = 10):
+    """OpenCV Haar cascade finder, for an ``edge`` package that has no ``edge.detect`` yet."""
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise FileNotFoundError(f"no Haar cascade at {path}; install opencv-python-headless<5")
+
+    def find(frame: np.ndarray) -> list[Box]:
+        found = cascade.detectMultiScale(to_gray(frame), 1.1, 5, minSize=(min_face_size, min_face_size))
+        boxes = sorted((tuple(float(v) for v in b) for b in found), key=lambda b: -b[2] * b[3])
+        return boxes[:max_faces]
+
+    return find
+
+
+def make_face_finder(backend: str = "auto", min_face_size: int = 24, max_faces: int = 10):
+    """Return ``find(frame) -> list of (x, y, w, h)`` using the device's detector (``edge.detect``)."""
+    try:
+        from edge.detect import make_detector
+    except ImportError:
+        log.warning("edge.detect is not available; using OpenCV's Haar cascade")
+        return haar_face_finder(min_face_size, max_faces)
+    detector = make_detector(backend, min_face_size=min_face_size, max_faces=max_faces)
+
+    def find(frame: np.ndarray) -> list[Box]:
+        return [d.box for d in detector.detect(frame)]
+
+    return find
+
+
+def iter_frames(source: Path, every: int = 1) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Yield ``(source name, frame index, BGR or gray image)`` from an image folder (recursive, sorted) or a video.
+
+    Unreadable images are logged and skipped.
+    """
+    import cv2
+
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
+        for p in files:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                log.warning("skipping %s: not a readable image", p)
+                continue
+            yield str(p.relative_to(source)), 0, img
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"input {source} does not exist; give an image folder or a video file")
+    cap = cv2.VideoCapture(str(source))
+    if not cap.isOpened():
+        raise ValueError(f"{source} cannot be opened as a video; give an image folder or a video file OpenCV reads")
+    try:
+        index = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % every == 0:
+                yield source.name, index, frame
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise ValueError(f"{source} holds no readable video frames")
+
+
+def predict_to_csv(
+    bundle_dir: Path | str,
+    source: Path | str,
+    out_csv: Path | str,
+    detect: bool = True,
+    every: int = 1,
+    detector: str = "auto",
+    num_threads: int = 1,
+) -> int:
+    """Write one CSV row per face (per image or video frame); returns the number of rows.
+
+    Args:
+        bundle_dir: Model bundle folder.
+        source: Image folder or video file.
+        out_csv: Output CSV path.
+        detect: Find faces with the device's detector; False takes each image as one face crop.
+        every: For videos, classify every ``every``-th frame.
+        detector: Detector backend for :func:`edge.detect.make_detector` ("auto", "mediapipe", "opencv").
+        num_threads: Interpreter threads.
+    """
+    model, manifest = LiteRTModel.from_bundle(bundle_dir, num_threads=num_threads)
+    prep, labels, size = manifest.prep(), list(manifest.labels), manifest.prep().input_size
+    source = Path(source)
+    if not detect and not source.is_dir():
+        raise ValueError("--no-detect needs an image folder of face crops, not a video")
+    find = make_face_finder(detector) if detect else None
+    rows = frames = faceless = 0
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(csv_columns(labels))
+        for name, index, img in iter_frames(source, every):
+            frames += 1
+            gray = to_gray(img)
+            if find is None:
+                h, w = gray.shape
+                boxes: list[Box] = [(0.0, 0.0, float(w), float(h))]
+                faces = center_square_face(gray, size)[None]
+            else:
+                boxes = find(img)
+                if not boxes:
+                    faceless += 1
+                    continue
+                faces = np.stack([crop_face(gray, box, prep) for box in boxes])
+            probs = model.predict(faces)
+            for k, (box, p) in enumerate(zip(boxes, probs, strict=True)):
+                best = int(p.argmax())
+                writer.writerow([name, index, k, *(round(float(v), 1) for v in box), labels[best],
+                                 f"{p[best]:.4f}", *(f"{v:.4f}" for v in p)])
+                rows += 1
+    log.info("%d face row(s) from %d image(s)/frame(s) of %s written to %s; %d without a face",
+             rows, frames, source, out_csv, faceless)
+    return rows
