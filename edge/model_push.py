@@ -1,0 +1,238 @@
+"""Receive signed model pushes over MQTT and swap them in, with rollback.
+
+Topics: ``<prefix>/<device_id>/model/push`` and ``<prefix>/group/<group>/model/push`` for each group in
+``model_push.groups``. Messages are decoded and verified by :func:`edge.push_payload.parse_push` (size cap,
+signature against ``model_push.trusted_keys``, manifest schema, sha256), then the bundle is written to a
+staging folder, loaded into a real interpreter and smoke-tested (:func:`edge.model_check.check_bundle`),
+installed into the :class:`edge.model_store.ModelStore`, linked as ``current`` (the old one becomes
+``previous``) and handed to ``Daemon.swap_model``. If the daemon cannot load or run it, the ``current`` link is
+rolled back, so the running model and the one a restart would load stay the old one.
+
+Every push ends with a result object, published as an ``events`` message (``event: "model_push"``) and kept
+in :attr:`ModelPushReceiver.last_result` for the ``model_push`` block of the status. MQTT callbacks run on
+paho's network thread, so messages are only queued there and handled by a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.bundle import BundleError
+from edge.model_check import check_bundle
+from edge.model_store import ModelStore
+from edge.push_payload import PushRejected, parse_push, peek_push_id
+from edge.signing import SignatureError, load_public_key
+
+log = logging.getLogger(__name__)
+
+#: Pushes waiting while one is being handled; more are rejected as busy rather than piling up in memory.
+QUEUE_SIZE = 2
+#: Bundles kept in the store (current and previous are never deleted).
+KEEP_MODELS = 3
+
+
+class _Sink(Protocol):
+    def publish(self, kind: str, body: dict) -> int: ...
+    def subscribe(self, topic: str, callback: Any) -> None: ...
+
+
+class _Daemon(Protocol):
+    model_id: str
+
+    def swap_model(self, bundle_dir: Path) -> None: ...
+
+
+def push_topics(prefix: str, device_id: str, groups: list[str]) -> list[str]:
+    """The topics a device listens to for model pushes."""
+    return [f"{prefix}/{device_id}/model/push"] + [f"{prefix}/group/{g}/model/push" for g in groups]
+
+
+class ModelPushReceiver:
+    """Daemon extension that accepts signed model pushes (register with ``Daemon.add_extension``).
+
+    Args:
+        config: The daemon configuration (sections ``model_push``, ``mqtt``, ``device``, ``classifier``).
+        sink: The :class:`edge.publish.MqttSink` (needs ``subscribe`` and ``publish``).
+        daemon: The running daemon (needs ``swap_model``, ``model_id`` and ideally ``current_bundle_dir``).
+        store: The model store; default ``<state_dir>/models``.
+    """
+
+    def __init__(self, config: Any, sink: _Sink, daemon: _Daemon, store: ModelStore | None = None):
+        self.config = config
+        self.sink = sink
+        self.daemon = daemon
+        self.store = store or ModelStore.for_state_dir(config.state_dir())
+        self.last_result: dict[str, Any] | None = None
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._worker: threading.Thread | None = None
+        self._trusted = []
+        self._key_errors: list[str] = []
+
+    # ----- lifecycle -----
+    def topics(self) -> list[str]:
+        """The topics this receiver subscribes to."""
+        return push_topics(self.config.mqtt.topic_prefix, self.config.device.id, list(self.config.model_push.groups))
+
+    def _load_keys(self) -> None:
+        self._trusted, self._key_errors = [], []
+        for path in self.config.model_push.trusted_keys:
+            try:
+                self._trusted.append(load_public_key(path))
+            except SignatureError as exc:
+                # A bad key file must not stop the daemon: pushes are then refused with this reason.
+                self._key_errors.append(str(exc))
+                log.error("model push: %s", exc)
+        if not self._trusted:
+            log.warning("model push is enabled but no trusted key could be loaded; every push will be rejected")
+
+    def start(self) -> None:
+        """Load the trusted keys, subscribe to the push topics and start the worker thread."""
+        self._load_keys()
+        self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
+        self._worker.start()
+        for t in self.topics():
+            self.sink.subscribe(t, self._on_message)
+        log.info("model push: listening on %s", ", ".join(self.topics()))
+
+    def stop(self) -> None:
+        """Stop the worker thread after the push in progress (if any)."""
+        if self._worker is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1)
+        self._worker.join(timeout=30)
+        self._worker = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        # Runs on paho's network thread: never verify or load here, only queue.
+        try:
+            self._queue.put_nowait((topic, bytes(payload)))
+        except queue.Full:
+            self._report(topic, peek_push_id(payload), PushRejected("busy", "another model push is in progress; retry later"))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.handle(*item)
+            except Exception:  # the worker must survive anything so later pushes are still handled
+                log.exception("model push: unexpected error")
+
+    # ----- the work -----
+    def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """Verify, install and swap in one push; publish and return the result object."""
+        started = time.monotonic()
+        push_id = peek_push_id(payload)
+        try:
+            result = self._apply(topic, payload)
+        except PushRejected as exc:
+            return self._report(topic, push_id, exc, started=started)
+        return self._publish(result, started)
+
+    def _apply(self, topic: str, payload: bytes) -> dict[str, Any]:
+        if not self._trusted:
+            detail = "; ".join(self._key_errors) or "model_push.trusted_keys is empty"
+            raise PushRejected("untrusted_key", f"no trusted key loaded ({detail})")
+        push = parse_push(payload, self._trusted, self.config.model_push.max_bytes)
+        base = {
+            "topic": topic,
+            "push_id": push.push_id or None,
+            "model_id": push.manifest.model_id,
+            "sha256": push.manifest.sha256,
+            "key_id": push.key_id,
+            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "rolled_back": False,
+        }
+        current = self.store.current()
+        running_dir = getattr(self.daemon, "current_bundle_dir", None)
+        if current is not None and running_dir is not None and Path(running_dir).resolve() == current:
+            from edge.bundle import read_manifest
+
+            if read_manifest(current).sha256 == push.manifest.sha256:
+                return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
+
+        # Stage inside the store folder so the final install is a rename on the same file system.
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        staging = self.store.root / f".push-{uuid.uuid4().hex[:12]}"
+        try:
+            push.write_bundle(staging)
+            try:
+                check_bundle(staging, self.config.classifier.threads, _runtime(self.config))
+            except BundleError as exc:
+                raise PushRejected("model_check", str(exc)) from None
+            installed = self.store.install(staging)
+        except OSError as exc:
+            raise PushRejected("model_check", f"cannot store the model ({exc}); is the state folder full or read-only?") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+        old = self.store.current()
+        self.store.activate(installed)
+        try:
+            self.daemon.swap_model(installed)
+        except Exception as exc:
+            # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
+            # restart also loads the old one.
+            self._undo_activation(old)
+            log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
+            reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
+            raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
+        self.store.prune(KEEP_MODELS)
+        return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
+
+    def _undo_activation(self, old: Path | None) -> None:
+        if old is not None:
+            self.store.rollback()
+        else:
+            self.store.deactivate()
+
+    # ----- reporting -----
+    def _report(self, topic: str, push_id: str | None, exc: PushRejected, started: float | None = None) -> dict[str, Any]:
+        extra = exc.details or {
+            "topic": topic,
+            "push_id": push_id,
+            "model_id": None,
+            "sha256": None,
+            "key_id": None,
+            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "rolled_back": False,
+        }
+        log.warning("model push rejected (%s): %s", exc.code, exc.reason)
+        return self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
+
+    def _publish(self, result: dict[str, Any], started: float | None) -> dict[str, Any]:
+        result["ts"] = time.time()
+        if started is not None:
+            result["duration_s"] = round(time.monotonic() - started, 3)
+        result["running_model_id"] = getattr(self.daemon, "model_id", None)
+        self.last_result = result
+        body = {"event": "model_push", "track_id": None, **result}
+        try:
+            self.sink.publish("events", body)
+        except Exception:
+            log.exception("model push: cannot publish the result event")
+        # Status carries the result too (its model_push block); ask the daemon for a fresh one if it can.
+        publish_status = getattr(self.daemon, "publish_status", None)
+        if callable(publish_status):
+            try:
+                publish_status()
+            except Exception:
+                log.exception("model push: cannot publish status")
+        if result["ok"]:
+            log.info("model push %s: %s", result.get("push_id"), result["reason"])
+        return result
+
+
+def _runtime(config: Any) -> str | None:
+    runtime = getattr(config.classifier, "runtime", "auto")
+    return None if runtime == "auto" else runtime
