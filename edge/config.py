@@ -115,6 +115,12 @@ class MqttConfig(_Section):
     faces_interval_s: float = Field(0.0, description="Minimum seconds between 'faces' updates (0 = every frame).", ge=0)
     summary_interval_s: float = Field(10.0, description="Length of the 'summary' window.", gt=0)
     status_interval_s: float = Field(10.0, description="Seconds between retained 'status' updates.", gt=0)
+    max_inflight: int = Field(
+        20, description="Messages sent and awaiting their PUBACK at once; more wait in the outbox (keeps order and memory bounded).",
+        ge=1, le=1000,
+    )
+    reconnect_min_s: float = Field(1.0, description="First wait before reconnecting to the broker.", gt=0)
+    reconnect_max_s: float = Field(60.0, description="Longest wait between reconnect attempts (exponential backoff).", gt=0)
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk outbox settings.")
 
