@@ -128,6 +128,9 @@ class MqttConfig(_Section):
 class HomeAssistantConfig(_Section):
     enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
+    support_url: str | None = Field(
+        None, description="Link shown as the discovery 'origin' support URL; default: the package's project URL."
+    )
 
 
 class ModelPushConfig(_Section):
