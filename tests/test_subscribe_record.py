@@ -1,0 +1,214 @@
+"""``record`` against a real Mosquitto: persistent session, dedupe by (device, seq), restarts, export."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.publish import MqttSink
+from edge.subscribe.client import BrokerSettings
+from edge.subscribe.record import Recorder
+from edge.subscribe.store import Recording, StoreError
+from tests.mqtt_support import event_body, faces_body, sink_config, status_body, summary_body
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _publish_mixed(sink: MqttSink, start: int, n: int) -> None:
+    """``n`` contract messages of every kind, as the daemon would send them."""
+    for i in range(start, start + n):
+        kind = ("faces", "faces", "summary", "events", "status")[i % 5]
+        body = {"faces": faces_body(i, 1 + i % 3), "summary": summary_body(), "events": event_body(i),
+                "status": status_body(frames=i)}[kind]
+        sink.publish(kind, body)
+
+
+def _wait(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    rec = Recording(db, readonly=True)
+    try:
+        return rec.count()
+    finally:
+        rec.close()
+
+
+def test_recorder_restart_in_the_middle_stores_each_message_exactly_once(broker, tmp_path):
+    n = 150
+    settings = BrokerSettings(host=broker.host, port=broker.port)
+    db = tmp_path / "rec.sqlite"
+    recorder = Recorder(settings, db)
+    recorder.start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    try:
+        _publish_mixed(sink, 0, 60)
+        assert _wait(lambda: recorder.stored == 60), recorder.stored
+        recorder.stop()  # the recorder goes away; the broker keeps its session and queues for it
+
+        _publish_mixed(sink, 60, n - 60)
+        assert sink.flush(20), "the publisher did not get all PUBACKs"
+
+        # Replay a few already-delivered messages with their original seq, as a reconnecting daemon would.
+        replay = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="replayer")
+        replay.connect(broker.host, broker.port)
+        replay.loop_start()
+        for seq in (1, 2, 30):
+            env = {"schema_version": 1, "device_id": "dev1", "kind": "events", "ts": time.time(), "seq": seq,
+                   "event": "track_start", "track_id": 99}
+            replay.publish("emotion/dev1/events", json.dumps(env), qos=1).wait_for_publish(5)
+        replay.disconnect()
+        replay.loop_stop()
+
+        again = Recorder(settings, db)
+        assert again.client_id == recorder.client_id, "a resumed recording must reuse its persistent session"
+        again.start()
+        assert _wait(lambda: again.recording.count() >= n)
+        time.sleep(0.3)  # let any late duplicate arrive before counting for the last time
+        assert again.recording.count() == n
+        assert again.recording.seqs("dev1") == list(range(1, n + 1))
+        assert again.duplicates >= 3
+        kinds = {k: again.recording.count(kind=k) for k in ("faces", "summary", "events", "status")}
+        assert kinds == {"faces": 60, "summary": 30, "events": 30, "status": 30}
+        again.stop()
+    finally:
+        sink.close(2)
+
+
+def _start_cli_recorder(broker, db: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.subscribe", "record", "--db", str(db),
+         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_subscribed(proc: subprocess.Popen) -> None:
+    # The CLI prints its "recording ..." line once the broker acknowledged the subscriptions.
+    line = proc.stderr.readline()
+    assert line.startswith("recording "), line + (proc.stderr.read() if proc.poll() is not None else "")
+
+
+@pytest.mark.slow
+def test_cli_recorder_killed_with_sigkill_loses_nothing(broker, tmp_path):
+    n = 120
+    db = tmp_path / "rec.sqlite"
+    proc = _start_cli_recorder(broker, db)
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    try:
+        _wait_subscribed(proc)
+        _publish_mixed(sink, 0, 50)
+        assert _wait(lambda: _count(db) >= 20)
+        proc.kill()  # kill -9: no clean disconnect, maybe a message received but not acknowledged
+        proc.wait(10)
+        _publish_mixed(sink, 50, n - 50)
+        assert sink.flush(20)
+
+        proc = _start_cli_recorder(broker, db)
+        _wait_subscribed(proc)
+        assert _wait(lambda: _count(db) >= n)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        rec = Recording(db, readonly=True)
+        assert rec.count() == n
+        assert rec.seqs("dev1") == list(range(1, n + 1))
+        rec.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sink.close(2)
+
+
+def test_record_without_broker_is_one_clear_line(tmp_path):
+    from tests.broker import free_port
+
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.subscribe", "record", "--db", str(tmp_path / "r.sqlite"),
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the MQTT broker at 127.0.0.1:" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _fixture_recording(db: Path) -> None:
+    rec = Recording(db)
+    seq = 0
+    for i in range(4):
+        seq += 1
+        rec.add_message("dev1", "emotion/dev1/faces", {"schema_version": 1, "device_id": "dev1", "kind": "faces",
+                                                      "ts": 1000.0 + i, "seq": seq, **faces_body(i, 2)})
+    seq += 1
+    rec.add_message("dev1", "emotion/dev1/summary", {"schema_version": 1, "device_id": "dev1", "kind": "summary",
+                                                    "ts": 1010.0, "seq": seq, **summary_body()})
+    assert not rec.add_message("dev1", "emotion/dev1/summary", {"schema_version": 1, "device_id": "dev1",
+                                                               "kind": "summary", "ts": 1010.0, "seq": seq})
+    rec.close()
+
+
+def test_export_csv_tables(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    _fixture_recording(db)
+    rec = Recording(db, readonly=True)
+    assert rec.export(tmp_path / "m.csv", "messages") == 5
+    assert rec.export(tmp_path / "f.csv", "faces") == 8  # 4 frames x 2 faces
+    assert rec.export(tmp_path / "s.csv", "summary") == 1
+    rec.close()
+    with (tmp_path / "f.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"device", "seq", "track_id", "emotion", "p_happy", "p_neutral"} <= set(rows[0])
+    assert rows[0]["emotion"] == "angry" and float(rows[0]["p_angry"]) == pytest.approx(0.6)
+    with (tmp_path / "m.csv").open() as fh:
+        msgs = list(csv.DictReader(fh))
+    assert [int(r["seq"]) for r in msgs] == [1, 2, 3, 4, 5]
+    assert json.loads(msgs[-1]["payload"])["dominant_emotion"] == "happy"
+
+
+def test_export_parquet_or_clear_message(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    _fixture_recording(db)
+    rec = Recording(db, readonly=True)
+    try:
+        if importlib.util.find_spec("pyarrow") is None:
+            with pytest.raises(StoreError, match="Parquet export needs pyarrow: pip install pyarrow"):
+                rec.export(tmp_path / "f.parquet", "faces")
+        else:
+            import pyarrow.parquet as pq
+
+            assert rec.export(tmp_path / "f.parquet", "faces") == 8
+            assert pq.read_table(tmp_path / "f.parquet").num_rows == 8
+        with pytest.raises(StoreError, match="use .csv or .parquet"):
+            rec.export(tmp_path / "f.xlsx")
+    finally:
+        rec.close()
+
+
+def test_not_a_recording_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("not sqlite at all " * 100)
+    with pytest.raises(StoreError, match="not a usable recording database"):
+        Recording(bad, readonly=True)
+    with pytest.raises(StoreError, match="no such recording"):
+        Recording(tmp_path / "missing.sqlite", readonly=True)
