@@ -166,7 +166,7 @@ def plot_timeline(s: Series, device: str, out: Path, width: int = 1600, height: 
         for i in np.flatnonzero(faced):
             ax_d.axvspan(edges[i], edges[i + 1], color=colors[dom[i]], linewidth=0)
     ax_d.set_yticks([])
-    ax_d.set_ylabel("dominant", rotation=0, ha="right", va="center")
+    ax_d.set_ylabel("dominant", rotation=0, ha="right", va="center", fontsize="small")
     ax_f.fill_between(x, 0, np.nan_to_num(b.faces_max), step="mid", alpha=0.25, color="#555555", label="max")
     ax_f.step(x, b.faces_mean, where="mid", color="#222222", label="mean")
     ax_f.set_ylim(bottom=0)
@@ -174,7 +174,7 @@ def plot_timeline(s: Series, device: str, out: Path, width: int = 1600, height: 
     ax_f.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     ax_f.set_xlabel(f"time ({datetime.now().astimezone().tzname()})")
     fig.autofmt_xdate()
-    fig.subplots_adjust(left=0.07, right=0.88, top=0.94, bottom=0.12, hspace=0.08)
+    fig.subplots_adjust(left=0.09, right=0.88, top=0.94, bottom=0.12, hspace=0.08)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     return out

@@ -1,0 +1,148 @@
+"""``plot``: aggregation maths and PNGs of the asked size from a recording made in the test."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.subscribe.plot import LABEL_COLORS, PlotError, Series, bin_series, choose_bin, plot_recording
+from edge.subscribe.store import Recording
+from tests.mqtt_support import LABELS, faces_body, status_body
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = 1_763_900_000.0  # a fixed UNIX time so the recording is the same on every run
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def _probs(top: str) -> dict[str, float]:
+    """Mass only on ``top`` and neutral, so other labels' colours appear only in the legend."""
+    probs = dict.fromkeys(LABELS, 0.0)
+    probs["neutral"] = 0.2
+    probs[top] += 0.8
+    return probs
+
+
+def _summary(device: str, seq: int, ts: float, top: str | None, faces: float) -> dict:
+    return {"schema_version": 1, "device_id": device, "kind": "summary", "ts": ts, "seq": seq,
+            "window_s": 60.0, "start_ts": ts - 60, "end_ts": ts, "frames": 600, "faces_mean": faces,
+            "faces_max": int(np.ceil(faces)), "dominant_emotion": top,
+            "mean_probs": _probs(top) if top else {}, "tracks": []}
+
+
+def make_recording(db: Path, hours: float = 3.0) -> None:
+    """Two devices, one summary a minute: 'kitchen' is happy in its first hour, sad in the second, empty in
+    the third; 'hall' is neutral throughout, and has a status message with the label order."""
+    rec = Recording(db)
+    rec.add_message("hall", "emotion/hall/status", {"schema_version": 1, "device_id": "hall", "kind": "status",
+                                                    "ts": T0, "seq": 1, **status_body()})
+    for i in range(int(hours * 60)):
+        ts = T0 + 60 * (i + 1)
+        hour = i // 60
+        top, faces = [("happy", 1.5), ("sad", 2.0), (None, 0.0)][min(hour, 2)]
+        rec.add_message("kitchen", "emotion/kitchen/summary", _summary("kitchen", i + 1, ts, top, faces))
+        rec.add_message("hall", "emotion/hall/summary", _summary("hall", i + 2, ts, "neutral", 1.0))
+    rec.close()
+
+
+def _has_color(path: Path, hex_color: str, min_pixels: int = 50) -> bool:
+    from matplotlib.image import imread
+
+    img = (imread(path)[..., :3] * 255).round().astype(int)
+    rgb = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(img - rgb).sum(axis=-1) <= 6).sum()) >= min_pixels
+
+
+def test_choose_bin_keeps_hours_of_data_to_a_few_hundred_bins():
+    assert choose_bin(600, 600) == 1
+    assert choose_bin(8 * 3600, 600) == 60
+    assert choose_bin(8 * 3600, 600, min_bin_s=120) == 120
+    assert 7 * 24 * 3600 / choose_bin(7 * 24 * 3600, 600) <= 600
+
+
+def test_bin_series_weights_by_face_observations_and_marks_gaps():
+    labels = ["happy", "sad"]
+    s = Series(
+        ts=np.array([0.0, 5.0, 12.0, 35.0]),
+        frames=np.array([10.0, 10.0, 10.0, 10.0]),
+        faces_mean=np.array([1.0, 3.0, 0.0, 1.0]),
+        faces_max=np.array([1.0, 4.0, 0.0, 2.0]),
+        probs=np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, 0.5]]),
+        labels=labels, source="summary",
+    )
+    b = bin_series(s, 10.0)
+    assert len(b.start) == 4
+    # Bin 0: 10 observations all happy + 30 all sad -> 25% happy.
+    np.testing.assert_allclose(b.probs[0], [0.25, 0.75])
+    assert b.faces_mean[0] == pytest.approx(2.0) and b.faces_max[0] == 4
+    # Bin 1: frames but no faces -> face count 0, probabilities unknown.
+    assert b.faces_mean[1] == 0 and np.isnan(b.probs[1]).all()
+    # Bin 2: no data at all.
+    assert not b.has_data[2] and np.isnan(b.faces_mean[2])
+    np.testing.assert_allclose(b.probs[3], [0.5, 0.5])
+
+
+def test_plot_writes_timelines_and_hourly_chart_of_the_asked_size(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    make_recording(db)
+    paths = plot_recording(db, tmp_path / "out", width=900, height=600, dpi=90)
+    names = sorted(p.name for p in paths)
+    assert names == ["hourly.png", "timeline_hall.png", "timeline_kitchen.png"]
+    for p in paths:
+        assert png_size(p) == (900, 600)
+        assert p.stat().st_size > 10_000
+    kitchen = tmp_path / "out" / "timeline_kitchen.png"
+    # The dominant band and the stacked areas show both moods of the kitchen, and none of the hall's.
+    # (2000 pixels is far more than a legend swatch.)
+    assert _has_color(kitchen, LABEL_COLORS["happy"], 2000) and _has_color(kitchen, LABEL_COLORS["sad"], 2000)
+    assert not _has_color(kitchen, LABEL_COLORS["angry"], 2000)
+    hall = tmp_path / "out" / "timeline_hall.png"
+    assert _has_color(hall, LABEL_COLORS["neutral"], 20000) and not _has_color(hall, LABEL_COLORS["happy"], 2000)
+
+
+def test_plot_falls_back_to_faces_messages(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    rec = Recording(db)
+    for i in range(300):
+        rec.add_message("cam", "emotion/cam/faces", {"schema_version": 1, "device_id": "cam", "kind": "faces",
+                                                    "ts": T0 + i * 0.1, "seq": i + 1, **faces_body(i, 1 + i % 2)})
+    rec.close()
+    (path_t, path_h) = plot_recording(db, tmp_path / "out", width=640, height=480, dpi=80)
+    assert png_size(path_t) == (640, 480) and png_size(path_h) == (640, 480)
+
+
+def test_plot_errors_are_clear(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    make_recording(db, hours=0.1)
+    with pytest.raises(PlotError, match="no summary or faces messages"):
+        plot_recording(db, tmp_path / "out", devices=["nope"])
+    with pytest.raises(PlotError, match="too small"):
+        plot_recording(db, tmp_path / "out", width=20, height=20)
+
+
+def test_plot_cli(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    make_recording(db, hours=1.5)
+    out = tmp_path / "pngs"
+    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "plot", "--db", str(db), "--out", str(out),
+                        "--device", "kitchen", "--width", "800", "--height", "500", "--dpi", "100"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    printed = [Path(line) for line in r.stdout.split()]
+    assert sorted(p.name for p in printed) == ["hourly.png", "timeline_kitchen.png"]
+    assert all(png_size(p) == (800, 500) for p in printed)
+
+    missing = subprocess.run([sys.executable, "-m", "edge.subscribe", "plot", "--db", str(tmp_path / "none.sqlite")],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "no such recording" in missing.stderr
