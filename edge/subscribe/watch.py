@@ -8,6 +8,7 @@ smoothed emotion and confidence, and one bar per emotion. The view is a pure fun
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -203,7 +204,7 @@ class Watcher:
             if tty:
                 out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hidden cursor: the user's scrollback stays intact
             while deadline is None or time.monotonic() < deadline:
-                lines = self.state.render()
+                lines = self.state.render(width=shutil.get_terminal_size().columns if tty else 100)
                 if tty:
                     out.write("\x1b[H" + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
                 else:
