@@ -6,6 +6,7 @@ subscribers.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -56,6 +57,10 @@ class Broker:
             "log_type all",
             extra_conf,
         ]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to user 'mosquitto', which cannot write the log and the
+            # persistence file into this (root-owned) folder: sessions would then not survive a restart.
+            lines.insert(0, "user root")
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
