@@ -211,11 +211,11 @@ class ModelPushReceiver:
         return self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
 
     def _publish(self, result: dict[str, Any], started: float | None) -> dict[str, Any]:
-        result["ts"] = time.time()
         if started is not None:
             result["duration_s"] = round(time.monotonic() - started, 3)
         result["running_model_id"] = getattr(self.daemon, "model_id", None)
-        self.last_result = result
+        # The status block carries its own time; the event has the envelope's ts.
+        self.last_result = {**result, "ts": time.time()}
         body = {"event": "model_push", "track_id": None, **result}
         try:
             self.sink.publish("events", body)
