@@ -301,6 +301,10 @@ class ManagedSource:
         self.finished = False
         self.frames_read = 0
         self._since_open = 0
+        #: Seconds the last successful read took (the capture stage, without rate-cap waiting).
+        self.last_read_s = 0.0
+        #: Frame slots missed because the loop fell behind ``max_fps`` (overload).
+        self.dropped = 0
 
     def status(self) -> dict:
         """``{uri, state, error, retries}`` for the status payload."""
@@ -312,7 +316,7 @@ class ManagedSource:
         self.state, self.error = "ok", None
         self._since_open = 0
 
-    def _fail(self, message: str) -> None:
+    def schedule_retry(self, message: str) -> None:
         """Record a failure and schedule the next attempt with backoff."""
         self._close_src()
         self._fails += 1
@@ -344,7 +348,7 @@ class ManagedSource:
                 self.open_now()
                 log.info("source %s opened", self.uri)
             except SourceError as exc:
-                self._fail(str(exc))
+                self.schedule_retry(str(exc))
                 return None
         if self.max_fps > 0:
             now = self._clock()
@@ -354,15 +358,22 @@ class ManagedSource:
                     self._wait(max_wait)
                     return None
                 self._wait(delay)
-            # Schedule from the due time, not from now, so the average rate holds; but never bank a backlog.
-            self._next_frame_at = max(self._next_frame_at + 1.0 / self.max_fps, self._clock())
+            # Schedule from the due time, not from now, so the average rate holds; but never bank a backlog:
+            # slots already past are counted as dropped frames instead.
+            now = self._clock()
+            interval = 1.0 / self.max_fps
+            due = self._next_frame_at + interval
+            if self._since_open and now - due >= interval:
+                self.dropped += int((now - due) / interval)
+            self._next_frame_at = max(due, now)
+        t0 = time.perf_counter()
         try:
             frame = self._src.read()
         except SourceError as exc:
-            self._fail(str(exc))
+            self.schedule_retry(str(exc))
             return None
         except Exception as exc:  # a driver bug must not kill the daemon: treat it as a failed read
-            self._fail(f"unexpected {exc.__class__.__name__}: {exc}")
+            self.schedule_retry(f"unexpected {exc.__class__.__name__}: {exc}")
             return None
         if frame is None:
             self._close_src()
@@ -371,11 +382,12 @@ class ManagedSource:
                 # A finite source that ends immediately again must not spin: reopening goes through backoff
                 # only if it produced no frame at all since the last open.
                 if self._since_open == 0:
-                    self._fail("source ended without producing a frame")
+                    self.schedule_retry("source ended without producing a frame")
                 return None
             self.state, self.finished = "ended", True
             log.info("source %s ended", self.uri)
             return None
+        self.last_read_s = time.perf_counter() - t0
         self.frames_read += 1
         self._since_open += 1
         self._fails = 0

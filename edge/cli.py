@@ -1,0 +1,227 @@
+"""``python -m edge`` / ``emotion-edge``: run the daemon, check a config, and the model and subscriber tools.
+
+Expected failures (bad config, unusable model bundle, no TFLite runtime, a source that does not exist, no
+face detector) print one line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("edge")
+
+EXIT_USAGE = 2
+#: Sources that may legitimately be absent at start (a camera not plugged in yet, a stream not up yet): these
+#: are retried with backoff instead of failing the start.
+DEVICE_SOURCES = ("picamera2",)
+
+
+def add_broker_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--mqtt-host`` and ``--mqtt-port`` (shared by ``run`` and the subscriber tools)."""
+    g = parser.add_argument_group("broker")
+    g.add_argument("--config", type=Path, metavar="FILE", help="Config file (TOML); see deploy/config.example.toml.")
+    g.add_argument("--mqtt-host", metavar="H", help="Broker host (overrides mqtt.host).")
+    g.add_argument("--mqtt-port", type=int, metavar="P", help="Broker port (overrides mqtt.port).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all sub-commands."""
+    parser = argparse.ArgumentParser(prog="python -m edge", description="Edge-device facial emotion monitor.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging (overrides device.log_level).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="Run the daemon: camera -> faces -> emotions -> MQTT (or stdout).",
+                       description="Run the daemon. With no config: the demo source, the default model, MQTT to "
+                       "localhost:1883 if a broker answers there, else JSON lines on stdout.")
+    add_broker_flags(p)
+    p.add_argument("--source", metavar="SRC", help="'demo', 'picamera2', a camera index, a video file/URL or an image folder.")
+    p.add_argument("--model", type=Path, metavar="BUNDLE_DIR", help="Model bundle folder (overrides classifier.model).")
+    p.add_argument("--device-id", metavar="ID", help="Device id (overrides device.id).")
+    p.add_argument("--max-frames", type=int, metavar="N", help="Stop after N processed frames.")
+    p.add_argument("--stdout", action="store_true", help="Print JSON lines on stdout instead of MQTT.")
+
+    p = sub.add_parser("check-config", help="Validate a config file and print a summary.")
+    p.add_argument("file", type=Path, help="Config file (TOML).")
+
+    from edge import modelctl
+
+    modelctl.add_subcommands(sub)
+    try:
+        from edge.subscribe import cli as subscribe_cli
+    except ImportError as exc:  # the subscriber tools need extra packages (e.g. matplotlib for plot)
+        log.debug("subscriber commands unavailable: %s", exc)
+    else:
+        subscribe_cli.register(sub)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags as a nested config dict (only the flags given)."""
+    o: dict[str, dict[str, Any]] = {}
+    if getattr(args, "source", None):
+        o.setdefault("source", {})["uri"] = args.source
+    if getattr(args, "model", None):
+        o.setdefault("classifier", {})["model"] = str(args.model)
+    if getattr(args, "device_id", None):
+        o.setdefault("device", {})["id"] = args.device_id
+    if getattr(args, "mqtt_host", None):
+        o.setdefault("mqtt", {})["host"] = args.mqtt_host
+    if getattr(args, "mqtt_port", None):
+        o.setdefault("mqtt", {})["port"] = args.mqtt_port
+    if getattr(args, "stdout", False):
+        o.setdefault("mqtt", {})["enabled"] = False
+    return o
+
+
+def load_run_config(args: argparse.Namespace):
+    """The config file (or defaults) with the command-line flags applied; raises ConfigError."""
+    from edge.config import load_config, parse_config
+
+    cfg = load_config(args.config)
+    overrides = _overrides(args)
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(exclude_unset=True, mode="json")
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data, args.config)
+
+
+def _setup_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
+    """Register Home Assistant discovery and model push when enabled and the sink is MQTT."""
+    if not hasattr(sink, "subscribe") or type(sink).__name__ == "StdoutSink":
+        return
+    from edge import ha_discovery
+
+    ha_discovery.attach(daemon, sink, cfg)
+    if cfg.model_push.enabled:
+        from edge.model_push import ModelPushReceiver
+
+        daemon.add_extension(ModelPushReceiver(cfg, sink, daemon))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: build everything, run until a signal or ``--max-frames``, close the sink (flush + offline)."""
+    from edge.config import ConfigError
+
+    cfg = load_run_config(args)
+    _setup_logging(cfg.device.log_level, args.verbose)
+    from edge.daemon import Daemon
+    from edge.publish import choose_sink
+    from edge.sources import SourceError
+
+    daemon = Daemon(cfg, sink=_NullSink())  # load model, detector before touching the network
+    uri = cfg.source.uri
+    try:
+        daemon.source.open_now()
+    except SourceError as exc:
+        if uri not in DEVICE_SOURCES and not uri.isdigit() and "://" not in uri:
+            raise
+        # A camera or stream may come up later: retry with backoff, visible in status.
+        log.warning("source %s not available yet (%s); retrying with backoff", uri, exc)
+        daemon.source.schedule_retry(str(exc))
+    try:
+        sink = choose_sink(cfg)
+    except Exception as exc:
+        if type(exc).__name__ == "SinkError":
+            raise ConfigError(str(exc)) from None
+        raise
+    daemon.sink = sink
+    if hasattr(sink, "on_command") and sink.on_command is None:
+        sink.on_command = daemon.handle_command
+    _attach_extensions(daemon, sink, cfg)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        frames = daemon.run(max_frames=args.max_frames)
+    finally:
+        sink.close()
+    log.info("processed %d frames", frames)
+    return 0
+
+
+class _NullSink:
+    """Placeholder until the real sink exists (the daemon publishes nothing before ``run``)."""
+
+    def publish(self, kind: str, body: dict) -> int:
+        """Refuse: nothing may be published before the real sink is attached."""
+        raise RuntimeError("sink not attached yet")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Nothing to close."""
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``check-config FILE``: print OK and a summary, or raise ConfigError."""
+    from edge.config import load_config
+
+    cfg = load_config(args.file)
+    m = cfg.mqtt
+    broker = f"{m.host}:{m.port}" if m.host else f"localhost:{m.port} if it answers, else stdout"
+    print(f"OK {args.file}")
+    print(f"  device:     {cfg.device.id}")
+    print(f"  source:     {cfg.source.uri} (max {cfg.source.max_fps:g} fps)")
+    print(f"  detector:   {cfg.detector.backend}")
+    print(f"  model:      {cfg.classifier.model or 'default (pushed model, else shipped bundle)'}")
+    print(f"  mqtt:       {'off (stdout)' if not m.enabled else broker}{' TLS' if m.tls.enabled else ''}"
+          f"{' user ' + m.username if m.username else ''}, prefix '{m.topic_prefix}'")
+    print(f"  model push: {'on' if cfg.model_push.enabled else 'off'}; HA discovery: "
+          f"{'on' if cfg.homeassistant.enabled else 'off'}")
+    print(f"  preview:    {cfg.privacy.debug_preview_dir or 'off'}")
+    return 0
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from edge.bundle import BundleError
+    from edge.config import ConfigError
+    from edge.detect import DetectorError
+    from edge.interpreter import RuntimeMissing
+    from edge.sources import SourceError
+
+    return (ConfigError, BundleError, RuntimeMissing, DetectorError, SourceError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m edge`` and ``emotion-edge``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        from edge import modelctl
+
+        if args.command in modelctl.COMMANDS:
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                                format="%(levelname)s %(name)s: %(message)s")
+            return modelctl.run_command(args)
+        if hasattr(args, "func"):
+            logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                                format="%(levelname)s %(name)s: %(message)s")
+            return args.func(args)
+        parser.error(f"unknown command {args.command}")
+    except _expected_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
