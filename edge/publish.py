@@ -199,6 +199,9 @@ class MqttSink:
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._subs: dict[str, Callable[[str, bytes], None]] = {self.command_topic: self._on_command_message}
         self._hooks: list[Callable[[], None]] = []
+        self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._subs_lock = threading.Lock()
+        self._session_up = False
         self._commands: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=100)
         self._close_deadline = 0.0
 
@@ -243,12 +246,14 @@ class MqttSink:
 
     def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
         """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
-        self._subs[topic] = callback
+        with self._subs_lock:
+            self._subs[topic] = callback
         self._new_subs.put(topic)
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` on the network thread after every successful (re)connect."""
-        self._hooks.append(fn)
+        """Call ``fn()`` on the network thread after every successful (re)connect, and right away (on that
+        thread) if the sink is connected already, so a late-registered extension never misses a connect."""
+        self._new_hooks.put(fn)
 
     def stats(self) -> dict[str, int]:
         """``{"pending": messages not yet acknowledged, "dropped": messages dropped by the outbox bound}``."""
@@ -372,12 +377,13 @@ class MqttSink:
         """Run one broker connection until it fails or the sink stops."""
         connect_deadline = time.monotonic() + _CONNACK_TIMEOUT_S
         self._refused_now = False
+        self._session_up = False
         while True:
             rc = client.loop(timeout=_LOOP_TIMEOUT_S)
             if self._refused_now:
                 return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                if self._connected:
+                if self._session_up:
                     self._note(logging.WARNING, f"lost the connection to MQTT broker {self.host}:{self.port} "
                                f"({mqtt.error_string(rc)}); reconnecting, messages wait in the outbox")
                 return
@@ -399,6 +405,10 @@ class MqttSink:
             client.publish(t, payload, qos=qos, retain=retain)
         while not self._new_subs.empty():
             client.subscribe(self._new_subs.get(), qos=1)
+        while not self._new_hooks.empty():
+            hook = self._new_hooks.get()
+            self._hooks.append(hook)
+            self._call_hook(hook)
         done = [seq for seq, info in self._inflight.items() if info.is_published()]
         if done:
             self.outbox.ack(done)
@@ -455,27 +465,38 @@ class MqttSink:
             )
             return
         self._connected = True
+        self._session_up = True
         self._refused = None
         self._error = None
         self._last_logged = None
         log.info("connected to MQTT broker %s:%d as %s", self.host, self.port, self.client_id)
         self._connected_evt.set()
         client.publish(self.availability_topic, "online", qos=1, retain=True)
-        client.subscribe([(t, 1) for t in self._subs])
-        while not self._new_subs.empty():  # already covered by the line above
+        while not self._new_subs.empty():  # covered by the subscription to all topics below
             self._new_subs.get()
-        for hook in list(self._hooks):
-            try:
-                hook()
-            except Exception:
-                log.exception("MQTT connect hook %r failed", hook)
+        with self._subs_lock:
+            topics = list(self._subs)
+        client.subscribe([(t, 1) for t in topics])
+        while not self._new_hooks.empty():
+            self._hooks.append(self._new_hooks.get())
+        for hook in self._hooks:
+            self._call_hook(hook)
+
+    @staticmethod
+    def _call_hook(hook: Callable[[], None]) -> None:
+        try:
+            hook()
+        except Exception:
+            log.exception("MQTT connect hook %r failed", hook)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected = False
         self._connected_evt.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        for sub, callback in list(self._subs.items()):
+        with self._subs_lock:
+            subs = list(self._subs.items())
+        for sub, callback in subs:
             if mqtt.topic_matches_sub(sub, msg.topic):
                 try:
                     callback(msg.topic, msg.payload)

@@ -1,0 +1,99 @@
+"""The SQLite outbox: order, acknowledgement, atomic seq, bound and drop policy, persistence."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edge.outbox import Outbox
+from edge.publish import MqttSink
+from tests.broker import free_port
+from tests.mqtt_support import event_body, faces_body, sink_config, status_body, validator
+
+
+def _add(box: Outbox, kind: str, text: str = "x") -> int:
+    return box.add(kind, f"emotion/dev1/{kind}", lambda seq: f"{text}{seq}".encode())
+
+
+def test_messages_come_back_in_seq_order_until_acknowledged(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=1000)
+    seqs = [_add(box, kind) for kind in ["status", "faces", "events", "summary", "faces"]]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert [m.seq for m in box.peek(0, 3)] == [1, 2, 3]
+    assert [m.seq for m in box.peek(3, 10)] == [4, 5]
+    first = box.peek(0, 1)[0]
+    assert first.payload == b"x1" and first.topic == "emotion/dev1/status" and first.qos == 1
+    box.ack([2, 4, 99])  # 99 is unknown (e.g. already dropped): ignored
+    assert [m.seq for m in box.peek(0, 10)] == [1, 3, 5]
+    assert box.pending() == 3
+
+
+def test_pending_messages_and_seq_survive_reopening(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    for _ in range(4):
+        _add(box, "events")
+    box.ack([1])
+    box.close()
+    box = Outbox(tmp_path / "o.db")
+    assert box.pending() == 3
+    assert [m.seq for m in box.peek(0, 10)] == [2, 3, 4]
+    assert _add(box, "events") == 5
+
+
+def test_a_failing_payload_builder_takes_no_seq(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    _add(box, "events")
+
+    def boom(seq: int) -> bytes:
+        raise ValueError("cannot encode")
+
+    with pytest.raises(ValueError):
+        box.add("events", "t", boom)
+    assert _add(box, "events") == 2, "a failed add must not leave a gap in seq"
+    assert box.pending() == 2
+
+
+def test_bound_drops_oldest_faces_first_then_oldest_of_any_kind(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=4)
+    s1 = _add(box, "status")
+    f2 = _add(box, "faces")
+    e3 = _add(box, "events")
+    f4 = _add(box, "faces")
+    s5 = _add(box, "summary")  # full: drops the oldest faces (2)
+    assert [m.seq for m in box.peek()] == [s1, e3, f4, s5]
+    e6 = _add(box, "events")  # drops faces 4
+    assert [m.seq for m in box.peek()] == [s1, e3, s5, e6]
+    e7 = _add(box, "events")  # no faces left: drops the oldest of any kind (status 1)
+    assert [m.seq for m in box.peek()] == [e3, s5, e6, e7]
+    assert box.dropped() == 3 and box.pending() == 4
+    assert f2 not in {m.seq for m in box.peek()}
+    box.close()
+    assert Outbox(tmp_path / "o.db", max_messages=4).dropped() == 3, "the drop counter is persisted"
+
+
+def test_sink_reports_drops_in_status_while_the_broker_is_away(tmp_path):
+    # Nothing listens on this port: everything stays in the outbox, bounded at 100.
+    cfg = sink_config(tmp_path / "state", None, host="127.0.0.1", port=free_port(), outbox={"max_messages": 100})
+    sink = MqttSink(cfg)
+    try:
+        for i in range(10):
+            sink.publish("events", event_body(i))
+        for i in range(120):
+            sink.publish("faces", faces_body(i))
+        deadline = time.monotonic() + 5
+        while sink.connection()["error"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sink.publish("status", status_body())
+        stats = sink.stats()
+        assert stats == {"pending": 100, "dropped": 31}
+        kept = sink.outbox.peek(0, 200)
+        assert sum(m.kind == "events" for m in kept) == 10, "events must outlive faces updates"
+        assert kept[-1].kind == "status"
+        status = json.loads(kept[-1].payload)
+        validator().validate(status)
+        assert status["outbox"]["dropped"] == 30, "the status was made before its own insert dropped one more"
+        assert status["mqtt"]["connected"] is False and "unreachable" in status["mqtt"]["error"]
+    finally:
+        sink.close(timeout=0.5)
