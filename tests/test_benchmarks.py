@@ -1,0 +1,122 @@
+"""The benchmark scripts run end to end on a real int8 bundle and compute their metrics correctly.
+
+They are timed only by themselves; these tests check behaviour (outputs, errors, metric maths), not speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.bundle import FER_LABELS, read_manifest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import the benchmark scripts as modules (they import each other by file name, as when run as scripts)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import model_latency
+    import peer_fer
+
+    return model_latency, peer_fer
+
+
+def test_device_model_returns_probabilities_and_flip_tta_is_symmetric(bench, tiny_bundle):
+    model_latency, _ = bench
+    model = model_latency.DeviceModel(tiny_bundle)
+    rng = np.random.default_rng(1)
+    face = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    probs = model.predict(face)
+    assert probs.shape == (len(FER_LABELS),)
+    assert np.all(probs >= 0) and abs(float(probs.sum()) - 1.0) < 0.05
+    # A left-right symmetric face is its own mirror image, so flip TTA must not change the answer.
+    sym = np.concatenate([face[:, :24], face[:, :24][:, ::-1]], axis=1)
+    np.testing.assert_allclose(model.predict_flip(sym), model.predict(sym), atol=1e-6)
+
+
+def test_model_latency_prints_percentiles_on_synthetic_faces(bench, tiny_bundle, tmp_path, capsys):
+    model_latency, _ = bench
+    rc = model_latency.main(
+        ["--model", str(tiny_bundle), "--n", "20", "--warmup", "2", "--data", str(tmp_path / "absent.npz"), "--flip-tta"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "synthetic faces" in out
+    for label in ("invoke()", "per face", "flip TTA"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(label))
+        assert "p50" in line and "p99" in line and "(n=20)" in line
+    arch = read_manifest(tiny_bundle).architecture  # the arch line comes from the manifest
+    assert f"params {arch['params']:,}" in out and f"MACs {arch['macs']:,}" in out
+    assert "tiny-test-0" in out
+
+
+def test_model_latency_bad_bundle_is_one_line_error(bench, tmp_path, capsys):
+    model_latency, _ = bench
+    rc = model_latency.main(["--model", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error:") and "does not exist" in err and "\n" not in err
+
+
+def test_macro_f1_matches_hand_computation(bench):
+    _, peer_fer = bench
+    y_true = np.array([0, 0, 1, 1])
+    y_pred = np.array([0, 1, 1, 1])
+    # class 0: P=1, R=1/2 -> F1 2/3; class 1: P=2/3, R=1 -> F1 4/5; classes 2..6 absent from y_true: ignored.
+    assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # A class predicted but never true does not count; a true class never predicted counts as F1 = 0.
+    assert peer_fer.macro_f1(np.array([0, 1]), np.array([0, 0]), 7) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_fer_input_is_64px_in_minus_one_to_one(bench):
+    _, peer_fer = bench
+    white = peer_fer.fer_input(np.full((48, 48), 255, np.uint8))
+    black = peer_fer.fer_input(np.zeros((48, 48), np.uint8))
+    assert white.shape == (1, 64, 64, 1) and white.dtype == np.float32
+    np.testing.assert_allclose(white, 1.0)
+    np.testing.assert_allclose(black, -1.0)
+
+
+def test_evaluate_batch_and_single_paths_agree(bench):
+    _, peer_fer = bench
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 48, 48), dtype=np.uint8)
+    y = rng.integers(0, 7, 30)
+
+    def predict(face: np.ndarray) -> np.ndarray:  # a deterministic "model": class from mean brightness
+        return np.eye(7)[int(face.mean()) % 7]
+
+    single = peer_fer.evaluate(predict, x, y, latency_calls=500)
+    batch = peer_fer.evaluate(predict, x, y, latency_calls=500, predict_batch=lambda xs: np.stack([predict(f) for f in xs]))
+    assert single[:2] == batch[:2]
+    expected = np.mean([int(f.mean()) % 7 == t for f, t in zip(x, y, strict=True)])
+    assert single[0] == pytest.approx(expected)
+    assert len(single[2]) == 500 and len(batch[2]) == 500
+
+
+def test_peer_fer_runs_our_bundle_and_prints_a_table(bench, tiny_bundle, tmp_path, capsys):
+    _, peer_fer = bench
+    rng = np.random.default_rng(2)
+    data = tmp_path / "faces.npz"
+    np.savez(data, x=rng.integers(0, 256, (40, 48, 48), dtype=np.uint8), y=rng.integers(0, 7, 40).astype(np.uint8))
+    rc = peer_fer.main(["--model", str(tiny_bundle), "--data", str(data), "--fer", "none", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    row = next(ln for ln in out.splitlines() if ln.startswith("| ours: tiny-test-0"))
+    assert "| 40 |" in row and "| 500 |" in row  # 40 faces scored, latency over the 500-call minimum
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert rows[0]["n"] == 40 and 0.0 <= rows[0]["accuracy"] <= 1.0
+
+
+def test_peer_fer_rejects_data_without_labels(bench, tmp_path, capsys):
+    _, peer_fer = bench
+    data = tmp_path / "nolabels.npz"
+    np.savez(data, x=np.zeros((3, 48, 48), np.uint8))
+    rc = peer_fer.main(["--data", str(data), "--fer", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "'y'" in err
