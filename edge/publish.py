@@ -356,7 +356,10 @@ class MqttSink:
             started = time.monotonic()
             try:
                 client.connect(self.host, self.port, keepalive=self._cfg.keepalive_s)
-            except (OSError, ssl.SSLError) as exc:
+            except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
+                self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
+                           "check mqtt.tls.ca_file (the CA that signed the broker) and the host name; retrying")
+            except OSError as exc:
                 self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
                            f"retrying with backoff, messages wait in the outbox")
             else:
@@ -386,6 +389,10 @@ class MqttSink:
                 if self._session_up:
                     self._note(logging.WARNING, f"lost the connection to MQTT broker {self.host}:{self.port} "
                                f"({mqtt.error_string(rc)}); reconnecting, messages wait in the outbox")
+                else:
+                    self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} closed the connection before "
+                               f"accepting it ({mqtt.error_string(rc)}); check the TLS client certificate settings "
+                               "(mqtt.tls) and the broker log; retrying with backoff")
                 return
             if not self._connected:
                 if time.monotonic() > connect_deadline:
