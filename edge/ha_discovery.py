@@ -155,7 +155,14 @@ def discovery_messages(
 
 
 def model_info_from_daemon(daemon: Any) -> tuple[str, list[str]]:
-    """``(model_id, labels)`` of the daemon's current model (from its status body, else its bundle manifest)."""
+    """``(model_id, labels)`` of the daemon's current model.
+
+    Read from ``daemon.classifier`` (plain attribute reads, safe from another thread), else from its
+    status body, else from the current bundle's manifest.
+    """
+    clf = getattr(daemon, "classifier", None)
+    if clf is not None and getattr(clf, "labels", None):
+        return str(clf.model_id), [str(x) for x in clf.labels]
     model_id = str(getattr(daemon, "model_id", "") or "unknown")
     labels: list[str] = []
     try:
