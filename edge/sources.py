@@ -351,7 +351,10 @@ class ManagedSource:
                 self.schedule_retry(str(exc))
                 return None
         if self.max_fps > 0:
+            interval = 1.0 / self.max_fps
             now = self._clock()
+            if self._since_open == 0:
+                self._next_frame_at = now  # the first frame after an open is due at once
             if now < self._next_frame_at:
                 delay = self._next_frame_at - now
                 if delay > max_wait:
@@ -360,12 +363,11 @@ class ManagedSource:
                 self._wait(delay)
             # Schedule from the due time, not from now, so the average rate holds; but never bank a backlog:
             # slots already past are counted as dropped frames instead.
-            now = self._clock()
-            interval = 1.0 / self.max_fps
-            due = self._next_frame_at + interval
-            if self._since_open and now - due >= interval:
-                self.dropped += int((now - due) / interval)
-            self._next_frame_at = max(due, now)
+            late = self._clock() - self._next_frame_at
+            if late >= interval:
+                self.dropped += int(late / interval)
+                self._next_frame_at = self._clock()
+            self._next_frame_at += interval
         t0 = time.perf_counter()
         try:
             frame = self._src.read()
