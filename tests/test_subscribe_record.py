@@ -212,3 +212,39 @@ def test_not_a_recording_is_a_clear_error(tmp_path):
         Recording(bad, readonly=True)
     with pytest.raises(StoreError, match="no such recording"):
         Recording(tmp_path / "missing.sqlite", readonly=True)
+
+
+def test_subscriber_commands_share_the_daemon_broker_flags(tmp_path):
+    from edge.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["watch", "--once", "--device", "a", "--device", "b"],
+                 ["record", "--db", str(tmp_path / "x.sqlite"), "--duration", "1"],
+                 ["plot", "--db", "x.sqlite", "--width", "640"],
+                 ["ha-remove", "--device-id", "kitchen", "--purge"]):
+        args = parser.parse_args([*argv, "--mqtt-host", "broker.lan", "--mqtt-port", "1884"]
+                                 if argv[0] != "plot" else argv)
+        assert callable(args.func)
+        if argv[0] != "plot":
+            assert (args.mqtt_host, args.mqtt_port) == ("broker.lan", 1884)
+    # Through `python -m edge`, an expected failure is still one line without a traceback.
+    r = subprocess.run([sys.executable, "-m", "edge", "record", "--db", str(tmp_path / "missing.sqlite"),
+                        "--export", str(tmp_path / "out.csv")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such recording" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_recorder_survives_a_broker_restart(broker, tmp_path):
+    n = 80
+    recorder = Recorder(BrokerSettings(host=broker.host, port=broker.port), tmp_path / "rec.sqlite")
+    recorder.start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    try:
+        _publish_mixed(sink, 0, 40)
+        assert _wait(lambda: recorder.stored == 40)
+        broker.restart()  # persistence keeps the recorder's session; both clients reconnect by themselves
+        _publish_mixed(sink, 40, n - 40)
+        assert _wait(lambda: recorder.recording.count() >= n, timeout=30)
+        assert recorder.recording.seqs("dev1") == list(range(1, n + 1))
+    finally:
+        sink.close(2)
+        recorder.stop()
