@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -123,6 +125,20 @@ def verify_model(path: Path = MEDIAPIPE_MODEL, expected: str = MEDIAPIPE_MODEL_S
     return path
 
 
+def _keep_tensorflow_out_of_mediapipe() -> None:
+    """Stop MediaPipe from importing TensorFlow.
+
+    ``mediapipe.tasks.python.core.optional_dependencies`` imports ``tensorflow.tools.docs`` whenever TensorFlow is
+    installed, only to mark API docs; on a workstation that costs seconds and hundreds of MB, and edge must never
+    import TensorFlow. Pre-seed that module with the no-op MediaPipe itself uses when TensorFlow is absent.
+    """
+    name = "mediapipe.tasks.python.core.optional_dependencies"
+    if name not in sys.modules:
+        stub = types.ModuleType(name)
+        stub.doc_controls = types.SimpleNamespace(do_not_generate_docs=lambda obj: obj)  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+
+
 class MediaPipeDetector:
     """MediaPipe Tasks FaceDetector with the vendored BlazeFace short-range model (best for faces within ~2 m).
 
@@ -141,6 +157,7 @@ class MediaPipeDetector:
         path = verify_model() if model_path is None else Path(model_path)
         # MediaPipe's C++ core logs to stderr through absl/glog; keep it to errors unless asked otherwise.
         os.environ.setdefault("GLOG_minloglevel", "2")
+        _keep_tensorflow_out_of_mediapipe()
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
