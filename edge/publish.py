@@ -288,8 +288,9 @@ class MqttSink:
         if last is not None:
             self.publish("status", _offline_copy(last))
         self._closed = True
-        # Waiting makes no sense while the broker refuses us; otherwise a reconnect may still come in time.
-        while self.outbox.pending() > 0 and time.monotonic() < deadline and self._refused is None:
+        # Wait while a session is up or the first attempt is still under way; when the broker is unreachable or
+        # refuses us, waiting only delays the shutdown: the messages stay in the outbox for the next run.
+        while self.outbox.pending() > 0 and time.monotonic() < deadline and (self._connected or self._error is None):
             time.sleep(0.02)
         self._close_deadline = deadline
         self._stop.set()
