@@ -280,9 +280,9 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------------- internals
 
-    def _new_tracker(self, clf: Classifier) -> Tracker:
+    def _new_tracker(self, clf: Classifier, first_id: int = 1) -> Tracker:
         t = self.config.tracking
-        return Tracker(clf.labels, t.iou_threshold, t.max_missed_frames, t.smoothing, t.uncertain_below)
+        return Tracker(clf.labels, t.iou_threshold, t.max_missed_frames, t.smoothing, t.uncertain_below, first_id)
 
     def _publish(self, kind: str, body: dict[str, Any]) -> None:
         try:
@@ -373,7 +373,8 @@ class Daemon:
         if clf is not self._tracker_model:
             # New labels or new calibration: old smoothed probabilities mean nothing to the new model.
             self._end_tracks(self._tracker.close_all(), self._tracker.labels)
-            self._tracker, self._tracker_model = self._new_tracker(clf), clf
+            # Ids keep counting up so a subscriber never sees one id for two different tracks.
+            self._tracker, self._tracker_model = self._new_tracker(clf, self._tracker.next_id), clf
         update = self._tracker.update([d.raw_box for d in dets], probs, frame.ts)
         self._window.add(update.observed)
         t3 = p()

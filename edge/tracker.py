@@ -88,6 +88,7 @@ class Tracker:
         max_missed_frames: Frames a track survives without a detection.
         smoothing: Weight of the newest probabilities in the exponential moving average (1 = no smoothing).
         uncertain_below: Top smoothed probability under which the emotion is reported as ``"uncertain"``.
+        first_id: Id of the first new track (a replacement tracker continues its predecessor's numbering).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Tracker:
         max_missed_frames: int = 10,
         smoothing: float = 0.3,
         uncertain_below: float = 0.4,
+        first_id: int = 1,
     ) -> None:
         self.labels = list(labels)
         self.iou_threshold = iou_threshold
@@ -104,7 +106,7 @@ class Tracker:
         self.smoothing = smoothing
         self.uncertain_below = uncertain_below
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self.next_id = first_id
 
     def update(self, boxes: list[Box], probs: np.ndarray, ts: float) -> TrackUpdate:
         """Feed one frame's detections (boxes and their N x C probabilities) observed at time ``ts``."""
@@ -132,8 +134,8 @@ class Tracker:
             p = np.asarray(probs[di], dtype=np.float64)
             track = track_for_det.get(di)
             if track is None:
-                track = Track(self._next_id, tuple(box), p.copy(), p.copy(), ts, ts)
-                self._next_id += 1
+                track = Track(self.next_id, tuple(box), p.copy(), p.copy(), ts, ts)
+                self.next_id += 1
                 self.tracks.append(track)
                 started.append(track)
             else:

@@ -1,0 +1,95 @@
+"""The classifier on a real int8 bundle (the untrained tiny_bundle): batching, probabilities, flip TTA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge.bundle import BundleError
+from edge.classify import Classifier
+from edge.demo import DemoSource
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_bundle):
+    return Classifier(tiny_bundle)
+
+
+def faces(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
+def test_loads_with_the_preferred_runtime(clf):
+    assert clf.runtime == "ai_edge_litert"
+    assert clf.model_id.startswith("tiny-test")
+    assert len(clf.labels) == 7
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_a_batch_of_n_faces_gives_n_rows_that_sum_to_one(clf, n):
+    p = clf.classify_faces(faces(n))
+    assert p.shape == (n, 7)
+    assert np.allclose(p.sum(axis=1), 1.0)
+    assert (p >= 0).all()
+
+
+def test_batched_rows_equal_one_at_a_time(clf):
+    batch = faces(4, seed=1)
+    together = clf.classify_faces(batch)
+    alone = np.concatenate([clf.classify_faces(batch[i : i + 1]) for i in range(4)])
+    assert np.allclose(together, alone, atol=1e-6)
+
+
+def test_different_faces_give_different_outputs(clf):
+    p = clf.classify_faces(np.stack([np.zeros((48, 48), np.uint8), np.full((48, 48), 255, np.uint8)]))
+    assert not np.allclose(p[0], p[1])
+
+
+def test_flip_tta_averages_a_face_with_its_mirror(tiny_bundle, clf):
+    tta = Classifier(tiny_bundle, flip_tta=True)
+    f = faces(3, seed=2)
+    expected = (clf.classify_faces(f) + clf.classify_faces(f[:, :, ::-1].copy())) / 2
+    assert np.allclose(tta.classify_faces(f), expected, atol=1e-6)
+
+
+def test_classify_crops_boxes_from_a_frame(clf):
+    frame = DemoSource(faces=1).render(0)
+    boxes = [(100.0, 100.0, 120.0, 120.0), (600.0, 440.0, 80.0, 80.0)]  # the second reaches past the edge
+    crops = clf.crops(frame, boxes)
+    assert crops.shape == (2, 48, 48) and crops.dtype == np.uint8
+    assert clf.classify(frame, boxes).shape == (2, 7)
+    assert clf.classify(frame, []).shape == (0, 7)
+
+
+def test_wrong_face_size_is_refused(clf):
+    with pytest.raises(ValueError, match="48 x 48"):
+        clf.classify_faces(np.zeros((1, 64, 64), np.uint8))
+
+
+def test_a_tampered_model_is_refused(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    data = bytearray((bad / "model.tflite").read_bytes())
+    data[200] ^= 0xFF
+    (bad / "model.tflite").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        Classifier(bad)
+
+
+def test_manifest_labels_that_disagree_with_the_model_are_refused(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["labels"] = manifest["labels"][:6]
+    manifest["output"]["shape"] = [1, 6]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="labels"):
+        Classifier(bad)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        Classifier(tmp_path / "nope")

@@ -1,0 +1,245 @@
+"""The frame loop with real parts (demo source, MediaPipe, int8 tiny_bundle) and an in-memory sink.
+
+End-to-end runs through Mosquitto are in the MQTT tests; here the payload bodies are checked against the
+published JSON Schema, and the loop's behaviour (tracks, status, swaps, commands, failing source) is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import jsonschema
+import pytest
+
+from edge.bundle import BundleError
+from edge.config import Config
+from edge.daemon import Daemon
+from edge.demo import DemoSource
+from edge.payloads import SCHEMA_PATH, make_envelope
+from edge.sources import ManagedSource, SourceError
+
+pytest.importorskip("mediapipe")
+VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+class ListSink:
+    """Keeps every message (with the real envelope) and validates it against the schema as it arrives."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.lock = threading.Lock()
+
+    def publish(self, kind: str, body: dict) -> int:
+        with self.lock:
+            msg = make_envelope(kind, "test-dev", len(self.messages) + 1, json.loads(json.dumps(body)))
+            VALIDATOR.validate(msg)
+            self.messages.append(msg)
+            return msg["seq"]
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"pending": 0, "dropped": 0}
+
+    def of(self, kind: str, event: str | None = None) -> list[dict]:
+        with self.lock:
+            return [m for m in self.messages if m["kind"] == kind and (event is None or m.get("event") == event)]
+
+
+def make_config(tmp_path, **sections) -> Config:
+    data = {
+        "device": {"id": "test-dev", "state_dir": str(tmp_path / "state")},
+        "source": {"uri": "demo", "max_fps": 0},
+        "mqtt": {"status_interval_s": 60, "summary_interval_s": 60},
+        "tracking": {"max_missed_frames": 2},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return Config.model_validate(data)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, tiny_bundle):
+    made = []
+
+    def make(sink=None, **sections):
+        sections.setdefault("classifier", {})["model"] = str(tiny_bundle)
+        d = Daemon(make_config(tmp_path, **sections), sink or ListSink())
+        made.append(d)
+        return d
+
+    yield make
+
+
+def test_demo_run_publishes_valid_faces_tracks_summary_and_status(daemon_factory):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    # The demo's second face leaves the picture at frame 160 of each 200-frame cycle.
+    d.source = ManagedSource(lambda: DemoSource(faces=2), "demo")
+    assert d.run(max_frames=170) == 170
+    faces = sink.of("faces")
+    assert len(faces) == 170
+    assert {len(m["faces"]) for m in faces[:150]} == {2}
+    ids = {f["track_id"] for m in faces[:150] for f in m["faces"]}
+    assert ids == {1, 2}, "ids must stay stable while the faces move"
+    for m in faces:
+        for f in m["faces"]:
+            assert f["box"][2] > 0.1 and abs(sum(f["probs"].values()) - 1) < 0.01
+    starts = [m["track_id"] for m in sink.of("events", "track_start")]
+    ends = sink.of("events", "track_end")
+    assert starts == [1, 2]
+    # Track 2 ended when its face left (max_missed_frames 2), track 1 at shutdown.
+    assert [m["track_id"] for m in ends] == [2, 1]
+    assert ends[0]["duration_s"] > 0
+    summary = sink.of("summary")[-1]
+    assert summary["frames"] == 170 and summary["faces_max"] == 2 and 1 < summary["faces_mean"] <= 2
+    assert {t["track_id"] for t in summary["tracks"]} == {1, 2}
+    statuses = sink.of("status")
+    assert statuses[0]["state"] == "running" and statuses[-1]["state"] == "stopping"
+    last = statuses[-1]
+    assert last["frames"] == 170 and last["model_id"].startswith("tiny-test")
+    assert last["model"]["runtime"] == "ai_edge_litert" and last["detector"] == "mediapipe"
+    assert all(last["latency_ms"][k] is not None and last["latency_ms"][k] >= 0
+               for k in ("capture", "detect", "classify", "track", "publish"))
+    assert last["fps"] > 0
+
+
+def test_no_image_data_is_ever_published(daemon_factory, tmp_path):
+    sink = ListSink()
+    preview = tmp_path / "preview"
+    d = daemon_factory(sink, privacy={"debug_preview_dir": str(preview)})
+    d.run(max_frames=5)
+    for m in sink.messages:
+        text = json.dumps(m)
+        assert len(text) < 8000  # numbers and labels only: a 48x48 crop alone would be >2 kB of numbers
+        assert not any(isinstance(v, list) and len(v) > 16 for v in m.values())
+    # The preview exists, locally, only because it was enabled.
+    assert (preview / "preview.jpg").is_file()
+
+
+def test_no_preview_unless_enabled(daemon_factory, tmp_path):
+    d = daemon_factory()
+    d.run(max_frames=3)
+    assert d._preview_dir is None and not list(tmp_path.rglob("*.jpg"))
+
+
+def _copy_bundle(src, dst, model_id):
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["model_id"] = model_id
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_swap_model_switches_and_a_bad_bundle_leaves_the_old_one(daemon_factory, tiny_bundle, tmp_path):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    d.run(max_frames=3)
+    new = _copy_bundle(tiny_bundle, tmp_path / "v2", "tiny-v2")
+    d.swap_model(new)
+    assert d.model_id == "tiny-v2" and d.current_bundle_dir == new
+    assert d.status_body()["model"]["id"] == "tiny-v2"
+    broken = _copy_bundle(tiny_bundle, tmp_path / "broken", "broken")
+    (broken / "model.tflite").write_bytes(b"garbage")
+    with pytest.raises(BundleError):
+        d.swap_model(broken)
+    assert d.model_id == "tiny-v2" and d.classifier.model_id == "tiny-v2"
+
+
+def test_swap_while_running_restarts_tracks_with_the_new_model(daemon_factory, tiny_bundle, tmp_path):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    new = _copy_bundle(tiny_bundle, tmp_path / "v2", "tiny-v2")
+    thread = threading.Thread(target=d.run, kwargs={"max_frames": 400}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and d.frames < 3:
+        time.sleep(0.02)
+    d.swap_model(new)
+    swapped_at = d.frames
+    while time.monotonic() < deadline and d.frames < swapped_at + 3:
+        time.sleep(0.02)
+    d.stop()
+    thread.join(10)
+    assert sink.of("status")[-1]["model_id"] == "tiny-v2"
+    # The old model's tracks ended at the swap and new ones (new ids) started with the new model.
+    starts = [m["track_id"] for m in sink.of("events", "track_start")]
+    assert starts[:2] == [1, 2] and len(starts) >= 4 and len(set(starts)) == len(starts)
+
+
+def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    d.handle_command({"command": "publish_status"})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(_copy_bundle(tiny_bundle, tmp_path / "v3", "v3"))})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(tmp_path / "missing")})
+    d.handle_command({"command": "dance"})
+    results = [(m["command"], m["ok"]) for m in sink.of("events", "command")]
+    assert results == [("publish_status", True), ("reload_model", True), ("reload_model", False), ("dance", False)]
+    assert "does not exist" in sink.of("events", "command")[2]["detail"]
+    assert d.model_id == "v3"
+
+
+def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
+    sink = ListSink()
+    d = daemon_factory(sink, mqtt={"status_interval_s": 0.05})
+    attempts = []
+
+    def opener():
+        attempts.append(time.monotonic())
+        raise SourceError("camera unplugged")
+
+    d.source = ManagedSource(opener, "0", retry_initial_s=0.05, retry_max_s=0.2)
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(attempts) < 4:
+        time.sleep(0.05)
+    d.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(attempts) >= 4
+    degraded = [m for m in sink.of("status") if m["state"] == "degraded"]
+    assert degraded, "a failing source must be visible in status"
+    src = degraded[-1]["source"]
+    assert src["state"] == "retrying" and src["error"] == "camera unplugged" and src["retries"] >= 1
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert gaps[-1] >= gaps[0]  # exponential backoff, not a busy loop
+
+
+def test_stop_from_another_thread_ends_the_loop_gracefully(daemon_factory):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and d.frames < 3:
+        time.sleep(0.02)
+    d.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sink.of("status")[-1]["state"] == "stopping"
+    assert sink.of("events", "track_end")
+
+
+def test_extensions_start_and_stop_with_the_daemon(daemon_factory):
+    calls = []
+
+    class Ext:
+        last_result = {"ok": True, "model_id": "x"}
+
+        def start(self):
+            calls.append("start")
+
+        def stop(self):
+            calls.append("stop")
+
+    d = daemon_factory()
+    d.add_extension(Ext())
+    d.run(max_frames=1)
+    assert calls == ["start", "stop"]
+    assert d.status_body()["model_push"] == {"ok": True, "model_id": "x"}
