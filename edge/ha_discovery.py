@@ -41,9 +41,14 @@ _FALLBACK_SUPPORT_URL = "https://pypi.org/project/emotion-edge/"
 class RawSink(Protocol):
     """The parts of ``edge.publish.MqttSink`` discovery needs."""
 
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> Any: ...
-    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> Any: ...
-    def add_connect_hook(self, fn: Callable[[], None]) -> Any: ...
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> Any:
+        """Publish without envelope or outbox."""
+
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> Any:
+        """Subscribe now and after every reconnect; the callback runs on the network thread."""
+
+    def add_connect_hook(self, fn: Callable[[], None]) -> Any:
+        """Call ``fn()`` after every successful (re)connect."""
 
 
 def package_version() -> str:

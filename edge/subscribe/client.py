@@ -202,6 +202,7 @@ class Subscriber:
         if reason_code.is_failure:
             # Refused is refused (bad credentials, not authorised): retrying would hide the problem.
             self._fatal = f"broker {self.settings.describe()} refused the connection: {reason_code}"
+            log.error("%s; not retrying (check the user name and password)", self._fatal)
             client.disconnect()
             self._connected.set()
             return
