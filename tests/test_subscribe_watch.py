@@ -118,3 +118,14 @@ def test_status_payload_fields_used_by_watch_exist_in_schema():
     schema = json.dumps(load_schema())
     for field in ("fps", "model_id", "labels", "faces_mean", "dominant_emotion", "mean_probs", "confidence"):
         assert f'"{field}"' in schema
+
+
+def test_refused_connection_is_one_clear_line(broker_factory):
+    b = broker_factory("closed", allow_anonymous=False).start()
+    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "watch", "--once", "--duration", "0",
+                        "--mqtt-host", b.host, "--mqtt-port", str(b.port)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: broker 127.0.0.1:"), r.stderr
+    assert "refused the connection" in lines[0] and "--mqtt-username" in lines[0]

@@ -168,6 +168,7 @@ class Subscriber:
         self._subscribed = threading.Event()
         self._pending_subs: set[int] = set()
         self._fatal: str | None = None
+        self._running = False
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or "",
@@ -202,7 +203,8 @@ class Subscriber:
         if reason_code.is_failure:
             # Refused is refused (bad credentials, not authorised): retrying would hide the problem.
             self._fatal = f"broker {self.settings.describe()} refused the connection: {reason_code}"
-            log.error("%s; not retrying (check the user name and password)", self._fatal)
+            if self._running:  # during start() the caller reports it; later only the log can
+                log.error("%s; not retrying (check the user name and password)", self._fatal)
             client.disconnect()
             self._connected.set()
             return
@@ -265,6 +267,7 @@ class Subscriber:
         if not self._subscribed.wait(timeout):
             self.stop()
             raise SubscribeError(f"the broker at {self.settings.describe()} did not acknowledge the subscriptions")
+        self._running = True
 
     @property
     def subscribed(self) -> bool:
