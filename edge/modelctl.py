@@ -74,6 +74,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("install-bundle", help="Copy a bundle into the device's model store.")
     p.add_argument("bundle", help="Bundle folder (verify it first).")
     p.add_argument("--activate", action="store_true", help="Make it the current model (old one becomes previous).")
+    p.add_argument("--verify", action="store_true", help="Run verify-bundle's checks first (errors start with 'verify:').")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     _add_state_args(p)
 
@@ -143,9 +144,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from edge.bundle import read_manifest
+    from edge.bundle import BundleError, read_manifest
     from edge.model_store import ModelStore
 
+    if args.verify:
+        from edge.model_check import check_bundle
+
+        try:
+            check_bundle(args.bundle)
+        except BundleError as exc:
+            raise CommandFailed(f"verify: {exc}") from None
     store = ModelStore.for_state_dir(_state_dir(args))
     before = store.current()
     folder = store.install(args.bundle)

@@ -3,14 +3,13 @@
 Per host, using the system ``ssh`` client (BatchMode, key authentication only):
 
 1. stream the bundle as a tar into a fresh ``mktemp -d`` folder on the device (no scp/sftp needed);
-2. ``<python> -m edge.modelctl verify-bundle DIR`` on the device: manifest, sha256, interpreter tensors, smoke inference
-   with the device's own runtime;
-3. ``<python> -m edge.modelctl install-bundle DIR --state-dir S --activate``: copy into the model store and switch the
-   ``current`` link atomically (the old one becomes ``previous``);
-4. reload: ``systemctl restart`` (``Type=notify`` makes it wait until the daemon is ready, or fail), or an MQTT
+2. ``<python> -m edge.modelctl install-bundle DIR --verify --state-dir S --activate`` on the device: first the checks
+   of ``verify-bundle`` (manifest, sha256, interpreter tensors, smoke inference with the device's own runtime),
+   then copy into the model store and switch the ``current`` link atomically (the old one becomes ``previous``);
+3. reload: ``systemctl restart`` (``Type=notify`` makes it wait until the daemon is ready, or fail), or an MQTT
    ``reload_model`` command, or nothing; then an optional health command;
-5. if step 4 fails, ``<python> -m edge.modelctl rollback`` and the reload again, so the host runs its old model;
-6. the temporary folder is always removed.
+4. if step 3 fails, ``<python> -m edge.modelctl rollback`` and the reload again, so the host runs its old model;
+5. the temporary folder is always removed.
 
 Hosts come from an inventory TOML (see ``deploy/inventory.example.toml``) and run in parallel; the result is
 one row per host.
@@ -18,13 +17,16 @@ one row per host.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ class HostSettings(BaseModel):
     )
     connect_timeout_s: int = Field(10, description="SSH connect timeout.", ge=1)
     ssh_options: list[str] = Field(default_factory=list, description="Extra '-o' options for ssh, e.g. ['ProxyJump=bastion'].")
+    multiplex: bool = Field(True, description="Reuse one SSH connection for all steps of a host (ControlMaster).")
     python: str = Field("/opt/emotion-edge/bin/python", description="The device's venv python (deploy/install.sh puts it here).")
     state_dir: str = Field("/var/lib/emotion-edge", description="The daemon's state folder (systemd StateDirectory).")
     sudo: bool = Field(True, description="Use 'sudo -n' to act as run_as and to restart the service.")
@@ -106,6 +109,8 @@ class Host:
     address: str
     groups: tuple[str, ...]
     settings: HostSettings
+    #: Folder of the ControlMaster socket while a push runs (set by :func:`push_host`).
+    control_dir: str | None = None
 
 
 def load_inventory(path: Path | str) -> list[Host]:
@@ -186,6 +191,9 @@ def _ssh_base(host: Host) -> list[str]:
         cmd += ["-o", f"UserKnownHostsFile={Path(s.known_hosts_file).expanduser()}"]
     for opt in s.ssh_options:
         cmd += ["-o", opt]
+    if host.control_dir:
+        # Each step would otherwise pay a full key exchange, which takes seconds on a Pi.
+        cmd += ["-o", "ControlMaster=auto", "-o", f"ControlPath={host.control_dir}/%C", "-o", "ControlPersist=60"]
     return [*cmd, f"{s.user}@{host.address}"]
 
 
@@ -253,6 +261,8 @@ def push_host(host: Host, bundle_dir: Path) -> HostResult:
     """Push one bundle to one host (steps in the module docstring); never raises."""
     started = time.monotonic()
     s = host.settings
+    control_dir = tempfile.mkdtemp(prefix="eep-") if s.multiplex else None
+    host = dataclasses.replace(host, control_dir=control_dir)
     result = HostResult(host.name, ok=False, step="copy")
     tmp = None
     activated = False
@@ -262,11 +272,16 @@ def push_host(host: Host, bundle_dir: Path) -> HostResult:
         out = _run(host, "copy", 'd=$(mktemp -d /tmp/emotion-push.XXXXXX) && tar -x -C "$d" && chmod 755 "$d" && '
                    'chmod 644 "$d"/* && echo "$d"', stdin=_bundle_tar(bundle_dir))
         tmp = out.strip().splitlines()[-1]
+        # Verify and install in one remote process (one interpreter start instead of two on a slow Pi).
         result.step = "verify"
-        _run(host, "verify", _as_owner(s, [s.python, "-m", "edge.modelctl", "verify-bundle", tmp]))
-        result.step = "install"
-        out = _run(host, "install", _as_owner(s, [s.python, "-m", "edge.modelctl", "install-bundle", tmp, "--state-dir", s.state_dir,
-                                                  "--activate", "--json"]))
+        try:
+            out = _run(host, "install", _as_owner(s, [s.python, "-m", "edge.modelctl", "install-bundle", tmp, "--verify",
+                                                      "--state-dir", s.state_dir, "--activate", "--json"]))
+        except _StepFailed as exc:
+            detail = exc.detail.removeprefix("error: ")
+            if detail.startswith("verify: "):
+                raise _StepFailed("verify", detail.removeprefix("verify: ")) from None
+            raise _StepFailed("install", detail) from None
         info = json.loads(out.strip().splitlines()[-1])
         result.previous = info.get("previous_model_id")
         activated = bool(info.get("changed"))
@@ -296,6 +311,9 @@ def push_host(host: Host, bundle_dir: Path) -> HostResult:
                 _run(host, "cleanup", f"rm -rf {shlex.quote(tmp)}", timeout=30)
             except _StepFailed as exc:
                 log.warning("%s: could not remove %s: %s", host.name, tmp, exc.detail)
+        if control_dir:
+            subprocess.run([*_ssh_base(host)[:-1], "-O", "exit", _ssh_base(host)[-1]], capture_output=True, timeout=30)
+            shutil.rmtree(control_dir, ignore_errors=True)
         result.seconds = round(time.monotonic() - started, 2)
     return result
 
