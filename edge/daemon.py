@@ -132,8 +132,12 @@ class Daemon:
     ) -> None:
         self.config = config
         self.sink = sink
-        c = config.classifier
-        self._classifier = classifier or Classifier(resolve_bundle_dir(config), c.threads, c.runtime, c.flip_tta)
+        if classifier is None:
+            # Like resolve_bundle_dir, but a pushed model that no longer loads is rolled back (edge.model_boot).
+            from edge.model_boot import startup_classifier
+
+            classifier = startup_classifier(config)
+        self._classifier = classifier
         self._previous_classifier: Classifier | None = None
         self._swap_lock = threading.Lock()
         self.current_bundle_dir: Path = self._classifier.bundle_dir
@@ -250,6 +254,12 @@ class Daemon:
             "model_push": push,
         }
 
+    def close(self) -> None:
+        """Release the source and the detector without running (when start-up fails after construction)."""
+        self.source.close()
+        with contextlib.suppress(Exception):
+            self.detector.close()
+
     def run(self, max_frames: int | None = None) -> int:
         """Process frames until :meth:`stop`, the source ends (``source.loop = false``) or ``max_frames``.
 
@@ -357,6 +367,10 @@ class Daemon:
                 log.error("model %s failed on a frame (%s); rolling back to %s", clf.model_id, exc, prev.model_id)
                 self._classifier, self._previous_classifier = prev, None
                 self.current_bundle_dir, self.model_id = prev.bundle_dir, prev.model_id
+            # Let the model-push extension roll its store back too, so a restart does not load the bad model.
+            for ext in self._extensions:
+                if hasattr(ext, "model_rolled_back"):
+                    ext.model_rolled_back(clf.bundle_dir, clf.model_id, prev.bundle_dir, str(exc))
             self.publish_status()
             return prev, prev.classify(frame.image, boxes)
 

@@ -94,13 +94,43 @@ class ModelPushReceiver:
             log.warning("model push is enabled but no trusted key could be loaded; every push will be rejected")
 
     def start(self) -> None:
-        """Load the trusted keys, subscribe to the push topics and start the worker thread."""
+        """Load the trusted keys, subscribe to the push topics and start the worker thread.
+
+        A rollback done at start (a pushed model that no longer loaded, see :mod:`edge.model_boot`) is
+        reported first.
+        """
+        from edge import model_boot
+
         self._load_keys()
         self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
         self._worker.start()
         for t in self.topics():
             self.sink.subscribe(t, self._on_message)
         log.info("model push: listening on %s", ", ".join(self.topics()))
+        if model_boot.last_boot_rollback is not None:
+            record, model_boot.last_boot_rollback = model_boot.last_boot_rollback, None
+            record = {k: v for k, v in record.items() if k != "ts"}
+            self._publish({**record, "topic": ""}, None)
+
+    def model_rolled_back(self, failed_dir: Path, failed_id: str, restored_dir: Path, reason: str) -> None:
+        """Called by the daemon when a swapped-in model failed on real frames and it went back to the old one.
+
+        Puts the store's ``current`` link back too (so a restart does not load the failing model) and reports
+        it. Runs on the frame loop's thread: two symlink renames and one outbox insert.
+        """
+        try:
+            if self.store.current() == Path(failed_dir).resolve():
+                if self.store.previous() == Path(restored_dir).resolve():
+                    self.store.rollback()
+                else:
+                    self.store.deactivate()
+        except OSError as exc:
+            log.error("model push: cannot roll the model store back (%s)", exc)
+        self._publish({
+            "ok": False, "code": "swap_failed", "topic": "", "push_id": None, "model_id": failed_id, "sha256": None,
+            "key_id": None, "previous_model_id": failed_id, "rolled_back": True,
+            "reason": f"model {failed_id} failed on a frame after the swap ({reason}); rolled back",
+        }, None)
 
     def stop(self) -> None:
         """Stop the worker thread after the push in progress (if any)."""
