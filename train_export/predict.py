@@ -7,6 +7,7 @@ cropped with :func:`edge.preprocess.crop_face` and classified in LiteRT, as on t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from collections.abc import Iterator
@@ -29,36 +30,61 @@ def csv_columns(labels: list[str]) -> list[str]:
     return BASE_COLUMNS + [f"score_{name}" for name in labels]
 
 
-def haar_face_finder(min_face_size: int = 24, max_faces: int = 10):
-    """OpenCV Haar cascade finder, for an ``edge`` package that has no ``edge.detect`` yet."""
-    import cv2
+class _HaarDetector:
+    """OpenCV Haar cascade, for an ``edge`` package that has no ``edge.detect``; boxes as plain tuples."""
 
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise FileNotFoundError(f"no Haar cascade at {path}; install opencv-python-headless<5")
+    def __init__(self, min_face_size: int, max_faces: int):
+        import cv2
 
-    def find(frame: np.ndarray) -> list[Box]:
-        found = cascade.detectMultiScale(to_gray(frame), 1.1, 5, minSize=(min_face_size, min_face_size))
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise FileNotFoundError(f"no Haar cascade at {path}; install opencv-python-headless<5")
+        self.min_face_size, self.max_faces = min_face_size, max_faces
+
+    def find(self, frame: np.ndarray) -> list[Box]:
+        found = self.cascade.detectMultiScale(to_gray(frame), 1.1, 5, minSize=(self.min_face_size,) * 2)
         boxes = sorted((tuple(float(v) for v in b) for b in found), key=lambda b: -b[2] * b[3])
-        return boxes[:max_faces]
+        return boxes[: self.max_faces]
 
-    return find
+    def close(self) -> None:
+        """Nothing to release."""
 
 
-def make_face_finder(backend: str = "auto", min_face_size: int = 24, max_faces: int = 10):
-    """Return ``find(frame) -> list of (x, y, w, h)`` using the device's detector (``edge.detect``)."""
-    try:
-        from edge.detect import make_detector
-    except ImportError:
-        log.warning("edge.detect is not available; using OpenCV's Haar cascade")
-        return haar_face_finder(min_face_size, max_faces)
-    detector = make_detector(backend, min_face_size=min_face_size, max_faces=max_faces)
+class FaceFinder:
+    """Boxes ``(x, y, w, h)`` of faces in a frame from the device's detector (``edge.detect``).
 
-    def find(frame: np.ndarray) -> list[Box]:
-        return [d.box for d in detector.detect(frame)]
+    Falls back to OpenCV's Haar cascade when ``edge.detect`` is not installed. Use as a context manager so
+    the detector's native resources are released.
+    """
 
-    return find
+    def __init__(self, backend: str = "auto", min_face_size: int = 24, max_faces: int = 10):
+        try:
+            from edge.detect import make_detector
+        except ImportError:
+            log.warning("edge.detect is not available; using OpenCV's Haar cascade")
+            self._haar: _HaarDetector | None = _HaarDetector(min_face_size, max_faces)
+            self._det = None
+            return
+        self._haar = None
+        self._det = make_detector(backend, min_face_size=min_face_size, max_faces=max_faces)
+
+    def __call__(self, frame: np.ndarray) -> list[Box]:
+        if self._haar is not None:
+            return self._haar.find(frame)
+        return [d.box for d in self._det.detect(frame)]
+
+    def close(self) -> None:
+        """Release the detector."""
+        if self._det is not None:
+            self._det.close()
+            self._det = None
+
+    def __enter__(self) -> FaceFinder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def iter_frames(source: Path, every: int = 1) -> Iterator[tuple[str, int, np.ndarray]]:
@@ -124,11 +150,11 @@ def predict_to_csv(
     source = Path(source)
     if not detect and not source.is_dir():
         raise ValueError("--no-detect needs an image folder of face crops, not a video")
-    find = make_face_finder(detector) if detect else None
+    find = FaceFinder(detector) if detect else None
     rows = frames = faceless = 0
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="", encoding="utf-8") as f:
+    with open(out_csv, "w", newline="", encoding="utf-8") as f, find or contextlib.nullcontext():
         writer = csv.writer(f)
         writer.writerow(csv_columns(labels))
         for name, index, img in iter_frames(source, every):

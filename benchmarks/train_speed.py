@@ -1,0 +1,120 @@
+"""Seconds per training epoch of the real loop (FaceSequence + augmenter + Keras fit) for each model variant.
+
+Runs ``--steps`` timed steps (after ``--warmup`` untimed ones that include tracing) of exactly what
+``python -m train_export train`` runs (same model builder, augmenter, optimizer, loss, jit_compile) and
+extrapolates to an epoch of 28,709 faces (FER2013 train), or times one real epoch with ``--full``.
+Uses ../shared/data/fer2013/train.npz when present, random faces of the same shape otherwise.
+
+    nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
+    python3 benchmarks/train_speed.py --full --variants sepse:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FER_TRAIN = ROOT.parent / "shared" / "data" / "fer2013" / "train.npz"
+EPOCH_FACES = 28709
+VARIANTS = ["mini_xception:1", "sepse:1", "sepse:1.5", "mini_xception:4"]
+
+
+def other_training_jobs() -> int:
+    """How many other ``train_export train`` processes are running (their load slows these numbers)."""
+    try:
+        out = subprocess.run(["pgrep", "-f", "train_export train"], capture_output=True, text=True).stdout
+    except OSError:
+        return 0
+    return len([p for p in out.split() if p.strip() and int(p) != os.getpid()])
+
+
+def load_faces(n_random: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """FER2013 training faces, or random ones of the same shape when the shared data is absent."""
+    if FER_TRAIN.is_file():
+        with np.load(FER_TRAIN) as npz:
+            return npz["x"], npz["y"].astype(np.int64), str(FER_TRAIN)
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (n_random, 48, 48), dtype=np.uint8), rng.integers(0, 7, n_random),
+            f"{n_random} random faces")
+
+
+def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, steps: int | None):
+    """Return (params, MACs, seconds per step, steps timed) of the real training loop for one variant."""
+    import keras
+
+    from edge.preprocess import Preprocessing
+    from train_export.data import FaceData
+    from train_export.dataset import FaceSequence
+    from train_export.hparams import HParams
+    from train_export.model_spec import describe
+    from train_export.train import build_training_model, make_loss, make_optimizer
+
+    keras.backend.clear_session()
+    hp = HParams(model=model, width=width, batch_size=batch, epochs=1)
+    seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True)
+    trainer, core = build_training_model(hp)
+    info = describe(core)
+    trainer.compile(optimizer=make_optimizer(hp, len(seq)), loss=make_loss(hp), metrics=["accuracy"],
+                    jit_compile=hp.jit_compile)
+    total = len(seq) if steps is None else min(len(seq), warmup + steps)
+    stamps: list[float] = []
+
+    class Stamp(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            stamps.append(time.perf_counter())
+
+    trainer.fit(seq, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Stamp()])
+    timed = stamps[warmup:] if steps is not None else stamps
+    start = stamps[warmup - 1] if steps is not None else None
+    if steps is None:
+        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+    else:
+        per_step = (timed[-1] - start) / len(timed)
+    return info["params"], info["macs"], per_step, len(timed)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, help="model:width pairs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing, caches)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    x, y, source = load_faces(EPOCH_FACES)
+    steps_per_epoch = math.ceil(EPOCH_FACES / args.batch_size)
+    busy = other_training_jobs()
+    print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}")
+    print(f"backend {keras.backend.backend()} {keras.__version__}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; data: {source}; load average {os.getloadavg()[0]:.1f}")
+    if busy:
+        print(f"NOTE: taken while {busy} other training job(s) ran on this machine: expect slower numbers than idle.")
+    mode = "one full epoch" if args.full else f"{args.steps} steps after {args.warmup} warm-up, extrapolated"
+    print(f"timing: {mode} to {EPOCH_FACES} faces ({steps_per_epoch} steps)\n")
+    rows = ["| model | width | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|"]
+    for v in args.variants:
+        name, _, width = v.partition(":")
+        params, macs, per_step, n = time_variant(name, float(width or 1), x, y, args.batch_size, args.warmup,
+                                                 None if args.full else args.steps)
+        rows.append(f"| {name} | {width or 1} | {params:,} | {macs / 1e6:.1f} | {1000 * per_step:.0f} | "
+                    f"{per_step * steps_per_epoch:.0f} |")
+        print(rows[-1], flush=True)
+    print("\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

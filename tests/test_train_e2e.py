@@ -1,0 +1,254 @@
+"""End to end on tiny synthetic data: train, export int8 + float, evaluate, predict, explain, refuse.
+
+The synthetic classes are learnable shapes (a bright square in a class-specific quadrant over noise), so a
+one-minute training gives a confident model whose int8 and float predictions can be compared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
+from train_export.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["angry", "happy", "sad", "neutral"]  # a subset: exercises the id remapping as well
+
+
+def synthetic_faces(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Faces with a bright band in a class-specific quarter of the height (flip-invariant, like emotions);
+    ``y`` in FER ids of :data:`LABELS`."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k, name in enumerate(LABELS):
+        for _ in range(n_per_class):
+            face = rng.integers(40, 120, (48, 48)).astype(np.uint8)
+            y0, x0 = 2 + 12 * k + rng.integers(0, 3), rng.integers(0, 12)
+            face[y0 : y0 + 8, x0 : x0 + 24 + rng.integers(0, 12)] = rng.integers(200, 256)
+            xs.append(face)
+            ys.append(FER_LABELS.index(name))
+    return np.stack(xs), np.array(ys)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train_e2e")
+
+
+@pytest.fixture(scope="module")
+def data(workdir):
+    x, y = synthetic_faces(60, seed=1)
+    np.savez(workdir / "train.npz", x=x, y=y)
+    xv, yv = synthetic_faces(15, seed=2)
+    np.savez(workdir / "val.npz", x=xv, y=yv)
+    return workdir / "train.npz", workdir / "val.npz"
+
+
+@pytest.fixture(scope="module")
+def run_dir(workdir, data):
+    """Train through the CLI (mini-Xception width 0.5, augmentation and mixup on).
+
+    A 24x24 input keeps it quick; batches of 4 give enough steps (480) for BatchNorm's moving statistics to
+    forget their initial values, which a few dozen steps do not.
+    """
+    train, val = data
+    run = workdir / "run"
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--log-lines",
+               "--model", "mini_xception", "--width", "0.5", "--epochs", "8", "--batch-size", "4", "--input-size", "24",
+               "--labels", ",".join(LABELS), "--learning-rate", "0.01", "--warmup-epochs", "0",
+               "--rotation", "0.01", "--zoom", "0.02", "--translation", "0.02", "--erasing-prob", "0"])
+    assert rc == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(workdir, run_dir, data):
+    train, val = data
+    out = workdir / "bundle"
+    rc = main(["export", "--model", str(run_dir / "best.keras"), "--out", str(out), "--train", str(train),
+               "--val", str(val), "--rep-size", "64", "--margin-pp", "5", "--tta"])
+    assert rc == 0
+    return out
+
+
+def test_training_writes_the_run_folder(run_dir):
+    for name in ("hparams.json", "best.keras", "best.json", "log.csv", "curves.png", "model.json"):
+        assert (run_dir / name).is_file(), name
+    rows = list(csv.DictReader((run_dir / "log.csv").read_text().splitlines()))
+    assert len(rows) == 8 and float(rows[-1]["val_accuracy"]) > 0.5  # chance is 0.25
+
+
+def test_export_writes_a_bundle_that_edge_accepts(bundle):
+    manifest, model_path = load_bundle(bundle)  # sha256, size, schema, preprocessing id
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.tflite"]
+    assert manifest.labels == LABELS
+    assert manifest.input.dtype == "int8" and manifest.output.dtype == "int8"
+    assert manifest.input.shape == [1, 24, 24, 1] and manifest.prep().input_size == 24
+    m = manifest.metrics
+    for key in ("accuracy", "macro_f1", "per_class", "n", "float_accuracy", "keras_accuracy", "tta_flip_accuracy"):
+        assert key in m, key
+    assert m["n"] == 60 and set(m["per_class"]) == set(LABELS)
+    assert manifest.training["hparams"]["labels"] == LABELS
+    assert manifest.training["train_data"]["n"] == 240
+    assert manifest.architecture["params"] > 1000 and manifest.architecture["macs"] > manifest.architecture["params"]
+    reports = bundle.parent / "bundle.reports"
+    for name in ("evaluation.json", "confusion.png", "model_float.tflite"):
+        assert (reports / name).is_file(), name
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert set(report["models"]) == {"int8", "float", "keras"}
+    assert report["accuracy"] == m["accuracy"]
+
+
+def test_int8_and_float_agree_and_learned(bundle, data):
+    from edge.preprocess import Preprocessing, prepare_batch
+    from train_export.litert import LiteRTModel
+
+    val = np.load(data[1])
+    lite, _ = LiteRTModel.from_bundle(bundle)
+    prep = Preprocessing(input_size=24)
+    flt = LiteRTModel(bundle.parent / "bundle.reports" / "model_float.tflite", prep=prep)
+    faces = prepare_batch(val["x"], prep)
+    assert lite.runtime == "ai_edge_litert"
+    p8, pf = lite.predict(faces), flt.predict(faces)
+    assert p8.shape == pf.shape == (60, len(LABELS))
+    np.testing.assert_allclose(p8.sum(axis=1), 1.0, atol=0.05)
+    agree = (p8.argmax(1) == pf.argmax(1)).mean()
+    assert agree >= 0.9, agree
+    y = np.array([LABELS.index(FER_LABELS[i]) for i in val["y"]])
+    assert (p8.argmax(1) == y).mean() > 0.5
+
+
+def test_evaluate_cli_json_and_png(bundle, run_dir, data, workdir):
+    out = workdir / "eval.json"
+    png = workdir / "eval.png"
+    rc = main(["evaluate", "--model", str(bundle), "--model", str(run_dir / "best.keras"), "--data", str(data[1]),
+               "--json", str(out), "--png", str(png), "--tta"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    for key in ("accuracy", "macro_f1", "n", "per_class", "confusion"):
+        assert key in report
+    assert report["kind"] == "int8 tflite" and report["n"] == 60
+    cm = np.array(report["confusion"])
+    assert cm.shape == (4, 4) and cm.sum() == 60
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / 60)
+    assert set(report["per_class"]["happy"]) == {"precision", "recall", "f1", "support"}
+    assert [r["kind"] for r in report["side_by_side"]] == ["int8 tflite", "keras"]
+    assert "tta_flip" in report
+    assert png.stat().st_size > 1000
+
+
+def test_predict_csv_on_face_crops(bundle, data, workdir):
+    import cv2
+
+    folder = workdir / "crops"
+    folder.mkdir()
+    val = np.load(data[1])
+    for i in (0, 20, 40):
+        cv2.imwrite(str(folder / f"face{i:02d}.png"), val["x"][i])
+    out = workdir / "preds.csv"
+    assert main(["predict", "--model", str(bundle), "--input", str(folder), "--out", str(out), "--no-detect"]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert list(rows[0]) == ["source", "frame", "face", "x", "y", "w", "h", "label", "confidence"] + [
+        f"score_{n}" for n in LABELS]
+    assert [r["source"] for r in rows] == ["face00.png", "face20.png", "face40.png"]
+    for r in rows:
+        scores = [float(r[f"score_{n}"]) for n in LABELS]
+        assert r["label"] == LABELS[int(np.argmax(scores))]
+        assert float(r["confidence"]) == pytest.approx(max(scores), abs=1e-4)
+
+
+def test_predict_detects_faces_in_a_photo(bundle, workdir):
+    import cv2
+    from skimage import data as skdata
+
+    folder = workdir / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 90, np.uint8))
+    out = workdir / "photo_preds.csv"
+    assert main(["predict", "--model", str(bundle), "--input", str(folder), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["source"] for r in rows] == ["astronaut.png"]  # one face; the blank image has none
+    x, y, w = float(rows[0]["x"]), float(rows[0]["y"]), float(rows[0]["w"])
+    assert 120 < x + w / 2 < 260 and 40 < y < 200  # the astronaut's face, upper middle of the 512x512 photo
+
+
+def test_explain_writes_a_gradcam_grid(run_dir, data, workdir):
+    import keras
+
+    from train_export.gradcam import gradcam, target_layer
+
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    assert target_layer(model)
+    faces = np.load(data[1])["x"][:4, ::2, ::2]
+    maps, probs = gradcam(model, faces)
+    assert maps.shape == (4, 24, 24) and maps.min() >= 0 and maps.max() <= 1
+    assert probs.shape == (4, 4)
+    png = workdir / "cam.png"
+    assert main(["explain", "--model", str(run_dir / "best.keras"), "--data", str(data[1]), "--out", str(png),
+                 "--per-class", "2"]) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_export_refuses_when_int8_loses_accuracy(workdir, capsys):
+    """A crafted model whose float decision hangs on a 1/255 change in mean brightness, which int8 cannot see."""
+    import keras
+
+    labels = ["happy", "sad"]
+    inp = keras.Input((48, 48, 1))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    dense = keras.layers.Dense(2)
+    out = keras.layers.Activation("softmax")(dense(x))
+    model = keras.Model(inp, out)
+    # float: happy when the mean pixel is above 0.5, sad below; int8 rounds the tiny logits of 127 to a tie
+    dense.set_weights([np.array([[1000.0, -1000.0]], np.float32), np.array([-500.0, 500.0], np.float32)])
+    folder = workdir / "crafted"
+    folder.mkdir()
+    model.save(folder / "crafted.keras")
+    levels = [127] * 10 + [128] * 10
+    xv = np.stack([np.full((48, 48), v, np.uint8) for v in levels])
+    yv = np.array([FER_LABELS.index("sad")] * 10 + [FER_LABELS.index("happy")] * 10)
+    np.savez(folder / "val.npz", x=xv, y=yv)
+    xt = np.concatenate([xv, np.full((5, 48, 48), 0, np.uint8), np.full((5, 48, 48), 255, np.uint8)])
+    yt = np.concatenate([yv, [FER_LABELS.index("happy")] * 5, [FER_LABELS.index("sad")] * 5])
+    np.savez(folder / "train.npz", x=xt, y=yt)
+    out_dir = folder / "bundle"
+    rc = main(["export", "--model", str(folder / "crafted.keras"), "--out", str(out_dir), "--labels", ",".join(labels),
+               "--train", str(folder / "train.npz"), "--val", str(folder / "val.npz"), "--margin-pp", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: int8 accuracy 50.00%") and "below float 100.00%" in err[0]
+    assert not out_dir.exists()
+
+
+def test_export_and_evaluate_report_bad_input_in_one_line(workdir, data, run_dir, capsys):
+    rc = main(["export", "--model", str(workdir / "nope.keras"), "--out", str(workdir / "b2"), "--train", str(data[0]),
+               "--val", str(data[1])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "does not exist" in err[0]
+    broken = workdir / "broken_bundle"
+    shutil.copytree(workdir / "bundle", broken)
+    (broken / "model.tflite").write_bytes(b"tampered")
+    rc = main(["evaluate", "--model", str(broken), "--data", str(data[1]), "--json", str(workdir / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bytes but the manifest says" in err[0]
+
+
+def test_export_signs_when_asked(workdir, run_dir, data):
+    signing = pytest.importorskip("edge.signing")
+    key = workdir / "key.pem"
+    signing.generate_keypair(key, workdir / "key.pub")
+    out = workdir / "signed"
+    rc = main(["export", "--model", str(run_dir / "best.keras"), "--out", str(out), "--train", str(data[0]),
+               "--val", str(data[1]), "--rep-size", "32", "--margin-pp", "5", "--sign-key", str(key)])
+    assert rc == 0
+    assert signing.verify_bundle(out, [workdir / "key.pub"])

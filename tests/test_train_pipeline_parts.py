@@ -1,0 +1,129 @@
+"""Augmentation determinism, training batches (mixup, CutMix, class weights) and the shared preprocessing.
+
+The last test is "one preprocessing, two users": a face pasted into a camera frame and cropped by the
+device's path (:func:`edge.preprocess.crop_face`) is pixel for pixel what training sees for that face.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bundle import FER_LABELS
+from edge.preprocess import Preprocessing, crop_face, normalize, to_gray
+from train_export.data import FaceData, load_dataset
+from train_export.hparams import HParams
+
+keras = pytest.importorskip("keras")
+
+
+def _faces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
+def _augment(hp: HParams, x: np.ndarray) -> np.ndarray:
+    from train_export.augment import build_augmenter
+
+    return keras.ops.convert_to_numpy(build_augmenter(hp)(x, training=True))
+
+
+def test_augmenter_is_seeded_and_keeps_shapes():
+    x = normalize(_faces(8))[..., None]
+    hp = HParams(seed=3)
+    a, b = _augment(hp, x), _augment(HParams(seed=3), x)
+    assert a.shape == x.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # same seed, same output
+    assert not np.allclose(a, _augment(HParams(seed=4), x))  # another seed, another output
+    assert not np.allclose(a, x)  # it does change the faces
+    assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6  # jitter stays in the [0, 1] input range
+
+
+def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
+    from train_export.augment import build_augmenter
+
+    hp = HParams(flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0)
+    assert build_augmenter(hp).layers == []
+    x = normalize(_faces(4))[..., None]
+    out = keras.ops.convert_to_numpy(build_augmenter(HParams())(x, training=False))
+    np.testing.assert_allclose(out, x)
+
+
+def _data(counts: list[int]) -> FaceData:
+    y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+    return FaceData(_faces(len(y), seed=1), y, list(FER_LABELS))
+
+
+def test_class_weights_favour_rare_classes_with_mean_one():
+    from train_export.dataset import class_weights
+
+    counts = np.array([400, 40, 400, 800, 400, 300, 500])
+    for mode in ("sqrt", "balanced"):
+        w = class_weights(counts, mode)
+        assert (w * counts).sum() / counts.sum() == pytest.approx(1.0)
+        assert w[1] == w.max() and w[3] == w.min()
+    assert class_weights(counts, "balanced")[1] / class_weights(counts, "balanced")[3] == pytest.approx(20)
+    np.testing.assert_allclose(class_weights(counts, "none"), 1.0)
+
+
+def test_training_batches_mix_labels_and_weights():
+    from train_export.dataset import FaceSequence
+
+    data = _data([20, 5, 20, 30, 20, 15, 10])
+    hp = HParams(batch_size=16, mixup_alpha=0.4, cutmix_alpha=0.4, mix_prob=1.0, class_weight="sqrt", seed=5)
+    seq = FaceSequence(data, hp, Preprocessing(), training=True)
+    assert len(seq) == 8  # ceil(120 / 16)
+    mixed = 0
+    for i in range(len(seq)):
+        x, y, w = seq[i]
+        assert x.shape == (len(y), 48, 48, 1) and x.dtype == np.float32
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-6)  # soft labels stay distributions
+        assert (y >= 0).all() and (w > 0).all()
+        mixed += int((y.max(axis=1) < 1 - 1e-6).any())
+    assert mixed >= 6  # mix_prob 1: (nearly) every batch mixes two faces
+    x1, y1, w1 = FaceSequence(data, hp, Preprocessing(), training=True)[3]
+    x2, y2, w2 = FaceSequence(data, hp, Preprocessing(), training=True)[3]
+    np.testing.assert_array_equal(x1, x2)  # seeded: the same batch twice
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_validation_batches_are_plain_and_ordered():
+    from train_export.dataset import FaceSequence
+
+    data = _data([3, 3, 3, 3, 3, 3, 3])
+    seq = FaceSequence(data, HParams(batch_size=8, mix_prob=1.0), Preprocessing(), training=False)
+    x, y, w = seq[0]
+    np.testing.assert_array_equal(x[..., 0], normalize(data.x[:8]))
+    np.testing.assert_array_equal(y.argmax(axis=1), data.y[:8])
+    np.testing.assert_allclose(w, 1.0)
+
+
+@pytest.mark.parametrize("zoom", [1, 4])
+def test_device_crop_equals_training_face(tmp_path, zoom):
+    """One preprocessing, two users: device crop of a pasted face == the face as the training loaders give it."""
+    face = _faces(1, seed=9)[0]
+    big = np.kron(face, np.ones((zoom, zoom), np.uint8))  # pixel replication: area-downscaling undoes it exactly
+    side = big.shape[0]
+    frame = np.random.default_rng(1).integers(0, 256, (480, 640), dtype=np.uint8)
+    x0, y0 = 200, 120
+    frame[y0 : y0 + side, x0 : x0 + side] = big
+    bgr = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)  # what a camera hands the device
+    prep = Preprocessing()
+    # the detector box whose shared square crop is exactly the pasted face
+    box_side = side / prep.crop_scale
+    box = (x0 + (side - box_side) / 2, y0 + (side - box_side) / 2, box_side, box_side)
+    device = crop_face(to_gray(bgr), box, prep)
+
+    fer_id = FER_LABELS.index("happy")
+    np.savez(tmp_path / "faces.npz", x=face[None], y=np.array([fer_id]))
+    (tmp_path / "faces.csv").write_text(f"emotion,pixels\n{fer_id},{' '.join(map(str, face.ravel()))}\n")
+    (tmp_path / "tree" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "tree" / "happy" / "f.png"), big)
+    for source in ("faces.npz", "faces.csv", "tree"):
+        trained = load_dataset(tmp_path / source).x[0]
+        assert np.abs(device.astype(int) - trained.astype(int)).max() <= 1, source
+    np.testing.assert_array_equal(device, face)
+    from train_export.dataset import FaceSequence
+
+    x, _, _ = FaceSequence(load_dataset(tmp_path / "faces.npz"), HParams(), prep, training=False)[0]
+    np.testing.assert_array_equal(x[0, ..., 0], normalize(device, prep))  # the model input itself
