@@ -129,6 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.source.open_now()
     except SourceError as exc:
         if uri not in DEVICE_SOURCES and not uri.isdigit() and "://" not in uri:
+            daemon.close()
             raise
         # A camera or stream may come up later: retry with backoff, visible in status.
         log.warning("source %s not available yet (%s); retrying with backoff", uri, exc)
@@ -136,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sink = choose_sink(cfg)
     except Exception as exc:
+        daemon.close()
         if type(exc).__name__ == "SinkError":
             raise ConfigError(str(exc)) from None
         raise

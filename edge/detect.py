@@ -8,9 +8,11 @@ side) frames the face the way FER2013 frames its 48x48 faces. The corrections we
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +178,11 @@ class MediaPipeDetector:
             self._det = vision.FaceDetector.create_from_options(options)
         except Exception as exc:
             raise DetectorError(f"mediapipe cannot load {path} ({exc})") from None
+        # MediaPipe's own __del__ prints a traceback if the graph is still open at interpreter shutdown (its
+        # executor is gone by then, and so it is for plain atexit hooks): close it in the threading shutdown
+        # hook, which runs before the executors stop. Callers should still close() explicitly.
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(self.close)
         self.min_face_size = min_face_size
         self.max_faces = max_faces
         self.adjust = BOX_ADJUST["mediapipe"]
@@ -199,9 +206,9 @@ class MediaPipeDetector:
 
     def close(self) -> None:
         """Close the MediaPipe graph (explicitly: its __del__ at interpreter exit is noisy)."""
-        if self._det is not None:
-            self._det.close()
-            self._det = None
+        det, self._det = self._det, None
+        if det is not None:
+            det.close()
 
 
 class HaarDetector:

@@ -207,7 +207,7 @@ def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
     assert degraded, "a failing source must be visible in status"
     src = degraded[-1]["source"]
     assert src["state"] == "retrying" and src["error"] == "camera unplugged" and src["retries"] >= 1
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     assert gaps[-1] >= gaps[0]  # exponential backoff, not a busy loop
 
 
