@@ -18,6 +18,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -114,15 +116,15 @@ def main() -> int:
             deadline = time.monotonic() + 5
             while sink.connected and time.monotonic() < deadline:
                 time.sleep(0.02)
-            db = tmp / "state" / "outbox.db"
-            before = db.stat().st_size + (db.with_name(db.name + "-wal").stat().st_size
-                                          if db.with_name(db.name + "-wal").exists() else 0)
             for body in bodies:
                 sink.publish("faces", body)
-            after = db.stat().st_size + (db.with_name(db.name + "-wal").stat().st_size
-                                         if db.with_name(db.name + "-wal").exists() else 0)
-            print(f"outbox while the broker is down: {sink.stats()['pending']} messages pending, "
-                  f"≈ {(after - before) / args.n:.0f} bytes of disk per message (db + WAL growth)")
+            with contextlib.closing(sqlite3.connect(tmp / "state" / "outbox.db")) as conn:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute(
+                    "PRAGMA freelist_count").fetchone()[0]
+                used = pages * conn.execute("PRAGMA page_size").fetchone()[0]
+            pending = sink.stats()["pending"]
+            print(f"outbox while the broker is down: {pending} messages pending, ≈ {used / pending:.0f} bytes of "
+                  "database per stored message (used pages / messages)")
             t0 = time.perf_counter()
             broker.start()
             sink.flush(300)
