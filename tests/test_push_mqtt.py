@@ -1,0 +1,190 @@
+"""MQTT model push end to end: the real daemon (``python -m edge run``, demo faces, int8 bundles) on a real
+Mosquitto receives signed pushes from the workstation publisher, switches models, refuses bad pushes without
+touching the running model, and rolls back a pushed model that stops loading.
+
+One daemon process serves the module; the tests run in file order and each states the model it expects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.bundle import MODEL_FILE, read_manifest
+from edge.model_store import ModelStore
+from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
+from edge.push_payload import build_push
+from tests.broker import Broker, mosquitto_available
+from tests.mqtt_support import Collector, validator
+from tests.push_support import copy_bundle, make_keys, second_bundle, signed_copy
+
+REPO = Path(__file__).resolve().parent.parent
+DEVICE = "pi-push"
+MAX_BYTES = 200_000  # the tiny bundles make pushes of about 65 kB
+pytestmark = pytest.mark.slow
+
+
+class Device:
+    """The daemon process plus what the tests need to watch it."""
+
+    def __init__(self, root: Path, broker: Broker, config: Path, state: Path):
+        self.root, self.broker, self.config, self.state = root, broker, config, state
+        self.proc: subprocess.Popen | None = None
+        self.collector = Collector(broker, topic="emotion/+/+", client_id="push-test-watch").start()
+        self.log = root / "daemon.log"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config)],
+                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        assert self.wait(lambda s: s["state"] == "running", after=time.time() - 1, timeout=120), self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+    def statuses(self, after: float = 0.0) -> list[dict]:
+        return [e for e in self.collector.envelopes("status") if e["ts"] >= after]
+
+    def wait(self, pred, after: float, timeout: float = 30.0) -> bool:
+        return self.collector.wait_for(lambda c: any(pred(s) for s in self.statuses(after)), timeout)
+
+    def push_events(self) -> list[dict]:
+        return [e for e in self.collector.envelopes("events") if e["event"] == "model_push"]
+
+    def store(self) -> ModelStore:
+        return ModelStore.for_state_dir(self.state)
+
+    def current_id(self) -> str | None:
+        cur = self.store().current()
+        return read_manifest(cur).model_id if cur else None
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, tiny_bundle):
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    root = tmp_path_factory.mktemp("push_device")
+    broker = Broker(root / "mosquitto").start()
+    private, public = make_keys(root)
+    state = root / "state"
+    # The device already runs a model from its store (as after an earlier push or install).
+    store = ModelStore.for_state_dir(state)
+    store.activate(store.install(tiny_bundle))
+    config = root / "edge.toml"
+    config.write_text(
+        f'[device]\nid = "{DEVICE}"\nstate_dir = "{state}"\n'
+        '[source]\nuri = "demo"\nmax_fps = 10\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nstatus_interval_s = 1\nsummary_interval_s = 60\n'
+        '[homeassistant]\nenabled = false\n'
+        f'[model_push]\nenabled = true\ntrusted_keys = ["{public}"]\ngroups = ["lab"]\nmax_bytes = {MAX_BYTES}\n'
+    )
+    dev = Device(root, broker, config, state)
+    dev.private_key = private
+    dev.start()
+    yield dev
+    dev.stop()
+    dev.collector.stop()
+    broker.stop()
+
+
+def _publish_raw(broker: Broker, topic: str, payload: bytes) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="push-test-raw")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(topic, payload, qos=1).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _raw_push(device: Device, payload: bytes) -> dict:
+    """Publish a hand-made push; return the device's model_push event for it (the next one)."""
+    before = len(device.push_events())
+    _publish_raw(device.broker, f"emotion/{DEVICE}/model/push", payload)
+    assert device.collector.wait_for(lambda c: len(device.push_events()) > before, 60), "no model_push event"
+    return device.push_events()[before]
+
+
+def test_signed_push_switches_the_running_model(device, tmp_path):
+    new = signed_copy(second_bundle(), tmp_path / "b", device.private_key)
+    new_id = read_manifest(new).model_id
+    old_id = device.current_id()
+    t0 = time.time()
+    outcome = publish_push(new, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    result = outcome.results[DEVICE]
+    assert result["ok"] and result["code"] == "ok" and result["model_id"] == new_id, result
+    assert result["previous_model_id"] == old_id and result["key_id"]
+    assert device.wait(lambda s: s["model_id"] == new_id and (s["model_push"] or {}).get("push_id") == outcome.push_id, t0)
+    assert device.current_id() == new_id
+    assert read_manifest(device.store().previous()).model_id == old_id
+    for env in device.collector.envelopes():
+        validator().validate(env)
+
+
+def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
+    back = copy_bundle(tiny_bundle, tmp_path / "a")  # unsigned: the publisher signs it with --key
+    back_id = read_manifest(back).model_id
+    t0 = time.time()
+    outcome = publish_push(back, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
+                           sign_key=device.private_key, wait_s=60, expect=1)
+    assert outcome.results[DEVICE]["ok"], outcome.results
+    assert outcome.results[DEVICE]["topic"] == "emotion/group/lab/model/push"
+    assert device.wait(lambda s: s["model_id"] == back_id, t0)
+    assert device.current_id() == back_id
+
+
+def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundle):
+    running = device.current_id()
+    signed = signed_copy(second_bundle(), tmp_path / "signed", device.private_key)
+    good = json.loads(build_push(signed))
+
+    intruder_key, _ = make_keys(tmp_path, "intruder")
+    wrong_key = build_push(signed_copy(second_bundle(), tmp_path / "intruder", intruder_key))
+    model = bytearray((signed / MODEL_FILE).read_bytes())
+    model[100] ^= 0x01
+    cases = {
+        "unsigned": json.dumps({**good, "push_id": "unsigned", "signature": None}).encode(),
+        "tampered": json.dumps({**good, "push_id": "tampered", "model": base64.b64encode(bytes(model)).decode()}).encode(),
+        "untrusted_key": wrong_key,
+        "oversized": json.dumps({**good, "push_id": "oversized", "padding": "x" * MAX_BYTES}).encode(),
+        "malformed": json.dumps({**good, "push_id": "truncated"}).encode()[:30_000],
+    }
+    t0 = time.time()
+    for code, payload in cases.items():
+        event = _raw_push(device, payload)
+        assert event["ok"] is False and event["code"] == code, (code, event)
+        assert event["reason"] and "\n" not in event["reason"]
+        assert event["running_model_id"] == running
+        validator().validate(event)
+    assert device.current_id() == running
+    time.sleep(1.5)  # one status interval: the running model is still the old one
+    assert {s["model_id"] for s in device.statuses(t0)} == {running}
+
+
+def test_pushed_model_that_stops_loading_is_rolled_back_at_start(device):
+    # The device runs tiny-test-0 with tiny-test-1 as previous. Corrupt the current model on "disk" (an SD card
+    # error, or a model that crashes the service) and restart: the daemon must come up on the previous model.
+    bad_id = device.current_id()
+    previous_id = read_manifest(device.store().previous()).model_id
+    device.stop()
+    model = device.store().current() / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    before = len(device.push_events())
+    t0 = time.time()
+    device.start()
+    assert device.wait(lambda s: s["model_id"] == previous_id, t0)
+    assert device.collector.wait_for(lambda c: len(device.push_events()) > before, 30)
+    event = device.push_events()[-1]
+    assert event["code"] == "boot_rollback" and event["rolled_back"] and event["model_id"] == bad_id, event
+    assert device.current_id() == previous_id

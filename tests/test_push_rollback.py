@@ -1,0 +1,109 @@
+"""Rollback when a pushed model fails *after* the swap, in-process with a real Daemon, MqttSink and Mosquitto.
+
+Every model that reaches the swap has already loaded and run a smoke inference in the same runtime on this
+machine (the receiver's check and ``Daemon.swap_model`` run the same interpreter code), so no real model file
+can pass the first and fail the second here. What fails after a swap on a device (a runtime that aborts on
+real faces, out of memory on a Pi) is therefore injected at one seam each: ``swap_model`` raising, and the new
+classifier raising on a frame. Everything else (signature, store, links, events, status) is real.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge.bundle import read_manifest
+from edge.config import parse_config
+from edge.daemon import Daemon
+from edge.model_push import ModelPushReceiver
+from edge.model_store import ModelStore
+from edge.publish import MqttSink
+from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
+from edge.sources import Frame
+from tests.mqtt_support import Collector, validator
+from tests.push_support import make_keys, second_bundle, signed_copy
+
+pytest.importorskip("mediapipe")
+pytestmark = pytest.mark.slow
+
+
+class SwapFailsDaemon(Daemon):
+    """The seam: the device cannot load models whose id is in ``refuse`` (as a runtime crash would)."""
+
+    refuse: set[str] = set()
+
+    def swap_model(self, bundle_dir):
+        if read_manifest(bundle_dir).model_id in self.refuse:
+            raise RuntimeError("interpreter aborted while loading (simulated device failure)")
+        super().swap_model(bundle_dir)
+
+
+@pytest.fixture
+def rig(tmp_path, broker, tiny_bundle):
+    private, public = make_keys(tmp_path)
+    state = tmp_path / "state"
+    store = ModelStore.for_state_dir(state)
+    store.activate(store.install(tiny_bundle))
+    cfg = parse_config({
+        "device": {"id": "pi-rb", "state_dir": str(state)},
+        "source": {"uri": "demo"},
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "homeassistant": {"enabled": False},
+        "model_push": {"enabled": True, "trusted_keys": [str(public)]},
+    })
+    sink = MqttSink(cfg)
+    daemon = SwapFailsDaemon(cfg, sink)
+    receiver = ModelPushReceiver(cfg, sink, daemon)
+    daemon.add_extension(receiver)
+    receiver.start()
+    assert sink.wait_connected(10)
+    collector = Collector(broker, topic="emotion/pi-rb/events", client_id="rb-watch").start()
+    time.sleep(0.3)  # let the sink's subscription to the push topic reach the broker
+    yield daemon, receiver, store, private, broker, collector
+    receiver.stop()
+    collector.stop()
+    sink.close(2)
+
+
+def test_model_that_fails_to_load_after_the_swap_is_rolled_back(rig, tmp_path, tiny_bundle):
+    daemon, receiver, store, private, broker, collector = rig
+    old_id = daemon.model_id
+    new = signed_copy(second_bundle(), tmp_path / "b", private)
+    SwapFailsDaemon.refuse = {read_manifest(new).model_id}
+    try:
+        out = publish_push(new, PushTarget(device="pi-rb"), BrokerOptions(broker.host, broker.port), wait_s=60)
+    finally:
+        SwapFailsDaemon.refuse = set()
+    r = out.results["pi-rb"]
+    assert r["ok"] is False and r["code"] == "swap_failed" and r["rolled_back"] is True, r
+    assert "rolled back" in r["reason"] and r["running_model_id"] == old_id
+    assert daemon.model_id == old_id
+    assert read_manifest(store.current()).model_id == old_id  # a restart loads the old model too
+    assert receiver.last_result["code"] == "swap_failed"
+    assert daemon.status_body()["model_push"]["rolled_back"] is True
+    validator().validate(collector.envelopes("events")[-1])
+
+
+def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_too(rig, tmp_path):
+    daemon, receiver, store, private, broker, collector = rig
+    old_id = daemon.model_id
+    new = signed_copy(second_bundle(), tmp_path / "b", private)
+    out = publish_push(new, PushTarget(device="pi-rb"), BrokerOptions(broker.host, broker.port), wait_s=60)
+    assert out.results["pi-rb"]["ok"]
+    new_id = read_manifest(new).model_id
+    assert daemon.model_id == new_id and read_manifest(store.current()).model_id == new_id
+
+    def broken(*_a, **_k):  # the seam: the new model's runtime fails on real faces
+        raise RuntimeError("invoke failed (simulated)")
+
+    daemon.classifier.classify = broken
+    frame = Frame(image=np.full((480, 640, 3), 127, np.uint8), ts=time.time(), index=0)
+    daemon._classify(frame, [(200.0, 120.0, 200.0, 200.0)])
+    assert daemon.model_id == old_id
+    assert read_manifest(store.current()).model_id == old_id
+    assert collector.wait_for(lambda c: any(e.get("code") == "swap_failed" for e in c.envelopes("events")), 10)
+    event = [e for e in collector.envelopes("events") if e.get("code") == "swap_failed"][-1]
+    assert event["model_id"] == new_id and event["rolled_back"] is True
+    validator().validate(event)
