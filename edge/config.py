@@ -214,5 +214,9 @@ def resolve_secret(env_name: str, credential_name: str) -> str | None:
     if cred_dir:
         cred = Path(cred_dir) / credential_name
         if cred.is_file():
-            return cred.read_text(encoding="utf-8").rstrip("\n")
+            value = cred.read_text(encoding="utf-8").rstrip("\n")
+            # deploy/install.sh creates the credential file empty (LoadCredential needs it to exist): an empty
+            # file means "no password here", so the environment may still provide one.
+            if value:
+                return value
     return os.environ.get(env_name) or None

@@ -1,0 +1,130 @@
+"""deploy/install.sh and deploy/uninstall.sh: syntax, shellcheck, the dry run, and a real re-run.
+
+The real run installs into a temporary prefix and config folder, skipping the parts that need a Raspberry Pi
+or a booted systemd (apt, the system user, the unit): it creates the venv with system site packages, installs
+the package from a copy of this checkout (offline: --no-deps --no-index), writes the config once and keeps it
+on the second run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "deploy" / "install.sh"
+UNINSTALL = REPO / "deploy" / "uninstall.sh"
+
+
+def _run(script: Path, *args: str, etc: Path | None = None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if etc is not None:
+        env["EMOTION_EDGE_ETC"] = str(etc)
+    env.update(extra_env or {})
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("script", [INSTALL, UNINSTALL, REPO / "deploy" / "check_unit.sh"])
+def test_scripts_parse_and_pass_shellcheck(script):
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install -y shellcheck)")
+    r = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_install_dry_run_shows_every_step_and_changes_nothing(tmp_path):
+    etc = tmp_path / "etc"
+    units = tmp_path / "units"
+    r = _run(INSTALL, "--dry-run", "--device-id", "kitchen-pi", "--mqtt-host", "broker.lan", etc=etc,
+             extra_env={"EMOTION_EDGE_UNIT_DIR": str(units)})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "python3 -m venv --system-site-packages /opt/emotion-edge" in out or "venv /opt/emotion-edge exists" in out
+    assert "[edge\\,mediapipe-deps\\]" in out and "--no-deps mediapipe==" in out
+    assert f"+ write {etc}/config.toml" in out and 'id = "kitchen-pi"' in out and 'host = "broker.lan"' in out
+    assert f"+ write {etc}/mqtt_password (mode 0600)" in out
+    assert f"+ write {units}/emotion-edge.service" in out
+    assert "+ systemctl enable emotion-edge.service" in out and "+ systemctl restart emotion-edge.service" in out
+    assert "journalctl -u emotion-edge -f" in out and "systemctl status emotion-edge" in out
+    assert not etc.exists() and not units.exists()
+
+
+def test_install_dry_run_keeps_an_existing_config(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.toml").write_text('[device]\nid = "mine"\n')
+    (etc / "mqtt_password").write_text("secret\n")
+    r = _run(INSTALL, "--dry-run", "--skip-apt", "--no-start", etc=etc)
+    assert r.returncode == 0, r.stderr
+    assert f"keeping existing {etc}/config.toml" in r.stdout and f"write {etc}/config.toml" not in r.stdout
+    assert f"keeping existing {etc}/mqtt_password" in r.stdout
+    assert "+ systemctl restart" not in r.stdout and "+ apt-get" not in r.stdout
+
+
+def test_install_rejects_bad_arguments_in_one_line(tmp_path):
+    for args in (["--dry-run", "--device-id", "bad id!"], ["--dry-run", "--frobnicate"]):
+        r = _run(INSTALL, *args, etc=tmp_path / "etc")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("install.sh: "), r.stderr
+
+
+@pytest.mark.slow
+def test_real_install_is_idempotent_and_never_overwrites_the_config(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("install.sh needs root outside --dry-run")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("edge", "train_export"):
+        shutil.copytree(REPO / pkg, src / pkg, ignore=ignore)
+    prefix, etc = tmp_path / "venv", tmp_path / "etc"
+    args = ["--source", str(src), "--prefix", str(prefix), "--skip-apt", "--skip-user", "--skip-systemd",
+            "--pip-args", "--no-deps --no-build-isolation --no-index -q", "--device-id", "t1"]
+
+    first = _run(INSTALL, *args, etc=etc)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert (prefix / "bin" / "python").exists()
+    cfg = etc / "config.toml"
+    assert 'id = "t1"' in cfg.read_text() and f"OK {cfg}" in first.stdout  # check-config ran on it
+    assert (etc / "mqtt_password").stat().st_mode & 0o777 == 0o600
+    r = subprocess.run([str(prefix / "bin" / "python"), "-c", "import edge, sys; print(edge.__file__)"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and str(prefix) in r.stdout, r.stdout + r.stderr  # installed, not the editable checkout
+
+    cfg.write_text(cfg.read_text().replace('id = "t1"', 'id = "edited-by-user"'))
+    (etc / "mqtt_password").write_text("s3cret\n")
+    second = _run(INSTALL, *args, etc=etc)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "venv" in second.stdout and "exists; updating" in second.stdout
+    assert 'id = "edited-by-user"' in cfg.read_text()
+    assert (etc / "mqtt_password").read_text() == "s3cret\n"
+
+    gone = _run(UNINSTALL, "--prefix", str(prefix), etc=etc, extra_env={"EMOTION_EDGE_STATE": str(tmp_path / "state")})
+    assert gone.returncode == 0, gone.stderr
+    assert not prefix.exists() and cfg.exists()  # config kept without --purge
+    again = _run(UNINSTALL, "--prefix", str(prefix), "--purge", etc=etc,
+                 extra_env={"EMOTION_EDGE_STATE": str(tmp_path / "state")})
+    assert again.returncode == 0, again.stderr
+    assert "already gone" in again.stdout and not etc.exists()
+
+
+def test_uninstall_refuses_a_dangerous_prefix():
+    r = _run(UNINSTALL, "--dry-run", "--prefix", "/usr")
+    assert r.returncode == 1 and "refusing" in r.stderr
+
+
+def test_empty_credential_file_made_by_install_lets_the_environment_provide_the_password(tmp_path, monkeypatch):
+    from edge.config import resolve_secret
+
+    (tmp_path / "mqtt_password").write_text("")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("EMOTION_EDGE_MQTT_PASSWORD", "from-env")
+    assert resolve_secret("EMOTION_EDGE_MQTT_PASSWORD", "mqtt_password") == "from-env"
+    (tmp_path / "mqtt_password").write_text("from-credential\n")
+    assert resolve_secret("EMOTION_EDGE_MQTT_PASSWORD", "mqtt_password") == "from-credential"
