@@ -158,6 +158,8 @@ class Daemon:
         self.frames = 0
         self.faces_published = 0
         self.latency_ms: dict[str, float | None] = dict.fromkeys(STAGES)
+        #: The latest frame's per-stage milliseconds (benchmarks read these; status uses the averages).
+        self.last_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.fps = 0.0
         self._frame_dt: float | None = None
         self._last_frame_t: float | None = None
@@ -351,6 +353,7 @@ class Daemon:
 
     def _ema(self, stage: str, seconds: float) -> None:
         ms = seconds * 1000.0
+        self.last_ms[stage] = ms
         old = self.latency_ms[stage]
         self.latency_ms[stage] = ms if old is None else old + EMA_ALPHA * (ms - old)
 

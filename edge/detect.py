@@ -9,6 +9,7 @@ side) frames the face the way FER2013 frames its 48x48 faces. The corrections we
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -141,6 +142,29 @@ def _keep_tensorflow_out_of_mediapipe() -> None:
         sys.modules[name] = stub
 
 
+@contextlib.contextmanager
+def _without_pyplot():
+    """Let MediaPipe import without loading matplotlib.
+
+    ``mediapipe.tasks.python.vision`` imports its ``drawing_utils``, which imports ``matplotlib.pyplot`` at
+    module level (about 37 MB of RSS) although only its drawing helpers use it, and the daemon never draws with
+    them. While MediaPipe is imported, stand-in modules answer for matplotlib; they are removed afterwards, so a
+    later real ``import matplotlib`` in the same process is unaffected.
+    """
+    if "matplotlib" in sys.modules:
+        yield
+        return
+    stubs = {name: types.ModuleType(name) for name in ("matplotlib", "matplotlib.pyplot")}
+    stubs["matplotlib"].pyplot = stubs["matplotlib.pyplot"]  # type: ignore[attr-defined]
+    sys.modules.update(stubs)
+    try:
+        yield
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+
+
 class MediaPipeDetector:
     """MediaPipe Tasks FaceDetector with the vendored BlazeFace short-range model (best for faces within ~2 m).
 
@@ -161,8 +185,9 @@ class MediaPipeDetector:
         os.environ.setdefault("GLOG_minloglevel", "2")
         _keep_tensorflow_out_of_mediapipe()
         try:
-            import mediapipe as mp
-            from mediapipe.tasks.python import BaseOptions, vision
+            with _without_pyplot():
+                import mediapipe as mp
+                from mediapipe.tasks.python import BaseOptions, vision
         except Exception as exc:  # ImportError, or a broken native extension
             raise DetectorError(
                 f"mediapipe is not usable ({exc.__class__.__name__}: {exc}); install it with "

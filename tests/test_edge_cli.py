@@ -142,3 +142,24 @@ def test_sigterm_stops_gracefully(tmp_path, tiny_bundle):
     kinds = [m["kind"] for m in rest]
     assert "summary" in kinds and any(m.get("event") == "track_end" for m in rest)
     assert rest[-1]["kind"] == "status" and rest[-1]["state"] == "offline"
+
+
+def test_the_edge_runtime_never_imports_tensorflow_or_matplotlib(tmp_path, tiny_bundle):
+    """A real frame loop in a fresh process: TensorFlow (and MediaPipe's pyplot) must stay out of the daemon."""
+    code = (
+        "import sys\n"
+        "from edge.config import Config\n"
+        "from edge.daemon import Daemon\n"
+        "from edge.publish import StdoutSink\n"
+        "import io\n"
+        f"cfg = Config.model_validate({{'device': {{'id': 'x', 'state_dir': {str(tmp_path)!r}}}, "
+        f"'classifier': {{'model': {str(tiny_bundle)!r}}}, 'source': {{'max_fps': 0}}}})\n"
+        "d = Daemon(cfg, StdoutSink('x', stream=io.StringIO()))\n"
+        "assert d.run(max_frames=3) == 3\n"
+        "bad = sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "print('IMPORTED', bad)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "GLOG_minloglevel": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "IMPORTED []" in r.stdout
