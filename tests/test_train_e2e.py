@@ -109,16 +109,18 @@ def test_export_writes_a_bundle_that_edge_accepts(bundle):
 
 
 def test_int8_and_float_agree_and_learned(bundle, data):
+    from edge.classify import Classifier
     from edge.preprocess import Preprocessing, prepare_batch
-    from train_export.litert import LiteRTModel
+    from train_export.litert import classifier_from_file
 
     val = np.load(data[1])
-    lite, _ = LiteRTModel.from_bundle(bundle)
+    lite = Classifier(bundle)  # the device's classifier
     prep = Preprocessing(input_size=24)
-    flt = LiteRTModel(bundle.parent / "bundle.reports" / "model_float.tflite", prep=prep)
+    flt = classifier_from_file(bundle.parent / "bundle.reports" / "model_float.tflite", LABELS, prep)
+    assert flt.manifest.input.dtype == "float32"
     faces = prepare_batch(val["x"], prep)
     assert lite.runtime == "ai_edge_litert"
-    p8, pf = lite.predict(faces), flt.predict(faces)
+    p8, pf = lite.classify_faces(faces), flt.classify_faces(faces)
     assert p8.shape == pf.shape == (60, len(LABELS))
     np.testing.assert_allclose(p8.sum(axis=1), 1.0, atol=0.05)
     agree = (p8.argmax(1) == pf.argmax(1)).mean()

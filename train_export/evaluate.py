@@ -1,7 +1,7 @@
 """Evaluate emotion models on labelled faces: accuracy, macro-F1, per-class scores, confusion matrices.
 
 The same report is produced for a Keras model (``.keras``), a bare ``.tflite`` file and a model bundle; the
-TFLite ones run in the device's interpreter (:class:`train_export.litert.LiteRTModel`). Optional
+TFLite ones run in the device's classifier (:class:`edge.classify.Classifier`, LiteRT). Optional
 horizontal-flip test-time augmentation (TTA) averages the probabilities of each face and its mirror image.
 """
 
@@ -128,36 +128,28 @@ def keras_predictor(model: Any, labels: list[str], path: str, batch_size: int = 
     return LoadedModel(predict, list(labels), prep, "keras", path, f"keras/{keras.backend.backend()}")
 
 
-def load_tflite(model_path: Path | str, labels: list[str] | None = None, prep: Preprocessing | None = None,
-                num_threads: int = 1) -> LoadedModel:
-    """Load a bare ``.tflite`` file (its labels and preprocessing come from the caller)."""
-    from train_export.litert import LiteRTModel
-
-    prep = prep or Preprocessing()
-    lite = LiteRTModel(model_path, prep=prep, num_threads=num_threads)
-    labels = list(labels or FER_LABELS)
-    if lite.n_classes != len(labels):
-        raise ValueError(f"{model_path} has {lite.n_classes} outputs but {len(labels)} labels {labels}")
-    return LoadedModel(lite.predict, labels, prep, f"{lite.kind} tflite", str(model_path), lite.runtime)
+def from_classifier(clf: Any, path: str) -> LoadedModel:
+    """Wrap an :class:`edge.classify.Classifier` (the device's path) as a :class:`LoadedModel`."""
+    return LoadedModel(clf.classify_faces, clf.labels, clf.prep, f"{clf.manifest.input.dtype} tflite", path,
+                       clf.runtime)
 
 
 def load_any(path: Path | str, labels: list[str] | None = None, num_threads: int = 1) -> LoadedModel:
-    """Load a bundle folder, a ``.tflite`` file or a ``.keras`` model."""
-    from train_export.litert import LiteRTModel
+    """Load a bundle folder, a bare ``.tflite`` file (``labels`` name its outputs) or a ``.keras`` model."""
+    from train_export.litert import classifier_from_file, load_classifier
 
     path = Path(path)
     if path.is_dir():
         if not (path / MANIFEST_FILE).is_file():
             raise ValueError(f"{path} is a folder without {MANIFEST_FILE}; give a bundle folder, a .tflite or a .keras file")
-        lite, manifest = LiteRTModel.from_bundle(path, num_threads=num_threads)
-        if labels and list(labels) != manifest.labels:
-            raise ValueError(f"--labels {labels} differ from the bundle's labels {manifest.labels}")
-        return LoadedModel(lite.predict, list(manifest.labels), manifest.prep(), f"{lite.kind} tflite", str(path),
-                           lite.runtime)
+        clf = load_classifier(path, threads=num_threads)
+        if labels and list(labels) != clf.labels:
+            raise ValueError(f"--labels {labels} differ from the bundle's labels {clf.labels}")
+        return from_classifier(clf, str(path))
     if not path.is_file():
         raise FileNotFoundError(f"model {path} does not exist")
     if path.suffix == ".tflite":
-        return load_tflite(path, labels, num_threads=num_threads)
+        return from_classifier(classifier_from_file(path, list(labels or FER_LABELS), threads=num_threads), str(path))
     if path.suffix in (".keras", ".h5"):
         return load_keras(path, labels)
     raise ValueError(f"{path}: unknown model type; give a bundle folder, a .tflite or a .keras file")

@@ -1,7 +1,7 @@
 """Batch prediction: classify the faces in an image folder or a video file with a bundle, into a CSV.
 
 Faces are found with the device's detector (:func:`edge.detect.make_detector`: MediaPipe, else OpenCV Haar),
-cropped with :func:`edge.preprocess.crop_face` and classified in LiteRT, as on the device. With
+cropped and classified by the device's :class:`edge.classify.Classifier` (shared ``crop_face``, LiteRT). With
 ``detect=False`` every image is taken as an already-cropped face (e.g. FER2013-style 48x48 crops).
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.preprocess import crop_face, to_gray
+from edge.preprocess import to_gray
 from train_export.data import IMAGE_SUFFIXES, center_square_face
-from train_export.litert import LiteRTModel
+from train_export.litert import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def predict_to_csv(
         detector: Detector backend for :func:`edge.detect.make_detector` ("auto", "mediapipe", "opencv").
         num_threads: Interpreter threads.
     """
-    model, manifest = LiteRTModel.from_bundle(bundle_dir, num_threads=num_threads)
-    prep, labels, size = manifest.prep(), list(manifest.labels), manifest.prep().input_size
+    clf = load_classifier(bundle_dir, threads=num_threads)
+    labels, size = clf.labels, clf.prep.input_size
     source = Path(source)
     if not detect and not source.is_dir():
         raise ValueError("--no-detect needs an image folder of face crops, not a video")
@@ -163,14 +163,13 @@ def predict_to_csv(
             if find is None:
                 h, w = gray.shape
                 boxes: list[Box] = [(0.0, 0.0, float(w), float(h))]
-                faces = center_square_face(gray, size)[None]
+                probs = clf.classify_faces(center_square_face(gray, size)[None])
             else:
                 boxes = find(img)
                 if not boxes:
                     faceless += 1
                     continue
-                faces = np.stack([crop_face(gray, box, prep) for box in boxes])
-            probs = model.predict(faces)
+                probs = clf.classify(gray, boxes)  # the device's crop_face + classifier
             for k, (box, p) in enumerate(zip(boxes, probs, strict=True)):
                 best = int(p.argmax())
                 writer.writerow([name, index, k, *(round(float(v), 1) for v in box), labels[best],

@@ -23,8 +23,8 @@ from edge.bundle import MODEL_FILE, Manifest
 from edge.preprocess import normalize
 from train_export.data import FaceData, load_dataset
 from train_export.evaluate import (
-    LoadedModel,
     evaluate,
+    from_classifier,
     keras_labels,
     keras_predictor,
     markdown_table,
@@ -112,7 +112,7 @@ def export_model(
 
     from edge.bundle import load_bundle
     from train_export.export import convert_float, convert_int8
-    from train_export.litert import LiteRTModel
+    from train_export.litert import classifier_from_bytes
     from train_export.model_spec import describe
     from train_export.package import write_bundle
 
@@ -138,11 +138,10 @@ def export_model(
     int8_bytes = convert_int8(model, rep)
     float_bytes = convert_float(model)
 
-    int8_lite = LiteRTModel(model_content=int8_bytes, prep=prep)
-    float_lite = LiteRTModel(model_content=float_bytes, prep=prep)
     models = {
-        "int8": LoadedModel(int8_lite.predict, labels, prep, "int8 tflite", "model.tflite (int8)", int8_lite.runtime),
-        "float": LoadedModel(float_lite.predict, labels, prep, "float32 tflite", "model_float.tflite", float_lite.runtime),
+        "int8": from_classifier(classifier_from_bytes(int8_bytes, labels, prep, "candidate-int8"), "model.tflite (int8)"),
+        "float": from_classifier(classifier_from_bytes(float_bytes, labels, prep, "candidate-float"),
+                                 "model_float.tflite"),
         "keras": kmodel,
     }
     reports = {name: evaluate(m, val.x, val.y, tta=tta) for name, m in models.items()}
