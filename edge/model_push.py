@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.bundle import BundleError
+from edge.bundle import MANIFEST_FILE, BundleError
 from edge.model_check import check_bundle
 from edge.model_store import ModelStore
 from edge.push_payload import PushRejected, parse_push, peek_push_id
@@ -183,12 +183,14 @@ class ModelPushReceiver:
             "previous_model_id": getattr(self.daemon, "model_id", None),
             "rolled_back": False,
         }
-        current = self.store.current()
+        # A retained or repeated push of the running bundle (same manifest bytes, so same model) is a no-op.
         running_dir = getattr(self.daemon, "current_bundle_dir", None)
-        if current is not None and running_dir is not None and Path(running_dir).resolve() == current:
-            from edge.bundle import read_manifest
-
-            if read_manifest(current).sha256 == push.manifest.sha256:
+        if running_dir is not None:
+            try:
+                same = (Path(running_dir) / MANIFEST_FILE).read_bytes() == push.manifest_bytes
+            except OSError:
+                same = False
+            if same:
                 return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
 
         # Stage inside the store folder so the final install is a rename on the same file system.

@@ -3,9 +3,12 @@
 Layout::
 
     <state_dir>/models/
-        <model_id>-<sha12>/        one folder per installed bundle (model.tflite, manifest.json, manifest.sig)
-        current -> <model_id>-<sha12>    the model the daemon runs (relative symlink)
-        previous -> <model_id>-<sha12>   the one before, for rollback
+        <model_id>-<hash12>/        one folder per installed bundle (model.tflite, manifest.json, manifest.sig)
+        current -> <model_id>-<hash12>    the model the daemon runs (relative symlink)
+        previous -> <model_id>-<hash12>   the one before, for rollback
+
+``hash12`` starts the sha256 of the manifest bytes, which hold the model's sha256: two bundles share a folder
+only if both their manifests and models are identical.
 
 A link is replaced by creating a new symlink under a temporary name and ``os.replace``-ing it over the old
 one, which is atomic on POSIX: a crash or power cut at any moment leaves either the old or the new link,
@@ -15,6 +18,7 @@ complete and verified, so a half-copied bundle is never linked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -48,13 +52,13 @@ class StoredModel:
     previous: bool
 
 
-def folder_name(manifest: Manifest) -> str:
-    """Folder name of a bundle in the store: a path-safe model id plus the start of the model's sha256.
+def folder_name(manifest: Manifest, manifest_bytes: bytes) -> str:
+    """Folder name of a bundle in the store: a path-safe model id plus the start of the manifest's sha256.
 
-    The hash keeps two different models that reuse a model id apart.
+    The hash keeps apart two bundles that reuse a model id, or the same weights with other labels.
     """
     safe = _UNSAFE.sub("_", manifest.model_id).strip("._") or "model"
-    return f"{safe[:80]}-{manifest.sha256[:12]}"
+    return f"{safe[:80]}-{hashlib.sha256(manifest_bytes).hexdigest()[:12]}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -128,7 +132,7 @@ class ModelStore:
         bundle_dir = Path(bundle_dir)
         manifest, _ = load_bundle(bundle_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / folder_name(manifest)
+        final = self.root / folder_name(manifest, (bundle_dir / MANIFEST_FILE).read_bytes())
         if final.is_dir():
             try:
                 load_bundle(final)

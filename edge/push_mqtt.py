@@ -139,7 +139,7 @@ def publish_push(
     try:
         client.connect(broker.host, broker.port, keepalive=30)
     except OSError as exc:
-        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc}); check --host/--port") from None
+        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc}); check --mqtt-host/--mqtt-port") from None
     client.loop_start()
     try:
         if not connected.wait(15) or refused:

@@ -116,7 +116,7 @@ def _current_id(tmp_path: Path, name: str) -> str | None:
 
 
 def _started(tmp_path: Path, name: str) -> list[str]:
-    """Model ids the stand-in service started, in order (store folders are '<model_id>-<sha12>')."""
+    """Model ids the stand-in service started, in order (store folders are '<model_id>-<hash12>')."""
     log = tmp_path / "devices" / name / "started.log"
     return [line.rsplit("-", 1)[0] for line in log.read_text().split()] if log.exists() else []
 

@@ -141,6 +141,11 @@ def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
     assert device.wait(lambda s: s["model_id"] == back_id, t0)
     assert device.current_id() == back_id
 
+    # The same bundle again (a retained or repeated push) changes nothing.
+    again = publish_push(back, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    assert again.results[DEVICE]["ok"] and again.results[DEVICE]["code"] == "already_running"
+    assert device.current_id() == back_id
+
 
 def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundle):
     running = device.current_id()
