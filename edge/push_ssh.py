@@ -245,9 +245,9 @@ def _reload(host: Host) -> None:
     else:
         from edge.push_mqtt import BrokerOptions, send_command
 
-        reply = send_command(
-            BrokerOptions(host=s.mqtt_host, port=s.mqtt_port), s.mqtt_prefix, s.device_id or host.name, {"command": "reload_model"}
-        )
+        # Name the store's link: the daemon would otherwise reload the folder it already runs.
+        cmd = {"command": "reload_model", "bundle_dir": f"{s.state_dir.rstrip('/')}/models/current"}
+        reply = send_command(BrokerOptions(host=s.mqtt_host, port=s.mqtt_port), s.mqtt_prefix, s.device_id or host.name, cmd)
         if not reply.get("ok"):
             raise _StepFailed("reload", f"reload_model failed: {reply.get('detail')}")
     health = s.health_command

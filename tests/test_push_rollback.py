@@ -107,3 +107,16 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
     event = [e for e in collector.envelopes("events") if e.get("code") == "swap_failed"][-1]
     assert event["model_id"] == new_id and event["rolled_back"] is True
     validator().validate(event)
+
+
+def test_reload_command_over_mqtt_loads_the_model_the_store_links_as_current(rig):
+    """The SSH push's reload = "mqtt" path: swap the store link on disk, then a reload_model command."""
+    from edge.push_mqtt import send_command
+
+    daemon, receiver, store, private, broker, collector = rig
+    store.activate(store.install(second_bundle()))
+    new_id = read_manifest(second_bundle()).model_id
+    reply = send_command(BrokerOptions(broker.host, broker.port), "emotion", "pi-rb",
+                         {"command": "reload_model", "bundle_dir": str(store.root / "current")}, wait_s=30)
+    assert reply["ok"] is True and new_id in reply["detail"], reply
+    assert daemon.model_id == new_id
