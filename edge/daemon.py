@@ -220,9 +220,14 @@ class Daemon:
                 self.publish_status()
                 detail = "status will be published"
             elif name == "reload_model":
-                target = cmd.get("bundle_dir") or self.current_bundle_dir
-                self.swap_model(Path(target))
-                detail = f"running {self.model_id}"
+                target = self._reload_target(cmd.get("bundle_dir"))
+                if target is None:
+                    ok = False
+                    detail = (f"bundle_dir must be inside the model store {self._store_root()} (unsigned models "
+                              "cannot be loaded from elsewhere by command); install it there first")
+                else:
+                    self.swap_model(target)
+                    detail = f"running {self.model_id}"
             else:
                 ok, detail = False, f"unknown command {name!r}; use 'publish_status' or 'reload_model'"
         except Exception as exc:  # BundleError, RuntimeMissing, OSError: reported, never raised to the sink
@@ -230,6 +235,22 @@ class Daemon:
         if not ok:
             log.warning("command %s: %s", name, detail)
         self._publish("events", {"event": "command", "track_id": None, "command": name, "ok": ok, "detail": detail})
+
+    def _store_root(self) -> Path:
+        return (self.config.state_dir() / "models").resolve()
+
+    def _reload_target(self, bundle_dir: Any) -> Path | None:
+        """The folder a ``reload_model`` command may load: the running bundle, or one inside the model store.
+
+        The command topic carries no signature, so it must not be able to point the daemon at arbitrary files.
+        """
+        if not bundle_dir:
+            return Path(self.current_bundle_dir)
+        target = Path(str(bundle_dir)).resolve()
+        allowed = (self._store_root(), Path(self.current_bundle_dir).resolve())
+        if any(target == root or root in target.parents for root in allowed):
+            return target
+        return None
 
     def status_body(self) -> dict[str, Any]:
         """The ``status`` payload body (see the MQTT contract)."""

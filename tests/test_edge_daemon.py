@@ -174,14 +174,23 @@ def test_swap_while_running_restarts_tracks_with_the_new_model(daemon_factory, t
 def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
     sink = ListSink()
     d = daemon_factory(sink)
+    store = tmp_path / "state" / "models"
+    store.mkdir(parents=True)
+    in_store = _copy_bundle(tiny_bundle, store / "v3", "v3")
+    outside = _copy_bundle(tiny_bundle, tmp_path / "elsewhere", "not-allowed")
     d.handle_command({"command": "publish_status"})
-    d.handle_command({"command": "reload_model", "bundle_dir": str(_copy_bundle(tiny_bundle, tmp_path / "v3", "v3"))})
-    d.handle_command({"command": "reload_model", "bundle_dir": str(tmp_path / "missing")})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(in_store)})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(store / "missing")})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(outside)})
+    d.handle_command({"command": "reload_model"})
     d.handle_command({"command": "dance"})
-    results = [(m["command"], m["ok"]) for m in sink.of("events", "command")]
-    assert results == [("publish_status", True), ("reload_model", True), ("reload_model", False), ("dance", False)]
-    assert "does not exist" in sink.of("events", "command")[2]["detail"]
-    assert d.model_id == "v3"
+    events = sink.of("events", "command")
+    results = [(m["command"], m["ok"]) for m in events]
+    assert results == [("publish_status", True), ("reload_model", True), ("reload_model", False),
+                       ("reload_model", False), ("reload_model", True), ("dance", False)]
+    assert "does not exist" in events[2]["detail"]
+    assert "inside the model store" in events[3]["detail"]
+    assert d.model_id == "v3"  # the refused folder was never loaded; the plain reload reloaded v3
 
 
 def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
