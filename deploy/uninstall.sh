@@ -60,6 +60,15 @@ if [[ -f "$UNIT_DIR/$SERVICE.service" ]]; then
     run rm -f "$UNIT_DIR/$SERVICE.service"
     command -v systemctl >/dev/null 2>&1 && run systemctl daemon-reload
 fi
+# Clear the device's retained Home Assistant discovery configs while the venv still exists, so no ghost
+# entities stay behind; an unreachable broker must not stop the uninstall.
+if [[ -x "$PREFIX/bin/python" && -f "$ETC/config.toml" ]]; then
+    say "removing the device's Home Assistant entities"
+    ha_args=(-m edge ha-remove --config "$ETC/config.toml")
+    [[ $PURGE -eq 1 ]] && ha_args+=(--purge)
+    run env CREDENTIALS_DIRECTORY="$ETC" "$PREFIX/bin/python" "${ha_args[@]}" \
+        || say "broker unreachable: Home Assistant entities stay until 'python -m edge ha-remove' runs"
+fi
 if [[ -d "$PREFIX" ]]; then
     say "removing venv $PREFIX"
     run rm -rf "$PREFIX"
