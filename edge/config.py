@@ -160,7 +160,7 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Privacy switches.")
 
     def state_dir(self) -> Path:
-        """The state folder (see DeviceConfig.state_dir), created if missing."""
+        """The state folder (see DeviceConfig.state_dir), created if missing; ConfigError if it cannot be."""
         path = self.device.state_dir
         if path is None:
             if os.environ.get("STATE_DIRECTORY"):
@@ -169,7 +169,12 @@ class Config(_Section):
                 path = Path("/var/lib/emotion-edge")
             else:
                 path = Path.home() / ".local" / "state" / "emotion-edge"
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the state folder {path} ({exc.strerror or exc}); check device.state_dir and its permissions"
+            ) from None
         return path
 
 

@@ -46,6 +46,16 @@ def test_config_example_parses_to_the_defaults_and_documents_every_option():
     assert not missing, f"{missing} not in {EXAMPLE.name}: run python3 deploy/gen_config_example.py"
 
 
+def test_unusable_state_dir_is_a_config_error(tmp_path):
+    from edge.config import ConfigError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = parse_config({"device": {"state_dir": str(blocker / "state")}})
+    with pytest.raises(ConfigError, match="device.state_dir"):
+        cfg.state_dir()
+
+
 def run_edge(*args, env_extra=None, timeout=120, **kwargs):
     env = {**os.environ, "GLOG_minloglevel": "2", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=timeout,
