@@ -97,13 +97,22 @@ def generate_keypair(private_path: Path | str, public_path: Path | str | None = 
     return key_id(pub)
 
 
+def _read_key_file(path: Path, missing: str) -> bytes:
+    """The bytes of a key file; :class:`SignatureError` (``missing`` if absent) instead of an OSError."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SignatureError(missing) from None
+    except OSError as exc:
+        raise SignatureError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+
+
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM; raise :class:`SignatureError` with a one-line reason."""
     path = Path(path)
+    pem = _read_key_file(path, f"private key {path} not found; create one with: python -m edge keygen {path}")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise SignatureError(f"private key {path} not found; create one with: python -m edge keygen {path}") from None
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -114,10 +123,9 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
     """Read an Ed25519 public key PEM; raise :class:`SignatureError` with a one-line reason."""
     path = Path(path)
+    pem = _read_key_file(path, f"trusted key {path} not found; copy the .pub file made by keygen there")
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError:
-        raise SignatureError(f"trusted key {path} not found; copy the .pub file made by keygen there") from None
+        key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not a PEM public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):

@@ -41,6 +41,16 @@ def test_keygen_writes_private_key_readable_only_by_owner_and_refuses_to_overwri
     assert generate_keypair(tmp_path / "k", overwrite=True) != kid
 
 
+def test_unreadable_or_missing_key_files_are_signature_errors(tmp_path):
+    from edge.signing import load_private_key
+
+    for load in (load_public_key, load_private_key):
+        with pytest.raises(SignatureError, match="Is a directory"):
+            load(tmp_path)  # a folder where a key file was expected
+        with pytest.raises(SignatureError, match="not found"):
+            load(tmp_path / "absent.pem")
+
+
 def test_signed_bundle_verifies_and_names_the_key(tmp_path, tiny_bundle):
     private, public = make_keys(tmp_path)
     b = signed_copy(tiny_bundle, tmp_path / "b", private)
