@@ -8,12 +8,14 @@ until ``expect`` devices answered or the timeout passed (it cannot know the grou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,62 @@ class PushOutcome:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _subscribed_client(
+    broker: BrokerOptions, client_id: str, topic: str, on_message: Callable[[Any, Any, Any], None], hint: str = ""
+) -> Iterator[Any]:
+    """A connected paho client, subscribed (QoS 1) to ``topic`` with ``on_message``; disconnected on exit.
+
+    Raises :class:`PushError` when the broker cannot be reached, refuses the connection or does not confirm
+    the subscription.
+    """
+    import paho.mqtt.client as mqtt
+
+    connected = threading.Event()
+    subscribed = threading.Event()
+    refused: list[str] = []
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls or broker.ca_file:
+        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        else:
+            c.subscribe(topic, qos=1)
+        connected.set()
+
+    def on_subscribe(c, userdata, mid, reason_codes, properties):
+        subscribed.set()
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as exc:
+        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc}){hint}") from None
+    client.loop_start()
+    try:
+        if not connected.wait(15) or refused:
+            raise PushError(f"broker {broker.host}:{broker.port} refused the connection ({', '.join(refused) or 'timeout'})")
+        if not subscribed.wait(10):
+            raise PushError(f"broker did not confirm the subscription to {topic}")
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None for anything else."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def publish_push(
     bundle_dir: Path | str,
     target: PushTarget,
@@ -88,8 +146,6 @@ def publish_push(
         retain: Retain the push so devices that are offline now get it when they connect (a device ignores a
             push of the model it already runs, so a retained push is harmless after it applied).
     """
-    import paho.mqtt.client as mqtt
-
     if sign_key is not None:
         sign_bundle(bundle_dir, sign_key)
     push_id = uuid.uuid4().hex
@@ -99,53 +155,17 @@ def publish_push(
         expect = 1 if target.device else 0
     outcome = PushOutcome(push_id, topic, len(payload))
     done = threading.Event()
-    connected = threading.Event()
-    subscribed = threading.Event()
-    refused: list[str] = []
-
-    client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"emotion-push-{push_id[:8]}", clean_session=True
-    )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls or broker.ca_file:
-        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
-
-    def on_connect(c, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
-            connected.set()
-            return
-        c.subscribe(f"{target.prefix}/+/events", qos=1)
-        connected.set()
-
-    def on_subscribe(c, userdata, mid, reason_codes, properties):
-        subscribed.set()
 
     def on_message(c, userdata, msg):
-        try:
-            body = json.loads(msg.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if not isinstance(body, dict) or body.get("event") != "model_push" or body.get("push_id") != push_id:
+        body = _json_object(msg.payload)
+        if body is None or body.get("event") != "model_push" or body.get("push_id") != push_id:
             return
         outcome.results[str(body.get("device_id", msg.topic.split("/")[-2]))] = body
         if expect and len(outcome.results) >= expect:
             done.set()
 
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    try:
-        client.connect(broker.host, broker.port, keepalive=30)
-    except OSError as exc:
-        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc}); check --mqtt-host/--mqtt-port") from None
-    client.loop_start()
-    try:
-        if not connected.wait(15) or refused:
-            raise PushError(f"broker {broker.host}:{broker.port} refused the connection ({', '.join(refused) or 'timeout'})")
-        if not subscribed.wait(10):
-            raise PushError("broker did not confirm the subscription to the events topic")
+    with _subscribed_client(broker, f"emotion-push-{push_id[:8]}", f"{target.prefix}/+/events", on_message,
+                            "; check --mqtt-host/--mqtt-port") as client:
         info = client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=60)
         if not info.is_published():
@@ -153,9 +173,6 @@ def publish_push(
         log.info("published %d bytes to %s (push_id %s)", len(payload), topic, push_id)
         if wait_s > 0:
             done.wait(wait_s)
-    finally:
-        client.loop_stop()
-        client.disconnect()
     return outcome
 
 
@@ -180,55 +197,25 @@ def send_command(
 
     Raises :class:`PushError` if the broker is unreachable or the device does not answer within ``wait_s``.
     """
-    import paho.mqtt.client as mqtt
-
     name = command.get("command")
     reply: dict[str, Any] = {}
     got = threading.Event()
-    ready = threading.Event()
-    refused: list[str] = []
     sent_at = time.time()
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"emotion-cmd-{uuid.uuid4().hex[:8]}")
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls or broker.ca_file:
-        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
-
-    def on_connect(c, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
-            ready.set()
-            return
-        c.subscribe(f"{prefix}/{device_id}/events", qos=1)
-
-    def on_subscribe(c, userdata, mid, reason_codes, properties):
-        ready.set()
 
     def on_message(c, userdata, msg):
-        try:
-            body = json.loads(msg.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        body = _json_object(msg.payload)
+        if body is None or body.get("event") != "command" or body.get("command") != name:
             return
         # Older command events may be re-delivered from the device's outbox: only answers newer than the send.
-        if (isinstance(body, dict) and body.get("event") == "command" and body.get("command") == name
-                and float(body.get("ts", 0)) >= sent_at - 1):
+        ts = body.get("ts")
+        if isinstance(ts, (int, float)) and ts >= sent_at - 1:
             reply.update(body)
             got.set()
 
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    try:
-        client.connect(broker.host, broker.port, keepalive=30)
-    except OSError as exc:
-        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc})") from None
-    client.loop_start()
-    try:
-        if not ready.wait(15) or refused:
-            raise PushError(f"broker {broker.host}:{broker.port} refused the connection ({', '.join(refused) or 'timeout'})")
+    with _subscribed_client(broker, f"emotion-cmd-{uuid.uuid4().hex[:8]}", f"{prefix}/{device_id}/events",
+                            on_message) as client:
         sent_at = time.time()
         client.publish(f"{prefix}/{device_id}/command", json.dumps(command), qos=1).wait_for_publish(timeout=30)
         if not got.wait(wait_s):
             raise PushError(f"device {device_id} did not answer the {name} command within {wait_s:.0f} s")
-    finally:
-        client.loop_stop()
-        client.disconnect()
     return reply
