@@ -89,13 +89,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a .keras model as an int8 bundle, refusing it when int8 loses more than the margin."""
-    from train_export.release import export_model
+    from train_export.evaluate import markdown_table
+    from train_export.release import ExportRefused, export_model
 
-    result = export_model(
-        args.model, args.out, args.train, args.val, margin_pp=args.margin_pp, rep_size=args.rep_size,
-        labels=args.labels, reports_dir=args.reports, model_id=args.model_id, sign_key=args.sign_key,
-        tta=args.tta, strict=args.strict, seed=args.seed,
-    )
+    try:
+        result = export_model(
+            args.model, args.out, args.train, args.val, margin_pp=args.margin_pp, rep_size=args.rep_size,
+            labels=args.labels, reports_dir=args.reports, model_id=args.model_id, sign_key=args.sign_key,
+            tta=args.tta, strict=args.strict, seed=args.seed,
+        )
+    except ExportRefused as exc:
+        if exc.reports:
+            print(markdown_table(list(exc.reports.values())))
+        raise
+    print(markdown_table(list(result.report["models"].values())))
     m = result.manifest.metrics
     print(f"bundle {result.bundle_dir} ({result.report['bundle_bytes']} bytes): int8 accuracy "
           f"{100 * m['accuracy']:.2f}%, float {100 * m['float_accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}; "

@@ -27,7 +27,6 @@ from train_export.evaluate import (
     from_classifier,
     keras_labels,
     keras_predictor,
-    markdown_table,
     plot_confusion,
     run_hparams,
     write_report,
@@ -44,7 +43,15 @@ class ExportError(Exception):
 
 
 class ExportRefused(ExportError):
-    """int8 accuracy fell more than the allowed margin below float."""
+    """int8 accuracy fell more than the allowed margin below float.
+
+    Attributes:
+        reports: The evaluation reports (``int8``, ``float``, ``keras``) that led to the refusal.
+    """
+
+    def __init__(self, message: str, reports: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.reports = reports or {}
 
 
 @dataclass
@@ -147,12 +154,12 @@ def export_model(
     reports = {name: evaluate(m, val.x, val.y, tta=tta) for name, m in models.items()}
     int8_acc, float_acc = reports["int8"]["accuracy"], reports["float"]["accuracy"]
     gap_pp = 100.0 * (float_acc - int8_acc)
-    print(markdown_table(list(reports.values())))
     if gap_pp > margin_pp:
         raise ExportRefused(
             f"int8 accuracy {100 * int8_acc:.2f}% is {gap_pp:.2f} pp below float {100 * float_acc:.2f}% on "
             f"{val.source} ({len(val)} faces), more than the allowed {margin_pp} pp; nothing written "
-            "(retrain, e.g. with ReLU6 or more calibration faces via --rep-size, or raise --margin-pp)"
+            "(retrain, e.g. with ReLU6 or more calibration faces via --rep-size, or raise --margin-pp)",
+            reports,
         )
 
     r8 = reports["int8"]
