@@ -232,13 +232,13 @@ def test_export_refuses_when_int8_loses_accuracy(workdir, capsys):
     assert not out_dir.exists()
 
 
-def test_export_and_evaluate_report_bad_input_in_one_line(workdir, data, run_dir, capsys):
+def test_export_and_evaluate_report_bad_input_in_one_line(workdir, data, bundle, capsys):
     rc = main(["export", "--model", str(workdir / "nope.keras"), "--out", str(workdir / "b2"), "--train", str(data[0]),
                "--val", str(data[1])])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "does not exist" in err[0]
     broken = workdir / "broken_bundle"
-    shutil.copytree(workdir / "bundle", broken)
+    shutil.copytree(bundle, broken)
     (broken / "model.tflite").write_bytes(b"tampered")
     rc = main(["evaluate", "--model", str(broken), "--data", str(data[1]), "--json", str(workdir / "x.json")])
     err = capsys.readouterr().err.strip().splitlines()
