@@ -186,6 +186,7 @@ def run_worker(python: str, kind: str, faces: int, args: argparse.Namespace, **e
 
 
 def fmt(res: dict | None, key: str) -> str:
+    """One table cell: ``res[key]`` formatted, or a dash when it was not measured."""
     if res is None or key not in res:
         return "–"
     return f"{res[key]['p50']:.2f}"

@@ -61,6 +61,7 @@ def _variant(src: Path, dst: Path, model_id: str) -> Path:
 
 
 def main() -> int:
+    """Command line entry point; prints the measurements."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", help="Bundle folder (default: shipped model, else the tiny test bundle).")
     ap.add_argument("--repeat", type=int, default=20, help="Runs per step.")

@@ -71,6 +71,7 @@ class _Counter:
 
 
 def main() -> int:
+    """Command line entry point; prints the measurements."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="Messages per measurement.")
     ap.add_argument("--max-inflight", type=int, default=20, help="mqtt.max_inflight.")

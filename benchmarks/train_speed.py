@@ -84,6 +84,7 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
 
 
 def main() -> int:
+    """Command line entry point; prints seconds per epoch per model variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, help="model:width pairs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)

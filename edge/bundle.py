@@ -35,16 +35,22 @@ class _Strict(BaseModel):
 
 
 class Quantization(_Strict):
+    """Affine quantization of a tensor."""
+
     scale: float = Field(description="Real value = scale * (q - zero_point).", gt=0)
     zero_point: int = Field(description="Integer that represents real zero.")
 
 
 class Normalization(_Strict):
+    """How a uint8 pixel becomes the model's float input."""
+
     scale: float = Field(description="Float input = pixel * scale + offset for a uint8 pixel.")
     offset: float = Field(description="See scale.")
 
 
 class InputSpec(_Strict):
+    """The ``input`` block of a manifest."""
+
     shape: list[int] = Field(description="Model input shape, batch first, e.g. [1, 48, 48, 1].")
     dtype: Literal["int8", "uint8", "float32"] = Field(description="Input tensor element type.")
     quantization: Quantization | None = Field(None, description="Input quantization; null for float input.")
@@ -59,6 +65,8 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
+    """The ``output`` block of a manifest."""
+
     shape: list[int] = Field(description="Model output shape, batch first, e.g. [1, 7].")
     dtype: Literal["int8", "uint8", "float32"] = Field(description="Output tensor element type.")
     quantization: Quantization | None = Field(None, description="Output quantization; null for float output.")

@@ -31,6 +31,8 @@ class _Section(BaseModel):
 
 
 class DeviceConfig(_Section):
+    """``[device]``: identity, logging and the state folder."""
+
     id: str = Field(
         default_factory=lambda: socket.gethostname().split(".")[0] or "edge",
         description="Device id used in MQTT topics and client id; defaults to the host name.",
@@ -46,6 +48,8 @@ class DeviceConfig(_Section):
 
 
 class SourceConfig(_Section):
+    """``[source]``: where frames come from, frame-rate cap and retry backoff."""
+
     uri: str = Field(
         "demo",
         description="Frame source: 'demo' (bundled public-domain faces), 'picamera2', a camera index such as '0', "
@@ -62,6 +66,8 @@ class SourceConfig(_Section):
 
 
 class DetectorConfig(_Section):
+    """``[detector]``: face detector backend and its limits."""
+
     backend: Literal["auto", "mediapipe", "opencv"] = Field(
         "auto", description="Face detector: MediaPipe BlazeFace, OpenCV Haar cascade, or 'auto' (MediaPipe if installed)."
     )
@@ -71,6 +77,8 @@ class DetectorConfig(_Section):
 
 
 class ClassifierConfig(_Section):
+    """``[classifier]``: model bundle, runtime and threads."""
+
     model: Path | None = Field(None, description="Model bundle folder; default: the bundle shipped with the package.")
     threads: int = Field(1, description="Interpreter threads.", ge=1, le=8)
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
@@ -80,6 +88,8 @@ class ClassifierConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """``[tracking]``: IoU matching, smoothing and the uncertain threshold."""
+
     iou_threshold: float = Field(0.3, description="Minimum box overlap to continue a track.", ge=0, le=1)
     max_missed_frames: int = Field(10, description="Frames a track survives without a detection.", ge=0)
     smoothing: float = Field(0.3, description="Exponential smoothing weight of the newest probabilities (1 = none).", gt=0, le=1)
@@ -87,6 +97,8 @@ class TrackingConfig(_Section):
 
 
 class TlsConfig(_Section):
+    """``[mqtt.tls]``: TLS to the broker (CA, optional client certificate)."""
+
     enabled: bool = Field(False, description="Connect with TLS.")
     ca_file: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
     cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
@@ -95,11 +107,15 @@ class TlsConfig(_Section):
 
 
 class OutboxConfig(_Section):
+    """``[mqtt.outbox]``: bound of the on-disk outbox."""
+
     max_messages: int = Field(100_000, description="Messages kept while the broker is unreachable; beyond, the "
                               "oldest 'faces' updates are dropped first, then the oldest of any kind.", ge=100)
 
 
 class MqttConfig(_Section):
+    """``[mqtt]``: broker, credentials, topics, QoS and publishing intervals."""
+
     enabled: bool = Field(True, description="Publish over MQTT; false prints JSON lines to stdout instead.")
     host: str | None = Field(
         None, description="Broker host; unset: localhost if a broker answers there, else stdout output."
@@ -126,6 +142,8 @@ class MqttConfig(_Section):
 
 
 class HomeAssistantConfig(_Section):
+    """``[homeassistant]``: MQTT discovery."""
+
     enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
     support_url: str | None = Field(
@@ -134,6 +152,8 @@ class HomeAssistantConfig(_Section):
 
 
 class ModelPushConfig(_Section):
+    """``[model_push]``: signed model updates over MQTT."""
+
     enabled: bool = Field(False, description="Accept signed model pushes over MQTT.")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
     groups: list[str] = Field(default_factory=list, description="Fleet groups this device also listens to.")
@@ -141,6 +161,8 @@ class ModelPushConfig(_Section):
 
 
 class PrivacyConfig(_Section):
+    """``[privacy]``: the local-only debug preview."""
+
     debug_preview_dir: Path | None = Field(
         None, description="Write annotated frames to this local folder for debugging (off by default; never published)."
     )

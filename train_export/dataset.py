@@ -62,6 +62,7 @@ class FaceSequence(keras.utils.PyDataset):
         return math.ceil(len(self.y) / self.hp.batch_size)
 
     def on_epoch_end(self) -> None:
+        """Reshuffle (training only, seeded by epoch) and advance the epoch counter."""
         if self.training:
             self.order = np.random.default_rng(self.hp.seed + self.epoch).permutation(len(self.y))
         self.epoch += 1

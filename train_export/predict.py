@@ -70,6 +70,7 @@ class FaceFinder:
         self._det = make_detector(backend, min_face_size=min_face_size, max_faces=max_faces)
 
     def __call__(self, frame: np.ndarray) -> list[Box]:
+        """Face boxes ``(x, y, w, h)`` in pixels of ``frame``."""
         if self._haar is not None:
             return self._haar.find(frame)
         return [d.box for d in self._det.detect(frame)]

@@ -95,6 +95,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.best = json.loads(self.state_path.read_text())["val_accuracy"]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Save the core model (atomically) when validation accuracy improved."""
         acc = float((logs or {}).get("val_accuracy", -math.inf))
         if acc > self.best:
             self.best = acc
@@ -113,6 +114,7 @@ class Curves(keras.callbacks.Callback):
         self.run_dir = run_dir
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Redraw the curves; a plotting failure is only a warning."""
         try:
             plot_curves(self.run_dir / "log.csv", self.run_dir / "curves.png")
         except Exception as exc:  # a plot must never stop training
@@ -123,9 +125,11 @@ class EpochTimer(keras.callbacks.Callback):
     """Add ``epoch_seconds`` to the logs, so log.csv records the real cost of the loop."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the epoch clock."""
         self.t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Add ``epoch_seconds`` and the learning rate ``lr`` to the epoch logs."""
         if logs is not None:
             logs["epoch_seconds"] = round(time.perf_counter() - self.t0, 2)
             lr = self.model.optimizer.learning_rate
