@@ -186,6 +186,18 @@ def test_export_csv_tables(tmp_path):
     assert json.loads(msgs[-1]["payload"])["dominant_emotion"] == "happy"
 
 
+def test_export_to_an_unwritable_path_is_one_line(tmp_path):
+    db = tmp_path / "rec.sqlite"
+    _fixture_recording(db)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "record", "--db", str(db),
+                        "--export", str(blocker / "out.csv")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "a-file" in lines[0], r.stderr
+
+
 def test_export_parquet_or_clear_message(tmp_path):
     db = tmp_path / "rec.sqlite"
     _fixture_recording(db)

@@ -180,6 +180,9 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except (sub_client.SubscribeError, StoreError, PlotError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # an export or plot path that cannot be written
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     run.__doc__ = fn.__doc__
     return run
