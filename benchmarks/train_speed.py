@@ -86,12 +86,14 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
 def main() -> int:
     """Command line entry point; prints seconds per epoch per model variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, help="model:width pairs (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS,
+                        help="model:width pairs, space- or comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing, caches)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
     args = parser.parse_args()
+    args.variants = [v for arg in args.variants for v in arg.split(",") if v]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
