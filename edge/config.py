@@ -158,6 +158,11 @@ class ModelPushConfig(_Section):
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
     groups: list[str] = Field(default_factory=list, description="Fleet groups this device also listens to.")
     max_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted push payload.", ge=1024)
+    allow_downgrade: bool = Field(
+        False,
+        description="Accept a push whose model was created before the newest one this device accepted "
+        "(off: replayed old signed pushes are refused; roll back on the device with 'edge rollback').",
+    )
 
 
 class PrivacyConfig(_Section):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from edge.bundle import MANIFEST_FILE, BundleError
 from edge.model_check import check_bundle
-from edge.model_store import ModelStore
+from edge.model_store import ModelStore, parse_created
 from edge.push_payload import PushRejected, parse_push, peek_push_id
 from edge.signing import SignatureError, load_public_key
 
@@ -193,6 +193,8 @@ class ModelPushReceiver:
             if same:
                 return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
 
+        self._refuse_replay(push.manifest, base)
+
         # Stage inside the store folder so the final install is a rename on the same file system.
         self.store.root.mkdir(parents=True, exist_ok=True)
         staging = self.store.root / f".push-{uuid.uuid4().hex[:12]}"
@@ -219,8 +221,31 @@ class ModelPushReceiver:
             log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
             reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
             raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
+        try:
+            self.store.record_push(push.manifest)
+        except OSError as exc:
+            log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
         self.store.prune(KEEP_MODELS)
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
+
+    def _refuse_replay(self, manifest: Any, base: dict[str, Any]) -> None:
+        # Signatures prove who made a bundle, not when it was sent: anyone who can publish on the push topic
+        # could replay an old signed push to bring back a worse model. So a push older than the newest one
+        # this device ever accepted is refused unless the device's own config allows downgrades.
+        if self.config.model_push.allow_downgrade:
+            return
+        seen = self.store.newest_push()
+        if seen is None:
+            return
+        created = parse_created(manifest.created)
+        if created is None or created < parse_created(seen["created"]):
+            raise PushRejected(
+                "downgrade",
+                f"model {manifest.model_id} (created {manifest.created}) is older than {seen['model_id']} "
+                f"(created {seen['created']}) that this device already accepted; replayed or outdated pushes are "
+                "refused: re-export the model, roll back on the device with 'edge rollback', or set model_push.allow_downgrade = true",
+                base,
+            )
 
     def _undo_activation(self, old: Path | None) -> None:
         if old is not None:

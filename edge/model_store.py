@@ -6,6 +6,7 @@ Layout::
         <model_id>-<hash12>/        one folder per installed bundle (model.tflite, manifest.json, manifest.sig)
         current -> <model_id>-<hash12>    the model the daemon runs (relative symlink)
         previous -> <model_id>-<hash12>   the one before, for rollback
+        .newest-push.json           manifest ``created`` of the newest bundle ever accepted by push (replay guard)
 
 ``hash12`` starts the sha256 of the manifest bytes, which hold the model's sha256: two bundles share a folder
 only if both their manifests and models are identical.
@@ -18,7 +19,9 @@ complete and verified, so a half-copied bundle is never linked.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CURRENT = "current"
 PREVIOUS = "previous"
+NEWEST_PUSH = ".newest-push.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -59,6 +63,15 @@ def folder_name(manifest: Manifest, manifest_bytes: bytes) -> str:
     """
     safe = _UNSAFE.sub("_", manifest.model_id).strip("._") or "model"
     return f"{safe[:80]}-{hashlib.sha256(manifest_bytes).hexdigest()[:12]}"
+
+
+def parse_created(value: str) -> dt.datetime | None:
+    """A manifest's ``created`` as an aware UTC datetime, or None when it is not ISO-8601."""
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -122,7 +135,27 @@ class ModelStore:
             out.append(StoredModel(d.name, d, manifest.model_id, manifest.sha256, d == cur, d == prev))
         return out
 
+    def newest_push(self) -> dict | None:
+        """``{"created", "model_id"}`` of the newest bundle ever accepted by push, or None (none yet, or unreadable)."""
+        try:
+            data = json.loads((self.root / NEWEST_PUSH).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and parse_created(str(data.get("created"))) else None
+
     # ----- writing -----
+    def record_push(self, manifest: Manifest) -> None:
+        """Remember a pushed bundle's ``created`` if it is the newest so far (written atomically)."""
+        when = parse_created(manifest.created)
+        seen = self.newest_push()
+        if when is None or (seen is not None and when <= parse_created(seen["created"])):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{NEWEST_PUSH}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"created": manifest.created, "model_id": manifest.model_id}) + "\n")
+        os.replace(tmp, self.root / NEWEST_PUSH)
+        _fsync_dir(self.root)
+
     def install(self, bundle_dir: Path | str) -> Path:
         """Copy a bundle into the store (validated, not yet active) and return its folder.
 

@@ -48,6 +48,14 @@ def rewrite_manifest(bundle: Path, **changes) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def restamped_signed_copy(src: Path, dst: Path, private_key: Path, created: str) -> Path:
+    """A signed copy of a bundle whose manifest says it was created at ``created`` (as a re-export would)."""
+    copy_bundle(src, dst)
+    rewrite_manifest(dst, created=created)
+    sign_bundle(dst, private_key)
+    return dst
+
+
 def corrupt_model_keep_manifest_valid(bundle: Path) -> None:
     """Replace model.tflite by bytes that are not a TFLite model, and fix up sha256/size in the manifest.
 

@@ -24,11 +24,12 @@ from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
 from edge.push_payload import build_push
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector, validator
-from tests.push_support import copy_bundle, make_keys, second_bundle, signed_copy
+from tests.push_support import copy_bundle, make_keys, rewrite_manifest, second_bundle, signed_copy
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "pi-push"
 MAX_BYTES = 200_000  # the tiny bundles make pushes of about 65 kB
+NEWEST = "2099-01-01T00:00:00+00:00"  # ``created`` of the re-exported bundle the group push installs
 pytestmark = pytest.mark.slow
 
 
@@ -132,6 +133,8 @@ def test_signed_push_switches_the_running_model(device, tmp_path):
 
 def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
     back = copy_bundle(tiny_bundle, tmp_path / "a")  # unsigned: the publisher signs it with --key
+    # A re-export of the first model: newer than anything pushed so far, so the replay guard lets it in.
+    rewrite_manifest(back, created=NEWEST)
     back_id = read_manifest(back).model_id
     t0 = time.time()
     outcome = publish_push(back, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
@@ -162,6 +165,8 @@ def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundl
         "untrusted_key": wrong_key,
         "oversized": json.dumps({**good, "push_id": "oversized", "padding": "x" * MAX_BYTES}).encode(),
         "malformed": json.dumps({**good, "push_id": "truncated"}).encode()[:30_000],
+        # Validly signed, but created before the NEWEST bundle the device already accepted: a replay.
+        "downgrade": json.dumps({**good, "push_id": "replayed"}).encode(),
     }
     t0 = time.time()
     for code, payload in cases.items():

@@ -23,7 +23,7 @@ from edge.publish import MqttSink
 from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
 from edge.sources import Frame
 from tests.mqtt_support import Collector, validator
-from tests.push_support import make_keys, second_bundle, signed_copy
+from tests.push_support import make_keys, restamped_signed_copy, second_bundle, signed_copy
 
 pytest.importorskip("mediapipe")
 pytestmark = pytest.mark.slow
@@ -120,3 +120,38 @@ def test_reload_command_over_mqtt_loads_the_model_the_store_links_as_current(rig
                          {"command": "reload_model", "bundle_dir": str(store.root / "current")}, wait_s=30)
     assert reply["ok"] is True and new_id in reply["detail"], reply
     assert daemon.model_id == new_id
+
+
+def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig, tmp_path, tiny_bundle):
+    """A signature says who made a bundle, not when it was sent: an old signed push replayed later must not
+    bring back an older model, while a local rollback and an explicit opt-in still can."""
+    from edge.push_payload import build_push
+
+    daemon, receiver, store, private, broker, collector = rig
+    topic = "emotion/pi-rb/model/push"
+    a = build_push(restamped_signed_copy(second_bundle(), tmp_path / "a", private, "2026-01-02T00:00:00+00:00"))
+    older = build_push(restamped_signed_copy(tiny_bundle, tmp_path / "old", private, "2026-01-01T00:00:00Z"))
+    newer = build_push(restamped_signed_copy(tiny_bundle, tmp_path / "new", private, "2026-01-03T00:00:00+00:00"))
+
+    assert receiver.handle(topic, a)["code"] == "ok"
+    assert store.newest_push()["created"] == "2026-01-02T00:00:00+00:00"
+    running = daemon.model_id
+
+    result = receiver.handle(topic, older)
+    assert result["ok"] is False and result["code"] == "downgrade", result
+    assert "allow_downgrade" in result["reason"] and "\n" not in result["reason"]
+    assert daemon.model_id == running and read_manifest(store.current()).model_id == running
+
+    assert receiver.handle(topic, newer)["code"] == "ok"
+    replay = receiver.handle(topic, a)  # the very message that was accepted first, sent again
+    assert replay["code"] == "downgrade" and daemon.model_id == read_manifest(tiny_bundle).model_id
+    assert collector.wait_for(lambda c: any(e.get("code") == "downgrade" for e in c.envelopes("events")), 10)
+    for env in collector.envelopes("events"):
+        validator().validate(env)
+
+    # A local rollback does not lower the mark; the device's own config can opt in to downgrades.
+    store.rollback()
+    assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
+    receiver.config.model_push.allow_downgrade = True
+    assert receiver.handle(topic, older)["code"] == "ok"
+    assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
