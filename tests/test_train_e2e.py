@@ -254,3 +254,35 @@ def test_export_signs_when_asked(workdir, run_dir, data):
                "--val", str(data[1]), "--rep-size", "32", "--margin-pp", "5", "--sign-key", str(key)])
     assert rc == 0
     assert signing.verify_bundle(out, [workdir / "key.pub"])
+
+
+def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, capsys):
+    """soft-labels scores the training faces with a Keras and an int8 teacher; a student trains on them."""
+    train, val = data
+    soft_path = workdir / "soft.npz"
+    rc = main(["soft-labels", "--teacher", str(run_dir / "best.keras"), "--teacher", str(bundle),
+               "--train", str(train), "--val", str(val), "--out", str(soft_path), "--temperature", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "val ensemble: accuracy" in out, out
+    with np.load(soft_path) as npz:
+        soft, meta = npz["soft"], json.loads(str(npz["meta"]))
+    assert soft.shape == (240, len(LABELS)) and np.allclose(soft.sum(axis=1), 1.0, atol=1e-5)
+    assert meta["temperature"] == 2.0 and len(meta["teachers"]) == 2 and meta["val"]["ensemble"]["accuracy"] > 0.5
+    y = np.array([LABELS.index(FER_LABELS[i]) for i in np.load(train)["y"]])
+    assert (soft.argmax(axis=1) == y).mean() > 0.5  # the trained teachers mostly agree with the labels
+
+    student = workdir / "student"
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(student), "--log-lines",
+               "--model", "sepse", "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--input-size", "24",
+               "--labels", ",".join(LABELS), "--soft-labels", str(soft_path), "--distill-alpha", "0.5"])
+    assert rc == 0 and (student / "best.keras").is_file()
+    hp = json.loads((student / "hparams.json").read_text())
+    assert hp["soft_labels"] == str(soft_path) and hp["distill_alpha"] == 0.5
+
+    # Soft labels of other faces are refused in one line.
+    np.savez(workdir / "other.npz", x=np.load(train)["x"][::-1], y=np.load(train)["y"][::-1])
+    rc = main(["train", "--train", str(workdir / "other.npz"), "--val", str(val), "--run-dir", str(workdir / "s2"),
+               "--model", "sepse", "--width", "0.25", "--epochs", "1", "--input-size", "24",
+               "--labels", ",".join(LABELS), "--soft-labels", str(soft_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "other training faces" in err[-1], err

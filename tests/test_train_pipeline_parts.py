@@ -127,3 +127,53 @@ def test_device_crop_equals_training_face(tmp_path, zoom):
 
     x, _, _ = FaceSequence(load_dataset(tmp_path / "faces.npz"), HParams(), prep, training=False)[0]
     np.testing.assert_array_equal(x[0, ..., 0], normalize(device, prep))  # the model input itself
+
+
+def test_soften_keeps_order_and_flattens_with_temperature():
+    from train_export.distill import soften
+
+    p = np.array([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]], dtype=np.float32)
+    np.testing.assert_allclose(soften(p, 1.0), p, atol=1e-6)
+    hot = soften(p, 4.0)
+    np.testing.assert_allclose(hot.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(hot.argmax(axis=1), p.argmax(axis=1))
+    assert (hot.max(axis=1) < p.max(axis=1)).all()  # flatter
+    with pytest.raises(ValueError):
+        soften(p, 0.0)
+
+
+def test_training_targets_blend_teacher_soft_labels_and_validation_ignores_them():
+    from train_export.dataset import FaceSequence
+
+    data = _data([4, 4, 4, 4, 4, 4, 4])
+    soft = np.random.default_rng(0).dirichlet(np.ones(7), size=len(data)).astype(np.float32)
+    hp = HParams(batch_size=7, mix_prob=0.0, class_weight="none", distill_alpha=0.25)
+    seq = FaceSequence(data, hp, Preprocessing(), training=True, soft=soft)
+    idx = seq.order[:7]
+    _, y, _ = seq[0]
+    np.testing.assert_allclose(y, 0.75 * np.eye(7)[data.y[idx]] + 0.25 * soft[idx], atol=1e-6)
+    _, yv, _ = FaceSequence(data, hp, Preprocessing(), training=False, soft=soft)[0]
+    np.testing.assert_array_equal(yv, np.eye(7)[data.y[:7]])
+    with pytest.raises(ValueError, match="do not fit"):
+        FaceSequence(data, hp, Preprocessing(), training=True, soft=soft[:5])
+    with pytest.raises(ValueError, match="distill_alpha"):
+        HParams(distill_alpha=1.5)
+
+
+def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
+    from train_export.data import DataError
+    from train_export.distill import load_soft_labels, save_soft_labels
+
+    data = _data([3, 3, 3, 3, 3, 3, 3])
+    soft = np.full((len(data), 7), 1 / 7, dtype=np.float32)
+    path = tmp_path / "soft.npz"
+    save_soft_labels(path, soft, data, {"teachers": ["t.keras"]})
+    np.testing.assert_array_equal(load_soft_labels(path, data), soft)
+    shuffled = FaceData(data.x, data.y[::-1].copy(), data.labels)
+    with pytest.raises(DataError, match="other training faces"):
+        load_soft_labels(path, shuffled)
+    with pytest.raises(DataError, match="do not exist"):
+        load_soft_labels(tmp_path / "missing.npz", data)
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="not a soft-labels file"):
+        load_soft_labels(tmp_path / "bad.npz", data)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train_export train | evaluate | export | predict``."""
+"""Command line: ``python -m train_export train | soft-labels | evaluate | export | predict | explain``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soft_labels(args: argparse.Namespace) -> int:
+    """Teacher-ensemble soft labels of the training faces, for ``train --soft-labels``."""
+    import json
+
+    from train_export.data import load_dataset
+    from train_export.distill import ensemble_report, save_soft_labels, teacher_soft_labels
+    from train_export.evaluate import load_any
+
+    teachers = [load_any(path, args.labels, num_threads=args.threads) for path in args.teacher]
+    labels = teachers[0].labels
+    cache: dict[tuple[str, int], object] = {}
+
+    def faces(source: str, split: str, size: int):
+        if (split, size) not in cache:
+            cache[(split, size)] = load_dataset(source, labels=labels, split=split, input_size=size)
+        return cache[(split, size)]
+
+    train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
+    soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
+    data = train_sets[0][1]
+    meta = {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature, "flip": args.flip,
+            "train": data.describe()}
+    if args.val:
+        val_sets = [(t, faces(args.val, "val", t.prep.input_size)) for t in teachers]
+        meta["val"] = ensemble_report([(t, d.x) for t, d in val_sets], val_sets[0][1].y, flip=args.flip)
+        for name, row in meta["val"].items():
+            print(f"val {name}: accuracy {100 * row['accuracy']:.2f}%, macro-F1 {row['macro_f1']:.4f}")
+    save_soft_labels(args.out, soft, data, meta)
+    agree = float((soft.argmax(axis=1) == data.y).mean())
+    print(f"soft labels of {len(data)} faces written to {args.out} (teachers agree with the labels on "
+          f"{100 * agree:.1f}%); train with --soft-labels {args.out}")
+    log.debug("soft-labels meta: %s", json.dumps(meta))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify faces in an image folder or video into a CSV."""
     from train_export.predict import predict_to_csv
@@ -154,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-lines", action="store_true", help="one line per epoch instead of a progress bar")
     _add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("soft-labels", help="teacher-ensemble soft labels of the training faces (distillation)",
+                       description="Score the training faces with one or more trained teachers (flip-averaged, "
+                       "softened by --temperature, averaged over teachers) and write them for "
+                       "'train --soft-labels FILE --distill-alpha A'. With --val, also print each teacher's "
+                       "and the ensemble's validation accuracy.")
+    p.add_argument("--teacher", action="append", required=True, help="teacher model: .keras, bundle or .tflite (repeat)")
+    p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
+                   help="the training data the student will use (default: %(default)s)")
+    p.add_argument("--val", help="validation data: report the teachers and their ensemble on it")
+    p.add_argument("--out", required=True, help=".npz file to write")
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="softening temperature applied to each teacher's probabilities (default: %(default)s)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average each face with its mirror")
+    p.add_argument("--labels", type=_labels_arg, help="labels of bare .tflite/.keras teachers without a run folder")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads for .tflite teachers")
+    p.set_defaults(func=cmd_soft_labels)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of models",
                        description="Evaluate bundles (int8 in LiteRT, as on the device), .tflite files or .keras "

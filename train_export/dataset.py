@@ -1,5 +1,8 @@
 """Batches for Keras ``fit``: normalised faces, soft labels, per-face class weights, mixup and CutMix.
 
+Training targets are one-hot labels, or with teacher soft labels (:mod:`train_export.distill`) their blend
+``(1 - distill_alpha) * one_hot + distill_alpha * teacher``.
+
 Built on :class:`keras.utils.PyDataset` so the same loop runs on the TensorFlow, JAX and PyTorch backends.
 Mixing is done here in numpy (it needs the labels); the per-face augmentation runs in the model's
 augmenter on the accelerator (:mod:`train_export.augment`).
@@ -43,10 +46,15 @@ class FaceSequence(keras.utils.PyDataset):
         hp: Hyper-parameters (batch size, mixing, class weighting, seed).
         prep: The shared preprocessing (its normalisation is applied here).
         training: Shuffle each epoch, mix and weight; validation batches are plain and in order.
+        soft: Teacher probabilities per face (N x classes), blended into the training targets.
     """
 
-    def __init__(self, data: FaceData, hp: HParams, prep: Preprocessing, training: bool, **kwargs: object):
+    def __init__(self, data: FaceData, hp: HParams, prep: Preprocessing, training: bool,
+                 soft: np.ndarray | None = None, **kwargs: object):
         super().__init__(**kwargs)
+        if soft is not None and soft.shape != (len(data.y), len(data.labels)):
+            raise ValueError(f"soft labels of shape {soft.shape} do not fit {len(data.y)} faces x {len(data.labels)} labels")
+        self.soft = soft if training else None
         self.x = data.x
         self.y = data.y
         self.n_classes = len(data.labels)
@@ -74,6 +82,8 @@ class FaceSequence(keras.utils.PyDataset):
         idx = self.order[index * self.hp.batch_size : (index + 1) * self.hp.batch_size]
         x = normalize(self.x[idx], self.prep)[..., None]
         y = np.eye(self.n_classes, dtype=np.float32)[self.y[idx]]
+        if self.soft is not None:
+            y = (1.0 - self.hp.distill_alpha) * y + self.hp.distill_alpha * self.soft[idx]
         w = self.weights[self.y[idx]]
         if self.training and self.hp.mix_prob > 0 and len(idx) > 1:
             x, y, w = self._mix(x, y, w, self._rng(index))

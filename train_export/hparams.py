@@ -48,6 +48,9 @@ class HParams:
         brightness: Max brightness jitter as a fraction of the value range.
         contrast: Max contrast jitter factor.
         erasing_prob: Probability of random erasing (a grey rectangle) per face.
+        soft_labels: Teacher soft labels for the training faces (``python -m train_export soft-labels``);
+            empty = no distillation.
+        distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
         early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
         seed: Seed of shuffling, augmentation, mixing and weight init.
         mixed_precision: Use mixed_float16 on a GPU (the softmax stays float32). Ignored on CPU.
@@ -83,6 +86,8 @@ class HParams:
     brightness: float = 0.2
     contrast: float = 0.3
     erasing_prob: float = 0.25
+    soft_labels: str = ""
+    distill_alpha: float = 0.7
     early_stop_patience: int = 0
     seed: int = 1
     mixed_precision: bool = True
@@ -100,6 +105,8 @@ class HParams:
                 raise ValueError(f"hparam {name}={getattr(self, name)!r} is not one of {allowed}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
 

@@ -193,7 +193,14 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     if gpu and hp.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     prep = Preprocessing(input_size=hp.input_size)
-    train_seq = FaceSequence(train_data, hp, prep, training=True)
+    soft = None
+    if hp.soft_labels:
+        from train_export.distill import load_soft_labels
+
+        soft = load_soft_labels(hp.soft_labels, train_data)
+        log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x one-hot",
+                 hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha)
+    train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft)
     val_seq = FaceSequence(val_data, hp, prep, training=False)
     model, core = build_training_model(hp)
     info = describe(core)

@@ -1,0 +1,112 @@
+"""Knowledge distillation by soft labels: an ensemble of trained teachers labels the training faces once.
+
+Running teachers inside every training step would multiply the cost of an epoch on a CPU; instead
+:func:`teacher_soft_labels` averages the teachers' (optionally flip-averaged, temperature-softened)
+probabilities over the *clean* training faces once, and :func:`save_soft_labels` stores them beside a copy of
+the labels they belong to. A student trained with ``HParams.soft_labels`` then learns from
+``(1 - distill_alpha) * one_hot + distill_alpha * teacher`` (mixed along with the faces by mixup/CutMix), so
+it sees the teachers' "dark knowledge" (which wrong classes are plausible) at no per-step cost. The student's
+own augmentation is light enough (a few degrees, a few pixels) that a clean-face label stays a fair target.
+
+The file is refused for a dataset it was not made from (other size, labels or label order), so a student
+cannot silently learn from soft labels of other faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from train_export.data import DataError, FaceData
+from train_export.evaluate import LoadedModel, predict_with_tta, scores
+
+log = logging.getLogger(__name__)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Re-normalised ``probs ** (1 / T)``, i.e. ``softmax(log(probs) / T)``: T > 1 flattens, T = 1 keeps."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def teacher_soft_labels(
+    teachers: list[tuple[LoadedModel, np.ndarray]], temperature: float = 1.0, flip: bool = True, batch: int = 1024
+) -> np.ndarray:
+    """Mean of the teachers' softened probabilities → N x classes float32.
+
+    Each teacher comes with the same N faces at its own input size (N x S x S uint8). Faces are scored in
+    batches with a progress bar; ``flip`` averages each face with its mirror image first.
+    """
+    from tqdm import tqdm
+
+    if not teachers:
+        raise ValueError("at least one teacher is needed")
+    first, faces0 = teachers[0]
+    for t, faces in teachers[1:]:
+        if t.labels != first.labels or len(faces) != len(faces0):
+            raise ValueError(f"teacher {t.path} has labels {t.labels}, not {first.labels} like {first.path}")
+    out = np.zeros((len(faces0), len(first.labels)), dtype=np.float64)
+    with tqdm(total=len(teachers) * len(faces0), unit="face", desc="teachers") as bar:
+        for t, faces in teachers:
+            for start in range(0, len(faces), batch):
+                chunk = faces[start : start + batch]
+                out[start : start + len(chunk)] += soften(predict_with_tta(t.predict, chunk, flip), temperature)
+                bar.update(len(chunk))
+    return (out / len(teachers)).astype(np.float32)
+
+
+def _fingerprint(data: FaceData) -> str:
+    # The label names and the sequence of N labels: another dataset, split, order or label set gives another
+    # print. The pixels are left out so teachers and student may use different input sizes.
+    h = hashlib.sha256()
+    h.update(json.dumps(list(data.labels)).encode())
+    h.update(np.ascontiguousarray(data.y.astype(np.int64)).tobytes())
+    return h.hexdigest()
+
+
+def save_soft_labels(path: Path | str, soft: np.ndarray, data: FaceData, meta: dict) -> None:
+    """Write soft labels for ``data`` (with a fingerprint of its faces and labels) and ``meta`` as ``.npz``."""
+    if soft.shape != (len(data), len(data.labels)):
+        raise ValueError(f"soft labels of shape {soft.shape} do not fit {len(data)} faces x {len(data.labels)} labels")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, soft=soft.astype(np.float32), labels=np.array(data.labels),
+                        fingerprint=np.array(_fingerprint(data)), meta=np.array(json.dumps(meta)))
+
+
+def load_soft_labels(path: Path | str, data: FaceData) -> np.ndarray:
+    """Soft labels from :func:`save_soft_labels`, checked to belong to exactly these faces and labels."""
+    path = Path(path)
+    try:
+        with np.load(path) as npz:
+            soft, labels, fingerprint = npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"])
+    except FileNotFoundError:
+        raise DataError(f"soft labels {path} do not exist; make them with 'python -m train_export soft-labels'") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a soft-labels file from 'python -m train_export soft-labels' ({exc})") from None
+    if labels != list(data.labels) or fingerprint != _fingerprint(data):
+        raise DataError(f"soft labels {path} were made for other training faces or labels ({labels}); "
+                        "make them again for this dataset with 'python -m train_export soft-labels'")
+    return soft
+
+
+def ensemble_report(teachers: list[tuple[LoadedModel, np.ndarray]], y: np.ndarray, flip: bool = True) -> dict:
+    """Accuracy and macro-F1 of each teacher and of their mean on labelled faces (e.g. validation)."""
+    labels = teachers[0][0].labels
+    rows, total = {}, np.zeros((len(y), len(labels)))
+    for t, faces in teachers:
+        p = predict_with_tta(t.predict, faces, flip)
+        total += p
+        s = scores(y, p.argmax(axis=1), labels)
+        rows[t.path] = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
+    s = scores(y, total.argmax(axis=1), labels)
+    rows["ensemble"] = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
+    return rows
