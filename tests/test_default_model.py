@@ -1,0 +1,53 @@
+"""The shipped default bundle: a valid int8 bundle the device loads when no model is configured, within the
+size and parameter budget, whose report files agree with its manifest, and whose claimed validation accuracy
+is what the device path really scores on FER2013 ``val.npz`` (skipped when the data folder is absent).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.bundle import FER_LABELS, MANIFEST_FILE, MODEL_FILE, default_bundle_dir, load_bundle
+
+DEFAULT = default_bundle_dir()
+VAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013" / "val.npz"
+
+
+def test_default_bundle_is_a_valid_int8_bundle_within_budget():
+    manifest, model_path = load_bundle(DEFAULT)  # schema, sha256, size
+    assert manifest.labels == list(FER_LABELS)
+    assert manifest.input.dtype == "int8" and manifest.output.dtype == "int8"
+    assert (DEFAULT / MODEL_FILE).stat().st_size + (DEFAULT / MANIFEST_FILE).stat().st_size <= 1_000_000
+    assert 0 < manifest.architecture["params"] <= 1_000_000
+    m = manifest.metrics
+    assert m["n"] == 3589 and abs(m["float_accuracy"] - m["accuracy"]) <= 0.005  # int8 within 0.5 pp of float
+    report = json.loads((DEFAULT / "evaluation.json").read_text())
+    assert report["accuracy"] == m["accuracy"] and report["macro_f1"] == m["macro_f1"]
+    assert (DEFAULT / "confusion.png").stat().st_size > 0
+    assert (DEFAULT / "README.md").read_text().count(manifest.model_id) >= 1  # the reproduction notes are its own
+
+
+def test_the_device_classifier_loads_the_default_when_no_model_is_given():
+    from edge.classify import Classifier
+
+    clf = Classifier()  # no bundle: the shipped one
+    assert clf.bundle_dir == DEFAULT and clf.model_id == load_bundle(DEFAULT)[0].model_id
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    probs = clf.classify_faces(faces)
+    assert probs.shape == (5, 7) and np.allclose(probs.sum(axis=1), 1.0, atol=0.05)
+
+
+@pytest.mark.skipif(not VAL.is_file(), reason="FER2013 val.npz is not beside the checkout (../shared/data/fer2013)")
+def test_claimed_validation_accuracy_is_what_the_device_path_scores():
+    from edge.classify import Classifier
+
+    manifest, _ = load_bundle(DEFAULT)
+    with np.load(VAL) as npz:
+        x, y = npz["x"], npz["y"].astype(np.int64)
+    probs = Classifier(DEFAULT).classify_faces(x)
+    accuracy = float((probs.argmax(axis=1) == y).mean())
+    assert accuracy == pytest.approx(manifest.metrics["accuracy"], abs=0.002), accuracy
