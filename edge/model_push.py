@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.bundle import MANIFEST_FILE, BundleError
+from edge.bundle import MANIFEST_FILE, BundleError, Manifest
 from edge.model_check import check_bundle
 from edge.model_store import ModelStore, parse_created
 from edge.push_payload import PushRejected, parse_push, peek_push_id
@@ -228,7 +228,7 @@ class ModelPushReceiver:
         self.store.prune(KEEP_MODELS)
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
 
-    def _refuse_replay(self, manifest: Any, base: dict[str, Any]) -> None:
+    def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:
         # Signatures prove who made a bundle, not when it was sent: anyone who can publish on the push topic
         # could replay an old signed push to bring back a worse model. So a push older than the newest one
         # this device ever accepted is refused unless the device's own config allows downgrades.

@@ -2,8 +2,8 @@
 
 Running teachers inside every training step would multiply the cost of an epoch on a CPU; instead
 :func:`teacher_soft_labels` averages the teachers' (optionally flip-averaged, temperature-softened)
-probabilities over the *clean* training faces once, and :func:`save_soft_labels` stores them beside a copy of
-the labels they belong to. A student trained with ``HParams.soft_labels`` then learns from
+probabilities over the *clean* training faces once, and :func:`save_soft_labels` stores them with a
+fingerprint of the labels they belong to. A student trained with ``HParams.soft_labels`` then learns from
 ``(1 - distill_alpha) * one_hot + distill_alpha * teacher`` (mixed along with the faces by mixup/CutMix), so
 it sees the teachers' "dark knowledge" (which wrong classes are plausible) at no per-step cost. The student's
 own augmentation is light enough (a few degrees, a few pixels) that a clean-face label stays a fair target.
@@ -51,8 +51,10 @@ def teacher_soft_labels(
         raise ValueError("at least one teacher is needed")
     first, faces0 = teachers[0]
     for t, faces in teachers[1:]:
-        if t.labels != first.labels or len(faces) != len(faces0):
+        if t.labels != first.labels:
             raise ValueError(f"teacher {t.path} has labels {t.labels}, not {first.labels} like {first.path}")
+        if len(faces) != len(faces0):
+            raise ValueError(f"teacher {t.path} got {len(faces)} faces, {first.path} got {len(faces0)}")
     out = np.zeros((len(faces0), len(first.labels)), dtype=np.float64)
     with tqdm(total=len(teachers) * len(faces0), unit="face", desc="teachers") as bar:
         for t, faces in teachers:
@@ -73,7 +75,7 @@ def _fingerprint(data: FaceData) -> str:
 
 
 def save_soft_labels(path: Path | str, soft: np.ndarray, data: FaceData, meta: dict) -> None:
-    """Write soft labels for ``data`` (with a fingerprint of its faces and labels) and ``meta`` as ``.npz``."""
+    """Write soft labels for ``data`` (with a fingerprint of its label names and label sequence) and ``meta``."""
     if soft.shape != (len(data), len(data.labels)):
         raise ValueError(f"soft labels of shape {soft.shape} do not fit {len(data)} faces x {len(data.labels)} labels")
     path = Path(path)
@@ -83,7 +85,7 @@ def save_soft_labels(path: Path | str, soft: np.ndarray, data: FaceData, meta: d
 
 
 def load_soft_labels(path: Path | str, data: FaceData) -> np.ndarray:
-    """Soft labels from :func:`save_soft_labels`, checked to belong to exactly these faces and labels."""
+    """Soft labels from :func:`save_soft_labels`, checked against ``data``'s label names and label sequence."""
     path = Path(path)
     try:
         with np.load(path) as npz:

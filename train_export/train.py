@@ -185,21 +185,21 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         if saved != hp:
             diff = {k: (v, getattr(hp, k)) for k, v in saved.to_dict().items() if getattr(hp, k) != v}
             raise ValueError(f"{run_dir} holds a run with other hyper-parameters {diff}; use a new --run-dir")
-    hp.save(hp_path)
     if train_data.labels != hp.labels or val_data.labels != hp.labels:
         raise ValueError("dataset labels differ from hparams.labels")
-
-    gpu = has_gpu()
-    if gpu and hp.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    prep = Preprocessing(input_size=hp.input_size)
     soft = None
-    if hp.soft_labels:
+    if hp.soft_labels:  # checked before hparams.json is written, so a wrong file leaves no half-started run
         from train_export.distill import load_soft_labels
 
         soft = load_soft_labels(hp.soft_labels, train_data)
         log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x one-hot",
                  hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha)
+    hp.save(hp_path)
+
+    gpu = has_gpu()
+    if gpu and hp.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    prep = Preprocessing(input_size=hp.input_size)
     train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft)
     val_seq = FaceSequence(val_data, hp, prep, training=False)
     model, core = build_training_model(hp)
