@@ -83,7 +83,11 @@ def test_model_that_fails_to_load_after_the_swap_is_rolled_back(rig, tmp_path, t
     assert read_manifest(store.current()).model_id == old_id  # a restart loads the old model too
     assert receiver.last_result["code"] == "swap_failed"
     assert daemon.status_body()["model_push"]["rolled_back"] is True
-    validator().validate(collector.envelopes("events")[-1])
+    # the event and the pusher's reply travel separately; the reply may arrive first
+    assert collector.wait_for(lambda c: any(e.get("code") == "swap_failed" for e in c.envelopes("events")), 10)
+    event = [e for e in collector.envelopes("events") if e.get("code") == "swap_failed"][-1]
+    assert event["model_id"] == read_manifest(new).model_id and event["rolled_back"] is True
+    validator().validate(event)
 
 
 def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_too(rig, tmp_path):
