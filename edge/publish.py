@@ -201,6 +201,9 @@ class MqttSink:
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._subs_lock = threading.Lock()
+        # Topics the broker acknowledged (SUBACK) in this session, and the SUBSCRIBEs still waiting for one.
+        self._acked_subs: set[str] = set()
+        self._sub_mids: dict[int, list[str]] = {}
         self._session_up = False
         self._commands: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=100)
         self._close_deadline = 0.0
@@ -266,6 +269,18 @@ class MqttSink:
     def wait_connected(self, timeout: float) -> bool:
         """Block until a broker session is up (True) or ``timeout`` seconds passed (False)."""
         return self._connected_evt.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until the broker has acknowledged every subscription of this sink in the current session
+        (True) or ``timeout`` seconds passed (False). Messages sent to a topic before its SUBACK may be lost,
+        so callers that publish to the device right after it connects wait for this first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._subs_lock:
+                done = self._connected and set(self._subs) <= self._acked_subs
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.02)
 
     def flush(self, timeout: float) -> bool:
         """Block until the outbox is empty (True) or ``timeout`` seconds passed (False)."""
@@ -339,6 +354,7 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _note(self, level: int, message: str) -> None:
@@ -412,7 +428,7 @@ class MqttSink:
             t, payload, retain, qos = self._raw.popleft()
             client.publish(t, payload, qos=qos, retain=retain)
         while not self._new_subs.empty():
-            client.subscribe(self._new_subs.get(), qos=1)
+            self._subscribe(client, [self._new_subs.get()])
         while not self._new_hooks.empty():
             hook = self._new_hooks.get()
             self._hooks.append(hook)
@@ -448,6 +464,7 @@ class MqttSink:
         was = self._connected
         self._connected = False
         self._connected_evt.clear()
+        self._forget_subs()
         # Unacknowledged messages die with this session; the next one resends them from the outbox, in order.
         self._inflight.clear()
         self._cursor = 0
@@ -484,7 +501,7 @@ class MqttSink:
             self._new_subs.get()
         with self._subs_lock:
             topics = list(self._subs)
-        client.subscribe([(t, 1) for t in topics])
+        self._subscribe(client, topics)
         while not self._new_hooks.empty():
             self._hooks.append(self._new_hooks.get())
         for hook in self._hooks:
@@ -500,6 +517,30 @@ class MqttSink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected = False
         self._connected_evt.clear()
+        self._forget_subs()
+
+    def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
+        """SUBSCRIBE (QoS 1) and remember the message id, so :meth:`_on_subscribe` knows what was granted."""
+        rc, mid = client.subscribe([(t, 1) for t in topics])
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            with self._subs_lock:
+                self._sub_mids[mid] = topics
+
+    def _forget_subs(self) -> None:
+        with self._subs_lock:
+            self._acked_subs.clear()
+            self._sub_mids.clear()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._subs_lock:
+            topics = self._sub_mids.pop(mid, [])
+        for sub, code in zip(topics, reason_codes, strict=False):
+            if code.is_failure:  # an ACL that denies it: the device would silently never hear this topic
+                self._note(logging.ERROR, f"MQTT broker {self.host}:{self.port} refused the subscription to "
+                           f"{sub} ({code}); allow it in the broker's ACL for user {self._cfg.username or '(none)'}")
+            else:
+                with self._subs_lock:
+                    self._acked_subs.add(sub)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._subs_lock:

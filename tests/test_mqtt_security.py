@@ -165,3 +165,31 @@ def test_the_right_password_from_the_environment_works(password_broker, tmp_path
     finally:
         sink.close()
         col.stop()
+
+
+
+def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker, tmp_path, caplog):
+    """A device whose broker ACL refuses its command topic would never hear commands or model pushes.
+
+    Mosquitto 2.0 grants every SUBSCRIBE and applies its ACL on delivery, so no real broker here answers with a
+    failure code (EMQX and HiveMQ do): the refusal is the SUBACK that such a broker sends, handed to the sink's
+    callback; the connection and the subscriptions around it are real.
+    """
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    caplog.set_level(logging.DEBUG, logger="edge.publish")
+    sink = MqttSink(sink_config(tmp_path / "s", broker))
+    try:
+        assert sink.wait_connected(5) and sink.wait_subscribed(5)
+        sink._forget_subs()  # as at the start of a session, before this broker's SUBACK
+        sink._sub_mids[999] = [sink.command_topic]
+        sink._on_subscribe(None, None, 999, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+        assert not sink.wait_subscribed(0.5), "a refused subscription must not count as acknowledged"
+        lines = [r for r in caplog.records if "refused the subscription" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+        msg = lines[0].getMessage()
+        assert "emotion/dev1/command" in msg and "ACL" in msg and "\n" not in msg
+        assert sink.connection()["connected"] is True, "publishing still works"
+    finally:
+        sink.close(timeout=2)

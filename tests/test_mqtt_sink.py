@@ -140,7 +140,7 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     try:
-        time.sleep(0.3)  # the sink subscribes in on_connect; give the SUBACK a moment
+        assert sink.wait_subscribed(5), "the broker must acknowledge the command topic subscription"
         pub.publish("emotion/dev1/command", json.dumps({"command": "publish_status"}), qos=1).wait_for_publish(5)
         pub.publish("emotion/dev1/command", b"{not json", qos=1).wait_for_publish(5)
         pub.publish("emotion/dev1/command", json.dumps(["reload_model"]), qos=1).wait_for_publish(5)
@@ -185,7 +185,7 @@ def test_extension_hooks_resubscribe_and_run_after_every_reconnect(broker, tmp_p
             time.sleep(0.05)
         assert len(connects) >= 2, "the connect hook must run again after a reconnect"
         assert sink.wait_connected(5)
-        time.sleep(0.3)
+        assert sink.wait_subscribed(5), "every subscription is made (and acknowledged) again after a reconnect"
         pub.connect(broker.host, broker.port)
         pub.loop_start()
         pub.publish("emotion/group/lab/model/push", b"bundle", qos=1).wait_for_publish(5)

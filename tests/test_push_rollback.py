@@ -60,7 +60,7 @@ def rig(tmp_path, broker, tiny_bundle):
     receiver.start()
     assert sink.wait_connected(10)
     collector = Collector(broker, topic="emotion/pi-rb/events", client_id="rb-watch").start()
-    time.sleep(0.3)  # let the sink's subscription to the push topic reach the broker
+    assert sink.wait_subscribed(10), "the push topics must be subscribed before anything is pushed"
     yield daemon, receiver, store, private, broker, collector
     receiver.stop()
     collector.stop()
