@@ -167,7 +167,6 @@ def test_the_right_password_from_the_environment_works(password_broker, tmp_path
         col.stop()
 
 
-
 def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker, tmp_path, caplog):
     """A device whose broker ACL refuses its command topic would never hear commands or model pushes.
 

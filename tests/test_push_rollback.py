@@ -40,6 +40,13 @@ class SwapFailsDaemon(Daemon):
         super().swap_model(bundle_dir)
 
 
+def last_event_with_code(collector: Collector, code: str, timeout: float = 10.0) -> dict:
+    """The newest event with this result code, waited for: events travel apart from the pusher's reply, which
+    may arrive first."""
+    assert collector.wait_for(lambda c: any(e.get("code") == code for e in c.envelopes("events")), timeout), code
+    return [e for e in collector.envelopes("events") if e.get("code") == code][-1]
+
+
 @pytest.fixture
 def rig(tmp_path, broker, tiny_bundle):
     private, public = make_keys(tmp_path)
@@ -83,9 +90,7 @@ def test_model_that_fails_to_load_after_the_swap_is_rolled_back(rig, tmp_path, t
     assert read_manifest(store.current()).model_id == old_id  # a restart loads the old model too
     assert receiver.last_result["code"] == "swap_failed"
     assert daemon.status_body()["model_push"]["rolled_back"] is True
-    # the event and the pusher's reply travel separately; the reply may arrive first
-    assert collector.wait_for(lambda c: any(e.get("code") == "swap_failed" for e in c.envelopes("events")), 10)
-    event = [e for e in collector.envelopes("events") if e.get("code") == "swap_failed"][-1]
+    event = last_event_with_code(collector, "swap_failed")
     assert event["model_id"] == read_manifest(new).model_id and event["rolled_back"] is True
     validator().validate(event)
 
@@ -107,8 +112,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
     daemon._classify(frame, [(200.0, 120.0, 200.0, 200.0)])
     assert daemon.model_id == old_id
     assert read_manifest(store.current()).model_id == old_id
-    assert collector.wait_for(lambda c: any(e.get("code") == "swap_failed" for e in c.envelopes("events")), 10)
-    event = [e for e in collector.envelopes("events") if e.get("code") == "swap_failed"][-1]
+    event = last_event_with_code(collector, "swap_failed")
     assert event["model_id"] == new_id and event["rolled_back"] is True
     validator().validate(event)
 
@@ -149,7 +153,7 @@ def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig,
     assert receiver.handle(topic, newer)["code"] == "ok"
     replay = receiver.handle(topic, a)  # the very message that was accepted first, sent again
     assert replay["code"] == "downgrade" and daemon.model_id == read_manifest(tiny_bundle).model_id
-    assert collector.wait_for(lambda c: any(e.get("code") == "downgrade" for e in c.envelopes("events")), 10)
+    last_event_with_code(collector, "downgrade")
     for env in collector.envelopes("events"):
         validator().validate(env)
 
