@@ -200,7 +200,8 @@ class MqttSink:
         self._subs: dict[str, Callable[[str, bytes], None]] = {self.command_topic: self._on_command_message}
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._subs_lock = threading.Lock()
+        # A Condition, so wait_subscribed() sleeps until a SUBACK arrives instead of polling.
+        self._subs_lock = threading.Condition()
         # Topics the broker acknowledged (SUBACK) in this session, and the SUBSCRIBEs still waiting for one.
         self._acked_subs: set[str] = set()
         self._sub_mids: dict[int, list[str]] = {}
@@ -274,13 +275,8 @@ class MqttSink:
         """Block until the broker has acknowledged every subscription of this sink in the current session
         (True) or ``timeout`` seconds passed (False). Messages sent to a topic before its SUBACK may be lost,
         so callers that publish to the device right after it connects wait for this first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._subs_lock:
-                done = self._connected and set(self._subs) <= self._acked_subs
-            if done or time.monotonic() >= deadline:
-                return done
-            time.sleep(0.02)
+        with self._subs_lock:
+            return self._subs_lock.wait_for(lambda: self._connected and set(self._subs) <= self._acked_subs, timeout)
 
     def flush(self, timeout: float) -> bool:
         """Block until the outbox is empty (True) or ``timeout`` seconds passed (False)."""
@@ -541,6 +537,7 @@ class MqttSink:
             else:
                 with self._subs_lock:
                     self._acked_subs.add(sub)
+                    self._subs_lock.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._subs_lock:
