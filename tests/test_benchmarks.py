@@ -26,6 +26,15 @@ def bench(monkeypatch):
     return model_latency, peer_fer
 
 
+@pytest.fixture
+def robustness(monkeypatch):
+    """benchmarks/robustness.py as a module."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import robustness
+
+    return robustness
+
+
 def test_device_model_returns_probabilities_and_flip_tta_is_symmetric(bench, tiny_bundle):
     model_latency, _ = bench
     model = model_latency.DeviceModel(tiny_bundle)
@@ -120,3 +129,45 @@ def test_peer_fer_rejects_data_without_labels(bench, tmp_path, capsys):
     rc = peer_fer.main(["--data", str(data), "--fer", "none"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "'y'" in err
+
+
+def test_corruptions_are_seeded_keep_the_face_format_and_change_it(robustness):
+    faces = np.random.default_rng(3).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    for name in robustness.CORRUPTIONS:
+        a = robustness.corrupt(faces, name, seed=5)
+        assert a.shape == faces.shape and a.dtype == np.uint8, name
+        np.testing.assert_array_equal(a, robustness.corrupt(faces, name, seed=5))  # same seed, same faces
+        assert np.array_equal(a, faces) == (name == "clean"), name
+    # Geometric variants replicate the border: a flat face stays flat, so no black band reaches the model.
+    flat = np.full((1, 48, 48), 120, np.uint8)
+    for name in ("roll 15°", "shift 8 %", "loose crop ×0.85", "blur σ2", "16 px face"):
+        np.testing.assert_array_equal(robustness.corrupt(flat, name), flat, err_msg=name)
+    noisy = robustness.corrupt(flat, "noise σ10", seed=1).astype(float)
+    assert 8 < noisy.std() < 12 and abs(noisy.mean() - 120) < 1
+
+
+def test_robustness_table_matches_the_device_classifier(robustness, tiny_bundle, tmp_path, capsys):
+    from edge.classify import Classifier
+
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 256, (30, 48, 48), dtype=np.uint8), rng.integers(0, 7, 30).astype(np.uint8)
+    data = tmp_path / "faces.npz"
+    np.savez(data, x=x, y=y)
+    rc = robustness.main(["--model", str(tiny_bundle), "--data", str(data), "--only", "blur σ1", "--only", "JPEG q20",
+                          "--json", str(tmp_path / "r.json"), "--png", str(tmp_path / "r.png")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    table = json.loads((tmp_path / "r.json").read_text())["table"]
+    assert list(table) == ["clean", "blur σ1", "JPEG q20"]  # the reference first, then what --only asked for
+    clf = Classifier(tiny_bundle)
+    for name, row in table.items():
+        expected = np.mean(clf.classify_faces(robustness.corrupt(x, name)).argmax(axis=1) == y)
+        assert row["tiny-test-0"]["accuracy"] == pytest.approx(expected), name
+        assert f"| {name} |" in out
+    assert "| **mean of corrupted** |" in out and (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_robustness_bad_data_is_one_line_error(robustness, tmp_path, capsys):
+    rc = robustness.main(["--data", str(tmp_path / "absent.npz")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "absent.npz" in err and "\n" not in err

@@ -49,6 +49,53 @@ def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
     np.testing.assert_allclose(out, x)
 
 
+def test_camera_degradation_blurs_shrinks_and_adds_noise_within_range():
+    from train_export.augment import CameraDegrade, build_augmenter
+
+    x = normalize(_faces(32))[..., None]
+    layer = CameraDegrade(prob=1.0, noise=0.0, seed=1)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    # Random faces are pure texture: every blur or downscale removes most of the pixel-to-pixel variation.
+    assert np.all(np.abs(np.diff(out, axis=2)).mean(axis=(1, 2, 3)) < 0.6 * np.abs(np.diff(x, axis=2)).mean())
+    flat = np.full((16, 48, 48, 1), 0.5, np.float32)  # no black border creeps in
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(flat, training=True)), flat, atol=1e-5)
+    noisy = keras.ops.convert_to_numpy(CameraDegrade(prob=0.0, noise=0.04, seed=2)(flat, training=True))
+    stds = (noisy - 0.5).std(axis=(1, 2, 3))
+    assert stds.max() <= 0.04 * 1.1 and stds.max() > stds.min() + 0.005  # a sigma per face, up to the maximum
+    again = keras.ops.convert_to_numpy(CameraDegrade(prob=1.0, noise=0.04, seed=1)(x, training=True))
+    np.testing.assert_array_equal(again, keras.ops.convert_to_numpy(CameraDegrade(prob=1.0, noise=0.04, seed=1)(x, training=True)))
+    assert again.min() >= 0.0 and again.max() <= 1.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    assert not any(isinstance(lay, CameraDegrade) for lay in build_augmenter(HParams()).layers)  # off by default
+    assert isinstance(build_augmenter(HParams(noise=0.02)).layers[-1], CameraDegrade)
+
+
+def test_hparams_refuse_out_of_range_camera_degradation():
+    with pytest.raises(ValueError, match="camera_prob"):
+        HParams(camera_prob=1.5)
+    with pytest.raises(ValueError, match="noise"):
+        HParams(noise=-0.1)
+
+
+def test_init_weights_copies_a_trained_model_and_refuses_another_architecture(tmp_path):
+    from train_export.model_spec import build_model
+    from train_export.train import load_init_weights
+
+    donor = build_model("mini_xception", 48, 7, width=0.5)
+    donor.save(tmp_path / "donor.keras")
+    target = build_model("mini_xception", 48, 7, width=0.5)
+    load_init_weights(target, tmp_path / "donor.keras")
+    for a, b in zip(donor.get_weights(), target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="another architecture"):
+        load_init_weights(build_model("mini_xception", 48, 7, width=1.0), tmp_path / "donor.keras")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_init_weights(target, tmp_path / "absent.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a loadable"):
+        load_init_weights(target, tmp_path / "junk.keras")
+
+
 def _data(counts: list[int]) -> FaceData:
     y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
     return FaceData(_faces(len(y), seed=1), y, list(FER_LABELS))

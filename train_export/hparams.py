@@ -48,9 +48,15 @@ class HParams:
         brightness: Max brightness jitter as a fraction of the value range.
         contrast: Max contrast jitter factor.
         erasing_prob: Probability of random erasing (a grey rectangle) per face.
+        camera_prob: Probability per face of a camera degradation: a blur or a small (down- and up-scaled)
+            face (:class:`train_export.augment.CameraDegrade`).
+        noise: Largest standard deviation of additive Gaussian sensor noise per face, as a fraction of the
+            input range (0.04 is about 10 grey levels); 0 = none.
         soft_labels: Teacher soft labels for the training faces (``python -m train_export soft-labels``);
             empty = no distillation.
         distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
+        init_weights: A trained ``.keras`` model of the same architecture whose weights start the run
+            (fine-tuning); empty = random initialisation. A resumed run continues from its own backup.
         early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
         seed: Seed of shuffling, augmentation, mixing and weight init.
         mixed_precision: Use mixed_float16 on a GPU (the softmax stays float32). Ignored on CPU.
@@ -86,8 +92,11 @@ class HParams:
     brightness: float = 0.2
     contrast: float = 0.3
     erasing_prob: float = 0.25
+    camera_prob: float = 0.0
+    noise: float = 0.0
     soft_labels: str = ""
     distill_alpha: float = 0.7
+    init_weights: str = ""
     early_stop_patience: int = 0
     seed: int = 1
     mixed_precision: bool = True
@@ -105,6 +114,8 @@ class HParams:
                 raise ValueError(f"hparam {name}={getattr(self, name)!r} is not one of {allowed}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.camera_prob <= 1.0 or not 0.0 <= self.noise <= 0.5:
+            raise ValueError(f"camera_prob must be in [0, 1] and noise in [0, 0.5], got {self.camera_prob}, {self.noise}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:

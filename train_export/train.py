@@ -172,6 +172,27 @@ def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model]:
     return keras.Model(inp, out, name="trainer"), core
 
 
+def load_init_weights(core: keras.Model, path: Path | str) -> None:
+    """Start ``core`` from the weights of the trained model at ``path`` (same architecture and width).
+
+    Raises:
+        ValueError: ``path`` is missing, not a Keras model, or its layers do not match ``core``'s.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"init_weights {path} does not exist; give a trained .keras model (e.g. runs/X/best.keras)")
+    try:
+        donor = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a wrong or damaged file
+        raise ValueError(f"init_weights {path} is not a loadable .keras model ({exc})") from None
+    theirs, ours = donor.get_weights(), core.get_weights()
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours, strict=True)):
+        raise ValueError(f"init_weights {path} has another architecture than this run (model/width/depth/se/"
+                         "input_size must match the run that made it)")
+    core.set_weights(theirs)
+    log.info("initialised the model from %s", path)
+
+
 def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, verbose: int = 1) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the best model.
 
@@ -203,6 +224,8 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft)
     val_seq = FaceSequence(val_data, hp, prep, training=False)
     model, core = build_training_model(hp)
+    if hp.init_weights:
+        load_init_weights(core, hp.init_weights)
     info = describe(core)
     log.info(
         "model %s: %d params, %.1f M MACs; backend %s on %s; %d train / %d val faces",
