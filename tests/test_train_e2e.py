@@ -55,7 +55,7 @@ def data(workdir):
 
 @pytest.fixture(scope="module")
 def run_dir(workdir, data):
-    """Train through the CLI (mini-Xception width 0.5, augmentation and mixup on).
+    """Train through the CLI (mini-Xception width 0.5, augmentation, camera degradation and mixup on).
 
     A 24x24 input keeps it quick; batches of 4 give enough steps (480) for BatchNorm's moving statistics to
     forget their initial values, which a few dozen steps do not.
@@ -65,7 +65,8 @@ def run_dir(workdir, data):
     rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--log-lines",
                "--model", "mini_xception", "--width", "0.5", "--epochs", "8", "--batch-size", "4", "--input-size", "24",
                "--labels", ",".join(LABELS), "--learning-rate", "0.01", "--warmup-epochs", "0",
-               "--rotation", "0.01", "--zoom", "0.02", "--translation", "0.02", "--erasing-prob", "0"])
+               "--rotation", "0.01", "--zoom", "0.02", "--translation", "0.02", "--erasing-prob", "0",
+               "--camera-prob", "0.2", "--noise", "0.02"])
     assert rc == 0
     return run
 
