@@ -42,7 +42,8 @@ def test_augmenter_is_seeded_and_keeps_shapes():
 def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
     from train_export.augment import build_augmenter
 
-    hp = HParams(flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0)
+    hp = HParams(flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0,
+                 camera_prob=0, noise=0)
     assert build_augmenter(hp).layers == []
     x = normalize(_faces(4))[..., None]
     out = keras.ops.convert_to_numpy(build_augmenter(HParams())(x, training=False))
@@ -66,8 +67,9 @@ def test_camera_degradation_blurs_shrinks_and_adds_noise_within_range():
     np.testing.assert_array_equal(again, keras.ops.convert_to_numpy(CameraDegrade(prob=1.0, noise=0.04, seed=1)(x, training=True)))
     assert again.min() >= 0.0 and again.max() <= 1.0
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
-    assert not any(isinstance(lay, CameraDegrade) for lay in build_augmenter(HParams()).layers)  # off by default
-    assert isinstance(build_augmenter(HParams(noise=0.02)).layers[-1], CameraDegrade)
+    assert isinstance(build_augmenter(HParams()).layers[-1], CameraDegrade)  # on by default
+    assert isinstance(build_augmenter(HParams(camera_prob=0, noise=0.02)).layers[-1], CameraDegrade)
+    assert not any(isinstance(lay, CameraDegrade) for lay in build_augmenter(HParams(camera_prob=0, noise=0)).layers)
 
 
 def test_hparams_refuse_out_of_range_camera_degradation():
