@@ -18,6 +18,8 @@ pytest.importorskip("tensorflow")
 
 from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
 from train_export.cli import main  # noqa: E402
+from train_export.hparams import HParams  # noqa: E402
+from train_export.train import cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -287,3 +289,24 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
                "--labels", ",".join(LABELS), "--soft-labels", str(soft_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "other training faces" in err[-1], err
+
+
+def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):
+    """A budget that has run out after the two probe epochs ends the run there, and hparams.json says how
+    many epochs the schedule really had."""
+    train, val = data
+    run = workdir / "budget_run"
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--log-lines",
+               "--model", "vgg", "--width", "0.125", "--depth", "1", "--epochs", "50", "--batch-size", "16",
+               "--input-size", "24", "--labels", ",".join(LABELS), "--warmup-epochs", "0",
+               "--time-budget", "0.00001"])
+    assert rc == 0
+    rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
+    budget = json.loads((run / "budget.json").read_text())
+    assert len(rows) == 2 and budget["epochs"] == 2 and budget["max_epochs"] == 50
+    assert json.loads((run / "hparams.json").read_text())["epochs"] == 2
+    lrs = [float(r["lr"]) for r in rows]
+    expected = [cosine_lr(e, 50, HParams(warmup_epochs=0)) for e in (0, 1)]  # set before the cut
+    assert lrs == pytest.approx(expected, rel=1e-5) and expected[0] == pytest.approx(2e-3)
+    assert main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--time-budget", "1",
+                 "--labels", ",".join(LABELS), "--input-size", "24"]) != 0  # not resumable

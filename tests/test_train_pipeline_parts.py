@@ -226,3 +226,22 @@ def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an archive")
     with pytest.raises(DataError, match="not a soft-labels file"):
         load_soft_labels(tmp_path / "bad.npz", data)
+
+
+def test_cosine_lr_warms_up_peaks_and_decays_to_one_percent():
+    from train_export.train import cosine_lr
+
+    hp = HParams(learning_rate=1e-3, warmup_epochs=2)
+    lrs = [cosine_lr(e, 20, hp) for e in range(21)]
+    assert lrs[0] == pytest.approx(5e-5) and lrs[2] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert lrs[20] == pytest.approx(1e-5) and min(lrs) >= 1e-5
+    assert cosine_lr(0, 1, hp) == pytest.approx(1e-3)  # a one-epoch schedule has no warm-up
+
+
+def test_vgg_teacher_builds_and_counts():
+    pytest.importorskip("keras")
+    from train_export.model_spec import build_model, describe
+
+    info = describe(build_model("vgg", 48, 7, width=1.0, depth=2))
+    assert 4.5e6 < info["params"] < 5e6 and 4.5e8 < info["macs"] < 5e8

@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     train_data = load_dataset(args.train, labels=hp.labels, split="train", strict=args.strict, input_size=hp.input_size)
     val_data = load_dataset(args.val, labels=hp.labels, split="val", strict=args.strict, input_size=hp.input_size)
-    best = train(hp, train_data, val_data, run_dir, verbose=2 if args.log_lines else 1)
+    budget = args.time_budget * 60 if args.time_budget is not None else None
+    best = train(hp, train_data, val_data, run_dir, verbose=2 if args.log_lines else 1, time_budget_s=budget)
     print(f"best model: {best}")
     return 0
 
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", help="JSON file of hyper-parameters (flags override it)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
     p.add_argument("--log-lines", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="fit the cosine schedule (at most --epochs) into this many minutes, e.g. on a GPU lent "
+                        "for a while; such a run cannot be resumed")
     _add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -19,9 +19,10 @@ class HParams:
     """Everything that decides what a training run does.
 
     Attributes:
-        model: Architecture name from :data:`train_export.model_spec.MODELS` ("mini_xception", "sepse").
+        model: Architecture name from :data:`train_export.model_spec.MODELS` ("mini_xception", "sepse",
+            or the GPU teacher "vgg").
         width: Channel multiplier applied to the architecture's base widths.
-        depth: Separable conv layers per residual block (sepse only).
+        depth: Conv layers per stage (sepse: separable convs per residual block; vgg: plain convs).
         input_size: Square input side in pixels (faces are resized by the shared preprocessing).
         dropout: Dropout rate before the classifier.
         se: Use squeeze-excitation in residual blocks (sepse only).

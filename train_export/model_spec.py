@@ -1,6 +1,6 @@
-"""The compact depthwise-separable CNN family.
+"""The compact depthwise-separable CNN family, and a plain CNN that teaches it.
 
-Two architectures, both parameterised by width and input size:
+Three architectures, all parameterised by width and input size:
 
 * ``mini_xception`` — the baseline of Arriaga et al. (2017), ≈ 58k parameters at width 1: two plain 3x3
   convolutions, then four residual blocks of two separable convolutions with a strided 1x1 shortcut, and a
@@ -8,6 +8,9 @@ Two architectures, both parameterised by width and input size:
 * ``sepse`` — our stronger variant: a separable stem that keeps the full 48x48 resolution, four residual
   stages (``depth`` separable convs each) with squeeze-excitation, BN+ReLU6 (which quantizes well to int8),
   and a dropout + dense head.
+* ``vgg`` — a teacher, not a device model: four stages of ``depth`` plain 3x3 convs (64-128-256-512 at
+  width 1, ≈ 4.7 M params, 0.47 G MACs at depth 2). Too large for a Pi, but fast on a GPU; its soft labels
+  are what distillation (:mod:`train_export.distill`) passes to a compact student.
 
 All layers are int8-friendly TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, ADD, MUL, MAX_POOL_2D, MEAN,
 FULLY_CONNECTED, SOFTMAX). The softmax runs in float32 under mixed precision.
@@ -106,7 +109,22 @@ def sepse(
     return keras.Model(inp, _head(x, n_classes, dropout), name="sepse")
 
 
-MODELS: dict[str, Callable[..., keras.Model]] = {"mini_xception": mini_xception, "sepse": sepse}
+def vgg(
+    input_size: int, n_classes: int, width: float = 1.0, depth: int = 2, dropout: float = 0.3, **_: object
+) -> keras.Model:
+    """A VGG-style teacher: ``depth`` 3x3 conv + BN + ReLU per stage, a 2x2 max-pool after each of 4 stages."""
+    w = lambda c: max(8, int(round(c * width / 8)) * 8)  # noqa: E731
+    inp = keras.Input((input_size, input_size, 1), name="face")
+    x = inp
+    for c in (64, 128, 256, 512):
+        for _i in range(depth):
+            x = layers.Conv2D(w(c), 3, padding="same", use_bias=False)(x)
+            x = _bn_act(x, "relu")
+        x = layers.MaxPooling2D(2)(x)
+    return keras.Model(inp, _head(x, n_classes, dropout), name="vgg")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {"mini_xception": mini_xception, "sepse": sepse, "vgg": vgg}
 
 
 def build_model(name: str, input_size: int, n_classes: int, **kwargs: object) -> keras.Model:

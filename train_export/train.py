@@ -11,6 +11,10 @@ A run folder holds::
 
 Interrupting a run (Ctrl-C, a killed session) loses at most the epoch in progress: starting the same
 command again resumes from ``backup/``.
+
+A run with a time budget (``train(..., time_budget_s=...)``, for a GPU lent for minutes) is not resumable:
+it sizes its cosine schedule to the budget after timing its first epochs (:class:`TimeBudget`) and records
+the epochs it ran as ``epochs`` in ``hparams.json`` (and the budget in ``budget.json``).
 """
 
 from __future__ import annotations
@@ -56,9 +60,14 @@ def has_gpu() -> bool:
     return False
 
 
-def make_optimizer(hp: HParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam(W) or SGD+Nesterov with a cosine-with-warm-up or constant (plateau-driven) learning rate."""
-    if hp.schedule == "cosine":
+def make_optimizer(hp: HParams, steps_per_epoch: int, per_epoch: bool = False) -> keras.optimizers.Optimizer:
+    """Adam(W) or SGD+Nesterov with a cosine-with-warm-up or constant (plateau-driven) learning rate.
+
+    ``per_epoch`` leaves the learning rate a plain value that a callback sets each epoch (:class:`TimeBudget`).
+    """
+    if per_epoch:
+        lr = cosine_lr(0, hp.epochs, hp)
+    elif hp.schedule == "cosine":
         total = max(1, hp.epochs * steps_per_epoch)
         warmup = min(total - 1, hp.warmup_epochs * steps_per_epoch)
         lr = keras.optimizers.schedules.CosineDecay(
@@ -136,6 +145,60 @@ class EpochTimer(keras.callbacks.Callback):
             logs["lr"] = float(keras.ops.convert_to_numpy(lr))
 
 
+def cosine_lr(epoch: int, total: int, hp: HParams) -> float:
+    """Per-epoch warm-up + cosine learning rate, the shape of :func:`make_optimizer`'s per-step schedule."""
+    warmup = min(hp.warmup_epochs, max(0, total - 1))
+    if epoch < warmup:
+        return hp.learning_rate * (0.05 + 0.95 * epoch / warmup)
+    progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
+    return hp.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Fit a whole cosine schedule into a wall-clock budget: the run ends on time with a decayed learning rate.
+
+    The schedule starts ``hp.epochs`` long (the most it may run); after ``probe`` epochs (the first one,
+    which includes compilation, is not counted in the speed) it is cut to the epochs that fit in what is
+    left of the budget at the median epoch time, with a ``safety`` margin, and cut again if later epochs
+    run slower (for example when other jobs share the GPU). It is never lengthened.
+    """
+
+    def __init__(self, hp: HParams, budget_s: float, run_dir: Path, probe: int = 2, safety: float = 0.92):
+        super().__init__()
+        self.hp, self.run_dir, self.probe, self.safety = hp, run_dir, probe, safety
+        self.start = time.monotonic()
+        self.deadline = self.start + budget_s
+        self.budget_s = budget_s
+        self.total = hp.epochs
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Set this epoch's learning rate from the current schedule length."""
+        self.t0 = time.monotonic()
+        self.model.optimizer.learning_rate = cosine_lr(epoch, self.total, self.hp)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Re-plan the schedule length from the epoch times so far; stop when it is done."""
+        now = time.monotonic()
+        self.times.append(now - self.t0)
+        done = epoch + 1
+        if done >= self.probe:
+            per_epoch = float(np.median(self.times[1:] if len(self.times) > 1 else self.times))
+            fits = done + int(self.safety * (self.deadline - now) / per_epoch)
+            if fits < self.total:
+                if self.total == self.hp.epochs:
+                    log.info("time budget: %.1f s per epoch, the schedule is %d epochs", per_epoch, max(done, fits))
+                else:
+                    log.info("time budget: epochs slowed to %.1f s, schedule cut to %d", per_epoch, max(done, fits))
+                self.total = max(done, fits)
+        if done >= self.total:
+            self.model.stop_training = True
+        (self.run_dir / "budget.json").write_text(json.dumps({
+            "budget_s": self.budget_s, "max_epochs": self.hp.epochs, "epochs": self.total, "epochs_done": done,
+            "elapsed_s": round(now - self.start, 1), "epoch_seconds": [round(t, 2) for t in self.times],
+        }) + "\n")
+
+
 def plot_curves(csv_path: Path, png_path: Path) -> None:
     """Loss and accuracy (train and validation) per epoch as one PNG."""
     import matplotlib
@@ -193,14 +256,22 @@ def load_init_weights(core: keras.Model, path: Path | str) -> None:
     log.info("initialised the model from %s", path)
 
 
-def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, verbose: int = 1) -> Path:
+def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, verbose: int = 1,
+          time_budget_s: float | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the best model.
 
     ``verbose=1`` shows Keras' progress bar; use 2 (one line per epoch) when logging to a file.
+    ``time_budget_s`` fits the schedule (at most ``hp.epochs``) into that many seconds (:class:`TimeBudget`);
+    such a run cannot be resumed.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     hp_path = run_dir / "hparams.json"
+    if time_budget_s is not None:
+        if hp.schedule != "cosine":
+            raise ValueError("a time budget needs the cosine schedule")
+        if hp_path.exists():
+            raise ValueError(f"{run_dir} holds a started run; a time-budgeted run cannot resume, use a new --run-dir")
     if hp_path.exists() and (run_dir / "backup").exists():
         saved = HParams.load(hp_path)
         if saved != hp:
@@ -233,14 +304,15 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         len(train_data), len(val_data),
     )
     (run_dir / "model.json").write_text(json.dumps(info) + "\n")
+    budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
     model.compile(
-        optimizer=make_optimizer(hp, len(train_seq)),
+        optimizer=make_optimizer(hp, len(train_seq), per_epoch=budget is not None),
         loss=make_loss(hp),
         metrics=["accuracy"],
         jit_compile=hp.jit_compile,
     )
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+        *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         BestCheckpoint(core, run_dir),
@@ -253,6 +325,8 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=hp.early_stop_patience)
         )
     model.fit(train_seq, validation_data=val_seq, epochs=hp.epochs, callbacks=callbacks, verbose=verbose)
+    if budget:  # the manifest copies hparams.json: let it say how many epochs the schedule really had
+        hp.override(epochs=budget.total).save(hp_path)
     best = run_dir / "best.keras"
     if not best.exists():  # e.g. no validation improvement recorded because of NaNs
         core.save(best)
