@@ -61,8 +61,8 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
 
     keras.backend.clear_session()
     hp = HParams(model=model, width=width, batch_size=batch, epochs=1)
-    seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True)
-    trainer, core = build_training_model(hp)
+    trainer, core, augmenter = build_training_model(hp)
+    seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
     info = describe(core)
     trainer.compile(optimizer=make_optimizer(hp, len(seq)), loss=make_loss(hp), metrics=["accuracy"],
                     jit_compile=hp.jit_compile)

@@ -245,3 +245,33 @@ def test_vgg_teacher_builds_and_counts():
 
     info = describe(build_model("vgg", 48, 7, width=1.0, depth=2))
     assert 4.5e6 < info["params"] < 5e6 and 4.5e8 < info["macs"] < 5e8
+
+
+def test_training_batches_can_carry_the_augmenter_and_validation_batches_never_do():
+    """The JAX/PyTorch path: FaceSequence applies the augmenter to training batches after mixing."""
+    from train_export.augment import build_augmenter
+    from train_export.dataset import FaceSequence
+
+    data = _data([10] * 7)
+    hp = HParams(batch_size=16, mix_prob=0.0, seed=2)
+    aug = build_augmenter(hp)
+    plain = FaceSequence(data, hp, Preprocessing(), training=True)[1][0]
+    x, y, w = FaceSequence(data, hp, Preprocessing(), training=True, augmenter=aug)[1]
+    assert x.shape == plain.shape and x.dtype == np.float32 and not np.allclose(x, plain)
+    assert x.min() >= -1e-6 and x.max() <= 1 + 1e-6
+    val = FaceSequence(data, hp, Preprocessing(), training=False, augmenter=aug)[0][0]
+    np.testing.assert_array_equal(val, FaceSequence(data, hp, Preprocessing(), training=False)[0][0])
+
+
+def test_the_augmenter_is_in_the_model_on_tensorflow_only():
+    from train_export.train import augment_in_model, build_training_model
+
+    trainer, core, aug = build_training_model(HParams(width=0.25))
+    if augment_in_model():
+        assert aug is None and trainer is not core and any(layer.name == "augment" for layer in trainer.layers)
+    else:
+        assert trainer is core and aug is not None and aug.layers
+    off = HParams(width=0.25, flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0,
+                  erasing_prob=0, camera_prob=0, noise=0)
+    trainer, core, aug = build_training_model(off)
+    assert trainer is core and aug is None

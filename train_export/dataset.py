@@ -4,8 +4,9 @@ Training targets are one-hot labels, or with teacher soft labels (:mod:`train_ex
 ``(1 - distill_alpha) * one_hot + distill_alpha * teacher``.
 
 Built on :class:`keras.utils.PyDataset` so the same loop runs on the TensorFlow, JAX and PyTorch backends.
-Mixing is done here in numpy (it needs the labels); the per-face augmentation runs in the model's
-augmenter on the accelerator (:mod:`train_export.augment`).
+Mixing is done here in numpy (it needs the labels). The per-face augmentation (:mod:`train_export.augment`)
+runs in the training model on TensorFlow, and here, on each mixed batch, on the JAX and PyTorch backends
+(:func:`train_export.train.augment_in_model` says why).
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class FaceSequence(keras.utils.PyDataset):
         prep: The shared preprocessing (its normalisation is applied here).
         training: Shuffle each epoch, mix and weight; validation batches are plain and in order.
         soft: Teacher probabilities per face (N x classes), blended into the training targets.
+        augmenter: Applied (in training mode) to each training batch after mixing; None = none here.
     """
 
     def __init__(self, data: FaceData, hp: HParams, prep: Preprocessing, training: bool,
-                 soft: np.ndarray | None = None, **kwargs: object):
+                 soft: np.ndarray | None = None, augmenter: keras.Model | None = None, **kwargs: object):
         super().__init__(**kwargs)
+        self.augmenter = augmenter if training else None
         if soft is not None and soft.shape != (len(data.y), len(data.labels)):
             raise ValueError(f"soft labels of shape {soft.shape} do not fit {len(data.y)} faces x {len(data.labels)} labels")
         self.soft = soft if training else None
@@ -87,6 +90,8 @@ class FaceSequence(keras.utils.PyDataset):
         w = self.weights[self.y[idx]]
         if self.training and self.hp.mix_prob > 0 and len(idx) > 1:
             x, y, w = self._mix(x, y, w, self._rng(index))
+        if self.augmenter is not None:
+            x = keras.ops.convert_to_numpy(self.augmenter(x, training=True))
         return x, y, w
 
     def _mix(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator):
