@@ -1,0 +1,89 @@
+#!/bin/bash
+# One lent-GPU call: teachers + direct students (phase A), teacher-ensemble soft labels (B), distilled
+# students (C), each run fitting its cosine schedule into a time budget (train --time-budget).
+# Prepare (here): python3 train_export/checkpoints/gpu_lease/pack.py pack ../shared/data/fer2013/train.npz .gpu/train
+#   (and val), wheels in .whl/ (keras, namex, optree, pydantic, pydantic_core, annotated_types, typing_inspection);
+# run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu.
+# Env: BUDGET_A / BUDGET_C (minutes), END (seconds the call may use), SMALL=1 for a CPU dry run on a data
+# subset, SKIP_A=1 for a dry run of phases B and C on an earlier phase A. See README.md beside it.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+T0=$(date +%s)
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=/tmp/work; mkdir -p $W/runs
+# run as: bash .gpu/job.sh 2>&1 | tee $OUT/job.log   (no exec > >(tee): a bare `wait` would wait for it)
+el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+if [ -d .whl ] && [ -z "${SMALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+smoke() { python3 - <<'PY'
+import keras, numpy as np
+b = keras.backend.backend()
+if b == "jax":
+    import jax; gpu = [d for d in jax.devices() if d.platform == "gpu"]; print("jax", jax.__version__, jax.devices())
+else:
+    import torch; gpu = torch.cuda.is_available(); print("torch", torch.__version__, gpu)
+m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(2, activation="softmax")])
+m.compile("adam", "sparse_categorical_crossentropy"); m.fit(np.zeros((16, 8, 8, 1)), np.zeros(16), verbose=0)
+print("keras", keras.__version__, b, "gpu" if gpu else "NO GPU")
+raise SystemExit(0 if gpu else 1)
+PY
+}
+if [ -z "${SMALL:-}" ] && ! smoke; then export KERAS_BACKEND=torch; smoke || echo "no GPU backend works: running on CPU"; fi
+if [ -f .gpu/train.png ]; then
+  python3 $HERE/pack.py unpack .gpu/train $W/train.npz && python3 $HERE/pack.py unpack .gpu/val $W/val.npz || exit 1
+fi
+if [ -n "${SMALL:-}" ]; then
+  python3 -c "
+import numpy as np
+for s, n in (('train', 1500), ('val', 300)):
+    z = np.load('../shared/data/fer2013/%s.npz' % s); i = np.random.default_rng(0).permutation(len(z['y']))[:n]
+    np.savez('$W/%s.npz' % s, x=z['x'][i], y=z['y'][i])"
+fi
+el "data ready"
+TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision"
+TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --noise 0"
+STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
+A=${BUDGET_A:-4.5}; C=${BUDGET_C:-3.2}
+KILL_A=$(python3 -c "print(int($A*60+45))"); KILL_C=$(python3 -c "print(int($C*60+45))")
+run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
+(sleep 150; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/[phase A at 150 s] /') &
+if [ -z "${SKIP_A:-}" ]; then  # SKIP_A=1: a dry run of phases B and C on an earlier phase A
+run T1_vgg_w1_d2 $KILL_A --model vgg --width 1 --depth 2 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 11 $TEACH --time-budget $A &
+run T2_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 12 $TEACH --time-budget $A &
+run T3_sepse_w3_d3 $KILL_A --model sepse --width 3 --depth 3 --epochs 80 --seed 13 $TEACH --time-budget $A &
+run S1_sepse_w15 $KILL_A --width 1.5 --epochs 120 --seed 1 $STUD --time-budget $A &
+run S2_sepse_w125 $KILL_A --width 1.25 --epochs 120 --seed 2 $STUD --time-budget $A &
+wait
+fi
+el "phase A done"
+(cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T* && tar czf "$OUT/phaseA.tgz" S*)
+for r in $W/runs/*/; do n=$(basename $r); echo "$n $(cat $r/best.json 2>/dev/null) $(cat $r/budget.json 2>/dev/null | head -c 200)"; done
+TEACHERS=""
+for t in T1_vgg_w1_d2 T2_vgg_w1_d3 T3_sepse_w3_d3; do [ -f $W/runs/$t/best.keras ] && TEACHERS="$TEACHERS --teacher $W/runs/$t/best.keras"; done
+SOFT=$W/soft_vgg_sepse.npz
+timeout 120 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz --val $W/val.npz --out $SOFT
+el "phase B done"
+cp $SOFT "$OUT/" 2>/dev/null
+# what is left of the call (END seconds after the start) decides phase C's budget
+C=$(python3 -c "print(round(max(0.5, min($C, (${END:-565} - $(( $(date +%s) - T0 )) - 45) / 60)), 2))"); KILL_C=$(python3 -c "print(int($C*60+40))")
+el "phase C budget $C min"
+if [ -f $SOFT ]; then
+  DIST="--soft-labels $SOFT --distill-alpha 0.7 --label-smoothing 0 $STUD"
+  run D1_w125 $KILL_C --width 1.25 --epochs 100 --seed 21 $DIST --time-budget $C &
+  run D2_w15 $KILL_C --width 1.5 --epochs 100 --seed 22 $DIST --time-budget $C &
+  [ -f $W/runs/S2_sepse_w125/best.keras ] && run D3_w125_ft $KILL_C --width 1.25 --epochs 60 --seed 23 --learning-rate 5e-4 \
+      --warmup-epochs 1 --init-weights $W/runs/S2_sepse_w125/best.keras $DIST --time-budget $C &
+  [ -f $W/runs/S1_sepse_w15/best.keras ] && run D4_w15_ft $KILL_C --width 1.5 --epochs 60 --seed 24 --learning-rate 5e-4 \
+      --warmup-epochs 1 --init-weights $W/runs/S1_sepse_w15/best.keras $DIST --time-budget $C &
+  wait
+fi
+el "phase C done"
+for r in $W/runs/*/; do n=$(basename $r); echo "$n $(cat $r/best.json 2>/dev/null)"; done
+(cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
+ls -la "$OUT"
+el "done"
