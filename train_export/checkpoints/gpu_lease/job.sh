@@ -6,6 +6,7 @@
 # run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu.
 # Env: BUDGET_A / BUDGET_C (minutes), END (seconds the call may use), SMALL=1 for a CPU dry run on a data
 # subset, SKIP_A=1 for a dry run of phases B and C on an earlier phase A. See README.md beside it.
+# shellcheck disable=SC2086  # the flag lists ($TR, $TEACH, $DIST ...) are meant to split into words
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 T0=$(date +%s)
