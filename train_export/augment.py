@@ -92,6 +92,33 @@ class CameraDegrade(layers.Layer):
         return {**super().get_config(), "prob": self.prob, "noise": self.noise, "seed": self.seed}
 
 
+class BatchAugmenter:
+    """Apply an augmenter (in training mode) to numpy batches, outside the model's training step.
+
+    Under JAX the augmenter is compiled on its own, as a stateless function of its random-seed state: run
+    eagerly it cost about 1.7 s per batch of 64 on CPU (each op dispatched and compiled separately), compiled
+    0.1 s. Other backends call it eagerly.
+    """
+
+    def __init__(self, augmenter: keras.Model, input_shape: tuple[int, ...]):
+        self.augmenter = augmenter
+        augmenter.build((None, *input_shape))
+        self._jitted = None
+        if keras.backend.backend() == "jax":
+            import jax
+
+            self._trainable = [v.value for v in augmenter.trainable_variables]
+            self._state = [v.value for v in augmenter.non_trainable_variables]
+            self._jitted = jax.jit(lambda tv, ntv, x: augmenter.stateless_call(tv, ntv, x, training=True))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The augmented batch, as float32 numpy."""
+        if self._jitted is None:
+            return keras.ops.convert_to_numpy(self.augmenter(x, training=True)).astype(np.float32, copy=False)
+        y, self._state = self._jitted(self._trainable, self._state, x)
+        return np.asarray(y, dtype=np.float32)
+
+
 def build_augmenter(hp: HParams) -> keras.Sequential:
     """Random flip, rotation, translation, zoom, brightness/contrast jitter, erasing and camera
     degradation (blur, small faces, sensor noise: :class:`CameraDegrade`), as configured.

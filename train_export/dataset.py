@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from edge.preprocess import Preprocessing, normalize
+from train_export.augment import BatchAugmenter
 from train_export.data import FaceData
 from train_export.hparams import HParams
 
@@ -54,7 +55,8 @@ class FaceSequence(keras.utils.PyDataset):
     def __init__(self, data: FaceData, hp: HParams, prep: Preprocessing, training: bool,
                  soft: np.ndarray | None = None, augmenter: keras.Model | None = None, **kwargs: object):
         super().__init__(**kwargs)
-        self.augmenter = augmenter if training else None
+        side = prep.input_size
+        self.augmenter = BatchAugmenter(augmenter, (side, side, 1)) if training and augmenter is not None else None
         if soft is not None and soft.shape != (len(data.y), len(data.labels)):
             raise ValueError(f"soft labels of shape {soft.shape} do not fit {len(data.y)} faces x {len(data.labels)} labels")
         self.soft = soft if training else None
@@ -91,7 +93,7 @@ class FaceSequence(keras.utils.PyDataset):
         if self.training and self.hp.mix_prob > 0 and len(idx) > 1:
             x, y, w = self._mix(x, y, w, self._rng(index))
         if self.augmenter is not None:
-            x = keras.ops.convert_to_numpy(self.augmenter(x, training=True))
+            x = self.augmenter(x)
         return x, y, w
 
     def _mix(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator):

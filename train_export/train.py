@@ -227,9 +227,10 @@ def augment_in_model() -> bool:
     """Whether the augmenter runs inside the compiled train step (TensorFlow) or on each batch before it.
 
     JAX always compiles the train step with XLA, and XLA fused the augmenter's image warps into the model's
-    step: a sepse w1 step took 6.0 s instead of 1.1 s on CPU, and an H100 stayed 99 % busy for 5 minutes
-    without finishing one epoch. Run on its own, eagerly, before the step (:class:`FaceSequence`), the
-    augmenter costs about 65 ms a batch on CPU. PyTorch runs eagerly either way, so it gets the same.
+    step: a sepse w1 step took 6.9 s instead of 1.1 s on CPU, and an H100 stayed 99 % busy for 5 minutes
+    without finishing one epoch. Compiled on its own and run on each batch before the step
+    (:class:`~train_export.augment.BatchAugmenter`), it costs about 0.1 s a batch on CPU. PyTorch runs
+    eagerly either way, so it gets the same treatment.
     """
     return keras.backend.backend() == "tensorflow"
 
