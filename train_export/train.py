@@ -172,15 +172,20 @@ class TimeBudget(keras.callbacks.Callback):
         self.total = hp.epochs
         self.times: list[float] = []
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Start the clock of the first epoch."""
+        self.last = time.monotonic()
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Set this epoch's learning rate from the current schedule length."""
-        self.t0 = time.monotonic()
         self.model.optimizer.learning_rate = cosine_lr(epoch, self.total, self.hp)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Re-plan the schedule length from the epoch times so far; stop when it is done."""
         now = time.monotonic()
-        self.times.append(now - self.t0)
+        # end to end, so an epoch's time includes the other callbacks' saving and plotting of the one before
+        self.times.append(now - self.last)
+        self.last = now
         done = epoch + 1
         if done >= self.probe:
             per_epoch = float(np.median(self.times[1:] if len(self.times) > 1 else self.times))
