@@ -275,3 +275,14 @@ def test_the_augmenter_is_in_the_model_on_tensorflow_only():
                   erasing_prob=0, camera_prob=0, noise=0)
     trainer, core, aug = build_training_model(off)
     assert trainer is core and aug is None
+
+
+def test_plan_epochs_fits_the_rest_of_the_budget_at_the_measured_speed():
+    from train_export.train import plan_epochs
+
+    # 2 done (the first, 30 s, was compilation), 10 s per epoch, 100 s left: 9 more fit with the 0.92 margin
+    assert plan_epochs(2, [30.0, 10.0], 100.0, total=80) == 11
+    assert plan_epochs(2, [30.0, 10.0], 10_000.0, total=80) == 80  # never longer than the schedule
+    assert plan_epochs(5, [30.0, 10.0, 10.0, 10.0, 10.0], -3.0, total=80) == 5  # over budget: stop now
+    assert plan_epochs(1, [10.0], 50.0, total=80, safety=1.0) == 6  # one epoch: its own time is all there is
+    assert plan_epochs(3, [5.0, 10.0, 30.0], 60.0, total=80, safety=1.0) == 6  # the median of later epochs

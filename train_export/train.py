@@ -154,6 +154,17 @@ def cosine_lr(epoch: int, total: int, hp: HParams) -> float:
     return hp.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def plan_epochs(done: int, epoch_seconds: list[float], remaining_s: float, total: int, safety: float = 0.92) -> int:
+    """How many epochs a time-budgeted schedule should have, given the epochs done so far and their times.
+
+    The first epoch (compilation) does not count towards the speed unless it is the only one; the plan is
+    never longer than ``total`` nor shorter than ``done``.
+    """
+    per_epoch = float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds))
+    fits = done + int(safety * max(0.0, remaining_s) / max(per_epoch, 1e-9))
+    return max(done, min(total, fits))
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Fit a whole cosine schedule into a wall-clock budget: the run ends on time with a decayed learning rate.
 
@@ -188,14 +199,11 @@ class TimeBudget(keras.callbacks.Callback):
         self.last = now
         done = epoch + 1
         if done >= self.probe:
-            per_epoch = float(np.median(self.times[1:] if len(self.times) > 1 else self.times))
-            fits = done + int(self.safety * (self.deadline - now) / per_epoch)
-            if fits < self.total:
-                if self.total == self.hp.epochs:
-                    log.info("time budget: %.1f s per epoch, the schedule is %d epochs", per_epoch, max(done, fits))
-                else:
-                    log.info("time budget: epochs slowed to %.1f s, schedule cut to %d", per_epoch, max(done, fits))
-                self.total = max(done, fits)
+            total = plan_epochs(done, self.times, self.deadline - now, self.total, self.safety)
+            if total < self.total:
+                log.info("time budget: %.1f s per epoch, the schedule is now %d epochs",
+                         float(np.median(self.times[1:])), total)
+                self.total = total
         if done >= self.total:
             self.model.stop_training = True
         (self.run_dir / "budget.json").write_text(json.dumps({
