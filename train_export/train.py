@@ -154,13 +154,18 @@ def cosine_lr(epoch: int, total: int, hp: HParams) -> float:
     return hp.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def epoch_speed(epoch_seconds: list[float]) -> float:
+    """Seconds per epoch: the median without the first epoch (compilation), unless it is the only one."""
+    return float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds))
+
+
 def plan_epochs(done: int, epoch_seconds: list[float], remaining_s: float, total: int, safety: float = 0.92) -> int:
     """How many epochs a time-budgeted schedule should have, given the epochs done so far and their times.
 
     The first epoch (compilation) does not count towards the speed unless it is the only one; the plan is
     never longer than ``total`` nor shorter than ``done``.
     """
-    per_epoch = float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds))
+    per_epoch = epoch_speed(epoch_seconds)
     fits = done + int(safety * max(0.0, remaining_s) / max(per_epoch, 1e-9))
     return max(done, min(total, fits))
 
@@ -202,7 +207,7 @@ class TimeBudget(keras.callbacks.Callback):
             total = plan_epochs(done, self.times, self.deadline - now, self.total, self.safety)
             if total < self.total:
                 log.info("time budget: %.1f s per epoch, the schedule is now %d epochs",
-                         float(np.median(self.times[1:])), total)
+                         epoch_speed(self.times), total)
                 self.total = total
         if done >= self.total:
             self.model.stop_training = True
