@@ -310,3 +310,35 @@ def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):
     assert lrs == pytest.approx(expected, rel=1e-5) and expected[0] == pytest.approx(2e-3)
     assert main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--time-budget", "1",
                  "--labels", ",".join(LABELS), "--input-size", "24"]) != 0  # not resumable
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch, caplog, capsys):
+    """Ctrl-C after epoch 2 of 3 keeps the backup; the same command then trains only epoch 3 and says so,
+    log.csv holds each epoch once, and another command on that folder is refused."""
+    import train_export.train as train_mod
+
+    train, val = data
+    run = workdir / "resume_run"
+    argv = ["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--log-lines",
+            "--model", "vgg", "--width", "0.125", "--depth", "1", "--epochs", "3", "--batch-size", "16",
+            "--input-size", "24", "--labels", ",".join(LABELS), "--warmup-epochs", "0"]
+    redraw = train_mod.Curves.on_epoch_end
+
+    def stop_after_two(self, epoch, logs=None):
+        redraw(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.Curves, "on_epoch_end", stop_after_two)
+    assert main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert train_mod.epochs_done(run) == 2
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="train_export.train"):
+        assert main(argv) == 0
+    assert f"resuming {run} after epoch 2 of 3" in caplog.text
+    rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert train_mod.epochs_done(run) == 3 and (run / "best.keras").is_file()
+    assert main([*argv[:-2], "--warmup-epochs", "1"]) == 2
+    assert "other hyper-parameters" in capsys.readouterr().err

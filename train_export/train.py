@@ -294,6 +294,14 @@ def load_init_weights(core: keras.Model, path: Path | str) -> None:
     log.info("initialised the model from %s", path)
 
 
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a resumable run has finished, from its ``backup/`` (0 for a new run or an unreadable backup)."""
+    try:
+        return int(json.loads((Path(run_dir) / "backup" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, verbose: int = 1,
           time_budget_s: float | None = None) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the best model.
@@ -342,6 +350,9 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         len(train_data), len(val_data),
     )
     (run_dir / "model.json").write_text(json.dumps(info) + "\n")
+    done = epochs_done(run_dir)
+    if done:
+        log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
     budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
     model.compile(
         optimizer=make_optimizer(hp, len(train_seq), per_epoch=budget is not None),
