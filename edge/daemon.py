@@ -409,8 +409,10 @@ class Daemon:
         clf, probs = self._classify(frame, [d.box for d in dets])
         t2 = p()
         if clf is not self._tracker_model:
-            # New labels or new calibration: old smoothed probabilities mean nothing to the new model.
+            # New labels or new calibration: old smoothed probabilities mean nothing to the new model, and the
+            # summary window so far belongs to the old one (its labels may differ in number and order).
             self._end_tracks(self._tracker.close_all(), self._tracker.labels)
+            self._send_summary(time.monotonic())
             # Ids keep counting up so a subscriber never sees one id for two different tracks.
             self._tracker, self._tracker_model = self._new_tracker(clf, self._tracker.next_id), clf
         update = self._tracker.update([d.raw_box for d in dets], probs, frame.ts)

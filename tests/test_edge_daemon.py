@@ -171,6 +171,35 @@ def test_swap_while_running_restarts_tracks_with_the_new_model(daemon_factory, t
     assert starts[:2] == [1, 2] and len(starts) >= 4 and len(set(starts)) == len(starts)
 
 
+def test_a_model_with_other_labels_closes_the_summary_window_of_the_old_one(daemon_factory, tmp_path):
+    """A pushed model with fewer labels: the window so far is summarised with the old labels at the swap, the
+    next one with the new labels, and the loop keeps running (old and new probabilities are never added)."""
+    from tests.model_fixture import make_tiny_bundle
+
+    sink = ListSink()
+    d = daemon_factory(sink)
+    four = ["angry", "happy", "sad", "neutral"]
+    new = make_tiny_bundle(tmp_path / "four", labels=four, seed=1)
+    thread = threading.Thread(target=d.run, kwargs={"max_frames": 400}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and d.frames < 3:
+        time.sleep(0.02)
+    d.swap_model(new)
+    swapped_at = d.frames
+    while time.monotonic() < deadline and d.frames < swapped_at + 3:
+        time.sleep(0.02)
+    d.stop()
+    thread.join(10)
+    assert not thread.is_alive() and d.frames >= swapped_at + 3
+    summaries = sink.of("summary")
+    assert len(summaries) == 2, summaries
+    assert len(summaries[0]["mean_probs"]) == 7 and summaries[0]["frames"] >= 3
+    assert sorted(summaries[1]["mean_probs"]) == sorted(four) and summaries[1]["frames"] >= 3
+    for t in summaries[1]["tracks"]:
+        assert t["dominant_emotion"] in four
+
+
 def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
     sink = ListSink()
     d = daemon_factory(sink)
