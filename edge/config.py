@@ -12,9 +12,9 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,7 +145,9 @@ class HomeAssistantConfig(_Section):
     """``[homeassistant]``: MQTT discovery."""
 
     enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
-    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
+    discovery_prefix: str = Field(
+        "homeassistant", description="Home Assistant discovery prefix (no MQTT wildcards).", pattern=r"^[^#+]+$"
+    )
     support_url: str | None = Field(
         None, description="Link shown as the discovery 'origin' support URL; default: the package's project URL."
     )
@@ -156,7 +158,10 @@ class ModelPushConfig(_Section):
 
     enabled: bool = Field(False, description="Accept signed model pushes over MQTT.")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
-    groups: list[str] = Field(default_factory=list, description="Fleet groups this device also listens to.")
+    groups: list[Annotated[str, StringConstraints(pattern=r"^[^#+/]+$")]] = Field(
+        default_factory=list,
+        description="Fleet groups this device also listens to (one topic level each: no '/', '#' or '+').",
+    )
     max_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted push payload.", ge=1024)
     allow_downgrade: bool = Field(
         False,

@@ -46,6 +46,14 @@ def test_config_example_parses_to_the_defaults_and_documents_every_option():
     assert not missing, f"{missing} not in {EXAMPLE.name}: run python3 deploy/gen_config_example.py"
 
 
+def test_config_example_is_what_the_generator_writes():
+    """Descriptions and defaults come from the pydantic models; a hand edit or a stale example fails here."""
+    import runpy
+
+    render = runpy.run_path(str(ROOT / "deploy" / "gen_config_example.py"), run_name="gen")["render"]
+    assert EXAMPLE.read_text(encoding="utf-8") == render(), "run python3 deploy/gen_config_example.py"
+
+
 def test_unusable_state_dir_is_a_config_error(tmp_path):
     from edge.config import ConfigError
 
@@ -75,6 +83,8 @@ def test_check_config_ok_prints_a_summary():
         ("[sourse]\nuri = 'demo'\n", "unknown key"),
         ("[mqtt\nport = 1\n", "not valid TOML"),
         ("[mqtt]\nport = 'eighteen'\n", "mqtt.port"),
+        ("[model_push]\ngroups = ['lab', '#']\n", "model_push.groups.1"),
+        ("[homeassistant]\ndiscovery_prefix = 'ha/+'\n", "homeassistant.discovery_prefix"),
     ],
 )
 def test_malformed_config_is_one_line_exit_2_no_traceback(tmp_path, content, expect):
