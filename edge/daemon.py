@@ -223,8 +223,9 @@ class Daemon:
                 target = self._reload_target(cmd.get("bundle_dir"))
                 if target is None:
                     ok = False
-                    detail = (f"bundle_dir must be inside the model store {self._store_root()} (unsigned models "
-                              "cannot be loaded from elsewhere by command); install it there first")
+                    detail = (f"bundle_dir must be the model store's current link {self._store_root() / 'current'} "
+                              "or the running bundle (an unsigned command may not pick an older model); make a "
+                              "model current with a push or 'python -m edge.modelctl rollback' first")
                 else:
                     self.swap_model(target)
                     detail = f"running {self.model_id}"
@@ -234,23 +235,26 @@ class Daemon:
             ok, detail = False, f"{name} failed: {exc}"
         if not ok:
             log.warning("command %s: %s", name, detail)
-        self._publish("events", {"event": "command", "track_id": None, "command": name, "ok": ok, "detail": detail})
+        body = {"event": "command", "track_id": None, "command": name, "ok": ok, "detail": detail}
+        request_id = cmd.get("request_id")
+        if isinstance(request_id, str) and 0 < len(request_id) <= 64:  # lets the sender match its own answer
+            body["request_id"] = request_id
+        self._publish("events", body)
 
     def _store_root(self) -> Path:
         return (self.config.state_dir() / "models").resolve()
 
     def _reload_target(self, bundle_dir: Any) -> Path | None:
-        """The folder a ``reload_model`` command may load: the running bundle, or one inside the model store.
+        """The folder a ``reload_model`` command may load: the running bundle, or the model store's ``current``.
 
-        The command topic carries no signature, so it must not be able to point the daemon at arbitrary files.
+        The command topic carries no signature, so it must not be able to point the daemon at arbitrary files,
+        nor at an older model kept in the store (which would get around the push's downgrade check).
         """
         if not bundle_dir:
             return Path(self.current_bundle_dir)
         target = Path(str(bundle_dir)).resolve()
-        allowed = (self._store_root(), Path(self.current_bundle_dir).resolve())
-        if any(target == root or root in target.parents for root in allowed):
-            return target
-        return None
+        allowed = (Path(self.current_bundle_dir).resolve(), (self._store_root() / "current").resolve())
+        return target if target in allowed else None
 
     def status_body(self) -> dict[str, Any]:
         """The ``status`` payload body (see the MQTT contract)."""

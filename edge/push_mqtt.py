@@ -13,7 +13,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -198,23 +197,21 @@ def send_command(
     Raises :class:`PushError` if the broker is unreachable or the device does not answer within ``wait_s``.
     """
     name = command.get("command")
+    request_id = uuid.uuid4().hex
+    command = {**command, "request_id": request_id}
     reply: dict[str, Any] = {}
     got = threading.Event()
-    sent_at = time.time()
 
     def on_message(c, userdata, msg):
         body = _json_object(msg.payload)
-        if body is None or body.get("event") != "command" or body.get("command") != name:
-            return
-        # Older command events may be re-delivered from the device's outbox: only answers newer than the send.
-        ts = body.get("ts")
-        if isinstance(ts, (int, float)) and ts >= sent_at - 1:
+        # Older answers may be re-delivered from the device's outbox, and other senders get answers too: only
+        # the answer that echoes this request's id counts (by id, not by time, as device clocks drift).
+        if body is not None and body.get("event") == "command" and body.get("request_id") == request_id:
             reply.update(body)
             got.set()
 
     with _subscribed_client(broker, f"emotion-cmd-{uuid.uuid4().hex[:8]}", f"{prefix}/{device_id}/events",
                             on_message) as client:
-        sent_at = time.time()
         client.publish(f"{prefix}/{device_id}/command", json.dumps(command), qos=1).wait_for_publish(timeout=30)
         if not got.wait(wait_s):
             raise PushError(f"device {device_id} did not answer the {name} command within {wait_s:.0f} s")

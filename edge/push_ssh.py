@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -80,6 +81,11 @@ class HostSettings(BaseModel):
     mqtt_host: str = Field("localhost", description="Broker the workstation uses for reload = 'mqtt'.")
     mqtt_port: int = Field(1883, description="Broker port for reload = 'mqtt'.", ge=1, le=65535)
     mqtt_prefix: str = Field("emotion", description="Topic prefix for reload = 'mqtt'.")
+    mqtt_username: str | None = Field(
+        None, description="Broker user for reload = 'mqtt'; the password comes from $EMOTION_PUSH_MQTT_PASSWORD."
+    )
+    mqtt_tls: bool = Field(False, description="Use TLS to the broker for reload = 'mqtt' (system CA certificates).")
+    mqtt_ca_file: Path | None = Field(None, description="CA certificate of the broker for reload = 'mqtt' (implies TLS).")
 
 
 class HostEntry(BaseModel):
@@ -243,11 +249,17 @@ def _reload(host: Host) -> None:
         cmd = s.restart_command or _privileged(s, f"systemctl restart {shlex.quote(s.service)}")
         _run(host, "restart", cmd, timeout=180)
     else:
-        from edge.push_mqtt import BrokerOptions, send_command
+        from edge.push_mqtt import BrokerOptions, PushError, send_command
 
         # Name the store's link: the daemon would otherwise reload the folder it already runs.
         cmd = {"command": "reload_model", "bundle_dir": f"{s.state_dir.rstrip('/')}/models/current"}
-        reply = send_command(BrokerOptions(host=s.mqtt_host, port=s.mqtt_port), s.mqtt_prefix, s.device_id or host.name, cmd)
+        broker = BrokerOptions(host=s.mqtt_host, port=s.mqtt_port, username=s.mqtt_username,
+                               password=os.environ.get("EMOTION_PUSH_MQTT_PASSWORD"), tls=s.mqtt_tls,
+                               ca_file=s.mqtt_ca_file.expanduser() if s.mqtt_ca_file else None)
+        try:
+            reply = send_command(broker, s.mqtt_prefix, s.device_id or host.name, cmd)
+        except PushError as exc:  # no broker or no answer: the new model is unproven, so it must roll back
+            raise _StepFailed("reload", str(exc)) from None
         if not reply.get("ok"):
             raise _StepFailed("reload", f"reload_model failed: {reply.get('detail')}")
     health = s.health_command

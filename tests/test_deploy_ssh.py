@@ -82,8 +82,10 @@ PrintMotd no
     proc.wait(5)
 
 
-def _inventory(tmp_path: Path, port: int, key: Path, known: Path, hosts: list[tuple[str, int]], health: str = "") -> Path:
-    """Write an inventory: one [[hosts]] entry per (name, port), each with its own state folder."""
+def _inventory(tmp_path: Path, port: int, key: Path, known: Path, hosts: list[tuple[str, int]], health: str = "",
+               reload: tuple[str, ...] = ('reload = "restart"',)) -> Path:
+    """Write an inventory: one [[hosts]] entry per (name, port), each with its own state folder; ``reload``
+    holds the [defaults] lines that say how the service reloads."""
     py = shlex.quote(sys.executable)
     lines = [
         "[defaults]",
@@ -93,7 +95,7 @@ def _inventory(tmp_path: Path, port: int, key: Path, known: Path, hosts: list[tu
         f'python = "{sys.executable}"',
         "sudo = false",
         'run_as = ""',
-        'reload = "restart"',
+        *reload,
     ]
     for name, p in hosts:
         state = tmp_path / "devices" / name
@@ -188,6 +190,21 @@ def test_failed_health_check_after_the_swap_rolls_back(sshd, tmp_path, tiny_bund
     new_id = read_manifest(second_bundle()).model_id
     # started old, then the new one (unhealthy), then the old one again after the rollback
     assert _started(tmp_path, "pi-a") == [old_id, new_id, old_id]
+
+
+def test_an_mqtt_reload_that_gets_no_answer_rolls_back(sshd, tmp_path, tiny_bundle):
+    """reload = "mqtt" with no broker (or no device answering): the new model was never proven, so the store
+    goes back to the old one and the row says why."""
+    port, key, known = sshd
+    old_id = read_manifest(tiny_bundle).model_id
+    assert push_hosts(load_inventory(_inventory(tmp_path, port, key, known, [("pi-a", port)])), tiny_bundle)[0].ok
+    inv = _inventory(tmp_path, port, key, known, [("pi-a", port)],
+                     reload=('reload = "mqtt"', 'mqtt_host = "127.0.0.1"', f"mqtt_port = {free_port()}",
+                             'mqtt_username = "pusher"'))
+    [r] = push_hosts(load_inventory(inv), second_bundle())
+    assert not r.ok and r.rolled_back and r.step == "reload", r
+    assert "cannot reach the broker" in r.detail and "reload after rollback failed too" in r.detail
+    assert _current_id(tmp_path, "pi-a") == old_id
 
 
 def test_inventory_errors_name_the_key(tmp_path):

@@ -201,25 +201,29 @@ def test_a_model_with_other_labels_closes_the_summary_window_of_the_old_one(daem
 
 
 def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
+    """reload_model loads only the store's current model or the running one (the command is unsigned: it must
+    not pick an older model kept in the store, nor files elsewhere); answers echo the sender's request_id."""
+    from edge.model_store import ModelStore
+
     sink = ListSink()
     d = daemon_factory(sink)
-    store = tmp_path / "state" / "models"
-    store.mkdir(parents=True)
-    in_store = _copy_bundle(tiny_bundle, store / "v3", "v3")
+    store = ModelStore.for_state_dir(tmp_path / "state")
+    store.activate(store.install(_copy_bundle(tiny_bundle, tmp_path / "v3", "v3")))
+    older = _copy_bundle(tiny_bundle, store.root / "kept-older", "older")
     outside = _copy_bundle(tiny_bundle, tmp_path / "elsewhere", "not-allowed")
-    d.handle_command({"command": "publish_status"})
-    d.handle_command({"command": "reload_model", "bundle_dir": str(in_store)})
-    d.handle_command({"command": "reload_model", "bundle_dir": str(store / "missing")})
+    d.handle_command({"command": "publish_status", "request_id": "r-1"})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(store.root / "current")})
+    d.handle_command({"command": "reload_model", "bundle_dir": str(older)})
     d.handle_command({"command": "reload_model", "bundle_dir": str(outside)})
-    d.handle_command({"command": "reload_model"})
+    d.handle_command({"command": "reload_model", "request_id": 7})
     d.handle_command({"command": "dance"})
     events = sink.of("events", "command")
     results = [(m["command"], m["ok"]) for m in events]
     assert results == [("publish_status", True), ("reload_model", True), ("reload_model", False),
                        ("reload_model", False), ("reload_model", True), ("dance", False)]
-    assert "does not exist" in events[2]["detail"]
-    assert "inside the model store" in events[3]["detail"]
-    assert d.model_id == "v3"  # the refused folder was never loaded; the plain reload reloaded v3
+    assert events[0]["request_id"] == "r-1" and "request_id" not in events[4]  # only a short string is echoed
+    assert "current link" in events[2]["detail"] and "current link" in events[3]["detail"]
+    assert d.model_id == "v3"  # the refused folders were never loaded; the plain reload reloaded v3
 
 
 def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
