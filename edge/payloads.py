@@ -112,10 +112,15 @@ class SeqCounter:
         target = ":memory:" if db_path is None else str(db_path)
         if db_path is not None:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so each increment is one durable transaction.
-        self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=10)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        ensure_meta(self._conn)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so each increment is one durable transaction.
+            self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=10)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            ensure_meta(self._conn)
+        except sqlite3.DatabaseError as exc:  # e.g. a file damaged by a power cut on an SD card
+            raise OSError(
+                f"cannot open the sequence database {db_path}: {exc}; move the file away to start the seq at 1 again"
+            ) from None
 
     def next(self) -> int:
         """Increment, persist and return the next seq."""

@@ -87,8 +87,16 @@ class StdoutSink:
 
     @classmethod
     def from_config(cls, config: Config, stream: TextIO | None = None) -> StdoutSink:
-        """A stdout sink whose seq continues the device's sequence in ``<state dir>/outbox.db``."""
-        return cls(config.device.id, SeqCounter(config.state_dir() / OUTBOX_FILE), stream)
+        """A stdout sink whose seq continues the device's sequence in ``<state dir>/outbox.db``.
+
+        Raises:
+            SinkError: The sequence database cannot be opened (the message says which file and what to do).
+        """
+        try:
+            counter = SeqCounter(config.state_dir() / OUTBOX_FILE)
+        except OSError as exc:
+            raise SinkError(str(exc)) from None
+        return cls(config.device.id, counter, stream)
 
     @property
     def connected(self) -> bool:

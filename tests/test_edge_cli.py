@@ -114,6 +114,19 @@ def test_missing_source_file_is_a_one_line_error(tmp_path, tiny_bundle):
     assert "does not exist" in r.stderr.strip().splitlines()[-1]
 
 
+def test_a_damaged_sequence_database_is_a_one_line_error(tmp_path, tiny_bundle):
+    """A power cut can leave outbox.db unreadable: say which file and what to do, keep the file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.db").write_bytes(b"not a database" * 200)
+    r = run_edge("run", "--model", str(tiny_bundle), "--max-frames", "1", "--stdout",
+                 env_extra={"STATE_DIRECTORY": str(state)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open the sequence database") and "move the file away" in last
+    assert (state / "outbox.db").read_bytes() == b"not a database" * 200
+
+
 @pytest.mark.slow
 def test_run_without_a_broker_prints_the_time_series_on_stdout(tmp_path, tiny_bundle):
     port = free_port()  # nothing listens here, so the localhost probe fails
