@@ -30,7 +30,7 @@ EXAMPLES = {
     "homeassistant.support_url": '"https://example.org/emotion-edge"',
     "model_push.trusted_keys": '["/etc/emotion-edge/fleet.pub"]',
     "model_push.groups": '["kitchen", "floor-2"]',
-    "privacy.debug_preview_dir": '"/tmp/emotion-preview"',
+    "privacy.debug_preview_dir": '"/var/lib/emotion-edge/preview"',
 }
 
 

@@ -174,7 +174,9 @@ class PrivacyConfig(_Section):
     """``[privacy]``: the local-only debug preview."""
 
     debug_preview_dir: Path | None = Field(
-        None, description="Write annotated frames to this local folder for debugging (off by default; never published)."
+        None,
+        description="Write annotated frames to this local folder for debugging (off by default; never published). "
+        "Under the systemd unit only the state folder is writable, so use a folder inside it.",
     )
 
 

@@ -169,6 +169,7 @@ class Daemon:
         self._window = _Window(time.time())
         self._window_t0 = time.monotonic()
         self._preview_dir = config.privacy.debug_preview_dir
+        self._preview_error: str | None = None
         if self._preview_dir is not None:
             log.warning("privacy.debug_preview_dir is set: annotated frames are written to %s (local only)", self._preview_dir)
         if hasattr(sink, "on_command") and getattr(sink, "on_command", None) is None:
@@ -473,7 +474,14 @@ class Daemon:
             cv2.imwrite(str(tmp), img)
             tmp.replace(self._preview_dir / "preview.jpg")
         except Exception as exc:
-            log.warning("debug preview failed: %s", exc)
+            # Once per distinct failure: a read-only folder would otherwise log on every frame.
+            if str(exc) != self._preview_error:
+                log.warning("debug preview to %s failed: %s (logged once until it changes)", self._preview_dir, exc)
+                self._preview_error = str(exc)
+        else:
+            if self._preview_error is not None:
+                log.info("debug preview to %s works again", self._preview_dir)
+                self._preview_error = None
 
     def _shutdown(self) -> None:
         log.info("stopping after %d frames", self.frames)

@@ -127,6 +127,17 @@ def test_no_preview_unless_enabled(daemon_factory, tmp_path):
     assert d._preview_dir is None and not list(tmp_path.rglob("*.jpg"))
 
 
+def test_a_preview_folder_that_cannot_be_written_is_logged_once(daemon_factory, tmp_path, caplog):
+    """A read-only or impossible preview folder must not stop the loop nor log a line per frame."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    d = daemon_factory(privacy={"debug_preview_dir": str(blocker / "preview")})
+    with caplog.at_level("WARNING", logger="edge.daemon"):
+        assert d.run(max_frames=5) == 5
+    failures = [r for r in caplog.records if "debug preview" in r.getMessage() and "failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
 def _copy_bundle(src, dst, model_id):
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
