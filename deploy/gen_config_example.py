@@ -20,7 +20,7 @@ EXAMPLES = {
     "device.id": '"kitchen-pi"',
     "device.name": '"Kitchen"',
     "device.state_dir": '"/var/lib/emotion-edge"',
-    "classifier.model": '"/var/lib/emotion-edge/models/my-bundle"',
+    "classifier.model": '"/opt/emotion-edge/models/my-bundle"',
     "mqtt.host": '"broker.local"',
     "mqtt.username": '"emotion"',
     "mqtt.client_id": '"emotion-edge-kitchen-pi"',

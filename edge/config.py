@@ -79,7 +79,12 @@ class DetectorConfig(_Section):
 class ClassifierConfig(_Section):
     """``[classifier]``: model bundle, runtime and threads."""
 
-    model: Path | None = Field(None, description="Model bundle folder; default: the bundle shipped with the package.")
+    model: Path | None = Field(
+        None,
+        description="Model bundle folder. Default: the model store's current model (the last one pushed), else the "
+        "bundle shipped with the package. Setting it pins the model: pushed models still install, but a restart "
+        "loads this one again.",
+    )
     threads: int = Field(1, description="Interpreter threads.", ge=1, le=8)
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
         "auto", description="TFLite runtime; 'auto' takes the first that imports in that order."

@@ -107,6 +107,9 @@ class ModelPushReceiver:
         for t in self.topics():
             self.sink.subscribe(t, self._on_message)
         log.info("model push: listening on %s", ", ".join(self.topics()))
+        if self.config.classifier.model is not None:
+            log.warning("classifier.model is set (%s): pushed models run until the next restart, which loads that "
+                        "folder again; unset it to keep the pushed model", self.config.classifier.model)
         if model_boot.last_boot_rollback is not None:
             record, model_boot.last_boot_rollback = model_boot.last_boot_rollback, None
             record = {k: v for k, v in record.items() if k != "ts"}

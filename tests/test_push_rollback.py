@@ -163,3 +163,25 @@ def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig,
     receiver.config.model_push.allow_downgrade = True
     assert receiver.handle(topic, older)["code"] == "ok"
     assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
+
+
+def test_a_pinned_classifier_model_is_warned_about_when_pushes_are_accepted(tmp_path, broker, tiny_bundle, caplog):
+    """classifier.model wins over the store at every start, so a push would silently not survive a restart."""
+    _, public = make_keys(tmp_path)
+    cfg = parse_config({
+        "device": {"id": "pi-pin", "state_dir": str(tmp_path / "state")},
+        "source": {"uri": "demo"},
+        "classifier": {"model": str(tiny_bundle)},
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "homeassistant": {"enabled": False},
+        "model_push": {"enabled": True, "trusted_keys": [str(public)]},
+    })
+    sink = MqttSink(cfg)
+    receiver = ModelPushReceiver(cfg, sink, Daemon(cfg, sink))
+    try:
+        with caplog.at_level("WARNING", logger="edge.model_push"):
+            receiver.start()
+    finally:
+        receiver.stop()
+        sink.close(2)
+    assert any("classifier.model is set" in r.getMessage() and "unset it" in r.getMessage() for r in caplog.records)
