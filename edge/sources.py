@@ -114,7 +114,10 @@ class FolderSource:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise SourceError(f"cannot read image folder {self.folder}: {exc.strerror or exc}") from None
         if not self.files:
             raise SourceError(f"image folder {self.folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self._pos = 0
@@ -312,7 +315,12 @@ class ManagedSource:
 
     def open_now(self) -> None:
         """Open the source at once; raise :class:`SourceError` if it cannot be (used to fail fast at start-up)."""
-        self._src = self._opener()
+        try:
+            self._src = self._opener()
+        except SourceError:
+            raise
+        except Exception as exc:  # a driver or permission failure is an unusable source too, not a crash
+            raise SourceError(f"cannot open {self.uri}: {exc.__class__.__name__}: {exc}") from None
         self.state, self.error = "ok", None
         self._since_open = 0
 

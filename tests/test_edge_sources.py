@@ -150,6 +150,27 @@ def test_failing_source_is_retried_with_exponential_backoff_and_reported():
     assert max(clock.waits) <= 0.5
 
 
+def test_an_opener_that_raises_something_else_is_retried_like_a_source_error():
+    """A driver bug or a permission error while opening must back off and show in status, not end the loop."""
+    clock = FakeClock()
+    attempts = []
+
+    def opener():
+        attempts.append(clock.now)
+        if len(attempts) == 1:
+            raise PermissionError(13, "Permission denied")
+        return DemoSource(faces=1)
+
+    src = ManagedSource(opener, "/srv/faces", retry_initial_s=1.0, clock=clock, wait=clock.wait)
+    assert src.poll(max_wait=0.5) is None
+    assert src.status()["state"] == "retrying"
+    assert src.status()["error"] == "cannot open /srv/faces: PermissionError: [Errno 13] Permission denied"
+    frame = None
+    for _ in range(10):
+        frame = frame or src.poll(max_wait=0.5)
+    assert frame is not None and src.status()["state"] == "ok"
+
+
 def test_a_source_that_keeps_failing_never_busy_loops():
     clock = FakeClock()
     calls = []
