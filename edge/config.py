@@ -86,7 +86,7 @@ class ClassifierConfig(_Section):
         "loads this one again.",
     )
     threads: int = Field(1, description="Interpreter threads.", ge=1, le=8)
-    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field(
         "auto", description="TFLite runtime; 'auto' takes the first that imports in that order."
     )
     flip_tta: bool = Field(False, description="Average each face with its mirror image (2x classifier cost).")

@@ -1,7 +1,8 @@
 """Create a TFLite interpreter from whichever runtime is installed, preferring the fastest.
 
 Order: ``ai_edge_litert`` (LiteRT, XNNPACK for int8), then ``tflite_runtime`` (no XNNPACK for int8, about
-17x slower, needs numpy<2), then ``tensorflow.lite`` (deprecated, and TensorFlow is not installed on a Pi).
+17x slower, needs numpy<2). ``tensorflow.lite`` is deliberately not a candidate: edge never imports TensorFlow
+(it is not installed on a Pi, and a workstation that has it has LiteRT too).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ log = logging.getLogger(__name__)
 RUNTIMES = (
     ("ai_edge_litert", "ai_edge_litert.interpreter"),
     ("tflite_runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
 )
 
 

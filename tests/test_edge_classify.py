@@ -28,6 +28,17 @@ def test_loads_with_the_preferred_runtime(clf):
     assert len(clf.labels) == 7
 
 
+def test_tensorflow_is_not_a_device_runtime(tiny_bundle):
+    """edge never imports TensorFlow, even when asked to and even on a machine that has it."""
+    from edge.config import ConfigError, parse_config
+    from edge.interpreter import RuntimeMissing, make_interpreter
+
+    with pytest.raises(RuntimeMissing):
+        make_interpreter(str(tiny_bundle / "model.tflite"), prefer="tensorflow")
+    with pytest.raises(ConfigError, match="classifier.runtime"):
+        parse_config({"classifier": {"runtime": "tensorflow"}})
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_a_batch_of_n_faces_gives_n_rows_that_sum_to_one(clf, n):
     p = clf.classify_faces(faces(n))

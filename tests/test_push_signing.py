@@ -142,7 +142,7 @@ def test_store_prune_keeps_current_and_previous(tmp_path, tiny_bundle):
 def test_check_bundle_runs_the_model(tiny_bundle):
     manifest, runtime = check_bundle(tiny_bundle)
     assert manifest.model_id == read_manifest(tiny_bundle).model_id
-    assert runtime in ("ai_edge_litert", "tflite_runtime", "tensorflow")
+    assert runtime in ("ai_edge_litert", "tflite_runtime")
 
 
 def test_check_bundle_catches_a_manifest_that_lies_about_the_tensors(tmp_path, tiny_bundle):
