@@ -155,3 +155,35 @@ def test_canonical_label():
     assert canonical_label(" Happiness ") == "happy"
     assert canonical_label("FEARFUL") == "fear"
     assert canonical_label("contempt") == "contempt"
+
+
+def test_csv_with_a_byte_order_mark_loads(tmp_path):
+    """Excel and pandas' utf-8-sig write a BOM before the header."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(("\ufeffemotion,pixels,Usage\n" + f"3,{_pixels(_face(9))},Training\n").encode("utf-8"))
+    assert load_dataset(path, split="train").y.tolist() == [FER_LABELS.index("happy")]
+
+
+def test_the_csv_split_is_part_of_the_source_name(fer_csv, tmp_path):
+    """train refuses --train == --val faces by comparing these names (see test_train_e2e)."""
+    assert load_dataset(fer_csv, split="train").source.endswith("[training]")
+    assert load_dataset(fer_csv, split="val").source.endswith("[publictest]")
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"emotion,pixels\n3,{_pixels(_face(7))}\n")
+    assert load_dataset(plain, split="train").source == load_dataset(plain, split="val").source
+
+
+def test_npz_damaged_or_with_non_pixel_values_is_refused(tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.stack([_face(40), _face(41)]), y=np.array([0, 3]))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(DataError, match="is not an archive"):
+        load_dataset(cut)
+    scaled = tmp_path / "scaled.npz"
+    np.savez(scaled, x=np.stack([_face(40), _face(41)]).astype(np.float32) / 255, y=np.array([0, 3]))
+    with pytest.raises(DataError, match="uint8 pixels 0-255.*scale"):
+        load_dataset(scaled)
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x=np.stack([_face(40), _face(41)]).astype(np.int16), y=np.array([0, 3]))
+    np.testing.assert_array_equal(load_dataset(wide).x[1], _face(41))

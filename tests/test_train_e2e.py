@@ -310,6 +310,9 @@ def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):
     assert lrs == pytest.approx(expected, rel=1e-5) and expected[0] == pytest.approx(2e-3)
     assert main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--time-budget", "1",
                  "--labels", ",".join(LABELS), "--input-size", "24"]) != 0  # not resumable
+    # nor reusable without a budget: its best.keras would pass for the new run's until beaten
+    assert main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--labels",
+                 ",".join(LABELS), "--input-size", "24", "--epochs", "2"]) == 2
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch, caplog, capsys):
@@ -342,3 +345,20 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     assert train_mod.epochs_done(run) == 3 and (run / "best.keras").is_file()
     assert main([*argv[:-2], "--warmup-epochs", "1"]) == 2
     assert "other hyper-parameters" in capsys.readouterr().err
+
+
+def test_train_refuses_validation_faces_that_are_the_training_faces(workdir, data, capsys):
+    """One .npz (or a CSV without Usage, a folder without train/ val/) as both sets would score trained faces."""
+    train, _ = data
+    rc = main(["train", "--train", str(train), "--val", str(train), "--run-dir", str(workdir / "leak"),
+               "--labels", ",".join(LABELS), "--input-size", "24", "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "pass a separate --val" in err[-1] and len(err[-1]) < 400, err
+    assert not (workdir / "leak" / "hparams.json").exists()
+
+
+def test_predict_refuses_every_zero(bundle, workdir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", str(bundle), "--input", str(workdir), "--out", str(workdir / "p.csv"),
+              "--every", "0"])
+    assert exc.value.code == 2 and "must be 1 or more" in capsys.readouterr().err

@@ -79,6 +79,17 @@ def test_hparams_refuse_out_of_range_camera_degradation():
         HParams(noise=-0.1)
 
 
+def test_hparams_refuse_values_of_the_wrong_type_by_name():
+    """A hand-edited hparams.json ("epochs": "55") is a one-line ValueError, not a TypeError deep in Keras."""
+    with pytest.raises(ValueError, match=r"epochs='55' must be of type int"):
+        HParams.from_dict({"epochs": "55"})
+    with pytest.raises(ValueError, match="flip"):
+        HParams(flip=1)
+    with pytest.raises(ValueError, match="labels"):
+        HParams(labels="angry,happy")
+    assert HParams(width=2, jit_compile=False).width == 2  # an int is a valid float
+
+
 def test_init_weights_copies_a_trained_model_and_refuses_another_architecture(tmp_path):
     from train_export.model_spec import build_model
     from train_export.train import load_init_weights

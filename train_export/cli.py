@@ -42,17 +42,28 @@ def _hparams_from_args(args: argparse.Namespace) -> HParams:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or resume a run."""
-    from train_export.data import load_dataset
+    from train_export.data import DataError, load_dataset
     from train_export.train import train
 
     hp = _hparams_from_args(args)
     run_dir = Path(args.run_dir)
     train_data = load_dataset(args.train, labels=hp.labels, split="train", strict=args.strict, input_size=hp.input_size)
     val_data = load_dataset(args.val, labels=hp.labels, split="val", strict=args.strict, input_size=hp.input_size)
+    if train_data.source == val_data.source:  # a CSV without Usage, a folder without train/ and val/, one .npz
+        raise DataError(f"--train and --val both read every face of {train_data.source} (it has no Usage column "
+                        "or train/val folders), so validation would score faces the model trained on; pass a "
+                        "separate --val")
     budget = args.time_budget * 60 if args.time_budget is not None else None
     best = train(hp, train_data, val_data, run_dir, verbose=2 if args.log_lines else 1, time_budget_s=budget)
     print(f"best model: {best}")
     return 0
+
+
+def _positive_int(s: str) -> int:
+    value = int(s)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _labels_arg(s: str) -> list[str]:
@@ -260,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--no-detect", dest="detect", action="store_false",
                    help="images are already face crops (e.g. 48x48): classify each whole image")
-    p.add_argument("--every", type=int, default=1, help="video: classify every N-th frame (default: %(default)s)")
+    p.add_argument("--every", type=_positive_int, default=1,
+                   help="video: classify every N-th frame (default: %(default)s)")
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "opencv"],
                    help="face detector backend (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
@@ -303,8 +315,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from train_export.data import DataError
     from train_export.release import ExportError
 
-    errors: list[type[BaseException]] = [DataError, ValueError, FileNotFoundError, BundleError, RuntimeMissing,
-                                         ExportError]
+    # OSError: a missing file or an unwritable --run-dir/--out/--json is the user's to fix, not a bug.
+    errors: list[type[BaseException]] = [DataError, ValueError, OSError, BundleError, RuntimeMissing, ExportError]
     try:
         from edge.detect import DetectorError
 

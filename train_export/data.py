@@ -16,6 +16,8 @@ import csv
 import gzip
 import logging
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,16 +85,30 @@ def load_npz(path: Path | str, labels: list[str] | None = None, prep: Preprocess
             x, y = npz["x"], npz["y"].astype(np.int64)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{path} is not an archive with arrays 'x' and 'y' ({exc})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path} is not an archive with arrays 'x' and 'y' ({exc.__class__.__name__}: {exc})") from None
     if x.ndim != 3 or len(x) != len(y):
         raise DataError(f"{path}: expected x of shape N x H x W and y of length N, got {x.shape} and {y.shape}")
+    x = _as_pixels(x, path)
     if y.min(initial=0) < 0 or y.max(initial=0) >= len(FER_LABELS):
         raise DataError(f"{path}: labels must be 0..{len(FER_LABELS) - 1} in FER order")
     y, keep = remap_labels(y, list(FER_LABELS), labels)
-    x = prepare_batch(x[keep].astype(np.uint8), prep or Preprocessing())
+    x = prepare_batch(x[keep], prep or Preprocessing())
     log.info("loaded %d faces from %s", len(y), path)
     return FaceData(x, y, labels, source=str(path))
+
+
+def _as_pixels(x: np.ndarray, path: Path) -> np.ndarray:
+    """``x`` as uint8 pixels; whole numbers 0-255 of another dtype are converted, anything else is refused
+    (a cast would silently turn faces scaled to [0, 1] into black images)."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind in "iuf" and x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255 \
+            and (x.dtype.kind != "f" or np.array_equal(x, np.round(x))):
+        return x.astype(np.uint8)
+    lo, hi = (float(x.min()), float(x.max())) if x.size and x.dtype.kind in "iuf" else (None, None)
+    raise DataError(f"{path}: x must hold uint8 pixels 0-255, got {x.dtype} values in [{lo}, {hi}]; "
+                    "scale faces stored as 0-1 floats by 255 and save them as uint8")
 
 
 #: Folder and CSV class names that mean a FER label (lower case). Names not listed map to themselves, so
@@ -187,7 +203,7 @@ def read_face_image(path: Path | str, size: int) -> np.ndarray | None:
     return center_square_face(to_gray(img), size)
 
 
-def _finish(xs: list[np.ndarray], ys: list[int], labels: list[str], source: Path, size: int,
+def _finish(xs: list[np.ndarray], ys: list[int], labels: list[str], source: Path | str, size: int,
             problems: _Problems, excluded: dict[str, int]) -> FaceData:
     skipped = problems.report()
     for name, n in excluded.items():
@@ -224,8 +240,9 @@ def load_csv(
     ys: list[int] = []
     try:
         # opened here (not in the with) so a missing file is one DataError line; gzip for Kaggle's .csv.gz
-        f = (gzip.open(path, "rt", newline="", encoding="utf-8") if path.suffix.lower() == ".gz"  # noqa: SIM115
-             else open(path, newline="", encoding="utf-8"))  # noqa: SIM115
+        # utf-8-sig: a CSV re-saved by Excel or pandas starts with a byte-order mark before "emotion"
+        f = (gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.suffix.lower() == ".gz"  # noqa: SIM115
+             else open(path, newline="", encoding="utf-8-sig"))  # noqa: SIM115
     except OSError as exc:
         raise DataError(f"cannot open {path} ({exc.strerror or exc})") from None
     try:
@@ -275,7 +292,9 @@ def load_csv(
                 ys.append(lookup[name])
     except (UnicodeDecodeError, csv.Error, EOFError, OSError) as exc:
         raise DataError(f"{path} is not a readable CSV text file ({exc.__class__.__name__}: {exc})") from None
-    return _finish(xs, ys, labels, path, size, problems, excluded)
+    # The split goes into the source name: the manifest records it, and train refuses train == val faces.
+    shown = f"{path} [{want_usage}]" if split and i_use is not None else str(path)
+    return _finish(xs, ys, labels, shown, size, problems, excluded)
 
 
 def _split_dir(root: Path, split: str | None) -> Path:

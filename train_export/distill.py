@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +94,7 @@ def load_soft_labels(path: Path | str, data: FaceData) -> np.ndarray:
             soft, labels, fingerprint = npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"])
     except FileNotFoundError:
         raise DataError(f"soft labels {path} do not exist; make them with 'python -m train_export soft-labels'") from None
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path} is not a soft-labels file from 'python -m train_export soft-labels' ({exc})") from None
     if labels != list(data.labels) or fingerprint != _fingerprint(data):
         raise DataError(f"soft labels {path} were made for other training faces or labels ({labels}); "

@@ -13,6 +13,11 @@ from pathlib import Path
 
 from edge.bundle import FER_LABELS
 
+#: Python types a field of each annotation accepts (an int is a valid float; a bool is not a number here).
+_ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | bool": (str, bool),
+}
+
 
 @dataclass
 class HParams:
@@ -105,6 +110,7 @@ class HParams:
     jit_compile: str | bool = "auto"
 
     def __post_init__(self) -> None:
+        self._check_types()
         choices = {
             "optimizer": ("adam", "sgd"),
             "schedule": ("cosine", "plateau"),
@@ -122,6 +128,18 @@ class HParams:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type (e.g. ``"epochs": "55"`` in a hand-edited hparams.json) by name."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "list[str]":
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            else:
+                accepted = _ACCEPTED_TYPES[f.type]
+                ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+            if not ok:
+                raise ValueError(f"hparam {f.name}={value!r} must be of type {f.type}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict of all fields."""

@@ -318,7 +318,10 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
             raise ValueError("a time budget needs the cosine schedule")
         if hp_path.exists():
             raise ValueError(f"{run_dir} holds a started run; a time-budgeted run cannot resume, use a new --run-dir")
-    if hp_path.exists() and (run_dir / "backup").exists():
+    if (run_dir / "budget.json").exists():  # its hparams.json was rewritten to the epochs it really ran
+        raise ValueError(f"{run_dir} holds a finished time-budgeted run, which cannot be resumed; use a new --run-dir")
+    # best.json alone (no backup/ yet) counts too: its best.keras would otherwise pass for the new run's.
+    if hp_path.exists() and ((run_dir / "backup").exists() or (run_dir / "best.json").exists()):
         saved = HParams.load(hp_path)
         if saved != hp:
             diff = {k: (v, getattr(hp, k)) for k, v in saved.to_dict().items() if getattr(hp, k) != v}
