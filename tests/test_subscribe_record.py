@@ -1,4 +1,4 @@
-"""``record`` against a real Mosquitto: persistent session, dedupe by (device, seq), restarts, export."""
+"""``record`` against a real Mosquitto: persistent session, dedupe by (device, seq, ts), restarts, export."""
 
 from __future__ import annotations
 
@@ -67,14 +67,16 @@ def test_recorder_restart_in_the_middle_stores_each_message_exactly_once(broker,
         _publish_mixed(sink, 60, n - 60)
         assert sink.flush(20), "the publisher did not get all PUBACKs"
 
-        # Replay a few already-delivered messages with their original seq, as a reconnecting daemon would.
+        # Replay a few already-delivered messages as they were, as a reconnecting daemon would.
+        stored = Recording(db, readonly=True)
+        delivered = {m["seq"]: m for m in stored.iter_messages("dev1")}
+        stored.close()
         replay = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="replayer")
         replay.connect(broker.host, broker.port)
         replay.loop_start()
         for seq in (1, 2, 30):
-            env = {"schema_version": 1, "device_id": "dev1", "kind": "events", "ts": time.time(), "seq": seq,
-                   "event": "track_start", "track_id": 99}
-            replay.publish("emotion/dev1/events", json.dumps(env), qos=1).wait_for_publish(5)
+            msg = delivered[seq]
+            replay.publish(f"emotion/dev1/{msg['kind']}", json.dumps(msg), qos=1).wait_for_publish(5)
         replay.disconnect()
         replay.loop_stop()
 
@@ -91,6 +93,63 @@ def test_recorder_restart_in_the_middle_stores_each_message_exactly_once(broker,
         again.stop()
     finally:
         sink.close(2)
+
+
+def test_a_device_whose_seq_restarted_and_foreign_messages_lose_nothing(broker, tmp_path):
+    """A device whose state folder was wiped starts again at seq 1 (newer ts): kept, not taken for redeliveries.
+    Messages on the topics without a usable envelope (null or text ts, a bool seq) are acknowledged and skipped:
+    more of them than the broker's in-flight window (20) must not stall the recording."""
+    settings = BrokerSettings(host=broker.host, port=broker.port)
+    recorder = Recorder(settings, tmp_path / "rec.sqlite")
+    recorder.start()
+    try:
+        other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="foreign")
+        other.connect(broker.host, broker.port)
+        other.loop_start()
+        for i in range(25):
+            bad = {"seq": True, "ts": 1.0} if i % 3 == 0 else {"seq": i + 1, "ts": [None, "2026-01-01T00:00:00Z"][i % 2]}
+            other.publish("emotion/other/events", json.dumps(bad), qos=1).wait_for_publish(5)
+        other.disconnect()
+        other.loop_stop()
+        first = MqttSink(sink_config(tmp_path / "state-a", broker))
+        _publish_mixed(first, 0, 10)
+        assert first.flush(20)
+        first.close(2)
+        time.sleep(0.05)
+        again = MqttSink(sink_config(tmp_path / "state-b", broker))  # a wiped state folder: seq 1 again
+        _publish_mixed(again, 10, 5)
+        assert again.flush(20)
+        again.close(2)
+        assert _wait(lambda: recorder.stored >= 15 + 2), recorder.stored  # + the two offline statuses at close
+        assert recorder.ignored == 25
+        seqs = recorder.recording.seqs("dev1")
+        assert seqs[:11] == list(range(1, 12)) and seqs[11] == 1, seqs
+    finally:
+        recorder.stop()
+
+
+def test_a_schema_1_recording_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,
+            kind TEXT NOT NULL, ts REAL NOT NULL, received_ts REAL NOT NULL, topic TEXT NOT NULL,
+            payload TEXT NOT NULL, UNIQUE (device, seq));
+        CREATE TABLE availability (id INTEGER PRIMARY KEY, device TEXT NOT NULL, received_ts REAL NOT NULL,
+            state TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO messages VALUES (1, 'dev1', 1, 'events', 5.0, 5.0, 'emotion/dev1/events', '{"seq": 1}');
+    """)
+    conn.close()
+    assert Recording(db, readonly=True).count() == 1  # read-only tools read it as it is
+    rec = Recording(db)
+    assert rec.meta("schema_version") == "2" and rec.count() == 1
+    msg = {"kind": "events", "seq": 1, "ts": 9.0}
+    assert rec.add_message("dev1", "emotion/dev1/events", msg) and not rec.add_message("dev1", "t", msg)
+    rec.close()
 
 
 def _start_cli_recorder(broker, db: Path) -> subprocess.Popen:

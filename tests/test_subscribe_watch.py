@@ -19,8 +19,8 @@ from tests.mqtt_support import faces_body, sink_config, status_body, summary_bod
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _msg(kind: str, seq: int, body: dict, device: str = "pi1") -> bytes:
-    return encode(make_envelope(kind, device, seq, body))
+def _msg(kind: str, seq: int, body: dict, device: str = "pi1", ts: float | None = None) -> bytes:
+    return encode(make_envelope(kind, device, seq, body, ts=ts))
 
 
 def test_bar_and_sparkline():
@@ -47,7 +47,8 @@ def test_view_shows_devices_tracks_bars_and_drops_redeliveries():
     now = 1000.0
     assert st.update("emotion/pi1/availability", b"online", now)
     assert st.update("emotion/pi1/status", _msg("status", 1, status_body()), now)
-    assert st.update("emotion/pi1/faces", _msg("faces", 2, faces_body(3, 2)), now)  # tracks happy (3) and sad (4)
+    two_faces = _msg("faces", 2, faces_body(3, 2), ts=now)
+    assert st.update("emotion/pi1/faces", two_faces, now)  # tracks happy (3) and sad (4)
     assert st.update("emotion/pi2/availability", b"offline", now)
     assert not st.update("emotion/pi1/faces", b"not json", now)
     text = "\n".join(st.render(now + 1, width=100))
@@ -58,9 +59,9 @@ def test_view_shows_devices_tracks_bars_and_drops_redeliveries():
     happy = next(line for line in text.splitlines() if line.strip().startswith("happy "))
     assert happy.rstrip().endswith("33.3%")  # (0.6 + 0.0667) / 2 over the two tracks
 
-    # A redelivered older faces message (same or lower seq) does not replace the newer view.
-    st.update("emotion/pi1/faces", _msg("faces", 3, faces_body(0, 1)), now + 1)
-    st.update("emotion/pi1/faces", _msg("faces", 2, faces_body(3, 2)), now + 1)
+    # A redelivered older faces message (the same message again) does not replace the newer view.
+    st.update("emotion/pi1/faces", _msg("faces", 3, faces_body(0, 1), ts=now + 1), now + 1)
+    st.update("emotion/pi1/faces", two_faces, now + 1)
     text = "\n".join(st.render(now + 1.5))
     assert "faces=1" in text and "track 0: angry" in text and st.devices["pi1"].duplicates == 1
 
@@ -129,3 +130,23 @@ def test_refused_connection_is_one_clear_line(broker_factory):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: broker 127.0.0.1:"), r.stderr
     assert "refused the connection" in lines[0] and "--mqtt-username" in lines[0]
+
+
+def test_a_restarted_seq_is_news_and_odd_payloads_are_ignored():
+    """A device whose state folder was wiped starts at seq 1 again with newer timestamps: shown, not dropped.
+    JSON with the wrong field types (another publisher, a hand-typed test) is refused, never rendered."""
+    st = WatchState("emotion", stale_s=5)
+    now = 1000.0
+    assert st.update("emotion/pi1/faces", _msg("faces", 500, faces_body(3, 2), ts=now), now)
+    assert st.update("emotion/pi1/faces", _msg("faces", 1, faces_body(0, 1), ts=now + 5), now + 5)
+    assert st.devices["pi1"].duplicates == 0 and st.devices["pi1"].last_seq == 1
+    assert "track 0: angry" in "\n".join(st.render(now + 5.5))
+    odd = [("faces", {"faces": [1]}), ("summary", {"mean_probs": [0.2]}), ("summary", {"faces_mean": None,
+           "mean_probs": {"happy": "x"}}), ("status", {"model": {"labels": "happy"}}), ("faces", {"faces": []})]
+    for i, (kind, body) in enumerate(odd[:-1]):
+        env = json.dumps({"seq": 600 + i, "ts": now + 10 + i, "kind": kind, **body}).encode()
+        assert not st.update(f"emotion/pi2/{kind}", env, now + 10)
+    assert not st.update("emotion/pi2/faces", json.dumps({"seq": 9, "ts": None, "faces": []}).encode(), now)
+    assert not st.update("emotion/pi2/faces", json.dumps({"seq": True, "ts": 1.0, "faces": []}).encode(), now)
+    text = "\n".join(st.render(now + 11))
+    assert "cannot show" not in text and "pi1" in text

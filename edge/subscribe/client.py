@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -130,6 +131,17 @@ def decode_json(payload: bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def envelope_ok(msg: dict[str, Any]) -> bool:
+    """Whether ``msg`` carries a usable envelope: an integer ``seq`` (1 to 2**63 - 1) and a finite number ``ts``.
+
+    Anything else on the contract topics (another publisher's JSON, a hand-typed test message) is not stored
+    or shown: it would break the per-device dedupe, or the recording's columns.
+    """
+    seq, ts = msg.get("seq"), msg.get("ts")
+    return (isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63
+            and isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts))
 
 
 MessageHandler = Callable[[mqtt.Client, mqtt.MQTTMessage], None]

@@ -3,8 +3,9 @@
 How nothing gets lost: the recorder holds a persistent MQTT session (fixed client id, MQTT 5 clean_start
 false with a session expiry), so the broker queues QoS 1 messages while the recorder is down; and it
 acknowledges each message only after it is committed to disk, so a crash between receipt and commit means a
-redelivery, not a gap. Redeliveries and retained re-sends are dropped by the ``UNIQUE(device, seq)``
-constraint. Restarting with the same ``--db`` resumes with the same client id (stored in the file).
+redelivery, not a gap. Redeliveries and retained re-sends are dropped by the ``UNIQUE(device, seq, ts)``
+constraint (a redelivery is the same message, so it has the same ``ts``; a device whose state folder was wiped
+starts again at seq 1 with newer ``ts``, and those messages are kept). Restarting with the same ``--db`` resumes with the same client id (stored in the file).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge.subscribe.client import BrokerSettings, Subscriber, decode_json, parse_topic, subscription_filters
+from edge.subscribe.client import (
+    BrokerSettings,
+    Subscriber,
+    decode_json,
+    envelope_ok,
+    parse_topic,
+    subscription_filters,
+)
 from edge.subscribe.store import Recording
 
 log = logging.getLogger(__name__)
@@ -85,9 +93,10 @@ class Recorder:
                 self.recording.add_availability(device, state, now)
         else:
             body = decode_json(msg.payload)
-            if body is None or not isinstance(body.get("seq"), int) or "ts" not in body:
-                # Not a contract message: storing it would break the (device, seq) dedupe; acknowledge and skip.
-                log.warning("skipping a message on %s without a JSON envelope (seq, ts)", msg.topic)
+            if body is None or not envelope_ok(body):
+                # Not a contract message: storing it would break the dedupe; acknowledge and skip it (an
+                # unacknowledged message would hold one of the broker's in-flight slots for good).
+                log.warning("skipping a message on %s without a JSON envelope (integer seq, numeric ts)", msg.topic)
                 with self._count_lock:
                     self.ignored += 1
             else:

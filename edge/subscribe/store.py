@@ -1,8 +1,10 @@
 """The recording file: one SQLite database holding every received message once per ``(device, seq)``.
 
 Why SQLite: a single file that survives a crash (WAL, one transaction per message, committed before the
-broker gets its PUBACK), readable by any tool, and a ``UNIQUE(device, seq)`` constraint does the dedupe of
-MQTT's at-least-once redeliveries for free. Exports to CSV (stdlib) and Parquet (pyarrow, optional).
+broker gets its PUBACK), readable by any tool, and a ``UNIQUE(device, seq, ts)`` constraint does the dedupe of
+MQTT's at-least-once redeliveries for free. ``ts`` is part of the key because a device whose state folder was
+wiped starts again at seq 1: its new messages have old seq numbers but newer timestamps, while a redelivery is
+the very same message. Exports to CSV (stdlib) and Parquet (pyarrow, optional).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +34,7 @@ CREATE TABLE IF NOT EXISTS messages (
     received_ts REAL NOT NULL,
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
-    UNIQUE (device, seq)
+    UNIQUE (device, seq, ts)
 );
 CREATE INDEX IF NOT EXISTS messages_device_kind_ts ON messages (device, kind, ts);
 CREATE TABLE IF NOT EXISTS availability (
@@ -43,8 +45,35 @@ CREATE TABLE IF NOT EXISTS availability (
 );
 """
 
+# Version 1 keyed messages on (device, seq) alone; SQLite cannot change a constraint in place.
+_MIGRATE_1_TO_2 = """
+BEGIN;
+CREATE TABLE messages_v2 (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_ts REAL NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    UNIQUE (device, seq, ts)
+);
+INSERT INTO messages_v2 SELECT id, device, seq, kind, ts, received_ts, topic, payload FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+CREATE INDEX IF NOT EXISTS messages_device_kind_ts ON messages (device, kind, ts);
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+COMMIT;
+"""
+
 #: Tables that :meth:`Recording.export` can write.
 EXPORT_TABLES = ("messages", "faces", "summary")
+
+
+def _dicts(value: Any) -> list[dict]:
+    """The JSON objects of a list field (a body from another publisher may hold anything there)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 class StoreError(Exception):
@@ -76,10 +105,14 @@ class Recording:
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 self._db.commit()
+                if self.meta("schema_version") == "1":
+                    log.info("%s: upgrading the recording from schema 1 to 2", self.path)
+                    self._db.executescript(_MIGRATE_1_TO_2)
             version = self.meta("schema_version")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable recording database ({exc})") from None
-        if version is None or int(version) != SCHEMA_VERSION:
+        # Read-only use (plot, export) reads both versions: only the dedupe key differs.
+        if version is None or int(version) not in ((1, SCHEMA_VERSION) if readonly else (SCHEMA_VERSION,)):
             raise StoreError(f"{self.path}: recording schema {version}, this tool reads {SCHEMA_VERSION}; use a new --db file")
 
     # -- meta ----------------------------------------------------------------------------------------
@@ -98,7 +131,7 @@ class Recording:
 
     # -- writing -------------------------------------------------------------------------------------
     def add_message(self, device: str, topic: str, msg: dict[str, Any], received_ts: float | None = None) -> bool:
-        """Store one contract message (needs ``seq``, ``kind``, ``ts``); ``False`` if ``(device, seq)`` exists."""
+        """Store one contract message (needs ``seq``, ``kind``, ``ts``); ``False`` if ``(device, seq, ts)`` exists."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO messages (device, seq, kind, ts, received_ts, topic, payload) "
@@ -141,9 +174,10 @@ class Recording:
             return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM messages ORDER BY device")]
 
     def seqs(self, device: str) -> list[int]:
-        """Stored seq numbers of one device, ascending."""
+        """Stored seq numbers of one device in message time order (ascending, unless its seq restarted)."""
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT seq FROM messages WHERE device = ? ORDER BY seq", (device,))]
+            return [r[0] for r in self._db.execute(
+                "SELECT seq FROM messages WHERE device = ? ORDER BY ts, seq", (device,))]
 
     def iter_messages(
         self, device: str | None = None, kind: str | None = None, since: float | None = None, until: float | None = None
@@ -161,17 +195,26 @@ class Recording:
             yield json.loads(payload)
 
     def labels(self, device: str | None = None) -> list[str]:
-        """Class labels in model order: from the newest status message, else as first seen in probabilities."""
-        for msg in reversed(list(self.iter_messages(device, "status"))):
-            labels = (msg.get("model") or {}).get("labels")
-            if labels:
-                return [str(x) for x in labels]
+        """Class labels in model order: those of the newest status message (of each device, when ``device`` is
+        None, in device order), then any other label seen in the probabilities (an older model's, another
+        device's), so an export has a column for every label it holds."""
         seen: dict[str, None] = {}
+        for dev in [device] if device is not None else self.devices():
+            for msg in reversed(list(self.iter_messages(dev, "status"))):
+                labels = (msg.get("model") or {}).get("labels")
+                if labels:
+                    seen.update(dict.fromkeys(str(x) for x in labels))
+                    break
+        # A summary's mean_probs has every label of the model of its window; faces only matter without them.
         for kind in ("summary", "faces"):
+            found = False
             for msg in self.iter_messages(device, kind):
-                probs = [msg.get("mean_probs") or {}] + [f.get("probs") or {} for f in msg.get("faces") or []]
-                for p in probs:
-                    seen.update(dict.fromkeys(p))
+                for p in [msg.get("mean_probs")] + [f.get("probs") for f in _dicts(msg.get("faces"))]:
+                    if isinstance(p, dict) and p:
+                        seen.update(dict.fromkeys(str(k) for k in p))
+                        found = True
+            if found:
+                break
         return list(seen)
 
     # -- export --------------------------------------------------------------------------------------
@@ -188,7 +231,7 @@ class Recording:
             if device:
                 sql, args = sql + " WHERE device = ?", [device]
             with self._lock:
-                rows = [list(r) for r in self._db.execute(sql + " ORDER BY device, seq", args)]
+                rows = [list(r) for r in self._db.execute(sql + " ORDER BY device, ts, seq", args)]
             return ["device", "seq", "kind", "ts", "received_ts", "topic", "payload"], rows
         labels = self.labels(device)
         p_cols = [f"p_{lab}" for lab in labels]
@@ -196,15 +239,16 @@ class Recording:
         if table == "faces":
             cols = ["device", "seq", "ts", "frame", "track_id", "emotion", "confidence", "x", "y", "w", "h", *p_cols]
             for m in self.iter_messages(device, "faces"):
-                for f in m.get("faces") or []:
-                    box = list(f.get("box") or [None] * 4)[:4]
-                    probs = f.get("probs") or {}
+                for f in _dicts(m.get("faces")):
+                    box = f.get("box") if isinstance(f.get("box"), list) else []
+                    box = (box + [None] * 4)[:4]
+                    probs = f.get("probs") if isinstance(f.get("probs"), dict) else {}
                     rows.append([m["device_id"], m["seq"], m["ts"], m.get("frame"), f.get("track_id"), f.get("emotion"),
                                  f.get("confidence"), *box, *(probs.get(lab) for lab in labels)])
         else:
             cols = ["device", "seq", "ts", "window_s", "frames", "faces_mean", "faces_max", "dominant_emotion", *p_cols]
             for m in self.iter_messages(device, "summary"):
-                probs = m.get("mean_probs") or {}
+                probs = m.get("mean_probs") if isinstance(m.get("mean_probs"), dict) else {}
                 rows.append([m["device_id"], m["seq"], m["ts"], m.get("window_s"), m.get("frames"), m.get("faces_mean"),
                              m.get("faces_max"), m.get("dominant_emotion"), *(probs.get(lab) for lab in labels)])
         return cols, rows

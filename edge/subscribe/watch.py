@@ -19,7 +19,14 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from edge.subscribe.client import BrokerSettings, Subscriber, decode_json, parse_topic, subscription_filters
+from edge.subscribe.client import (
+    BrokerSettings,
+    Subscriber,
+    decode_json,
+    envelope_ok,
+    parse_topic,
+    subscription_filters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +64,39 @@ class DeviceView:
     labels: list[str] = field(default_factory=list)
     fps: float | None = None
     last_seq: int | None = None
+    last_ts: float = float("-inf")
     last_seen: float = 0.0
     faces_ts: float = 0.0
     tracks: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     face_history: deque = field(default_factory=lambda: deque(maxlen=30))
     duplicates: int = 0
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _probs_ok(v: Any) -> bool:
+    return isinstance(v, dict) and all(_number(p) for p in v.values())
+
+
+def body_ok(kind: str, msg: dict[str, Any]) -> bool:
+    """Whether the fields the view shows have the contract's types (another publisher's JSON may not)."""
+    if kind == "status":
+        model = msg.get("model")
+        return (isinstance(msg.get("state"), (str, type(None))) and (msg.get("fps") is None or _number(msg["fps"]))
+                and (model is None or (isinstance(model, dict) and isinstance(model.get("labels", []), list)
+                                       and all(isinstance(x, str) for x in model.get("labels", [])))))
+    if kind == "faces":
+        faces = msg.get("faces", [])
+        return isinstance(faces, list) and all(
+            isinstance(f, dict) and _probs_ok(f.get("probs", {})) and (f.get("confidence") is None or _number(f["confidence"]))
+            for f in faces)
+    if kind == "summary":
+        return (_probs_ok(msg.get("mean_probs", {})) and (msg.get("faces_mean") is None or _number(msg["faces_mean"]))
+                and isinstance(msg.get("dominant_emotion"), (str, type(None))))
+    return True
 
 
 class WatchState:
@@ -95,14 +129,16 @@ class WatchState:
                     view.availability = text
                 return bool(text)
             msg = decode_json(payload)
-            if msg is None:
+            if msg is None or not envelope_ok(msg) or not body_ok(kind, msg):
                 return False
-            seq = msg.get("seq")
-            if isinstance(seq, int) and view.last_seq is not None and seq <= view.last_seq and kind != "status":
-                view.duplicates += 1  # a redelivery; its content is already shown
+            seq, ts = msg["seq"], float(msg["ts"])
+            # A redelivery is an old message: no higher seq and no newer ts. A device whose state folder was
+            # wiped starts again at seq 1, with newer timestamps: that is news, not a redelivery.
+            if view.last_seq is not None and seq <= view.last_seq and ts <= view.last_ts and kind != "status":
+                view.duplicates += 1  # its content is already shown
                 return True
-            if isinstance(seq, int):
-                view.last_seq = seq if view.last_seq is None else max(seq, view.last_seq)
+            view.last_seq = seq if view.last_seq is None or ts > view.last_ts else max(seq, view.last_seq)
+            view.last_ts = max(ts, view.last_ts)
             view.last_seen = now
             if kind == "status":
                 view.state = msg.get("state")
@@ -136,41 +172,50 @@ class WatchState:
             if not views:
                 return [f"waiting for devices on {self.prefix}/+/... "]
             for v in views:
-                live = v.tracks if now - v.faces_ts <= self.stale_s else []
-                fps = f"{v.fps:.1f}" if isinstance(v.fps, (int, float)) else "-"
-                head = f"■ {v.device}  [{v.availability}]"
-                if v.state:
-                    head += f"  state={v.state}"
-                head += f"  fps={fps}  faces={len(live)}"
-                if v.face_history:
-                    head += f"  {sparkline(list(v.face_history))}"
-                lines.append(head[:width])
-                if v.model_id:
-                    lines.append(f"  model {v.model_id}"[:width])
-                for t in live:
-                    conf = t.get("confidence")
-                    conf_s = f"{conf:.2f}" if isinstance(conf, (int, float)) else "-"
-                    lines.append(f"  track {t.get('track_id')}: {t.get('emotion', '?')} ({conf_s})"[:width])
-                labels = self._labels(v)
-                if live:
-                    probs = {lab: sum((t.get("probs") or {}).get(lab, 0.0) for t in live) / len(live) for lab in labels}
-                    source = "now"
-                elif v.summary and v.summary.get("mean_probs"):
-                    probs = {lab: float(v.summary["mean_probs"].get(lab, 0.0)) for lab in labels}
-                    source = f"last {v.summary.get('window_s', '?')}s"
-                else:
-                    probs, source = {}, ""
-                if probs:
-                    name_w = max(len(lab) for lab in labels)
-                    bar_w = max(5, min(30, width - name_w - 12))
-                    lines.append(f"  emotions ({source}):")
-                    for lab in labels:
-                        p = probs.get(lab, 0.0)
-                        lines.append(f"    {lab:<{name_w}} {bar(p, bar_w)} {p * 100:5.1f}%"[:width])
-                if v.summary:
-                    dom = v.summary.get("dominant_emotion") or "none"
-                    lines.append(f"  summary: dominant={dom} faces_mean={v.summary.get('faces_mean', 0):.2f}"[:width])
-                lines.append("")
+                try:
+                    lines.extend(self._render_device(v, now, width))
+                except Exception as exc:  # one odd device must not take the whole view down
+                    lines.extend([f"■ {v.device}: cannot show its last messages ({exc.__class__.__name__}: {exc})"[:width], ""])
+        return lines
+
+    def _render_device(self, v: DeviceView, now: float, width: int) -> list[str]:
+        """The lines of one device's block."""
+        lines: list[str] = []
+        live = v.tracks if now - v.faces_ts <= self.stale_s else []
+        fps = f"{v.fps:.1f}" if isinstance(v.fps, (int, float)) else "-"
+        head = f"■ {v.device}  [{v.availability}]"
+        if v.state:
+            head += f"  state={v.state}"
+        head += f"  fps={fps}  faces={len(live)}"
+        if v.face_history:
+            head += f"  {sparkline(list(v.face_history))}"
+        lines.append(head[:width])
+        if v.model_id:
+            lines.append(f"  model {v.model_id}"[:width])
+        for t in live:
+            conf = t.get("confidence")
+            conf_s = f"{conf:.2f}" if isinstance(conf, (int, float)) else "-"
+            lines.append(f"  track {t.get('track_id')}: {t.get('emotion', '?')} ({conf_s})"[:width])
+        labels = self._labels(v)
+        if live:
+            probs = {lab: sum((t.get("probs") or {}).get(lab, 0.0) for t in live) / len(live) for lab in labels}
+            source = "now"
+        elif v.summary and v.summary.get("mean_probs"):
+            probs = {lab: float(v.summary["mean_probs"].get(lab, 0.0)) for lab in labels}
+            source = f"last {v.summary.get('window_s', '?')}s"
+        else:
+            probs, source = {}, ""
+        if probs:
+            name_w = max(len(lab) for lab in labels)
+            bar_w = max(5, min(30, width - name_w - 12))
+            lines.append(f"  emotions ({source}):")
+            for lab in labels:
+                p = probs.get(lab, 0.0)
+                lines.append(f"    {lab:<{name_w}} {bar(p, bar_w)} {p * 100:5.1f}%"[:width])
+        if v.summary:
+            dom = v.summary.get("dominant_emotion") or "none"
+            lines.append(f"  summary: dominant={dom} faces_mean={v.summary.get('faces_mean') or 0:.2f}"[:width])
+        lines.append("")
         return lines
 
 
