@@ -128,6 +128,24 @@ def test_a_device_whose_seq_restarted_and_foreign_messages_lose_nothing(broker, 
         recorder.stop()
 
 
+def test_a_broker_that_refuses_the_recorder_for_good_ends_the_recording(broker_factory, tmp_path):
+    """Credentials revoked while recording: record must end with the reason (exit 2 in the CLI), not sit idle
+    forever looking alive to systemd."""
+    from edge.subscribe.client import SubscribeError
+
+    b = broker_factory("revoke").start()
+    recorder = Recorder(BrokerSettings(host=b.host, port=b.port), tmp_path / "rec.sqlite")
+    recorder.start()
+    try:
+        b.stop()
+        b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+        b.start()
+        with pytest.raises(SubscribeError, match="refused the connection.*recording stopped"):
+            recorder.run(duration=30)
+    finally:
+        recorder.stop()
+
+
 def test_a_schema_1_recording_is_upgraded_in_place(tmp_path):
     import sqlite3
 

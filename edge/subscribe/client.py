@@ -146,6 +146,10 @@ def envelope_ok(msg: dict[str, Any]) -> bool:
 
 MessageHandler = Callable[[mqtt.Client, mqtt.MQTTMessage], None]
 
+#: CONNACK reason codes that retrying cannot fix: unsupported protocol, client id not valid, bad user name or
+#: password, not authorised, banned, bad authentication method.
+FATAL_REFUSALS = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+
 
 class Subscriber:
     """A paho client that connects, subscribes to ``filters`` on every (re)connect, and reconnects by itself.
@@ -181,6 +185,8 @@ class Subscriber:
         self._pending_subs: set[int] = set()
         self._fatal: str | None = None
         self._running = False
+        #: Set when the broker refuses a reconnect for good (credentials revoked): the owner should end.
+        self.failed = threading.Event()
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or "",
@@ -213,10 +219,16 @@ class Subscriber:
     # -- paho callbacks (network thread) ---------------------------------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            # Refused is refused (bad credentials, not authorised): retrying would hide the problem.
-            self._fatal = f"broker {self.settings.describe()} refused the connection: {reason_code}"
-            if self._running:  # during start() the caller reports it; later only the log can
+            refusal = f"broker {self.settings.describe()} refused the connection: {reason_code}"
+            if self._running and reason_code.value not in FATAL_REFUSALS:
+                # Busy, unavailable, rate-limited: a broker restarting or under load; paho retries.
+                log.warning("%s; retrying", refusal)
+                return
+            # Refused for who we are (credentials, authorisation, client id): retrying would hide the problem.
+            self._fatal = refusal
+            if self._running:  # during start() the caller reports it; later the owner's wait ends with it
                 log.error("%s; not retrying (check the user name and password)", self._fatal)
+                self.failed.set()
             client.disconnect()
             self._connected.set()
             return
@@ -280,6 +292,11 @@ class Subscriber:
             self.stop()
             raise SubscribeError(f"the broker at {self.settings.describe()} did not acknowledge the subscriptions")
         self._running = True
+
+    @property
+    def failure(self) -> str | None:
+        """Why the broker refused the connection for good, if it did."""
+        return self._fatal
 
     @property
     def subscribed(self) -> bool:

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from edge.subscribe.client import (
     BrokerSettings,
+    SubscribeError,
     Subscriber,
     decode_json,
     envelope_ok,
@@ -117,9 +118,21 @@ class Recorder:
         log.info("recording %s to %s as client %s", ", ".join(self.subscriber.filters), self.recording.path, self.client_id)
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None) -> None:
-        """Record until ``duration`` seconds have passed or ``stop`` is set (Ctrl-C is the caller's)."""
+        """Record until ``duration`` seconds have passed or ``stop`` is set (Ctrl-C is the caller's).
+
+        Raises:
+            SubscribeError: the broker refused a reconnect for good (e.g. the credentials were revoked), so
+                nothing more would be recorded.
+        """
         stop = stop or threading.Event()
-        stop.wait(duration)
+        deadline = None if duration is None else time.monotonic() + duration
+        while not stop.is_set() and not self.subscriber.failed.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            stop.wait(0.5 if left is None else min(0.5, left))
+        if self.subscriber.failed.is_set():
+            raise SubscribeError(f"{self.subscriber.failure}; recording stopped, check the user name and password")
 
     def stop(self) -> None:
         """Disconnect (the broker keeps the session) and close the recording."""
