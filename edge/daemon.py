@@ -21,6 +21,7 @@ import numpy as np
 from edge.classify import Classifier
 from edge.config import Config
 from edge.detect import make_detector
+from edge.payloads import command_event
 from edge.sdnotify import Notifier
 from edge.sources import Frame, ManagedSource, open_source
 from edge.tracker import Track, Tracker
@@ -236,11 +237,7 @@ class Daemon:
             ok, detail = False, f"{name} failed: {exc}"
         if not ok:
             log.warning("command %s: %s", name, detail)
-        body = {"event": "command", "track_id": None, "command": name, "ok": ok, "detail": detail}
-        request_id = cmd.get("request_id")
-        if isinstance(request_id, str) and 0 < len(request_id) <= 64:  # lets the sender match its own answer
-            body["request_id"] = request_id
-        self._publish("events", body)
+        self._publish("events", command_event(name, ok, detail, cmd))
 
     def _store_root(self) -> Path:
         return (self.config.state_dir() / "models").resolve()

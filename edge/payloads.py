@@ -57,6 +57,19 @@ def make_envelope(kind: str, device_id: str, seq: int, body: dict[str, Any], ts:
     return msg
 
 
+def command_event(command: str | None, ok: bool, detail: str | None, request: Any = None) -> dict[str, Any]:
+    """The body of the ``events`` message that answers a command.
+
+    A ``request_id`` in ``request`` (the command object; a string of 1-64 characters) is echoed, so the
+    sender can tell its own answer from others' and from re-delivered old ones.
+    """
+    body: dict[str, Any] = {"event": "command", "track_id": None, "command": command, "ok": ok, "detail": detail}
+    rid = request.get("request_id") if isinstance(request, dict) else None
+    if isinstance(rid, str) and 0 < len(rid) <= 64:
+        body["request_id"] = rid
+    return body
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON of a message. NaN/Infinity are refused because they are not JSON.
 

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.config import Config, resolve_secret
 from edge.outbox import Outbox
-from edge.payloads import SeqCounter, encode, make_envelope, topic
+from edge.payloads import SeqCounter, command_event, encode, make_envelope, topic
 
 log = logging.getLogger(__name__)
 
@@ -569,13 +569,13 @@ class MqttSink:
         try:
             self._commands.put_nowait(cmd)
         except queue.Full:
-            self._command_result(cmd["command"], False, "too many queued commands; try again later")
+            self._command_result(cmd["command"], False, "too many queued commands; try again later", cmd)
 
-    def _command_result(self, command: str | None, ok: bool, detail: str) -> None:
+    def _command_result(self, command: str | None, ok: bool, detail: str, request: Any = None) -> None:
         if not ok:
             log.warning("MQTT command %s not done: %s", command, detail)
         if not self._closed:
-            self.publish("events", {"event": "command", "track_id": None, "command": command, "ok": ok, "detail": detail})
+            self.publish("events", command_event(command, ok, detail, request))
 
     def _run_commands(self) -> None:
         while True:
@@ -584,13 +584,13 @@ class MqttSink:
                 return
             handler = self.on_command
             if handler is None:
-                self._command_result(cmd["command"], False, "this device has no command handler")
+                self._command_result(cmd["command"], False, "this device has no command handler", cmd)
                 continue
             try:
                 handler(cmd)
             except Exception as exc:
                 log.exception("command %s failed", cmd.get("command"))
-                self._command_result(cmd["command"], False, f"command failed: {exc}")
+                self._command_result(cmd["command"], False, f"command failed: {exc}", cmd)
 
 
 def broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -133,7 +133,13 @@ def test_broker_absent_at_start_then_everything_arrives(broker, tmp_path):
 
 def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
     got: list[dict] = []
-    sink = MqttSink(sink_config(tmp_path / "state", broker), on_command=got.append)
+
+    def handle(cmd: dict) -> None:
+        if cmd["command"] == "explode":
+            raise RuntimeError("boom")
+        got.append(cmd)
+
+    sink = MqttSink(sink_config(tmp_path / "state", broker), on_command=handle)
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     assert sink.wait_connected(5)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")
@@ -144,7 +150,9 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
         pub.publish("emotion/dev1/command", json.dumps({"command": "publish_status"}), qos=1).wait_for_publish(5)
         pub.publish("emotion/dev1/command", b"{not json", qos=1).wait_for_publish(5)
         pub.publish("emotion/dev1/command", json.dumps(["reload_model"]), qos=1).wait_for_publish(5)
-        assert col.wait_for(lambda c: len(c.envelopes("events")) >= 2)
+        pub.publish("emotion/dev1/command", json.dumps({"command": "explode", "request_id": "r-9"}),
+                    qos=1).wait_for_publish(5)
+        assert col.wait_for(lambda c: len(c.envelopes("events")) >= 3)
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -152,6 +160,7 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
         answers = col.envelopes("events")
         assert all(a["event"] == "command" and a["ok"] is False for a in answers)
         assert "not JSON" in answers[0]["detail"] and "'command'" in answers[1]["detail"]
+        assert answers[2]["detail"] == "command failed: boom" and answers[2]["request_id"] == "r-9"
         for a in answers:
             validator().validate(a)
     finally:
