@@ -146,3 +146,20 @@ def test_plot_cli(tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "no such recording" in missing.stderr
+
+
+def test_a_summary_is_placed_in_the_middle_of_its_window(tmp_path):
+    """The envelope ts is the window's end: an hour-long window must count for the hour it covers."""
+    from edge.subscribe.plot import load_series
+
+    rec = Recording(tmp_path / "r.sqlite")
+    hour = 3600 * (int(T0) // 3600)
+    msg = _summary("kitchen", 1, hour + 3600, "happy", 1.0)
+    msg.update(window_s=3600.0, start_ts=hour, end_ts=hour + 3600)
+    rec.add_message("kitchen", "emotion/kitchen/summary", msg)
+    odd = _summary("kitchen", 2, hour + 7200, "sad", 1.0)
+    odd.update(start_ts=None)  # not a number: fall back to the envelope ts
+    rec.add_message("kitchen", "emotion/kitchen/summary", odd)
+    series = load_series(rec, "kitchen")
+    rec.close()
+    assert list(series.ts) == [hour + 1800, hour + 7200]

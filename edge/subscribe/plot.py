@@ -50,6 +50,15 @@ class Series:
         return self.faces_mean * self.frames
 
 
+def _window_middle(summary: dict) -> float:
+    """When a summary's faces were seen: the middle of its window. Its envelope ``ts`` is the window's end, so
+    an hour-long window would otherwise land in the next hour's bar."""
+    start, end = summary.get("start_ts"), summary.get("end_ts")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end)) and start <= end:
+        return (float(start) + float(end)) / 2
+    return float(summary["ts"])
+
+
 def load_series(rec: Recording, device: str, since: float | None = None, until: float | None = None) -> Series:
     """The observations of ``device`` from its summaries, else from its faces messages.
 
@@ -60,7 +69,7 @@ def load_series(rec: Recording, device: str, since: float | None = None, until: 
     rows = []
     for m in rec.iter_messages(device, "summary", since, until):
         p = m.get("mean_probs") or {}
-        rows.append((m["ts"], m.get("frames") or 0, m.get("faces_mean") or 0.0, m.get("faces_max") or 0,
+        rows.append((_window_middle(m), m.get("frames") or 0, m.get("faces_mean") or 0.0, m.get("faces_max") or 0,
                      [float(p.get(lab, 0.0)) for lab in labels]))
     source = "summary"
     if not rows:
