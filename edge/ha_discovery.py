@@ -180,6 +180,10 @@ def model_info_from_daemon(daemon: Any) -> tuple[str, list[str]]:
     return model_id, [str(x) for x in labels]
 
 
+#: File in the state folder listing the discovery topics this device has published.
+STATE_FILE = "ha_discovery_topics.json"
+
+
 class HomeAssistantDiscovery:
     """Daemon extension that keeps the device's discovery configs published.
 
@@ -196,7 +200,10 @@ class HomeAssistantDiscovery:
         self.sink = sink
         self.model_info = model_info
         self.check_interval_s = check_interval_s
-        self.published: set[str] = set()
+        # Persisted, so a restart with another model (a rollback while stopped) still clears the old labels'
+        # configs, which would otherwise stay in Home Assistant as sensors stuck at 0 %.
+        self._state_file = config.state_dir() / STATE_FILE
+        self.published: set[str] = self._load_published()
         self._last: tuple[str, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -215,8 +222,30 @@ class HomeAssistantDiscovery:
                 self.sink.publish_raw(stale, b"", retain=True, qos=1)  # empty retained = entity removed
             self.published = set(topics)
             self._last = (model_id, tuple(labels))
+            self._save_published()
         log.info("published %d Home Assistant discovery configs for model %s", len(topics), model_id)
         return topics
+
+    def _load_published(self) -> set[str]:
+        try:
+            topics = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s); stale Home Assistant entities of an earlier model may remain",
+                        self._state_file, exc)
+            return set()
+        prefix = f"{self.config.homeassistant.discovery_prefix}/"
+        # Only this device's own discovery topics: the file must never make us clear someone else's.
+        return {t for t in topics if isinstance(t, str) and t.startswith(prefix)} if isinstance(topics, list) else set()
+
+    def _save_published(self) -> None:
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(sorted(self.published)) + "\n", encoding="utf-8")
+            tmp.replace(self._state_file)
+        except OSError as exc:
+            log.warning("cannot write %s (%s)", self._state_file, exc)
 
     def _publish_soon(self) -> None:
         # Called on paho's network thread: do the publishing on a short-lived thread instead.

@@ -125,12 +125,35 @@ def test_discovery_through_the_mqtt_sink_republish_model_change_and_removal(brok
         ha.stop()
         sink.close(2)
 
+    # Restarted with the full label set while it was stopped, and then with fewer labels again: the configs
+    # of labels that are gone are cleared although this process never published them (the state file knows).
+    model.update(id="m3", labels=list(LABELS))
+    restarted = MqttSink(cfg)
+    again = HomeAssistantDiscovery(cfg, restarted, lambda: (model["id"], model["labels"]), check_interval_s=60)
+    try:
+        assert restarted.wait_connected(10)
+        again.publish()
+        assert restarted.flush(10)
+    finally:
+        restarted.close(2)
+    model.update(id="m4", labels=[lab for lab in LABELS if lab not in ("disgust", "fear")])
+    third = MqttSink(cfg)
+    fresh = HomeAssistantDiscovery(cfg, third, lambda: (model["id"], model["labels"]), check_interval_s=60)
+    try:
+        assert third.wait_connected(10)
+        fresh.publish()
+        assert third.flush(10)
+    finally:
+        third.close(2)
+    retained = _retained_configs(broker)
+    assert len(retained) == 7 and not any("prob_disgust" in t or "prob_fear" in t for t in retained), sorted(retained)
+
     # Removal (what the uninstaller runs): every retained config of this device is cleared.
     r = subprocess.run([sys.executable, "-m", "edge.subscribe", "ha-remove", "--device-id", "kitchen", "--purge",
                         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "removed 10 retained topics of device 'kitchen'" in r.stdout  # 8 configs + status + availability
+    assert "removed 9 retained topics of device 'kitchen'" in r.stdout  # 7 configs + status + availability
     assert _retained_configs(broker) == {}
     leftovers = Collector(broker, topic="emotion/kitchen/+", client_id="leftovers").start()
     time.sleep(0.5)
