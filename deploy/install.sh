@@ -239,6 +239,6 @@ emotion-edge is installed$([[ $DRY_RUN -eq 1 ]] && echo " (dry run: nothing was 
   logs:    journalctl -u $SERVICE -f
   config:  $ETC/config.toml   (then: sudo systemctl restart $SERVICE)
   feed:    mosquitto_sub -h <broker> -t 'emotion/#' -v
-  models:  $PREFIX/bin/python -m edge.modelctl models --state-dir /var/lib/emotion-edge
+  models:  sudo -u $SERVICE_USER $PREFIX/bin/python -m edge.modelctl models --state-dir /var/lib/emotion-edge
   remove:  sudo $here/uninstall.sh   (add --purge to delete config, state and the user)
 EOF

@@ -241,11 +241,16 @@ class ModelPushReceiver:
         if seen is None:
             return
         created = parse_created(manifest.created)
-        if created is None or created < parse_created(seen["created"]):
+        newest = parse_created(seen["created"])
+        # Equal counts too (the running bundle was let through above): a retained push re-delivered after a
+        # rollback or an SSH push must not quietly bring that model back.
+        if created is None or created <= newest:
+            what = ("was already accepted by this device and has since been rolled back or replaced"
+                    if created == newest else f"is older than {seen['model_id']} (created {seen['created']}) that "
+                    "this device already accepted")
             raise PushRejected(
                 "downgrade",
-                f"model {manifest.model_id} (created {manifest.created}) is older than {seen['model_id']} "
-                f"(created {seen['created']}) that this device already accepted; replayed or outdated pushes are "
+                f"model {manifest.model_id} (created {manifest.created}) {what}; replayed or outdated pushes are "
                 "refused: re-export the model, roll back on the device with 'edge rollback', or set model_push.allow_downgrade = true",
                 base,
             )

@@ -161,6 +161,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     if args.activate:
         changed = before != folder
         store.activate(folder)
+        # Raise the replay mark as an MQTT push would, so a retained older push cannot undo this one.
+        store.record_push(read_manifest(folder))
     result = {
         "folder": str(folder),
         "model_id": read_manifest(folder).model_id,

@@ -143,7 +143,8 @@ def publish_push(
         wait_s: How long to wait for results (0: publish only).
         expect: Number of results to wait for (default 1 for a device, unbounded for a group).
         retain: Retain the push so devices that are offline now get it when they connect (a device ignores a
-            push of the model it already runs, so a retained push is harmless after it applied).
+            push of the model it already runs, and refuses one it accepted before and has since rolled back or
+            replaced, so a retained push is harmless after it applied).
     """
     if sign_key is not None:
         sign_bundle(bundle_dir, sign_key)

@@ -157,9 +157,15 @@ def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig,
     for env in collector.envelopes("events"):
         validator().validate(env)
 
-    # A local rollback does not lower the mark; the device's own config can opt in to downgrades.
+    # A local rollback does not lower the mark, and the rolled-back push sent again (a retained message after
+    # a reconnect) does not bring its model back; the device's own config can opt in to downgrades.
     store.rollback()
     assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
+    daemon.swap_model(store.current())
+    rolled_back_to = daemon.model_id
+    again = receiver.handle(topic, newer)
+    assert again["code"] == "downgrade" and "already accepted" in again["reason"], again
+    assert daemon.model_id == rolled_back_to
     receiver.config.model_push.allow_downgrade = True
     assert receiver.handle(topic, older)["code"] == "ok"
     assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"

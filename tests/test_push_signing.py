@@ -235,6 +235,9 @@ def test_cli_keygen_sign_verify_install_rollback(tmp_path, tiny_bundle):
         r = _cli("install-bundle", str(bundle), "--state-dir", str(state), "--activate", "--json")
         assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["previous_model_id"] == read_manifest(a).model_id
+    # An activation by hand or by push-ssh raises the replay mark as an MQTT push does.
+    newest = max((read_manifest(a), read_manifest(b)), key=lambda m: m.created)
+    assert ModelStore.for_state_dir(state).newest_push()["created"] == newest.created
     assert _cli("rollback", "--state-dir", str(state)).returncode == 0
     assert read_manifest(ModelStore.for_state_dir(state).current()).model_id == read_manifest(a).model_id
 
