@@ -19,7 +19,8 @@
 #   6. prints how to check status and logs
 #
 # Options:
-#   --source SRC       repo folder, wheel or pip requirement to install (default: this checkout)
+#   --source SRC       repo folder, wheel, URL (git+https://...) or pip requirement (emotion-edge==0.1.0) to
+#                      install (default: this checkout)
 #   --prefix DIR       venv location (default /opt/emotion-edge)
 #   --mqtt-host HOST   broker written into a NEW config (default: none, i.e. localhost if one answers)
 #   --device-id ID     device id written into a NEW config (default: the host name)
@@ -75,6 +76,17 @@ done
 
 if [[ -n "$DEVICE_ID" && ! "$DEVICE_ID" =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     die "--device-id '$DEVICE_ID' may only hold letters, digits, '_' and '-' (at most 64)"
+fi
+
+# The extras go after the project's name: a folder or wheel path, a URL, or a pip requirement (name==1.2).
+if [[ -e "$SOURCE" ]]; then
+    spec="${SOURCE}[edge,mediapipe-deps]"
+elif [[ "$SOURCE" == *"://"* ]]; then
+    spec="emotion-edge[edge,mediapipe-deps] @ ${SOURCE}"
+elif [[ "$SOURCE" != */* && "$SOURCE" =~ ^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^]]*\])?(.*)$ ]]; then
+    spec="${BASH_REMATCH[1]}${BASH_REMATCH[2]:-[edge,mediapipe-deps]}${BASH_REMATCH[3]}"
+else
+    die "--source $SOURCE does not exist and is not a URL or a pip requirement (e.g. emotion-edge==0.1.0)"
 fi
 
 # run CMD...: execute, or print it in dry-run mode.
@@ -169,8 +181,16 @@ fi
 pip=("$PREFIX/bin/python" -m pip --disable-pip-version-check)
 # shellcheck disable=SC2206  # PIP_ARGS is split on purpose
 extra=($PIP_ARGS)
-spec="${SOURCE}[edge,mediapipe-deps]"
-run "${pip[@]}" install "${extra[@]}" --upgrade "$spec"
+# Bookworm's apt numpy (1.x) is what python3-picamera2's compiled parts are built against; a numpy 2 in the
+# venv would shadow it and the camera would not import. Keep pip on numpy 1.x there, with an OpenCV that
+# supports it (opencv-python-headless 4.12 and later need numpy 2).
+pins=()
+sys_numpy="$(python3 -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
+if [[ "$sys_numpy" == 1.* ]]; then
+    say "the system numpy is $sys_numpy (apt's, for picamera2): keeping the venv on numpy 1.x"
+    pins=("numpy<2" "opencv-python-headless<4.12")
+fi
+run "${pip[@]}" install "${extra[@]}" --upgrade "$spec" "${pins[@]}"
 run "${pip[@]}" install "${extra[@]}" --no-deps "mediapipe==$MEDIAPIPE_VERSION"
 if [[ $DRY_RUN -eq 0 ]]; then
     "$PREFIX/bin/python" -c "import edge" || die "the package did not install into $PREFIX; see pip's output above"

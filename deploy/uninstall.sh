@@ -43,10 +43,16 @@ run() {
 if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
     die "run as root (sudo $0), or with --dry-run to see what it would do"
 fi
-# Refuse obviously wrong prefixes: this script deletes the folder.
+# This script deletes the prefix folder: resolve it ("/etc/", "/opt/../usr") and delete only a Python venv.
+[[ -n "$PREFIX" ]] || die "refusing to delete an empty prefix"
+PREFIX="$(realpath -m -- "$PREFIX")"
 case "$PREFIX" in
-    /|/usr|/usr/*|/etc|/var|/home|"") die "refusing to delete prefix '$PREFIX'" ;;
+    /|/usr|/usr/*|/etc|/etc/*|/var|/var/lib|/home|/root|/boot|/boot/*|/opt|/srv|/bin|/sbin|/lib|/lib64|/dev|/proc|/sys|/run|/tmp)
+        die "refusing to delete prefix '$PREFIX'" ;;
 esac
+if [[ -d "$PREFIX" && ! -f "$PREFIX/pyvenv.cfg" ]]; then
+    die "refusing to delete prefix '$PREFIX': it is not a Python venv (no pyvenv.cfg); pass the --prefix given to install.sh"
+fi
 
 if command -v systemctl >/dev/null 2>&1; then
     if systemctl list-unit-files "$SERVICE.service" 2>/dev/null | grep -q "^$SERVICE.service"; then

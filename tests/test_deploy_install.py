@@ -66,6 +66,32 @@ def test_install_dry_run_keeps_an_existing_config(tmp_path):
     assert "+ systemctl restart" not in r.stdout and "+ apt-get" not in r.stdout
 
 
+def test_install_puts_the_extras_in_any_kind_of_source(tmp_path):
+    """A pip requirement or a URL as --source gets the extras after the project name; a missing path fails
+    before anything is done."""
+    base = ["--dry-run", "--skip-apt", "--skip-user", "--skip-systemd"]
+    for source, expect in (("emotion-edge==0.1.0", "emotion-edge\\[edge\\,mediapipe-deps\\]==0.1.0"),
+                           ("git+https://example.org/e.git", "emotion-edge\\[edge\\,mediapipe-deps\\]\\ @\\ git+https")):
+        r = _run(INSTALL, *base, "--source", source, etc=tmp_path / "etc")
+        assert r.returncode == 0 and expect in r.stdout, r.stdout + r.stderr
+    r = _run(INSTALL, *base, "--source", str(tmp_path / "dist" / "missing.whl"), etc=tmp_path / "etc")
+    assert r.returncode == 1 and "does not exist" in r.stderr and "+ " not in r.stdout
+
+
+def test_install_keeps_numpy_1_where_the_system_numpy_is_1(tmp_path):
+    """Bookworm: apt's picamera2 is built against numpy 1.x, so the venv must not get numpy 2."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\necho 1.24.2\n")
+    (fake / "python3").chmod(0o755)
+    r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc",
+             extra_env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert "numpy\\<2 opencv-python-headless\\<4.12" in r.stdout and "system numpy is 1.24.2" in r.stdout
+    r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc")
+    assert "numpy\\<2" not in r.stdout  # this machine's numpy is 2.x
+
+
 def test_install_rejects_bad_arguments_in_one_line(tmp_path):
     for args in (["--dry-run", "--device-id", "bad id!"], ["--dry-run", "--frobnicate"]):
         r = _run(INSTALL, *args, etc=tmp_path / "etc")
@@ -114,9 +140,14 @@ def test_real_install_is_idempotent_and_never_overwrites_the_config(tmp_path):
     assert "already gone" in again.stdout and not etc.exists()
 
 
-def test_uninstall_refuses_a_dangerous_prefix():
-    r = _run(UNINSTALL, "--dry-run", "--prefix", "/usr")
-    assert r.returncode == 1 and "refusing" in r.stderr
+def test_uninstall_refuses_a_dangerous_prefix(tmp_path):
+    for prefix in ("/usr", "/etc/", "/opt/../usr/lib", "/opt"):
+        r = _run(UNINSTALL, "--dry-run", "--prefix", prefix)
+        assert r.returncode == 1 and "refusing" in r.stderr, (prefix, r.stdout, r.stderr)
+    not_a_venv = tmp_path / "data"
+    (not_a_venv / "bin").mkdir(parents=True)
+    r = _run(UNINSTALL, "--dry-run", "--prefix", str(not_a_venv))
+    assert r.returncode == 1 and "not a Python venv" in r.stderr and not_a_venv.is_dir()
 
 
 def test_empty_credential_file_made_by_install_lets_the_environment_provide_the_password(tmp_path, monkeypatch):
