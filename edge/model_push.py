@@ -170,6 +170,10 @@ class ModelPushReceiver:
             result = self._apply(topic, payload)
         except PushRejected as exc:
             return self._report(topic, push_id, exc, started=started)
+        except Exception as exc:  # a full disk, a broken store: the sender must still get an answer
+            log.exception("model push: unexpected error")
+            return self._report(topic, push_id, PushRejected("internal", f"the device failed to handle the push "
+                                                             f"({exc.__class__.__name__}: {exc})"), started=started)
         return self._publish(result, started)
 
     def _apply(self, topic: str, payload: bytes) -> dict[str, Any]:
@@ -219,8 +223,9 @@ class ModelPushReceiver:
             self.daemon.swap_model(installed)
         except Exception as exc:
             # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
-            # restart also loads the old one.
-            self._undo_activation(old)
+            # restart also loads the old one (unless the link already named this bundle: nothing to undo).
+            if old != installed.resolve():
+                self._undo_activation(old)
             log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
             reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
             raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None

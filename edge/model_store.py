@@ -27,6 +27,8 @@ import os
 import re
 import shutil
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Age after which a staging folder or temporary link in the store is taken to be a leftover.
+STALE_AFTER_S = 600.0
+
+
+def _mtime(path: Path) -> float:
+    """The entry's own modification time (a link's, not its target's); 0 if it vanished meanwhile."""
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
 class ModelStore:
     """Installed model bundles with ``current`` and ``previous`` links.
 
@@ -125,9 +139,9 @@ class ModelStore:
             return []
         cur, prev = self.current(), self.previous()
         out = []
-        for d in sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime):
-            if d.is_symlink() or not d.is_dir() or d.name.startswith("."):
-                continue
+        # Links and dot-entries (staging folders, temporary links, which may dangle) are skipped before sorting.
+        folders = [d for d in self.root.iterdir() if not d.name.startswith(".") and not d.is_symlink() and d.is_dir()]
+        for d in sorted(folders, key=_mtime):
             try:
                 manifest, _ = load_bundle(d)
             except BundleError:
@@ -198,7 +212,7 @@ class ModelStore:
             if link.is_symlink():
                 link.unlink()
             return
-        tmp = self.root / f".{name}.tmp-{os.getpid()}"
+        tmp = self.root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique per thread too
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         # Relative target, so the store still works when the state folder is moved or bind-mounted.
@@ -258,6 +272,15 @@ class ModelStore:
             shutil.rmtree(m.path, ignore_errors=True)
             removed.append(m.name)
             extra -= 1
-        for stale in self.root.glob(".incoming-*") if self.root.is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)
+        # Leftovers of an install, push or link swap cut short (power cut, SIGKILL). Only old ones: another
+        # process (push-ssh's install-bundle) may be filling a fresh one right now.
+        now = time.time()
+        for pattern in (".incoming-*", ".push-*", ".*.tmp-*"):
+            for stale in self.root.glob(pattern) if self.root.is_dir() else []:
+                if now - _mtime(stale) < STALE_AFTER_S:
+                    continue
+                if stale.is_symlink() or stale.is_file():
+                    stale.unlink(missing_ok=True)
+                else:
+                    shutil.rmtree(stale, ignore_errors=True)
         return removed

@@ -122,7 +122,7 @@ def parse_push(payload: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
         raise PushRejected("oversized", f"push is {len(payload)} bytes, above model_push.max_bytes = {max_bytes}")
     try:
         msg = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..."
         raise PushRejected("malformed", f"push is not valid JSON ({exc.__class__.__name__}); truncated or not a model push") from None
     if not isinstance(msg, dict) or msg.get("format") != PUSH_FORMAT:
         got = msg.get("format") if isinstance(msg, dict) else type(msg).__name__

@@ -169,7 +169,8 @@ def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundl
         "downgrade": json.dumps({**good, "push_id": "replayed"}).encode(),
     }
     t0 = time.time()
-    for code, payload in cases.items():
+    nested = ("malformed", b"[" * 100_000)  # deeper than Python's JSON parser recurses
+    for code, payload in [*cases.items(), nested]:
         event = _raw_push(device, payload)
         assert event["ok"] is False and event["code"] == code, (code, event)
         assert event["reason"] and "\n" not in event["reason"]

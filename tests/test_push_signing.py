@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,6 +137,28 @@ def test_store_prune_keeps_current_and_previous(tmp_path, tiny_bundle):
     removed = store.prune(keep=1)
     assert removed == [c.name]
     assert a.is_dir() and b.is_dir() and not c.exists()
+
+
+def test_store_survives_leftovers_of_a_power_cut_and_prunes_only_old_ones(tmp_path, tiny_bundle):
+    """A dangling temporary link (its target pruned) must not break listing; stale staging folders and links
+    go at the next prune, fresh ones (another process may be filling them) stay."""
+    store = ModelStore(tmp_path / "models")
+    a = store.install(tiny_bundle)
+    store.activate(a)
+    os.symlink("gone-model", store.root / ".current.tmp-123")  # dangles
+    old_push, fresh_push = store.root / ".push-0ld", store.root / ".push-fresh"
+    for d in (old_push, fresh_push, store.root / ".incoming-0ld"):
+        d.mkdir()
+        (d / "model.tflite").write_bytes(b"x" * 10)
+    long_ago = time.time() - 3600
+    for entry in (old_push, store.root / ".incoming-0ld"):
+        os.utime(entry, (long_ago, long_ago))
+    os.utime(store.root / ".current.tmp-123", (long_ago, long_ago), follow_symlinks=False)
+    assert [m.path for m in store.installed()] == [a]
+    store.prune(keep=3)
+    left = sorted(p.name for p in store.root.iterdir() if p.name.startswith("."))
+    assert left == [".push-fresh"], left
+    assert store.current() == a
 
 
 # ------------------------------------------------------------------------------------------------ runtime check
