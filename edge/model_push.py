@@ -73,6 +73,9 @@ class ModelPushReceiver:
         self.last_result: dict[str, Any] | None = None
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._worker: threading.Thread | None = None
+        # The push worker and the frame thread (model_rolled_back) both move the store's links: one at a time,
+        # so a rollback's check-then-act cannot interleave with a new push's activation.
+        self._store_lock = threading.RLock()
         self._trusted = []
         self._key_errors: list[str] = []
 
@@ -122,11 +125,12 @@ class ModelPushReceiver:
         it. Runs on the frame loop's thread: two symlink renames and one outbox insert.
         """
         try:
-            if self.store.current() == Path(failed_dir).resolve():
-                if self.store.previous() == Path(restored_dir).resolve():
-                    self.store.rollback()
-                else:
-                    self.store.deactivate()
+            with self._store_lock:
+                if self.store.current() == Path(failed_dir).resolve():
+                    if self.store.previous() == Path(restored_dir).resolve():
+                        self.store.rollback()
+                    else:
+                        self.store.deactivate()
         except OSError as exc:
             log.error("model push: cannot roll the model store back (%s)", exc)
         self._publish({
@@ -217,23 +221,24 @@ class ModelPushReceiver:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-        old = self.store.current()
-        self.store.activate(installed)
-        try:
-            self.daemon.swap_model(installed)
-        except Exception as exc:
-            # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
-            # restart also loads the old one (unless the link already named this bundle: nothing to undo).
-            if old != installed.resolve():
-                self._undo_activation(old)
-            log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
-            reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
-            raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
-        try:
-            self.store.record_push(push.manifest)
-        except OSError as exc:
-            log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
-        self.store.prune(KEEP_MODELS)
+        with self._store_lock:
+            old = self.store.current()
+            self.store.activate(installed)
+            try:
+                self.daemon.swap_model(installed)
+            except Exception as exc:
+                # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
+                # restart also loads the old one (unless the link already named this bundle: nothing to undo).
+                if old != installed.resolve():
+                    self._undo_activation(old)
+                log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
+                reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
+                raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
+            try:
+                self.store.record_push(push.manifest)
+            except OSError as exc:
+                log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
+            self.store.prune(KEEP_MODELS)
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
 
     def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:
