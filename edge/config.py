@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,6 +63,17 @@ class SourceConfig(_Section):
     retry_max_s: float = Field(60.0, description="Longest wait between reopen attempts (exponential backoff).", gt=0)
     picamera_lores_width: int = Field(320, description="Picamera2 low-resolution stream width used for detection.", ge=64)
     picamera_lores_height: int = Field(240, description="Picamera2 low-resolution stream height.", ge=48)
+
+    @model_validator(mode="after")
+    def _lores_fits_main(self) -> SourceConfig:
+        # libcamera refuses a lores stream larger than the main one; as a config error it is said once, at load,
+        # instead of being retried forever as "camera not available yet".
+        if self.uri == "picamera2" and (self.picamera_lores_width > self.width or self.picamera_lores_height > self.height):
+            raise ValueError(
+                f"picamera_lores_width x picamera_lores_height ({self.picamera_lores_width}x{self.picamera_lores_height}) "
+                f"must not exceed width x height ({self.width}x{self.height}) for the Pi camera"
+            )
+        return self
 
 
 class DetectorConfig(_Section):

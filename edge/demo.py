@@ -67,6 +67,10 @@ def _patch(name: str, box: tuple[int, int, int, int], mirror: bool, scale: float
     return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=cv2.INTER_AREA)
 
 
+#: Smallest face side the demo draws (the detector's default min_face_size is 40 px).
+MIN_FACE_SIDE = 48
+
+
 class DemoSource:
     """Synthetic frames with 1-3 moving public-domain faces (never ends).
 
@@ -83,9 +87,16 @@ class DemoSource:
         self.width, self.height, self.faces = width, height, faces
         self.vanish = vanish
         self._patches = [_patch(*spec) for spec in _FACES[:faces]]
-        for patch in self._patches:
-            if patch.shape[0] >= min(width, height):
-                raise SourceError(f"demo frame {width}x{height} is too small for its faces; use at least 320x240")
+        # Each face keeps to its own lane of width / faces: in a small frame the faces are scaled down to fit.
+        fit = min(width // faces, height - 1) / max(p.shape[0] for p in self._patches)
+        if fit < 1:
+            import cv2
+
+            self._patches = [cv2.resize(p, (max(1, int(p.shape[0] * fit)),) * 2, interpolation=cv2.INTER_AREA)
+                             for p in self._patches]
+        if min(p.shape[0] for p in self._patches) < MIN_FACE_SIDE:
+            raise SourceError(f"demo frame {width}x{height} is too small for {faces} face(s) of at least "
+                              f"{MIN_FACE_SIDE} px; use at least 320x240")
         # A soft static background (vertical gradient plus a little texture) so the detector sees a scene.
         yy = np.linspace(70, 150, height, dtype=np.float32)[:, None, None]
         rng = np.random.default_rng(7)

@@ -158,6 +158,10 @@ def _default_camera_factory() -> Any:
         raise SourceError(f"no camera available through libcamera ({exc}); check the ribbon cable and 'rpicam-hello'") from None
 
 
+#: Longest wait for one Pi camera frame before the capture counts as failed.
+CAPTURE_TIMEOUT_S = 5.0
+
+
 class Picamera2Source:
     """Raspberry Pi camera through Picamera2: BGR main stream for crops, lores YUV420 Y plane for detection.
 
@@ -189,6 +193,10 @@ class Picamera2Source:
         except Exception as exc:
             self._safe_close()
             raise SourceError(f"cannot start the Pi camera ({exc})") from None
+        # configure() writes back the sizes libcamera really uses (e.g. an odd YUV420 height made even):
+        # the Y-plane slice and the detection-to-crop scale must use those, not the requested ones.
+        width, height = config["main"]["size"]
+        lores_width, lores_height = config["lores"]["size"]
         self.lores = (lores_width, lores_height)
         self._scale = (width / lores_width, height / lores_height)
         self._index = 0
@@ -196,7 +204,9 @@ class Picamera2Source:
     def read(self) -> Frame | None:
         """Capture one request and take both streams from it, so the lores plane matches the main image."""
         try:
-            request = self._cam.capture_request()
+            # With a timeout: a stalled sensor (ribbon cable, "Dequeue timer expired") must become a SourceError
+            # that reopens the camera and shows in status, not a read that blocks the loop for good.
+            request = self._cam.wait(self._cam.capture_request(wait=False), timeout=CAPTURE_TIMEOUT_S)
             try:
                 main = request.make_array("main")
                 yuv = request.make_array("lores")

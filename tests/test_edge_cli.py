@@ -85,6 +85,7 @@ def test_check_config_ok_prints_a_summary():
         ("[mqtt]\nport = 'eighteen'\n", "mqtt.port"),
         ("[model_push]\ngroups = ['lab', '#']\n", "model_push.groups.1"),
         ("[homeassistant]\ndiscovery_prefix = 'ha/+'\n", "homeassistant.discovery_prefix"),
+        ("[source]\nuri = 'picamera2'\nwidth = 160\nheight = 120\n", "must not exceed width x height (160x120)"),
     ],
 )
 def test_malformed_config_is_one_line_exit_2_no_traceback(tmp_path, content, expect):

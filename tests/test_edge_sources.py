@@ -106,6 +106,19 @@ def test_demo_second_face_vanishes_for_part_of_the_cycle():
     assert all(p is not None for i in range(200) for p in demo.positions(i)[:1])
 
 
+def test_demo_faces_fit_any_frame_the_config_allows_or_are_refused_at_open():
+    """Small frames scale the faces down into their lanes (320x240 with 3 faces used to crash on the first
+    frame); a frame too small for a detectable face is a SourceError when the source opens."""
+    for w, h, n in ((320, 240, 2), (320, 240, 3), (400, 480, 3), (640, 480, 1)):
+        demo = DemoSource(w, h, faces=n, vanish=False)
+        for i in range(0, 200, 7):
+            for x, y, side in demo.positions(i):
+                assert x >= 0 and y >= 0 and x + side <= w and y + side <= h, (w, h, n, i)
+            assert demo.read().image.shape == (h, w, 3)
+    with pytest.raises(SourceError, match="too small"):
+        DemoSource(64, 48, faces=1)
+
+
 def test_bad_demo_spec_is_refused():
     with pytest.raises(SourceError, match="demo"):
         open_source("demo:nine")
@@ -282,19 +295,29 @@ class FakePicamera2:
         yuv[:lh, :lw] = gray
         self.arrays = {"main": main_bgr, "lores": yuv}
         self.config = None
-        self.started = self.stopped = self.closed = False
+        self.started = self.stopped = self.closed = self.stalled = False
         self.released = 0
 
     def create_video_configuration(self, main, lores):
-        return {"main": main, "lores": lores}
+        return {"main": dict(main), "lores": dict(lores)}
 
     def configure(self, config):
+        # As libcamera's validation does: a YUV420 stream needs an even height, and the size is written back.
+        w, h = config["lores"]["size"]
+        config["lores"]["size"] = (w, h - h % 2)
         self.config = config
 
     def start(self):
         self.started = True
 
-    def capture_request(self):
+    def capture_request(self, wait=None):
+        assert wait is False, "the source must not block without a timeout"
+        return "job"
+
+    def wait(self, job, timeout=None):
+        assert job == "job" and timeout is not None
+        if self.stalled:
+            raise TimeoutError()
         return FakeRequest(self)
 
     def stop(self):
@@ -319,6 +342,18 @@ def test_picamera2_source_uses_main_for_crops_and_lores_y_plane_for_detection():
     assert cam.released == 1  # every request goes back to libcamera
     src.close()
     assert cam.stopped and cam.closed
+
+
+def test_picamera2_uses_the_sizes_libcamera_configured_and_a_stalled_sensor_is_a_source_error():
+    main = DemoSource(faces=1).render(0)
+    cam = FakePicamera2(main, (320, 224))
+    src = Picamera2Source(640, 480, 320, 225, camera_factory=lambda: cam)  # 225 is made 224 by "libcamera"
+    frame = src.read()
+    assert frame.detect_image.shape == (224, 320) and frame.detect_scale == (2.0, 480 / 224)
+    cam.stalled = True
+    with pytest.raises(SourceError, match="capture failed"):
+        src.read()
+    src.close()
 
 
 def test_picamera2_missing_is_a_clear_error(monkeypatch):
