@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -74,6 +76,22 @@ def test_video_file_source_reads_every_frame_then_ends(tmp_path):
     # MJPG is lossy: the brightness ramp survives, exact values do not.
     means = [float(f.image.mean()) for f in frames]
     assert means == sorted(means) and means[-1] - means[0] > 80
+
+
+def test_a_live_source_hands_out_the_newest_frame_not_a_backlog(tmp_path):
+    """A camera or stream read on a thread: a loop slower than the source gets the newest frame (here the video
+    file, read as a live source, is long over by the time the slow loop asks), then a clear error when the
+    source stops delivering."""
+    path = tmp_path / "clip.avi"
+    _write_video(path, n=20)
+    src = OpenCVSource(str(path), live=True)
+    time.sleep(1.0)  # the loop is busy elsewhere; the source keeps producing
+    frame = src.read()
+    assert frame.index == 0 and frame.image.mean() > 150  # the last frames of the ramp, not the first
+    with pytest.raises(SourceError, match="stopped delivering"):
+        src.read()
+    src.close()
+    assert OpenCVSource(str(path)).live is False  # files are still read frame by frame
 
 
 def test_managed_video_without_loop_ends_and_with_loop_restarts(tmp_path):
