@@ -1,7 +1,7 @@
 """``python -m edge`` / ``emotion-edge``: run the daemon, check a config, and the model and subscriber tools.
 
 Expected failures (bad config, unusable model bundle, no TFLite runtime, a source that does not exist, no
-face detector) print one line on stderr and exit with status 2, without a traceback.
+face detector) print one line on stderr and exit with status 2 (1 for the model commands), without a traceback.
 """
 
 from __future__ import annotations

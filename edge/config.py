@@ -98,7 +98,7 @@ class ClassifierConfig(_Section):
     )
     threads: int = Field(1, description="Interpreter threads.", ge=1, le=8)
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field(
-        "auto", description="TFLite runtime; 'auto' takes the first that imports in that order."
+        "auto", description="TFLite runtime: 'ai_edge_litert', 'tflite_runtime', or 'auto' (the first of those two that imports)."
     )
     flip_tta: bool = Field(False, description="Average each face with its mirror image (2x classifier cost).")
 

@@ -41,7 +41,8 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _add_state_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", help="Device state folder (default: from --config, $STATE_DIRECTORY or /var/lib/emotion-edge).")
+    p.add_argument("--state-dir", help="Device state folder (default: from --config, else $STATE_DIRECTORY, else "
+                   "/var/lib/emotion-edge as root, else ~/.local/state/emotion-edge).")
     p.add_argument("--config", help="Device config file, for its state folder.")
 
 

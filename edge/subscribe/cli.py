@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guarded(cmd_watch))
 
     p = subparsers.add_parser("record", help="Record the feeds to SQLite (export to CSV/Parquet).",
-                              description="Record every status/faces/summary/events message once per (device, seq) "
+                              description="Record every status/faces/summary/events message once per (device, seq, ts) "
                               "into a SQLite file, with a persistent MQTT session so nothing sent while the recorder "
                               "is briefly down is lost. Re-run with the same --db to resume. With --export, write "
                               "a table of an existing recording to CSV or Parquet and exit.")

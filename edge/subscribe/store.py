@@ -1,4 +1,4 @@
-"""The recording file: one SQLite database holding every received message once per ``(device, seq)``.
+"""The recording file: one SQLite database holding every received message once per ``(device, seq, ts)``.
 
 Why SQLite: a single file that survives a crash (WAL, one transaction per message, committed before the
 broker gets its PUBACK), readable by any tool, and a ``UNIQUE(device, seq, ts)`` constraint does the dedupe of
