@@ -121,6 +121,16 @@ class Collector:
         return out
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; its last value decides (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
 def assert_in_order_without_gaps(seqs: list[int], expected: range) -> None:
     """First-arrival seqs must be exactly ``expected``: none missing, none reordered."""
     missing = sorted(set(expected) - set(seqs))

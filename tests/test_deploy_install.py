@@ -80,16 +80,19 @@ def test_install_puts_the_extras_in_any_kind_of_source(tmp_path):
 
 def test_install_keeps_numpy_1_where_the_system_numpy_is_1(tmp_path):
     """Bookworm: apt's picamera2 is built against numpy 1.x, so the venv must not get numpy 2."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text("#!/bin/sh\necho 1.24.2\n")
-    (fake / "python3").chmod(0o755)
-    r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc",
-             extra_env={"PATH": f"{fake}:{os.environ['PATH']}"})
-    assert r.returncode == 0, r.stderr
-    assert "numpy\\<2 opencv-python-headless\\<4.12" in r.stdout and "system numpy is 1.24.2" in r.stdout
-    r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc")
-    assert "numpy\\<2" not in r.stdout  # this machine's numpy is 2.x
+    def dry_run_with_system_numpy(version: str) -> str:
+        fake = tmp_path / version
+        fake.mkdir()
+        (fake / "python3").write_text(f"#!/bin/sh\necho {version}\n")
+        (fake / "python3").chmod(0o755)
+        r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc",
+                 extra_env={"PATH": f"{fake}:{os.environ['PATH']}"})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = dry_run_with_system_numpy("1.24.2")
+    assert "numpy\\<2 opencv-python-headless\\<4.12" in out and "system numpy is 1.24.2" in out
+    assert "numpy\\<2" not in dry_run_with_system_numpy("2.2.4")  # Trixie: no pins
 
 
 def test_install_rejects_bad_arguments_in_one_line(tmp_path):

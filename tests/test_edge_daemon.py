@@ -237,20 +237,37 @@ def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
     assert d.model_id == "v3"  # the refused folders were never loaded; the plain reload reloaded v3
 
 
+class _SourceClock:
+    """A clock that moves only when the source waits (thread-safe enough: only the frame loop calls it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+        time.sleep(0.001)  # let the test thread run
+
+
 def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
     sink = ListSink()
     d = daemon_factory(sink, mqtt={"status_interval_s": 0.05})
     attempts = []
+    clock = _SourceClock()
 
     def opener():
-        attempts.append(time.monotonic())
+        attempts.append(clock())
         raise SourceError("camera unplugged")
 
-    d.source = ManagedSource(opener, "0", retry_initial_s=0.05, retry_max_s=0.2)
+    # The source's own clock: its waits pass no real time, so the backoff is checked exactly.
+    d.source = ManagedSource(opener, "0", retry_initial_s=0.05, retry_max_s=0.2, clock=clock, wait=clock.wait)
     thread = threading.Thread(target=d.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len(attempts) < 4:
+    while time.monotonic() < deadline and not (len(attempts) >= 6 and any(
+            m["state"] == "degraded" and m["source"]["retries"] >= 1 for m in sink.of("status"))):
         time.sleep(0.05)
     d.stop()
     thread.join(10)
@@ -260,8 +277,16 @@ def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
     assert degraded, "a failing source must be visible in status"
     src = degraded[-1]["source"]
     assert src["state"] == "retrying" and src["error"] == "camera unplugged" and src["retries"] >= 1
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert gaps[-1] >= gaps[0]  # exponential backoff, not a busy loop
+    gaps = [round(b - a, 6) for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[:5] == [0.05, 0.1, 0.2, 0.2, 0.2]  # exponential backoff up to retry_max_s, never a busy loop
+
+
+def test_faces_messages_are_rate_limited_by_faces_interval_s(daemon_factory):
+    every = ListSink()
+    daemon_factory(every).run(max_frames=20)
+    sparse = ListSink()
+    daemon_factory(sparse, mqtt={"faces_interval_s": 1e9}).run(max_frames=20)
+    assert len(every.of("faces")) == 20 and len(sparse.of("faces")) == 1
 
 
 def test_stop_from_another_thread_ends_the_loop_gracefully(daemon_factory):

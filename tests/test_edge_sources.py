@@ -85,7 +85,9 @@ def test_a_live_source_hands_out_the_newest_frame_not_a_backlog(tmp_path):
     path = tmp_path / "clip.avi"
     _write_video(path, n=20)
     src = OpenCVSource(str(path), live=True)
-    time.sleep(1.0)  # the loop is busy elsewhere; the source keeps producing
+    deadline = time.monotonic() + 30
+    while not src._grabber._ended and time.monotonic() < deadline:  # the loop is busy elsewhere meanwhile
+        time.sleep(0.02)
     frame = src.read()
     assert frame.index == 0 and frame.image.mean() > 150  # the last frames of the ramp, not the first
     with pytest.raises(SourceError, match="stopped delivering"):

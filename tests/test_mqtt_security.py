@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.publish import MqttSink, SinkError
-from tests.mqtt_support import Collector, event_body, sink_config, validator
+from tests.mqtt_support import Collector, event_body, sink_config, validator, wait_until
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
@@ -95,9 +95,13 @@ def test_tls_with_a_test_ca_and_client_certificate(broker_factory, tmp_path, pki
         bad = MqttSink(sink_config(tmp_path / name, broker, tls=bad_tls))
         try:
             bad.publish("events", event_body(0))
-            assert not bad.wait_connected(1.5), name
+            def reported(sink=bad, expect=expect) -> bool:
+                error = sink.connection()["error"]
+                return bool(error) and expect in error
+
+            assert wait_until(reported), bad.connection()
+            assert bad.connection()["error"] and not bad.connected, name
             assert bad.stats()["pending"] == 1
-            assert bad.connection()["error"] and expect in bad.connection()["error"], bad.connection()
         finally:
             bad.close(timeout=0.2)
 
@@ -147,8 +151,8 @@ def test_anonymous_and_wrong_password_are_refused_and_reported_once(password_bro
     monkeypatch.setenv("TEST_MQTT_PW", "wrong")
     wrong = MqttSink(sink_config(tmp_path / "wrong", password_broker, username="device", password_env="TEST_MQTT_PW"))
     try:
-        assert not wrong.wait_connected(1.0)
-        assert wrong.connection()["refused"] is True
+        assert wait_until(lambda: wrong.connection()["refused"] is True), wrong.connection()
+        assert not wrong.connected
     finally:
         wrong.close(timeout=0.2)
 

@@ -19,6 +19,7 @@ from tests.mqtt_support import (
     status_body,
     summary_body,
     validator,
+    wait_until,
 )
 
 
@@ -118,9 +119,8 @@ def test_broker_absent_at_start_then_everything_arrives(broker, tmp_path):
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     try:
         seqs = _publish_mix(sink, 120)
-        time.sleep(0.5)
+        assert wait_until(lambda: "unreachable" in (sink.connection()["error"] or "")), sink.connection()
         assert not sink.connected and sink.stats()["pending"] == 120
-        assert "unreachable" in sink.connection()["error"]
         broker.start()
         col.start()
         assert sink.flush(10), sink.stats()

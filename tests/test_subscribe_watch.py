@@ -116,9 +116,12 @@ def test_watch_rejects_multi_level_device_filter():
 def test_status_payload_fields_used_by_watch_exist_in_schema():
     from edge.payloads import load_schema
 
-    schema = json.dumps(load_schema())
-    for field in ("fps", "model_id", "labels", "faces_mean", "dominant_emotion", "mean_probs", "confidence"):
-        assert f'"{field}"' in schema
+    defs = load_schema()["$defs"]
+    status, summary = defs["status"]["properties"], defs["summary"]["properties"]
+    face = defs["faces"]["properties"]["faces"]["items"]["properties"]
+    assert {"fps", "model_id", "state"} <= set(status) and "labels" in status["model"]["properties"]
+    assert {"faces_mean", "dominant_emotion", "mean_probs", "window_s"} <= set(summary)
+    assert {"track_id", "emotion", "confidence", "probs"} <= set(face)
 
 
 def test_refused_connection_is_one_clear_line(broker_factory):
