@@ -2,7 +2,8 @@
 Mosquitto receives signed pushes from the workstation publisher, switches models, refuses bad pushes without
 touching the running model, and rolls back a pushed model that stops loading.
 
-One daemon process serves the module; the tests run in file order and each states the model it expects.
+One daemon process serves the module; each test first pushes the models it needs (re-exports, each created
+later than anything pushed before), so any test can run alone or in any order.
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
 from edge.push_payload import build_push
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector, validator
-from tests.push_support import copy_bundle, make_keys, rewrite_manifest, second_bundle, signed_copy
+from tests.push_support import (
+    copy_bundle,
+    make_keys,
+    restamped_signed_copy,
+    rewrite_manifest,
+    second_bundle,
+    signed_copy,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "pi-push"
 MAX_BYTES = 200_000  # the tiny bundles make pushes of about 65 kB
-NEWEST = "2099-01-01T00:00:00+00:00"  # ``created`` of the re-exported bundle the group push installs
+# ``created`` stamps for the re-exports the tests push, increasing within the run: the replay guard only
+# accepts a push created after the newest one the device accepted.
+_CREATED = iter(f"2100-01-01T{h:02d}:00:00+00:00" for h in range(24))
 pytestmark = pytest.mark.slow
 
 
@@ -115,8 +125,16 @@ def _raw_push(device: Device, payload: bytes) -> dict:
     return device.push_events()[before]
 
 
+def _accept(device: Device, src: Path, dst: Path) -> str:
+    """Push a re-export of ``src`` that the device must accept; return its model id once it runs."""
+    bundle = restamped_signed_copy(src, dst, device.private_key, next(_CREATED))
+    out = publish_push(bundle, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    assert out.results[DEVICE]["ok"] and out.results[DEVICE]["code"] == "ok", out.results
+    return read_manifest(bundle).model_id
+
+
 def test_signed_push_switches_the_running_model(device, tmp_path):
-    new = signed_copy(second_bundle(), tmp_path / "b", device.private_key)
+    new = restamped_signed_copy(second_bundle(), tmp_path / "b", device.private_key, next(_CREATED))
     new_id = read_manifest(new).model_id
     old_id = device.current_id()
     t0 = time.time()
@@ -132,9 +150,9 @@ def test_signed_push_switches_the_running_model(device, tmp_path):
 
 
 def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
+    assert _accept(device, second_bundle(), tmp_path / "start") != read_manifest(tiny_bundle).model_id
     back = copy_bundle(tiny_bundle, tmp_path / "a")  # unsigned: the publisher signs it with --key
-    # A re-export of the first model: newer than anything pushed so far, so the replay guard lets it in.
-    rewrite_manifest(back, created=NEWEST)
+    rewrite_manifest(back, created=next(_CREATED))
     back_id = read_manifest(back).model_id
     t0 = time.time()
     outcome = publish_push(back, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
@@ -151,7 +169,8 @@ def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
 
 
 def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundle):
-    running = device.current_id()
+    running = _accept(device, tiny_bundle, tmp_path / "start")
+    # Validly signed, with its original (older) ``created``: the base of every bad case below.
     signed = signed_copy(second_bundle(), tmp_path / "signed", device.private_key)
     good = json.loads(build_push(signed))
 
@@ -165,7 +184,7 @@ def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundl
         "untrusted_key": wrong_key,
         "oversized": json.dumps({**good, "push_id": "oversized", "padding": "x" * MAX_BYTES}).encode(),
         "malformed": json.dumps({**good, "push_id": "truncated"}).encode()[:30_000],
-        # Validly signed, but created before the NEWEST bundle the device already accepted: a replay.
+        # Validly signed, but created before the newest bundle the device already accepted: a replay.
         "downgrade": json.dumps({**good, "push_id": "replayed"}).encode(),
     }
     t0 = time.time()
@@ -181,11 +200,12 @@ def test_bad_pushes_are_rejected_and_change_nothing(device, tmp_path, tiny_bundl
     assert {s["model_id"] for s in device.statuses(t0)} == {running}
 
 
-def test_pushed_model_that_stops_loading_is_rolled_back_at_start(device):
-    # The device runs tiny-test-0 with tiny-test-1 as previous. Corrupt the current model on "disk" (an SD card
-    # error, or a model that crashes the service) and restart: the daemon must come up on the previous model.
-    bad_id = device.current_id()
-    previous_id = read_manifest(device.store().previous()).model_id
+def test_pushed_model_that_stops_loading_is_rolled_back_at_start(device, tmp_path, tiny_bundle):
+    # Corrupt the current model on "disk" (an SD card error, or a model that crashes the service) and restart:
+    # the daemon must come up on the previous model.
+    previous_id = _accept(device, second_bundle(), tmp_path / "a")
+    bad_id = _accept(device, tiny_bundle, tmp_path / "b")
+    assert read_manifest(device.store().previous()).model_id == previous_id
     device.stop()
     model = device.store().current() / MODEL_FILE
     data = bytearray(model.read_bytes())
