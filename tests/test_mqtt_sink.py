@@ -216,3 +216,34 @@ def test_choose_sink_uses_a_broker_on_localhost_when_no_host_is_set(broker, tmp_
         assert sink.wait_connected(5)
     finally:
         sink.close()
+
+
+def test_a_frozen_broker_never_blocks_publish_and_bounds_what_is_in_flight(broker, tmp_path):
+    """The broker process stops reading (SIGSTOP, like a hung broker or a dead link without a FIN): publish()
+    keeps returning at once, at most mqtt.max_inflight messages await their PUBACK, and everything arrives in
+    order once the broker runs again."""
+    import signal
+
+    col = Collector(broker, topic="emotion/dev1/+", client_id="frozen-watch").start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker, max_inflight=5))
+    try:
+        assert sink.wait_connected(10) and sink.wait_subscribed(10)
+        broker.proc.send_signal(signal.SIGSTOP)
+        seqs: list[int] = []
+        publisher = threading.Thread(target=lambda: seqs.extend(_publish_mix(sink, 200)), daemon=True)
+        publisher.start()
+        publisher.join(30)
+        assert not publisher.is_alive(), "publish() waited for the network"
+        assert len(seqs) == 200
+        assert wait_until(lambda: len(sink._inflight) == 5)  # the window filled, and went no further
+        time.sleep(0.3)
+        assert len(sink._inflight) == 5 and sink.stats()["pending"] >= 200
+        broker.proc.send_signal(signal.SIGCONT)
+        assert sink.flush(30), sink.stats()
+        assert col.wait_for(lambda c: len(c.unique_seqs()) >= 200)
+        assert_in_order_without_gaps([s for s in col.unique_seqs() if s >= seqs[0]], range(seqs[0], seqs[-1] + 1))
+    finally:
+        if broker.proc and broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
+        sink.close(2)
+        col.stop()
