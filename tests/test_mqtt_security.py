@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import logging
 import shutil
 import subprocess
@@ -171,28 +172,47 @@ def test_the_right_password_from_the_environment_works(password_broker, tmp_path
         col.stop()
 
 
-def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker, tmp_path, caplog):
-    """A device whose broker ACL refuses its command topic would never hear commands or model pushes.
+def _dynsec_broker(broker_factory, workdir: Path, password: str):
+    """A Mosquitto whose dynamic-security plugin lets user 'device' publish and subscribe under emotion/ but
+    refuses its SUBSCRIBE to the command topic (defaultACLAccess subscribe = false), as an ACL would."""
+    plugin = next(iter(sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))), None)
+    ctrl = shutil.which("mosquitto_ctrl")
+    if plugin is None or ctrl is None:
+        pytest.skip("mosquitto's dynamic-security plugin is not installed")
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "dynsec.json"
+    subprocess.run([ctrl, "dynsec", "init", str(conf), "admin", password], check=True, capture_output=True)
+    data = json.loads(conf.read_text())
+    admin = next(c for c in data["clients"] if c["username"] == "admin")
+    data["clients"].append({**admin, "username": "device", "roles": [{"rolename": "device"}]})
+    data["roles"].append({"rolename": "device", "acls": [
+        {"acltype": "publishClientSend", "topic": "emotion/#", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "emotion/#", "allow": True},
+        {"acltype": "subscribePattern", "topic": "emotion/+/status", "allow": True},
+    ]})
+    conf.write_text(json.dumps(data))
+    return broker_factory("dynsec", allow_anonymous=False,
+                          extra_conf=f"plugin {plugin}\nplugin_opt_config_file {conf}").start()
 
-    Mosquitto 2.0 grants every SUBSCRIBE and applies its ACL on delivery, so no real broker here answers with a
-    failure code (EMQX and HiveMQ do): the refusal is the SUBACK that such a broker sends, handed to the sink's
-    callback; the connection and the subscriptions around it are real.
-    """
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.reasoncodes import ReasonCode
 
+def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factory, tmp_path, caplog, monkeypatch):
+    """A device whose broker ACL refuses its command topic would never hear commands or model pushes: a real
+    broker (Mosquitto's dynamic-security plugin) refuses the SUBSCRIBE, and the sink says so in one line while
+    publishing goes on."""
+    b = _dynsec_broker(broker_factory, tmp_path / "dynsec", "s3cret")
+    monkeypatch.setenv("TEST_MQTT_PW", "s3cret")
     caplog.set_level(logging.DEBUG, logger="edge.publish")
-    sink = MqttSink(sink_config(tmp_path / "s", broker))
+    sink = MqttSink(sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW"))
     try:
-        assert sink.wait_connected(5) and sink.wait_subscribed(5)
-        sink._forget_subs()  # as at the start of a session, before this broker's SUBACK
-        sink._sub_mids[999] = [sink.command_topic]
-        sink._on_subscribe(None, None, 999, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+        assert sink.wait_connected(10), sink.connection()
+        assert wait_until(lambda: any("refused the subscription" in r.getMessage() for r in caplog.records))
         assert not sink.wait_subscribed(0.5), "a refused subscription must not count as acknowledged"
         lines = [r for r in caplog.records if "refused the subscription" in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.ERROR
         msg = lines[0].getMessage()
         assert "emotion/dev1/command" in msg and "ACL" in msg and "\n" not in msg
         assert sink.connection()["connected"] is True, "publishing still works"
+        sink.publish("events", event_body(1))
+        assert sink.flush(10)
     finally:
         sink.close(timeout=2)
