@@ -6,6 +6,7 @@ published JSON Schema, and the loop's behaviour (tracks, status, swaps, commands
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
@@ -18,36 +19,33 @@ from edge.bundle import BundleError
 from edge.config import Config
 from edge.daemon import Daemon
 from edge.demo import DemoSource
-from edge.payloads import SCHEMA_PATH, make_envelope
+from edge.payloads import SCHEMA_PATH
+from edge.publish import StdoutSink
 from edge.sources import ManagedSource, SourceError
 
 pytest.importorskip("mediapipe")
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
-class ListSink:
-    """Keeps every message (with the real envelope) and validates it against the schema as it arrives."""
+class ListSink(StdoutSink):
+    """The real stdout sink (its envelope, seq counter and status handling) writing JSON lines into memory;
+    each message is checked against the published JSON Schema when the test reads it back."""
 
     def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.lock = threading.Lock()
+        self._buffer = io.StringIO()
+        super().__init__("test-dev", stream=self._buffer)
 
-    def publish(self, kind: str, body: dict) -> int:
-        with self.lock:
-            msg = make_envelope(kind, "test-dev", len(self.messages) + 1, json.loads(json.dumps(body)))
+    @property
+    def messages(self) -> list[dict]:
+        with self._lock:
+            text = self._buffer.getvalue()
+        messages = [json.loads(line) for line in text.splitlines()]
+        for msg in messages:
             VALIDATOR.validate(msg)
-            self.messages.append(msg)
-            return msg["seq"]
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {"pending": 0, "dropped": 0}
+        return messages
 
     def of(self, kind: str, event: str | None = None) -> list[dict]:
-        with self.lock:
-            return [m for m in self.messages if m["kind"] == kind and (event is None or m.get("event") == event)]
+        return [m for m in self.messages if m["kind"] == kind and (event is None or m.get("event") == event)]
 
 
 def make_config(tmp_path, **sections) -> Config:
