@@ -159,21 +159,28 @@ def test_swap_model_switches_and_a_bad_bundle_leaves_the_old_one(daemon_factory,
     assert d.model_id == "tiny-v2" and d.classifier.model_id == "tiny-v2"
 
 
-def test_swap_while_running_restarts_tracks_with_the_new_model(daemon_factory, tiny_bundle, tmp_path):
-    sink = ListSink()
-    d = daemon_factory(sink)
-    new = _copy_bundle(tiny_bundle, tmp_path / "v2", "tiny-v2")
+def _swap_while_running(d: Daemon, new_bundle) -> int:
+    """Run the loop on a thread, swap to ``new_bundle`` after 3 frames, stop 3 frames later; return the frame
+    count at the swap."""
     thread = threading.Thread(target=d.run, kwargs={"max_frames": 400}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and d.frames < 3:
         time.sleep(0.02)
-    d.swap_model(new)
+    d.swap_model(new_bundle)
     swapped_at = d.frames
     while time.monotonic() < deadline and d.frames < swapped_at + 3:
         time.sleep(0.02)
     d.stop()
     thread.join(10)
+    assert not thread.is_alive()
+    return swapped_at
+
+
+def test_swap_while_running_restarts_tracks_with_the_new_model(daemon_factory, tiny_bundle, tmp_path):
+    sink = ListSink()
+    d = daemon_factory(sink)
+    _swap_while_running(d, _copy_bundle(tiny_bundle, tmp_path / "v2", "tiny-v2"))
     assert sink.of("status")[-1]["model_id"] == "tiny-v2"
     # The old model's tracks ended at the swap and new ones (new ids) started with the new model.
     starts = [m["track_id"] for m in sink.of("events", "track_start")]
@@ -188,19 +195,8 @@ def test_a_model_with_other_labels_closes_the_summary_window_of_the_old_one(daem
     sink = ListSink()
     d = daemon_factory(sink)
     four = ["angry", "happy", "sad", "neutral"]
-    new = make_tiny_bundle(tmp_path / "four", labels=four, seed=1)
-    thread = threading.Thread(target=d.run, kwargs={"max_frames": 400}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and d.frames < 3:
-        time.sleep(0.02)
-    d.swap_model(new)
-    swapped_at = d.frames
-    while time.monotonic() < deadline and d.frames < swapped_at + 3:
-        time.sleep(0.02)
-    d.stop()
-    thread.join(10)
-    assert not thread.is_alive() and d.frames >= swapped_at + 3
+    swapped_at = _swap_while_running(d, make_tiny_bundle(tmp_path / "four", labels=four, seed=1))
+    assert d.frames >= swapped_at + 3
     summaries = sink.of("summary")
     assert len(summaries) == 2, summaries
     assert len(summaries[0]["mean_probs"]) == 7 and summaries[0]["frames"] >= 3

@@ -127,24 +127,18 @@ def test_discovery_through_the_mqtt_sink_republish_model_change_and_removal(brok
 
     # Restarted with the full label set while it was stopped, and then with fewer labels again: the configs
     # of labels that are gone are cleared although this process never published them (the state file knows).
-    model.update(id="m3", labels=list(LABELS))
-    restarted = MqttSink(cfg)
-    again = HomeAssistantDiscovery(cfg, restarted, lambda: (model["id"], model["labels"]), check_interval_s=60)
-    try:
-        assert restarted.wait_connected(10)
-        again.publish()
-        assert restarted.flush(10)
-    finally:
-        restarted.close(2)
-    model.update(id="m4", labels=[lab for lab in LABELS if lab not in ("disgust", "fear")])
-    third = MqttSink(cfg)
-    fresh = HomeAssistantDiscovery(cfg, third, lambda: (model["id"], model["labels"]), check_interval_s=60)
-    try:
-        assert third.wait_connected(10)
-        fresh.publish()
-        assert third.flush(10)
-    finally:
-        third.close(2)
+    def start_once_with(model_id: str, labels: list[str]) -> None:
+        """A fresh daemon process's discovery: a new sink and extension that publish once, then stop."""
+        restarted = MqttSink(cfg)
+        try:
+            assert restarted.wait_connected(10)
+            HomeAssistantDiscovery(cfg, restarted, lambda: (model_id, labels), check_interval_s=60).publish()
+            assert restarted.flush(10)
+        finally:
+            restarted.close(2)
+
+    start_once_with("m3", list(LABELS))
+    start_once_with("m4", [lab for lab in LABELS if lab not in ("disgust", "fear")])
     retained = _retained_configs(broker)
     assert len(retained) == 7 and not any("prob_disgust" in t or "prob_fear" in t for t in retained), sorted(retained)
 

@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
+# The columns and the dedupe key of the messages table (version 2).
+_MESSAGES_TABLE = """(
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -35,7 +34,11 @@ CREATE TABLE IF NOT EXISTS messages (
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
     UNIQUE (device, seq, ts)
-);
+)"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages {_MESSAGES_TABLE};
 CREATE INDEX IF NOT EXISTS messages_device_kind_ts ON messages (device, kind, ts);
 CREATE TABLE IF NOT EXISTS availability (
     id INTEGER PRIMARY KEY,
@@ -46,19 +49,9 @@ CREATE TABLE IF NOT EXISTS availability (
 """
 
 # Version 1 keyed messages on (device, seq) alone; SQLite cannot change a constraint in place.
-_MIGRATE_1_TO_2 = """
+_MIGRATE_1_TO_2 = f"""
 BEGIN;
-CREATE TABLE messages_v2 (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_ts REAL NOT NULL,
-    topic TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    UNIQUE (device, seq, ts)
-);
+CREATE TABLE messages_v2 {_MESSAGES_TABLE};
 INSERT INTO messages_v2 SELECT id, device, seq, kind, ts, received_ts, topic, payload FROM messages;
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
