@@ -89,7 +89,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS,
                         help="model:width pairs, space- or comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing, caches)")
+    parser.add_argument("--warmup", type=int, default=3, choices=range(1, 1000), metavar="N",
+                        help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
     args = parser.parse_args()

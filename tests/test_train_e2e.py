@@ -150,6 +150,12 @@ def test_evaluate_cli_json_and_png(bundle, run_dir, data, workdir):
     assert "tta_flip" in report
     assert png.stat().st_size > 1000
 
+    # A bare .tflite (no manifest) of this 24 px model: its input size comes from the model itself.
+    bare = bundle.parent / "bundle.reports" / "model_float.tflite"
+    rc = main(["evaluate", "--model", str(bare), "--labels", ",".join(LABELS), "--data", str(data[1]),
+               "--json", str(workdir / "bare.json")])
+    assert rc == 0 and json.loads((workdir / "bare.json").read_text())["n"] == 60
+
 
 def test_predict_csv_on_face_crops(bundle, data, workdir):
     import cv2
@@ -257,6 +263,15 @@ def test_export_signs_when_asked(workdir, run_dir, data):
                "--val", str(data[1]), "--rep-size", "32", "--margin-pp", "5", "--sign-key", str(key)])
     assert rc == 0
     assert signing.verify_bundle(out, [workdir / "key.pub"])
+
+    # Exported again, unsigned, into the same folder that also holds other files (as edge/models/default does):
+    # the old signature goes (it covers the old manifest), and the reported size is the bundle's alone.
+    (out / "README.md").write_text("notes " * 5000)
+    rc = main(["export", "--model", str(run_dir / "best.keras"), "--out", str(out), "--train", str(data[0]),
+               "--val", str(data[1]), "--rep-size", "32", "--margin-pp", "5"])
+    assert rc == 0 and not (out / "manifest.sig").exists()
+    report = json.loads((out.parent / "signed.reports" / "evaluation.json").read_text())
+    assert report["bundle_bytes"] == (out / "model.tflite").stat().st_size + (out / "manifest.json").stat().st_size
 
 
 def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, capsys):

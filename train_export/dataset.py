@@ -1,7 +1,7 @@
 """Batches for Keras ``fit``: normalised faces, soft labels, per-face class weights, mixup and CutMix.
 
 Training targets are one-hot labels, or with teacher soft labels (:mod:`train_export.distill`) their blend
-``(1 - distill_alpha) * one_hot + distill_alpha * teacher``.
+``(1 - distill_alpha) * one_hot + distill_alpha * teacher``; the loss applies ``label_smoothing`` on top.
 
 Built on :class:`keras.utils.PyDataset` so the same loop runs on the TensorFlow, JAX and PyTorch backends.
 Mixing is done here in numpy (it needs the labels). The per-face augmentation (:mod:`train_export.augment`)

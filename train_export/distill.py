@@ -4,7 +4,8 @@ Running teachers inside every training step would multiply the cost of an epoch 
 :func:`teacher_soft_labels` averages the teachers' (optionally flip-averaged, temperature-softened)
 probabilities over the *clean* training faces once, and :func:`save_soft_labels` stores them with a
 fingerprint of the labels they belong to. A student trained with ``HParams.soft_labels`` then learns from
-``(1 - distill_alpha) * one_hot + distill_alpha * teacher`` (mixed along with the faces by mixup/CutMix), so
+``(1 - distill_alpha) * one_hot + distill_alpha * teacher`` (mixed along with the faces by mixup/CutMix, and
+label-smoothed by the loss unless ``label_smoothing`` is 0), so
 it sees the teachers' "dark knowledge" (which wrong classes are plausible) at no per-step cost. The student's
 own augmentation is light enough (a few degrees, a few pixels) that a clean-face label stays a fair target.
 

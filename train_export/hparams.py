@@ -53,7 +53,9 @@ class HParams:
         zoom: Max zoom in/out as a fraction (simulates detector box-size jitter).
         brightness: Max brightness jitter as a fraction of the value range.
         contrast: Max contrast jitter factor.
-        erasing_prob: Probability of random erasing (a grey rectangle) per face.
+        erasing_prob: Random erasing (a grey rectangle): Keras' ``RandomErasing`` factor, so each face is erased
+            with a probability drawn from U(0, erasing_prob), on average erasing_prob / 2 of the faces (0.1, the
+            default model's setting, erases about 5 %).
         camera_prob: Probability per face of a camera degradation: a blur or a small (down- and up-scaled)
             face (:class:`train_export.augment.CameraDegrade`). On by default: without it a model trained on
             FER2013's clean crops fails on camera faces (``benchmarks/robustness.py``).

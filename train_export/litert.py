@@ -33,6 +33,11 @@ def classifier_from_bytes(
 
 def classifier_from_file(model_path: Path | str, labels: list[str], prep: Preprocessing | None = None,
                          threads: int = 1) -> Classifier:
-    """The device classifier of a bare ``.tflite`` file, with labels and preprocessing from the caller."""
-    return classifier_from_bytes(Path(model_path).read_bytes(), labels, prep or Preprocessing(),
-                                 model_id=Path(model_path).stem, threads=threads)
+    """The device classifier of a bare ``.tflite`` file, with labels and preprocessing from the caller (default:
+    the standard preprocessing at the model's own input size)."""
+    model_bytes = Path(model_path).read_bytes()
+    if prep is None:
+        from train_export.package import tflite_io
+
+        prep = Preprocessing(input_size=int(tflite_io(model_bytes)[0]["shape"][1]))
+    return classifier_from_bytes(model_bytes, labels, prep, model_id=Path(model_path).stem, threads=threads)

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import FORMAT_VERSION, MODEL_FILE, Manifest, validate_manifest, write_manifest
+from edge.bundle import (
+    FORMAT_VERSION,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    Manifest,
+    validate_manifest,
+    write_manifest,
+)
 from edge.preprocess import Preprocessing
 
 
@@ -65,6 +72,8 @@ def write_bundle(
         "architecture": architecture or {},
     }
     validate_manifest(manifest)
+    # A signature from an earlier export into this folder covers another manifest: it would never verify.
+    (out_dir / SIGNATURE_FILE).unlink(missing_ok=True)
     tmp = out_dir / (MODEL_FILE + ".tmp")
     tmp.write_bytes(model_bytes)
     os.replace(tmp, out_dir / MODEL_FILE)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import MODEL_FILE, Manifest
+from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest
 from edge.preprocess import normalize
 from train_export.data import FaceData, load_dataset
 from train_export.evaluate import (
@@ -191,7 +191,9 @@ def export_model(
     manifest = write_bundle(out_dir, int8_bytes, labels, prep, model_id, metrics=metrics, training=training,
                             architecture=architecture)
     load_bundle(out_dir)  # what the device will do: fail here rather than on the Pi
-    bundle_bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    # The bundle's own files only: the folder may also hold a README, reports or a confusion matrix.
+    bundle_bytes = sum((out_dir / n).stat().st_size for n in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
+                       if (out_dir / n).is_file())
     if bundle_bytes > BUNDLE_SIZE_BUDGET:
         log.warning("bundle %s is %d bytes, above the %d-byte budget of the shipped model", out_dir, bundle_bytes,
                     BUNDLE_SIZE_BUDGET)
