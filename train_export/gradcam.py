@@ -43,12 +43,15 @@ def gradcam(model, faces: np.ndarray, prep: Preprocessing | None = None, layer: 
 
     prep = prep or Preprocessing(input_size=faces.shape[1])
     layer = layer or target_layer(model)
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+    # Grad-CAM differentiates the class score before the softmax (Selvaraju et al.): the softmax output's gradient
+    # vanishes for confident faces and mixes in the other classes.
+    logits = model.get_layer("probs").input if "probs" in [lay.name for lay in model.layers] else model.output
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, logits, model.output])
     x = tf.convert_to_tensor(normalize(faces, prep)[..., None])
     with tf.GradientTape() as tape:
-        fmap, probs = grad_model(x, training=False)
-        ids = probs.numpy().argmax(axis=1) if class_ids is None else np.asarray(class_ids)
-        score = tf.reduce_sum(tf.gather(probs, ids, axis=1, batch_dims=1))
+        fmap, scores, probs = grad_model(x, training=False)
+        ids = scores.numpy().argmax(axis=1) if class_ids is None else np.asarray(class_ids)
+        score = tf.reduce_sum(tf.gather(scores, ids, axis=1, batch_dims=1))
     grads = tape.gradient(score, fmap)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
