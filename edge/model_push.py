@@ -76,6 +76,8 @@ class ModelPushReceiver:
         # The push worker and the frame thread (model_rolled_back) both move the store's links: one at a time,
         # so a rollback's check-then-act cannot interleave with a new push's activation.
         self._store_lock = threading.RLock()
+        # push_id of the push that installed each bundle folder, so a later rollback answers that push.
+        self._last_applied: dict[str, str | None] = {}
         self._trusted = []
         self._key_errors: list[str] = []
 
@@ -134,7 +136,8 @@ class ModelPushReceiver:
         except OSError as exc:
             log.error("model push: cannot roll the model store back (%s)", exc)
         self._publish({
-            "ok": False, "code": "swap_failed", "topic": "", "push_id": None, "model_id": failed_id, "sha256": None,
+            "ok": False, "code": "swap_failed", "topic": "", "push_id": self._last_applied.get(str(failed_dir)),
+            "model_id": failed_id, "sha256": None,
             "key_id": None, "previous_model_id": failed_id, "rolled_back": True,
             "reason": f"model {failed_id} failed on a frame after the swap ({reason}); rolled back",
         }, None)
@@ -150,6 +153,8 @@ class ModelPushReceiver:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         # Runs on paho's network thread: never verify or load here, only queue.
+        if not payload:  # a zero-length retained message only clears an old retained push: nothing to do
+            return
         try:
             self._queue.put_nowait((topic, bytes(payload)))
         except queue.Full:
@@ -239,6 +244,7 @@ class ModelPushReceiver:
             except OSError as exc:
                 log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
             self.store.prune(KEEP_MODELS)
+        self._last_applied = {str(installed): base["push_id"], str(installed.resolve()): base["push_id"]}
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
 
     def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:

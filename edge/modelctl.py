@@ -98,7 +98,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-file", help="CA certificate for TLS.")
     p.add_argument("--wait", type=float, default=60.0, help="Seconds to wait for device results (0: do not wait).")
     p.add_argument("--expect", type=int, help="Results to wait for (default 1 for a device; a group waits --wait).")
-    p.add_argument("--retain", action="store_true", help="Retain the push for devices that are offline now.")
+    p.add_argument("--retain", action="store_true",
+                   help="Retain the push for devices that are offline now (without it, an older retained push is cleared).")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="Seconds to keep listening after the expected results, for a rollback on the first frames (default 3).")
 
     p = sub.add_parser("push-ssh", help="Push a bundle over SSH to hosts of an inventory.")
     p.add_argument("bundle", help="Bundle folder.")
@@ -149,18 +152,19 @@ def _cmd_install(args: argparse.Namespace) -> int:
     from edge.model_store import ModelStore
 
     if args.verify:
+        from edge.interpreter import RuntimeMissing
         from edge.model_check import check_bundle
 
         try:
             check_bundle(args.bundle)
-        except BundleError as exc:
+        except (BundleError, RuntimeMissing) as exc:
             raise CommandFailed(f"verify: {exc}") from None
     store = ModelStore.for_state_dir(_state_dir(args))
     before = store.current()
     folder = store.install(args.bundle)
     changed = False
     if args.activate:
-        changed = before != folder
+        changed = before != folder.resolve()  # current() is resolved; the state folder may be a link
         store.activate(folder)
         # Raise the replay mark as an MQTT push would, so a retained older push cannot undo this one.
         store.record_push(read_manifest(folder))
@@ -206,11 +210,16 @@ def _cmd_push_mqtt(args: argparse.Namespace) -> int:
                            password=os.environ.get("EMOTION_PUSH_MQTT_PASSWORD"),
                            ca_file=Path(args.ca_file) if args.ca_file else None)
     outcome = publish_push(args.bundle, PushTarget(args.prefix, args.device, args.group), broker,
-                           sign_key=args.key, wait_s=args.wait, expect=args.expect, retain=args.retain)
+                           sign_key=args.key, wait_s=args.wait, expect=args.expect, retain=args.retain,
+                           settle_s=args.settle)
     print(format_results(outcome))
-    if args.wait > 0 and (not outcome.results or not all(r.get("ok") for r in outcome.results.values())):
+    if args.wait <= 0:
+        return 0
+    need = args.expect if args.expect is not None else 1
+    if len(outcome.results) < need:
+        print(f"only {len(outcome.results)} of {need} expected device(s) answered within {args.wait:g} s", file=sys.stderr)
         return 1
-    return 0
+    return 0 if all(r.get("ok") for r in outcome.results.values()) else 1
 
 
 def _cmd_push_ssh(args: argparse.Namespace) -> int:
@@ -238,13 +247,15 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed model command; expected failures become one line on stderr and exit status 1."""
     from edge.bundle import BundleError
     from edge.config import ConfigError
+    from edge.interpreter import RuntimeMissing
     from edge.model_store import StoreError
     from edge.push_mqtt import PushError
     from edge.push_ssh import InventoryError
 
     try:
         return HANDLERS[args.command](args)
-    except (CommandFailed, BundleError, ConfigError, StoreError, PushError, InventoryError, OSError) as exc:
+    except (CommandFailed, BundleError, ConfigError, StoreError, PushError, InventoryError, RuntimeMissing,
+            OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -13,6 +13,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class PushTarget:
         """The push topic of this target."""
         if bool(self.device) == bool(self.group):
             raise PushError("give exactly one of --device or --group")
+        for what, name in (("--prefix", self.prefix), ("--device", self.device), ("--group", self.group)):
+            if name is not None and (not name or "+" in name or "#" in name or (what != "--prefix" and "/" in name)):
+                raise PushError(f"{what} {name!r} must be a plain topic level (no '+', '#' or '/')")
         if self.device:
             return f"{self.prefix}/{self.device}/model/push"
         return f"{self.prefix}/group/{self.group}/model/push"
@@ -132,6 +136,7 @@ def publish_push(
     wait_s: float = 60.0,
     expect: int | None = None,
     retain: bool = False,
+    settle_s: float = 3.0,
 ) -> PushOutcome:
     """Sign (if ``sign_key`` is given) and publish a bundle; wait for the devices' results.
 
@@ -144,8 +149,13 @@ def publish_push(
         expect: Number of results to wait for (default 1 for a device, unbounded for a group).
         retain: Retain the push so devices that are offline now get it when they connect (a device ignores a
             push of the model it already runs, and refuses one it accepted before and has since rolled back or
-            replaced, so a retained push is harmless after it applied).
+            replaced). Without it, an older retained push on the topic is cleared first, so devices stop
+            receiving it at every reconnect.
+        settle_s: After the expected results arrived, listen this much longer: a model that fails on its first
+            frames is rolled back and reported (``swap_failed``, same push_id), replacing the device's ``ok``.
     """
+    if broker.ca_file is not None and not Path(broker.ca_file).is_file():
+        raise PushError(f"CA file {broker.ca_file} not found; check --ca-file")
     if sign_key is not None:
         sign_bundle(bundle_dir, sign_key)
     push_id = uuid.uuid4().hex
@@ -166,13 +176,15 @@ def publish_push(
 
     with _subscribed_client(broker, f"emotion-push-{push_id[:8]}", f"{target.prefix}/+/events", on_message,
                             "; check --mqtt-host/--mqtt-port") as client:
+        if not retain:  # a zero-length retained message removes an older retained push (devices ignore it)
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(timeout=30)
         info = client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=60)
         if not info.is_published():
             raise PushError("broker did not acknowledge the push within 60 s (payload too large for its message_size_limit?)")
         log.info("published %d bytes to %s (push_id %s)", len(payload), topic, push_id)
-        if wait_s > 0:
-            done.wait(wait_s)
+        if wait_s > 0 and done.wait(wait_s) and settle_s > 0:
+            time.sleep(settle_s)  # later results for this push_id (a rollback) replace the first ones
     return outcome
 
 

@@ -87,14 +87,38 @@ def generate_keypair(private_path: Path | str, public_path: Path | str | None = 
             raise FileExistsError(f"{p} already exists; pass --force to replace it (the old key is then lost)")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    # Both folders first, so a bad public path cannot leave an orphan private key behind.
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    # Create with 0600 from the start so the key is never readable by others, even briefly.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    # A new file created 0600 (O_EXCL), then renamed over the old key when replacing: the key is never readable
+    # by others, not even when an existing file with looser permissions is overwritten.
+    tmp = private_path.with_name(f".{private_path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        if overwrite:
+            os.replace(tmp, private_path)
+        else:
+            _link_new(tmp, private_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     pub = key.public_key()
     public_path.write_bytes(pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return key_id(pub)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if nothing has that name (a key appearing meanwhile is kept)."""
+    exists = FileExistsError(f"{path} already exists; pass --force to replace it (the old key is then lost)")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a file system without hard links (FAT): check, then rename
+        if path.exists():
+            raise exists from None
+        os.replace(tmp, path)
 
 
 def _read_key_file(path: Path, missing: str) -> bytes:

@@ -219,3 +219,48 @@ def test_pushed_model_that_stops_loading_is_rolled_back_at_start(device, tmp_pat
     event = device.push_events()[-1]
     assert event["code"] == "boot_rollback" and event["rolled_back"] and event["model_id"] == bad_id, event
     assert device.current_id() == previous_id
+
+
+def test_push_cli_counts_missing_answers_and_clears_an_old_retained_push(device, tmp_path, tiny_bundle):
+    """A group push that fewer devices answer than --expect exits 1 and says so; a push without --retain
+    removes the retained push an earlier --retain left on the topic (devices would get it at every reconnect)."""
+    _accept(device, second_bundle(), tmp_path / "start")
+    retained = restamped_signed_copy(tiny_bundle, tmp_path / "kept", device.private_key, next(_CREATED))
+    out = publish_push(retained, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
+                       wait_s=60, expect=1, retain=True)
+    assert out.results[DEVICE]["ok"], out.results
+    topic = "emotion/group/lab/model/push"
+    assert _retained(device.broker, topic), "the --retain push is on the broker"
+
+    again = restamped_signed_copy(second_bundle(), tmp_path / "again", device.private_key, next(_CREATED))
+    r = subprocess.run([sys.executable, "-m", "edge.modelctl", "push-mqtt", str(again), "--group", "lab",
+                        "--expect", "2", "--wait", "10", "--settle", "0",
+                        "--mqtt-host", device.broker.host, "--mqtt-port", str(device.broker.port)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "only 1 of 2 expected device(s) answered" in r.stderr and f"{DEVICE}" in r.stdout
+    assert not _retained(device.broker, topic), "the retained push is cleared"
+
+
+def test_push_targets_and_options_are_checked_before_anything_is_sent(tmp_path):
+    from edge.push_mqtt import PushError
+
+    for target in (PushTarget(device="+"), PushTarget(group="a/b"), PushTarget(prefix="x/#", device="pi")):
+        with pytest.raises(PushError, match="plain topic level"):
+            target.topic()
+    with pytest.raises(PushError, match="CA file"):
+        publish_push(tmp_path, PushTarget(device="pi"), BrokerOptions("127.0.0.1", 1, ca_file=tmp_path / "no.pem"))
+
+
+def _retained(broker: Broker, topic: str) -> bytes:
+    """The retained message on ``topic`` (b"" if none), read by a fresh subscriber."""
+    got: list[bytes] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="retained-probe")
+    c.on_message = lambda _c, _u, msg: got.append(msg.payload) if msg.retain else None
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.subscribe(topic, qos=1)
+    time.sleep(1.0)  # a retained message arrives right after the SUBACK; nothing arriving means none is kept
+    c.disconnect()
+    c.loop_stop()
+    return b"".join(got)

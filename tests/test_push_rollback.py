@@ -114,6 +114,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
     assert read_manifest(store.current()).model_id == old_id
     event = last_event_with_code(collector, "swap_failed")
     assert event["model_id"] == new_id and event["rolled_back"] is True
+    assert event["push_id"] == out.push_id, "the rollback answers the push that installed the model"
     validator().validate(event)
 
 

@@ -39,7 +39,14 @@ def test_keygen_writes_private_key_readable_only_by_owner_and_refuses_to_overwri
     assert len(kid) == 16
     with pytest.raises(FileExistsError):
         generate_keypair(tmp_path / "k")
+    (tmp_path / "k").chmod(0o644)  # an old key someone loosened: replacing it must not keep that mode
     assert generate_keypair(tmp_path / "k", overwrite=True) != kid
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError):  # the public key's folder cannot be made: a file is in the way
+        generate_keypair(tmp_path / "k2", public_path=tmp_path / "a-file" / "k2.pub")
+    assert not (tmp_path / "k2").exists(), "a failed keygen must not leave a private key without its public key"
 
 
 def test_unreadable_or_missing_key_files_are_signature_errors(tmp_path):
