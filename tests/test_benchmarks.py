@@ -76,10 +76,14 @@ def test_macro_f1_matches_hand_computation(bench):
     _, peer_fer = bench
     y_true = np.array([0, 0, 1, 1])
     y_pred = np.array([0, 1, 1, 1])
-    # class 0: P=1, R=1/2 -> F1 2/3; class 1: P=2/3, R=1 -> F1 4/5; classes 2..6 absent from y_true: ignored.
-    assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx((2 / 3 + 4 / 5) / 2)
-    # A class predicted but never true does not count; a true class never predicted counts as F1 = 0.
-    assert peer_fer.macro_f1(np.array([0, 1]), np.array([0, 0]), 7) == pytest.approx((2 / 3 + 0) / 2)
+    # class 0: P=1, R=1/2 -> F1 2/3; class 1: P=2/3, R=1 -> F1 4/5; classes 2..6 neither true nor predicted: 0,
+    # averaged over all 7 labels as train_export.evaluate.scores does, so both report the same number.
+    assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx((2 / 3 + 4 / 5) / 7)
+    assert peer_fer.macro_f1(np.array([0, 1]), np.array([0, 0]), 2) == pytest.approx((2 / 3 + 0) / 2)
+    from train_export.evaluate import scores
+
+    labels = [str(i) for i in range(7)]
+    assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx(scores(y_true, y_pred, labels)["macro_f1"])
 
 
 def test_fer_input_is_64px_in_minus_one_to_one(bench):
