@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
+from edge.classify import Classifier
 from edge.interpreter import RuntimeMissing, make_interpreter
 from edge.preprocess import quantize_input
 
@@ -51,11 +52,13 @@ class DeviceModel:
         self._out = self.interp.get_output_details()[0]
         if int(self._inp["shape"][0]) != 1:
             raise BundleError(f"model input batch is {self._inp['shape'][0]}; this benchmark times batch-1 models")
+        Classifier(bundle_dir, threads=1)  # the device's own checks: tensors against the manifest, smoke run
         self._in_dtype = np.dtype(self._inp["dtype"])
-        self._in_q = self.manifest.input.quantization
-        out_q = self.manifest.output.quantization
-        self._out_scale = np.float32(out_q.scale) if out_q else None
-        self._out_zero = np.float32(out_q.zero_point) if out_q else None
+        # The quantization the interpreter really uses, as the device reads it (not the manifest's copy).
+        self._in_q = None if self._in_dtype == np.float32 else self._inp["quantization"]
+        out_float = np.dtype(self._out["dtype"]) == np.float32
+        self._out_scale = None if out_float else np.float32(self._out["quantization"][0])
+        self._out_zero = None if out_float else np.float32(self._out["quantization"][1])
         self.size = self.prep.input_size
 
     def input_tensor(self, face: np.ndarray) -> np.ndarray:
@@ -63,7 +66,7 @@ class DeviceModel:
         batch = face[None, :, :, None]
         if self._in_q is None:  # a float32 model: just the shared normalisation
             return (batch.astype(np.float32) * np.float32(self.prep.scale) + np.float32(self.prep.offset))
-        return quantize_input(batch, self._in_q.scale, self._in_q.zero_point, self._in_dtype, self.prep)
+        return quantize_input(batch, self._in_q[0], int(self._in_q[1]), self._in_dtype, self.prep)
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """Run one prepared input tensor; return the raw output row."""
@@ -72,9 +75,10 @@ class DeviceModel:
         return self.interp.get_tensor(self._out["index"])[0]
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
-        if self._out_scale is None:
-            return raw.astype(np.float32)
-        return (raw.astype(np.float32) - self._out_zero) * self._out_scale
+        p = raw.astype(np.float32) if self._out_scale is None else (raw.astype(np.float32) - self._out_zero) * self._out_scale
+        p = np.clip(p, 0.0, None)  # as edge.classify: an int8 softmax's row sum drifts from 1
+        s = p.sum()
+        return p / s if s > 0 else np.full_like(p, 1.0 / p.size)
 
     def predict(self, face: np.ndarray) -> np.ndarray:
         """Class probabilities (labels in manifest order) for one S x S uint8 face."""

@@ -46,6 +46,10 @@ def test_device_model_returns_probabilities_and_flip_tta_is_symmetric(bench, tin
     # A left-right symmetric face is its own mirror image, so flip TTA must not change the answer.
     sym = np.concatenate([face[:, :24], face[:, :24][:, ::-1]], axis=1)
     np.testing.assert_allclose(model.predict_flip(sym), model.predict(sym), atol=1e-6)
+    # What it times is what the device computes: the same probabilities as edge.classify for the same face.
+    from edge.classify import Classifier
+
+    np.testing.assert_allclose(model.predict(face), Classifier(tiny_bundle).classify_faces(face[None])[0], atol=1e-6)
 
 
 def test_model_latency_prints_percentiles_on_synthetic_faces(bench, tiny_bundle, tmp_path, capsys):
