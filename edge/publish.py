@@ -157,6 +157,8 @@ class MqttSink:
         host: Broker host overriding ``mqtt.host`` (used by :func:`choose_sink` for the localhost probe).
         on_command: Called with each command dict, on a worker thread (so a slow handler never stalls the
             network); can be set later through the attribute.
+        backoff_wait: How the reconnect loop waits its backoff delay (default: until the delay passes or the sink
+            closes); the seam a test uses to check the delays without waiting them.
 
     Raises:
         SinkError: The TLS files cannot be loaded, or the outbox database cannot be opened.
@@ -168,6 +170,7 @@ class MqttSink:
         *,
         host: str | None = None,
         on_command: Callable[[dict[str, Any]], None] | None = None,
+        backoff_wait: Callable[[float], Any] | None = None,
     ):
         m = config.mqtt
         self.device_id = config.device.id
@@ -191,6 +194,7 @@ class MqttSink:
             raise SinkError(str(exc)) from None
 
         self._stop = threading.Event()
+        self._backoff_wait = backoff_wait or self._stop.wait
         self._closed = False
         self._connected = False
         self._refused: str | None = None
@@ -394,7 +398,7 @@ class MqttSink:
                 break
             if self._refused is None and time.monotonic() - started > 30:
                 delay = self._cfg.reconnect_min_s  # the last session was healthy: retry quickly
-            self._stop.wait(delay)
+            self._backoff_wait(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_s)
 
     def _session(self, client: mqtt.Client) -> None:

@@ -8,7 +8,9 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 
+from edge.config import parse_config
 from edge.publish import MqttSink, choose_sink
 from tests.mqtt_support import (
     Collector,
@@ -247,3 +249,20 @@ def test_a_frozen_broker_never_blocks_publish_and_bounds_what_is_in_flight(broke
             broker.proc.send_signal(signal.SIGCONT)
         sink.close(2)
         col.stop()
+
+
+def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
+    """No broker on the port: the waits between attempts double from reconnect_min_s and stop at
+    reconnect_max_s (checked through the wait seam, without waiting them)."""
+    from tests.broker import free_port
+
+    delays: list[float] = []
+    cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
+                        "mqtt": {"host": "127.0.0.1", "port": free_port(), "reconnect_min_s": 0.2,
+                                 "reconnect_max_s": 1.0}})
+    sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
+    try:
+        assert wait_until(lambda: len(delays) >= 6)
+    finally:
+        sink.close(timeout=0.2)
+    assert delays[:6] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
