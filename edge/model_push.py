@@ -229,6 +229,8 @@ class ModelPushReceiver:
         with self._store_lock:
             old = self.store.current()
             self.store.activate(installed)
+            # Before the swap: a failure on the very first frames must answer this push's id.
+            self._last_applied = {str(installed): base["push_id"], str(installed.resolve()): base["push_id"]}
             try:
                 self.daemon.swap_model(installed)
             except Exception as exc:
@@ -243,8 +245,10 @@ class ModelPushReceiver:
                 self.store.record_push(push.manifest)
             except OSError as exc:
                 log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
-            self.store.prune(KEEP_MODELS)
-        self._last_applied = {str(installed): base["push_id"], str(installed.resolve()): base["push_id"]}
+            try:
+                self.store.prune(KEEP_MODELS)
+            except OSError as exc:  # the new model runs and is recorded: a failed clean-up must not report failure
+                log.warning("model push: cannot prune old models (%s)", exc)
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
 
     def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:

@@ -170,7 +170,11 @@ def publish_push(
         body = _json_object(msg.payload)
         if body is None or body.get("event") != "model_push" or body.get("push_id") != push_id:
             return
-        outcome.results[str(body.get("device_id", msg.topic.split("/")[-2]))] = body
+        device = str(body.get("device_id", msg.topic.split("/")[-2]))
+        earlier = outcome.results.get(device)
+        if earlier is not None and earlier.get("rolled_back") and body.get("ok"):
+            return  # the rollback is the final word, even if the device's "ok" arrives after it
+        outcome.results[device] = body
         if expect and len(outcome.results) >= expect:
             done.set()
 
@@ -214,17 +218,24 @@ def send_command(
     command = {**command, "request_id": request_id}
     reply: dict[str, Any] = {}
     got = threading.Event()
+    sent_at = time.time()
 
     def on_message(c, userdata, msg):
         body = _json_object(msg.payload)
-        # Older answers may be re-delivered from the device's outbox, and other senders get answers too: only
-        # the answer that echoes this request's id counts (by id, not by time, as device clocks drift).
-        if body is not None and body.get("event") == "command" and body.get("request_id") == request_id:
+        if body is None or body.get("event") != "command" or body.get("command") != name:
+            return
+        # Older answers may be re-delivered from the device's outbox, and other senders get answers too: the
+        # answer that echoes this request's id counts (by id, not by time, as device clocks drift). A device
+        # from before request ids echoes none: then only an answer stamped after the send counts.
+        echoed = body.get("request_id")
+        ts = body.get("ts")
+        if echoed == request_id or (echoed is None and isinstance(ts, (int, float)) and ts >= sent_at - 1):
             reply.update(body)
             got.set()
 
     with _subscribed_client(broker, f"emotion-cmd-{uuid.uuid4().hex[:8]}", f"{prefix}/{device_id}/events",
                             on_message) as client:
+        sent_at = time.time()
         client.publish(f"{prefix}/{device_id}/command", json.dumps(command), qos=1).wait_for_publish(timeout=30)
         if not got.wait(wait_s):
             raise PushError(f"device {device_id} did not answer the {name} command within {wait_s:.0f} s")

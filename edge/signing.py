@@ -87,24 +87,35 @@ def generate_keypair(private_path: Path | str, public_path: Path | str | None = 
             raise FileExistsError(f"{p} already exists; pass --force to replace it (the old key is then lost)")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    # Both folders first, so a bad public path cannot leave an orphan private key behind.
+    pub = key.public_key()
+    pub_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    # Both files are written completely under temporary names first (the private one created 0600 with O_EXCL,
+    # so it is never readable by others, even over an old key with looser permissions); only then are they
+    # put in place. A full disk or a read-only folder therefore leaves no half pair behind.
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    # A new file created 0600 (O_EXCL), then renamed over the old key when replacing: the key is never readable
-    # by others, not even when an existing file with looser permissions is overwritten.
-    tmp = private_path.with_name(f".{private_path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp_private = private_path.with_name(f".{private_path.name}.tmp-{os.getpid()}")
+    tmp_public = public_path.with_name(f".{public_path.name}.tmp-{os.getpid()}")
+    placed: list[Path] = []
     try:
+        fd = os.open(tmp_private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        if overwrite:
-            os.replace(tmp, private_path)
-        else:
-            _link_new(tmp, private_path)
+        tmp_public.write_bytes(pub_pem)
+        for tmp, final in ((tmp_private, private_path), (tmp_public, public_path)):
+            if overwrite:
+                os.replace(tmp, final)
+            else:
+                _link_new(tmp, final)  # a key that appeared meanwhile is never replaced
+            placed.append(final)
+    except BaseException:
+        if not overwrite:
+            for final in placed:  # a new private key without its public key is useless: take it back
+                final.unlink(missing_ok=True)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
-    pub = key.public_key()
-    public_path.write_bytes(pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        tmp_private.unlink(missing_ok=True)
+        tmp_public.unlink(missing_ok=True)
     return key_id(pub)
 
 

@@ -88,6 +88,7 @@ class _LatestFrame:
         self._seq = 0
         self._ended = False
         self._closing = False
+        self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"capture {name}", daemon=True)
         self._thread.start()
 
@@ -101,8 +102,9 @@ class _LatestFrame:
                         break
                     self._image, self._ts, self._seq = image, ts, self._seq + 1
                     self._cond.notify_all()
-        except Exception as exc:  # a driver error ends the capture like a stream that stops
-            log.debug("capture thread failed: %s", exc)
+        except Exception as exc:  # a driver error ends the capture like a stream that stops, with its reason
+            self.error = f"{exc.__class__.__name__}: {exc}"
+            log.warning("capture of %s failed: %s", self._thread.name, self.error)
         finally:
             with self._cond:
                 self._ended = True
@@ -162,7 +164,8 @@ class OpenCVSource:
         if self._grabber is not None:
             got = self._grabber.newest(self._seq, LIVE_READ_TIMEOUT_S)
             if got is None:
-                raise SourceError(f"{self.uri!r} stopped delivering frames")
+                why = f" ({self._grabber.error})" if self._grabber.error else ""
+                raise SourceError(f"{self.uri!r} stopped delivering frames{why}")
             image, ts, self._seq = got
         else:
             ok, image = self._cap.read()
@@ -285,7 +288,10 @@ class Picamera2Source:
             finally:
                 request.release()
         except Exception as exc:
-            raise SourceError(f"Pi camera capture failed ({exc})") from None
+            # A timed-out capture job stays queued and would block stop(); Picamera2 documents this call for
+            # exactly that case ("so that the camera can be closed").
+            self._flush()
+            raise SourceError(f"Pi camera capture failed ({exc.__class__.__name__}: {exc})") from None
         lw, lh = self.lores
         # YUV420 arrays are (h*3/2) x stride; the first h rows, first w columns are the Y (luma) plane.
         y_plane = np.ascontiguousarray(yuv[:lh, :lw])
@@ -293,7 +299,14 @@ class Picamera2Source:
         self._index += 1
         return frame
 
+    def _flush(self) -> None:
+        try:
+            getattr(self._cam, "cancel_all_and_flush", lambda: None)()
+        except Exception as exc:
+            log.debug("Picamera2.cancel_all_and_flush failed: %s", exc)
+
     def _safe_close(self) -> None:
+        self._flush()
         for step in ("stop", "close"):
             try:
                 getattr(self._cam, step)()

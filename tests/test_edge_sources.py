@@ -316,7 +316,7 @@ class FakePicamera2:
         self.arrays = {"main": main_bgr, "lores": yuv}
         self.config = None
         self.started = self.stopped = self.closed = self.stalled = False
-        self.released = 0
+        self.released = self.flushed = 0
 
     def create_video_configuration(self, main, lores):
         return {"main": dict(main), "lores": dict(lores)}
@@ -339,6 +339,9 @@ class FakePicamera2:
         if self.stalled:
             raise TimeoutError()
         return FakeRequest(self)
+
+    def cancel_all_and_flush(self):
+        self.flushed += 1
 
     def stop(self):
         self.stopped = True
@@ -373,6 +376,7 @@ def test_picamera2_uses_the_sizes_libcamera_configured_and_a_stalled_sensor_is_a
     cam.stalled = True
     with pytest.raises(SourceError, match="capture failed"):
         src.read()
+    assert cam.flushed == 1, "the timed-out capture job is cancelled, or stop() would wait behind it"
     src.close()
 
 

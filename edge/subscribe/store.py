@@ -100,7 +100,13 @@ class Recording:
                 self._db.commit()
                 if self.meta("schema_version") == "1":
                     log.info("%s: upgrading the recording from schema 1 to 2", self.path)
-                    self._db.executescript(_MIGRATE_1_TO_2)
+                    try:
+                        self._db.executescript(_MIGRATE_1_TO_2)
+                    except sqlite3.OperationalError as exc:  # e.g. locked by a recorder of the old version
+                        self._db.rollback()
+                        self._db.close()
+                        raise StoreError(f"{self.path}: cannot upgrade the recording ({exc}); is another recorder "
+                                         "using it? stop it and run this again") from None
             version = self.meta("schema_version")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable recording database ({exc})") from None
