@@ -3,7 +3,8 @@
 # students (C), each run fitting its cosine schedule into a time budget (train --time-budget).
 # Prepare (here): python3 train_export/checkpoints/gpu_lease/pack.py pack ../shared/data/fer2013/train.npz .gpu/train
 #   (and val), wheels in .whl/ (keras, namex, optree, pydantic, pydantic_core, annotated_types, typing_inspection);
-# run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu.
+# run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu
+# (END: the seconds the call may use, from the run tool's limit_s, minus about 30 s). Step by step: README.md.
 # Env: BUDGET_A / BUDGET_C (minutes), END (seconds the call may use), SMALL=1 for a CPU dry run on a data
 # subset, SKIP_A=1 for a dry run of phases B and C on an earlier phase A. See README.md beside it.
 # shellcheck disable=SC2086  # the flag lists ($TR, $TEACH, $DIST ...) are meant to split into words
@@ -11,8 +12,12 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 T0=$(date +%s)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-W=/tmp/work; mkdir -p $W/runs
-# run as: bash .gpu/job.sh 2>&1 | tee $OUT/job.log   (no exec > >(tee): a bare `wait` would wait for it)
+W=/tmp/work
+# A warm machine keeps /tmp between calls: old run folders would be refused ("holds a finished time-budgeted run").
+if [ -n "${SKIP_A:-}" ]; then rm -rf $W/runs/D*; else rm -rf $W/runs; fi
+mkdir -p $W/runs
+# run as: bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log   (no exec > >(tee): a bare
+# `wait` would wait for it)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 if [ -d .whl ] && [ -z "${SMALL:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -34,7 +39,18 @@ print("keras", keras.__version__, b, "gpu" if gpu else "NO GPU")
 raise SystemExit(0 if gpu else 1)
 PY
 }
-if [ -z "${SMALL:-}" ] && ! smoke; then export KERAS_BACKEND=torch; smoke || echo "no GPU backend works: running on CPU"; fi
+if [ -z "${SMALL:-}" ] && ! smoke; then
+  export KERAS_BACKEND=torch
+  smoke || { echo "no GPU backend works: stopping (a CPU run here would only waste the lease)"; exit 1; }
+fi
+# best.keras from a compiled JAX/PyTorch model carries the optimizer state (about 3x the size): drop it before
+# packing, so the tarballs stay under the 16 MiB a returned file may have.
+slim() { python3 - "$@" <<'PY'
+import sys, keras
+for path in sys.argv[1:]:
+    keras.saving.load_model(path, compile=False).save(path)
+PY
+}
 if [ -f .gpu/train.png ]; then
   python3 $HERE/pack.py unpack .gpu/train $W/train.npz && python3 $HERE/pack.py unpack .gpu/val $W/val.npz || exit 1
 fi
@@ -62,6 +78,7 @@ run S2_sepse_w125 $KILL_A --width 1.25 --epochs 120 --seed 2 $STUD --time-budget
 wait
 fi
 el "phase A done"
+slim $W/runs/S*/best.keras 2>/dev/null
 (cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T* && tar czf "$OUT/phaseA.tgz" S*)
 for r in $W/runs/*/; do n=$(basename $r); echo "$n $(cat $r/best.json 2>/dev/null) $(cat $r/budget.json 2>/dev/null | head -c 200)"; done
 TEACHERS=""
@@ -85,6 +102,7 @@ if [ -f $SOFT ]; then
 fi
 el "phase C done"
 for r in $W/runs/*/; do n=$(basename $r); echo "$n $(cat $r/best.json 2>/dev/null)"; done
+slim $W/runs/D*/best.keras 2>/dev/null
 (cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
 ls -la "$OUT"
 el "done"

@@ -19,6 +19,7 @@ def pack(src: Path, dst: Path) -> None:
         m[r * 48:(r + 1) * 48, c * 48:(c + 1) * 48] = x[i]
     ok, buf = cv2.imencode(".png", m, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     assert ok
+    dst.parent.mkdir(parents=True, exist_ok=True)
     dst.with_suffix(".png").write_bytes(buf.tobytes())
     np.save(dst.with_suffix(".y.npy"), y)
 
