@@ -146,11 +146,15 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def cosine_lr(epoch: int, total: int, hp: HParams) -> float:
-    """Per-epoch warm-up + cosine learning rate, the shape of :func:`make_optimizer`'s per-step schedule."""
+    """Per-epoch warm-up + cosine learning rate, the shape of :func:`make_optimizer`'s per-step schedule.
+
+    Each epoch gets the rate of its middle, so even a short schedule's last epoch runs decayed (3 epochs with
+    2 of warm-up: about half the peak, not the peak itself).
+    """
     warmup = min(hp.warmup_epochs, max(0, total - 1))
     if epoch < warmup:
         return hp.learning_rate * (0.05 + 0.95 * epoch / warmup)
-    progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
+    progress = min(1.0, (epoch + 0.5 - warmup) / max(1, total - warmup))
     return hp.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
@@ -203,7 +207,11 @@ class TimeBudget(keras.callbacks.Callback):
         self.times.append(now - self.last)
         self.last = now
         done = epoch + 1
-        if done >= self.probe:
+        if done < self.probe and self.deadline - now < self.safety * self.times[0]:
+            # Too early to plan, but the first epoch (compilation included) left less than another would take.
+            log.info("time budget: %.1f s left after epoch %d, less than it took; stopping", self.deadline - now, done)
+            self.total = done
+        elif done >= self.probe:
             total = plan_epochs(done, self.times, self.deadline - now, self.total, self.safety)
             if total < self.total:
                 log.info("time budget: %.1f s per epoch, the schedule is now %d epochs",
