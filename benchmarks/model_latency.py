@@ -1,8 +1,8 @@
 """Per-face latency of a model bundle in the device's TFLite runtime (LiteRT), batch 1.
 
-Times what the daemon does for each detected face once it has the 48x48 uint8 crop: the integer input via
-:func:`edge.preprocess.quantize_input`, ``invoke()`` in the interpreter from
-:func:`edge.interpreter.make_interpreter`, and the dequantized output. After a warm-up, ``--n`` timed calls
+Times what the daemon does for each detected face once it has the 48x48 uint8 crop, with the daemon's own
+:class:`edge.classify.Classifier`: the integer input (:func:`edge.preprocess.quantize_input`), ``invoke()`` in
+its interpreter, and the dequantized output. After a warm-up, ``--n`` timed calls
 on real-looking faces (FER2013 validation faces when the file is there, else synthetic faces) give p50/p90/p99
 in milliseconds, for the whole call and for ``invoke()`` alone. ``--flip-tta`` also times flip test-time
 augmentation (the face and its mirror image: two invocations per face, probabilities averaged).
@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
+from edge.bundle import MODEL_FILE, BundleError, Manifest, default_bundle_dir
 from edge.classify import Classifier
-from edge.interpreter import RuntimeMissing, make_interpreter
-from edge.preprocess import quantize_input
+from edge.interpreter import RuntimeMissing
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +43,22 @@ class DeviceModel:
     """
 
     def __init__(self, bundle_dir: Path | str, num_threads: int = 1):
-        self.manifest: Manifest
-        self.manifest, self.model_path = load_bundle(bundle_dir)
-        self.prep = self.manifest.prep()
-        self.interp, self.runtime = make_interpreter(str(self.model_path), num_threads=num_threads)
-        self._inp = self.interp.get_input_details()[0]
-        self._out = self.interp.get_output_details()[0]
+        # The device's own classifier: its bundle and tensor checks, smoke run, interpreter, and its quantization
+        # and dequantization, so what is timed is what the device computes; only the batch-1 call is unrolled
+        # here, to time invoke() apart from the rest.
+        self.clf = Classifier(bundle_dir, threads=num_threads)
+        self.manifest: Manifest = self.clf.manifest
+        self.model_path = self.clf.bundle_dir / MODEL_FILE
+        self.prep = self.clf.prep
+        self.runtime = self.clf.runtime
+        self.interp, self._inp, self._out = self.clf._interp, self.clf._in, self.clf._out
         if int(self._inp["shape"][0]) != 1:
             raise BundleError(f"model input batch is {self._inp['shape'][0]}; this benchmark times batch-1 models")
-        Classifier(bundle_dir, threads=1)  # the device's own checks: tensors against the manifest, smoke run
-        self._in_dtype = np.dtype(self._inp["dtype"])
-        # The quantization the interpreter really uses, as the device reads it (not the manifest's copy).
-        self._in_q = None if self._in_dtype == np.float32 else self._inp["quantization"]
-        out_float = np.dtype(self._out["dtype"]) == np.float32
-        self._out_scale = None if out_float else np.float32(self._out["quantization"][0])
-        self._out_zero = None if out_float else np.float32(self._out["quantization"][1])
         self.size = self.prep.input_size
 
     def input_tensor(self, face: np.ndarray) -> np.ndarray:
         """The input tensor (1 x S x S x 1) for one S x S uint8 face."""
-        batch = face[None, :, :, None]
-        if self._in_q is None:  # a float32 model: just the shared normalisation
-            return (batch.astype(np.float32) * np.float32(self.prep.scale) + np.float32(self.prep.offset))
-        return quantize_input(batch, self._in_q[0], int(self._in_q[1]), self._in_dtype, self.prep)
+        return self.clf._quantize(face[None])
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """Run one prepared input tensor; return the raw output row."""
@@ -74,15 +66,9 @@ class DeviceModel:
         self.interp.invoke()
         return self.interp.get_tensor(self._out["index"])[0]
 
-    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
-        p = raw.astype(np.float32) if self._out_scale is None else (raw.astype(np.float32) - self._out_zero) * self._out_scale
-        p = np.clip(p, 0.0, None)  # as edge.classify: an int8 softmax's row sum drifts from 1
-        s = p.sum()
-        return p / s if s > 0 else np.full_like(p, 1.0 / p.size)
-
     def predict(self, face: np.ndarray) -> np.ndarray:
         """Class probabilities (labels in manifest order) for one S x S uint8 face."""
-        return self._dequantize(self.invoke(self.input_tensor(face)))
+        return self.clf._dequantize(self.invoke(self.input_tensor(face))[None])[0]
 
     def predict_flip(self, face: np.ndarray) -> np.ndarray:
         """Flip test-time augmentation: mean probabilities of the face and its mirror image."""
