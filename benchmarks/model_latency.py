@@ -27,6 +27,7 @@ import numpy as np
 from edge.bundle import MODEL_FILE, BundleError, Manifest, default_bundle_dir
 from edge.classify import Classifier
 from edge.interpreter import RuntimeMissing
+from train_export.cli import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +127,12 @@ def time_calls(fn, faces: np.ndarray, n: int, warmup: int) -> Timing:
     return Timing(ms)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=default_bundle_dir(), help="bundle folder (default: the shipped one)")
-    p.add_argument("--threads", type=_positive, default=1, help="interpreter threads (default 1)")
-    p.add_argument("--n", type=_positive, default=1000, help="timed calls (default 1000)")
+    p.add_argument("--threads", type=positive_int, default=1, help="interpreter threads (default 1)")
+    p.add_argument("--n", type=positive_int, default=1000, help="timed calls (default 1000)")
     p.add_argument("--warmup", type=int, default=100, help="untimed calls first (default 100)")
     p.add_argument("--data", type=Path, default=DEFAULT_FACES, help="an .npz of uint8 faces to feed (default: FER2013 val)")
     p.add_argument("--flip-tta", action="store_true", help="also time flip test-time augmentation (2 invocations per face)")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from train_export.cli import positive_int
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 FER_TRAIN = ROOT.parent / "shared" / "data" / "fer2013" / "train.npz"
@@ -83,20 +85,13 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
     return info["params"], info["macs"], per_step, len(timed)
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def main() -> int:
     """Command line entry point; prints seconds per epoch per model variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=VARIANTS,
                         help="model:width pairs, space- or comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--warmup", type=_at_least_one, default=3,
+    parser.add_argument("--warmup", type=positive_int, default=3,
                         help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")

@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(s: str) -> int:
+def positive_int(s: str) -> int:
+    """An argparse ``type`` for counts that must be 1 or more (also used by the benchmark scripts)."""
     value = int(s)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--no-detect", dest="detect", action="store_false",
                    help="images are already face crops (e.g. 48x48): classify each whole image")
-    p.add_argument("--every", type=_positive_int, default=1,
+    p.add_argument("--every", type=positive_int, default=1,
                    help="video: classify every N-th frame (default: %(default)s)")
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "opencv"],
                    help="face detector backend (default: %(default)s)")
