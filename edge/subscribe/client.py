@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import ConfigError, TlsConfig, load_config, resolve_secret
+from edge.subscribe.store import is_number
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def envelope_ok(msg: dict[str, Any]) -> bool:
     """
     seq, ts = msg.get("seq"), msg.get("ts")
     return (isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63
-            and isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts))
+            and is_number(ts) and math.isfinite(ts))
 
 
 MessageHandler = Callable[[mqtt.Client, mqtt.MQTTMessage], None]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.subscribe.store import Recording, StoreError
+from edge.subscribe.store import Recording, StoreError, is_number
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _window_middle(summary: dict) -> float:
     """When a summary's faces were seen: the middle of its window. Its envelope ``ts`` is the window's end, so
     an hour-long window would otherwise land in the next hour's bar."""
     start, end = summary.get("start_ts"), summary.get("end_ts")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end)) and start <= end:
+    if is_number(start) and is_number(end) and start <= end:
         return (float(start) + float(end)) / 2
     return float(summary["ts"])
 

@@ -64,6 +64,11 @@ COMMIT;
 EXPORT_TABLES = ("messages", "faces", "summary")
 
 
+def is_number(value: Any) -> bool:
+    """Whether a JSON value is a number (``True``/``False`` are not, although Python counts them as ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _dicts(value: Any) -> list[dict]:
     """The JSON objects of a list field (a body from another publisher may hold anything there)."""
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

@@ -27,6 +27,7 @@ from edge.subscribe.client import (
     parse_topic,
     subscription_filters,
 )
+from edge.subscribe.store import is_number
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +74,24 @@ class DeviceView:
     duplicates: int = 0
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _probs_ok(v: Any) -> bool:
-    return isinstance(v, dict) and all(_number(p) for p in v.values())
+    return isinstance(v, dict) and all(is_number(p) for p in v.values())
 
 
 def body_ok(kind: str, msg: dict[str, Any]) -> bool:
     """Whether the fields the view shows have the contract's types (another publisher's JSON may not)."""
     if kind == "status":
         model = msg.get("model")
-        return (isinstance(msg.get("state"), (str, type(None))) and (msg.get("fps") is None or _number(msg["fps"]))
+        return (isinstance(msg.get("state"), (str, type(None))) and (msg.get("fps") is None or is_number(msg["fps"]))
                 and (model is None or (isinstance(model, dict) and isinstance(model.get("labels", []), list)
                                        and all(isinstance(x, str) for x in model.get("labels", [])))))
     if kind == "faces":
         faces = msg.get("faces", [])
         return isinstance(faces, list) and all(
-            isinstance(f, dict) and _probs_ok(f.get("probs", {})) and (f.get("confidence") is None or _number(f["confidence"]))
+            isinstance(f, dict) and _probs_ok(f.get("probs", {})) and (f.get("confidence") is None or is_number(f["confidence"]))
             for f in faces)
     if kind == "summary":
-        return (_probs_ok(msg.get("mean_probs", {})) and (msg.get("faces_mean") is None or _number(msg["faces_mean"]))
+        return (_probs_ok(msg.get("mean_probs", {})) and (msg.get("faces_mean") is None or is_number(msg["faces_mean"]))
                 and isinstance(msg.get("dominant_emotion"), (str, type(None))))
     return True
 
