@@ -76,8 +76,9 @@ class ModelPushReceiver:
         # The push worker and the frame thread (model_rolled_back) both move the store's links: one at a time,
         # so a rollback's check-then-act cannot interleave with a new push's activation.
         self._store_lock = threading.RLock()
-        # push_id of the push that installed each bundle folder, so a later rollback answers that push.
-        self._last_applied: dict[str, str | None] = {}
+        # The bundle folder (resolved) the last push swapped in and that push's id, so a rollback of that
+        # folder answers the push.
+        self._last_applied: tuple[Path, str | None] | None = None
         self._trusted = []
         self._key_errors: list[str] = []
 
@@ -126,9 +127,10 @@ class ModelPushReceiver:
         Puts the store's ``current`` link back too (so a restart does not load the failing model) and reports
         it. Runs on the frame loop's thread: two symlink renames and one outbox insert.
         """
+        failed = Path(failed_dir).resolve()
         try:
             with self._store_lock:
-                if self.store.current() == Path(failed_dir).resolve():
+                if self.store.current() == failed:
                     if self.store.previous() == Path(restored_dir).resolve():
                         self.store.rollback()
                     else:
@@ -136,7 +138,8 @@ class ModelPushReceiver:
         except OSError as exc:
             log.error("model push: cannot roll the model store back (%s)", exc)
         self._publish({
-            "ok": False, "code": "swap_failed", "topic": "", "push_id": self._last_applied.get(str(failed_dir)),
+            "ok": False, "code": "swap_failed", "topic": "",
+            "push_id": self._last_applied[1] if self._last_applied and self._last_applied[0] == failed else None,
             "model_id": failed_id, "sha256": None,
             "key_id": None, "previous_model_id": failed_id, "rolled_back": True,
             "reason": f"model {failed_id} failed on a frame after the swap ({reason}); rolled back",
@@ -230,7 +233,7 @@ class ModelPushReceiver:
             old = self.store.current()
             self.store.activate(installed)
             # Before the swap: a failure on the very first frames must answer this push's id.
-            self._last_applied = {str(installed): base["push_id"], str(installed.resolve()): base["push_id"]}
+            self._last_applied = (installed.resolve(), base["push_id"])
             try:
                 self.daemon.swap_model(installed)
             except Exception as exc:
