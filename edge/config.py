@@ -29,6 +29,18 @@ class ConfigError(Exception):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # pydantic stores an assigned value before the model's after-validators run, so a value that one of them
+        # rejects would stay in place behind the ValidationError; put the old value back so a refused change
+        # changes nothing.
+        old = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            if name in self.__dict__:
+                self.__dict__[name] = old
+            raise
+
 
 class DeviceConfig(_Section):
     """``[device]``: identity, logging and the state folder."""

@@ -197,3 +197,18 @@ def test_the_edge_runtime_never_imports_tensorflow_or_matplotlib(tmp_path, tiny_
                        env={**os.environ, "GLOG_minloglevel": "2"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "IMPORTED []" in r.stdout
+
+
+def test_a_refused_assignment_leaves_the_config_unchanged():
+    """validate_assignment runs the section's after-validators too; the value they refuse must not stay behind."""
+    from pydantic import ValidationError
+
+    cfg = parse_config({"source": {"uri": "picamera2", "width": 640, "height": 480}})
+    with pytest.raises(ValidationError, match="must not exceed"):
+        cfg.source.width = 100
+    assert cfg.source.width == 640
+    with pytest.raises(ValidationError):
+        cfg.source.height = "tall"
+    assert cfg.source.height == 480
+    cfg.source.width = 320
+    assert cfg.source.width == 320
