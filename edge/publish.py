@@ -40,6 +40,9 @@ _LOOP_TIMEOUT_S = 0.05
 _CONNACK_TIMEOUT_S = 10.0
 #: Raw (non-outbox) publishes kept while disconnected; older ones are discarded first.
 _MAX_RAW_QUEUED = 1000
+#: A session that lasted this long was healthy: the next reconnect starts again from reconnect_min_s, so one
+#: broker restart after days of uptime is not waited out with the backoff of earlier failures.
+_HEALTHY_SESSION_S = 30.0
 
 
 class SinkError(Exception):
@@ -396,7 +399,7 @@ class MqttSink:
                     self._end_session(client)
             if self._stop.is_set():
                 break
-            if self._refused is None and time.monotonic() - started > 30:
+            if self._refused is None and time.monotonic() - started > _HEALTHY_SESSION_S:
                 delay = self._cfg.reconnect_min_s  # the last session was healthy: retry quickly
             self._backoff_wait(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_s)

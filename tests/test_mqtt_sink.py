@@ -266,3 +266,29 @@ def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
     finally:
         sink.close(timeout=0.2)
     assert delays[:6] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+
+
+def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypatch):
+    """After failures have grown the wait to reconnect_max_s, a session that stayed up past the healthy threshold
+    makes the next reconnect wait reconnect_min_s again (threshold shortened, waits recorded through the seam)."""
+    import edge.publish
+
+    monkeypatch.setattr(edge.publish, "_HEALTHY_SESSION_S", 0.5)
+    broker = broker_factory()  # made, not started: the first attempts fail
+    delays: list[float] = []
+    cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
+                        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.2,
+                                 "reconnect_max_s": 1.0}})
+    sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
+    try:
+        assert wait_until(lambda: len(delays) >= 5)
+        assert delays[3:5] == pytest.approx([1.0, 1.0])
+        broker.start()
+        assert wait_until(lambda: sink.connection()["connected"])
+        before = len(delays)
+        time.sleep(0.8)  # outlive the (shortened) healthy threshold
+        broker.stop()
+        assert wait_until(lambda: len(delays) >= before + 2)
+    finally:
+        sink.close(timeout=0.2)
+    assert delays[before:before + 2] == pytest.approx([0.2, 0.4])
