@@ -76,8 +76,17 @@ class _LatestFrame:
     """Reads a live capture on its own thread and keeps only the newest frame.
 
     A live camera or stream produces frames at its own rate; read only when the loop is ready, OpenCV would hand
-    out the oldest buffered frame (seconds old for RTSP, and the backlog grows until the stream breaks). The
-    thread owns the capture and releases it when it ends, so a read blocked in FFmpeg never races a release.
+    out the oldest buffered frame (seconds old for RTSP, and the backlog grows until the stream breaks). So the
+    thread takes every frame off the device (``grab``), but decodes one (``retrieve``: MJPEG decode or colour
+    conversion, the costly half on a Pi) only while the loop is waiting for a frame: a loop at 10 fps behind a
+    30 fps camera decodes a third of the frames, and each frame it gets was grabbed after it asked, at most one
+    frame interval later. The thread owns the capture and releases it when it ends, so a read blocked in FFmpeg
+    never races a release.
+
+    Attributes:
+        grabbed: Frames taken off the device.
+        decoded: Frames decoded for the loop.
+        error: Why the capture ended, if a driver error ended it.
     """
 
     def __init__(self, cap: Any, name: str) -> None:
@@ -86,8 +95,11 @@ class _LatestFrame:
         self._image: np.ndarray | None = None
         self._ts = 0.0
         self._seq = 0
+        self._waiting = 0
         self._ended = False
         self._closing = False
+        self.grabbed = 0
+        self.decoded = 0
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"capture {name}", daemon=True)
         self._thread.start()
@@ -95,11 +107,19 @@ class _LatestFrame:
     def _run(self) -> None:
         try:
             while not self._closing:
-                ok, image = self._cap.read()
+                if not self._cap.grab():
+                    break
                 ts = time.time()  # when the frame arrived, not when the loop got round to it
                 with self._cond:
-                    if not ok or image is None:
-                        break
+                    self.grabbed += 1
+                    wanted = self._waiting > 0
+                if not wanted:
+                    continue  # nobody is waiting: the next grab replaces this frame undecoded
+                ok, image = self._cap.retrieve()
+                if not ok or image is None:
+                    break
+                with self._cond:
+                    self.decoded += 1
                     self._image, self._ts, self._seq = image, ts, self._seq + 1
                     self._cond.notify_all()
         except Exception as exc:  # a driver error ends the capture like a stream that stops, with its reason
@@ -114,7 +134,11 @@ class _LatestFrame:
     def newest(self, after: int, timeout: float) -> tuple[np.ndarray, float, int] | None:
         """The newest frame with a sequence number above ``after``; None if the capture ended or timed out."""
         with self._cond:
-            self._cond.wait_for(lambda: self._seq > after or self._ended, timeout)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._seq > after or self._ended, timeout)
+            finally:
+                self._waiting -= 1
             if self._seq > after and self._image is not None:
                 return self._image, self._ts, self._seq
             return None

@@ -59,7 +59,7 @@ def _write_video(path, n=12, size=(160, 120)):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
     assert writer.isOpened()
     for i in range(n):
-        writer.write(np.full((size[1], size[0], 3), 10 * i, np.uint8))
+        writer.write(np.full((size[1], size[0], 3), (10 * i) % 256, np.uint8))
     writer.release()
 
 
@@ -78,21 +78,57 @@ def test_video_file_source_reads_every_frame_then_ends(tmp_path):
     assert means == sorted(means) and means[-1] - means[0] > 80
 
 
-def test_a_live_source_hands_out_the_newest_frame_not_a_backlog(tmp_path):
-    """A camera or stream read on a thread: a loop slower than the source gets the newest frame (here the video
-    file, read as a live source, is long over by the time the slow loop asks), then a clear error when the
-    source stops delivering."""
+class _PacedCapture:
+    """A real ``cv2.VideoCapture`` on a clip, whose ``grab`` waits for the next frame like a camera does
+    (the camera itself is what cannot exist here; its frame rate is all this adds)."""
+
+    def __init__(self, path, fps: float) -> None:
+        self._cap = cv2.VideoCapture(str(path))
+        self._interval = 1.0 / fps
+
+    def grab(self) -> bool:
+        time.sleep(self._interval)
+        return self._cap.grab()
+
+    def retrieve(self):
+        return self._cap.retrieve()
+
+    def release(self) -> None:
+        self._cap.release()
+
+
+def test_a_live_source_hands_out_a_frame_grabbed_after_the_loop_asked_and_decodes_only_those(tmp_path):
+    """A loop slower than the camera gets a current frame, not a backlog, and the frames it skips are
+    grabbed but never decoded; when the camera stops, the next read says so."""
+    from edge.sources import _LatestFrame
+
+    path = tmp_path / "clip.avi"
+    _write_video(path, n=60)
+    grabber = _LatestFrame(_PacedCapture(path, fps=100), "clip")
+    got, seq = [], 0
+    while True:
+        asked = time.time()
+        frame = grabber.newest(seq, timeout=5.0)
+        if frame is None:
+            break
+        image, ts, seq = frame
+        got.append((asked, ts))
+        time.sleep(0.05)  # the loop is busy with detection and classification meanwhile
+    grabber.close()
+    assert grabber.error is None and grabber.grabbed == 60
+    assert 3 <= len(got) <= grabber.decoded < grabber.grabbed / 2
+    assert all(ts >= asked for asked, ts in got)
+
+
+def test_a_live_opencv_source_that_stops_delivering_is_a_clear_error(tmp_path):
     path = tmp_path / "clip.avi"
     _write_video(path, n=20)
     src = OpenCVSource(str(path), live=True)
-    deadline = time.monotonic() + 30
-    while not src._grabber._ended and time.monotonic() < deadline:  # the loop is busy elsewhere meanwhile
-        time.sleep(0.02)
-    frame = src.read()
-    assert frame.index == 0 and frame.image.mean() > 150  # the last frames of the ramp, not the first
     with pytest.raises(SourceError, match="stopped delivering"):
-        src.read()
+        while True:  # an unpaced file is over almost at once; at most the first read may still catch a frame
+            assert src.read() is not None
     src.close()
+    assert src._grabber.grabbed == 20
     assert OpenCVSource(str(path)).live is False  # files are still read frame by frame
 
 
