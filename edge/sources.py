@@ -77,11 +77,13 @@ class _LatestFrame:
 
     A live camera or stream produces frames at its own rate; read only when the loop is ready, OpenCV would hand
     out the oldest buffered frame (seconds old for RTSP, and the backlog grows until the stream breaks). So the
-    thread takes every frame off the device (``grab``), but decodes one (``retrieve``: MJPEG decode or colour
-    conversion, the costly half on a Pi) only while the loop is waiting for a frame: a loop at 10 fps behind a
-    30 fps camera decodes a third of the frames, and each frame it gets was grabbed after it asked, at most one
-    frame interval later. The thread owns the capture and releases it when it ends, so a read blocked in FFmpeg
-    never races a release.
+    thread takes every frame off the device (``grab``), but converts one to BGR (``retrieve``) only while the loop
+    is waiting for a frame: a loop at 10 fps behind a 30 fps camera converts a third of the frames. For a V4L2
+    USB camera in MJPEG mode ``retrieve`` is the JPEG decode, the costly half on a Pi; for FFmpeg streams ``grab``
+    already decodes and the saving is the colour conversion. The price is a wait: each frame the loop gets was
+    grabbed after it asked, so a read waits up to one frame interval for it (under the default rate cap that wait
+    falls inside the frame slot). The thread owns the capture and releases it when it ends, so a read blocked in
+    FFmpeg never races a release.
 
     Attributes:
         grabbed: Frames taken off the device.
@@ -109,8 +111,10 @@ class _LatestFrame:
             while not self._closing:
                 if not self._cap.grab():
                     break
-                ts = time.time()  # when the frame arrived, not when the loop got round to it
                 with self._cond:
+                    # Stamped under the lock that newest() registers its wait under, so a frame decoded for a
+                    # waiting loop always carries a time after the loop asked.
+                    ts = time.time()  # when the frame arrived, not when the loop got round to it
                     self.grabbed += 1
                     wanted = self._waiting > 0
                 if not wanted:
