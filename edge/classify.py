@@ -53,6 +53,7 @@ class Classifier:
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._check_tensors()
+        self._lut = self._quantize_table()
         self._batch = int(self._in["shape"][0])
         self._can_resize = True
         self._smoke_test()
@@ -93,9 +94,23 @@ class Classifier:
         if probs.shape != (1, len(self.labels)) or not np.all(np.isfinite(probs)):
             raise BundleError(f"model {self.model_id} smoke inference returned {probs.shape}, not (1, {len(self.labels)})")
 
+    def _quantize_table(self) -> np.ndarray | None:
+        """The integer input of every uint8 pixel value, from :func:`edge.preprocess.quantize_input` itself.
+
+        A face's integer input depends on each pixel alone, so looking the 256 answers up is the shared
+        normalise-and-quantize, exactly, at about a quarter of its per-face cost (it matters at 0.5 ms a face).
+        """
+        dtype = np.dtype(self._in["dtype"])
+        if dtype == np.float32:
+            return None
+        scale, zero = self._in["quantization"]
+        return quantize_input(np.arange(256, dtype=np.uint8), scale, int(zero), dtype, self.prep)
+
     def _quantize(self, faces: np.ndarray) -> np.ndarray:
         dtype = np.dtype(self._in["dtype"])
         x = faces[..., None]
+        if self._lut is not None and x.dtype == np.uint8:
+            return np.take(self._lut, x)
         if dtype == np.float32:
             from edge.preprocess import normalize
 

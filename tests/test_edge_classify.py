@@ -54,6 +54,19 @@ def test_batched_rows_equal_one_at_a_time(clf):
     assert np.allclose(together, alone, atol=1e-6)
 
 
+def test_the_integer_input_is_the_shared_normalise_and_quantize(clf):
+    """The classifier looks the integer input up per pixel value; it must be exactly what
+    edge.preprocess.quantize_input (the path training's normalize feeds) makes of the same faces."""
+    from edge.preprocess import quantize_input
+
+    batch = np.concatenate([faces(3, seed=2), np.arange(256, dtype=np.uint8).repeat(9)[:2304].reshape(1, 48, 48)])
+    scale, zero = clf._in["quantization"]
+    expected = quantize_input(batch[..., None], scale, int(zero), np.dtype(clf._in["dtype"]), clf.prep)
+    got = clf._quantize(batch)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_different_faces_give_different_outputs(clf):
     p = clf.classify_faces(np.stack([np.zeros((48, 48), np.uint8), np.full((48, 48), 255, np.uint8)]))
     assert not np.allclose(p[0], p[1])
