@@ -98,7 +98,7 @@ class Classifier:
         """The integer input of every uint8 pixel value, from :func:`edge.preprocess.quantize_input` itself.
 
         A face's integer input depends on each pixel alone, so looking the 256 answers up is the shared
-        normalise-and-quantize, exactly, at about a quarter of its per-face cost (it matters at 0.5 ms a face).
+        normalise-and-quantize, exactly, at about a third of its per-face cost (it matters at 0.5 ms a face).
         """
         dtype = np.dtype(self._in["dtype"])
         if dtype == np.float32:
