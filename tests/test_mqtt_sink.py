@@ -10,7 +10,6 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.config import parse_config
 from edge.publish import MqttSink, choose_sink
 from tests.mqtt_support import (
     Collector,
@@ -257,9 +256,7 @@ def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
     from tests.broker import free_port
 
     delays: list[float] = []
-    cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
-                        "mqtt": {"host": "127.0.0.1", "port": free_port(), "reconnect_min_s": 0.2,
-                                 "reconnect_max_s": 1.0}})
+    cfg = sink_config(tmp_path / "state", None, host="127.0.0.1", port=free_port())
     sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
     try:
         assert wait_until(lambda: len(delays) >= 6)
@@ -276,9 +273,7 @@ def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypa
     monkeypatch.setattr(edge.publish, "_HEALTHY_SESSION_S", 0.5)
     broker = broker_factory()  # made, not started: the first attempts fail
     delays: list[float] = []
-    cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
-                        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.2,
-                                 "reconnect_max_s": 1.0}})
+    cfg = sink_config(tmp_path / "state", broker)  # reconnect_min_s 0.2, reconnect_max_s 1.0
     sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
     try:
         assert wait_until(lambda: len(delays) >= 5)
