@@ -1,8 +1,8 @@
 """Per-face latency of a model bundle in the device's TFLite runtime (LiteRT), batch 1.
 
 Times what the daemon does for each detected face once it has the 48x48 uint8 crop, with the daemon's own
-:class:`edge.classify.Classifier`: the integer input (:func:`edge.preprocess.quantize_input`), ``invoke()`` in
-its interpreter, and the dequantized output. After a warm-up, ``--n`` timed calls
+:class:`edge.classify.Classifier`: the integer input (its table built from :func:`edge.preprocess.quantize_input`),
+``invoke()`` in its interpreter, and the dequantized output. After a warm-up, ``--n`` timed calls
 on real-looking faces (FER2013 validation faces when the file is there, else synthetic faces) give p50/p90/p99
 in milliseconds, for the whole call and for ``invoke()`` alone. ``--flip-tta`` also times flip test-time
 augmentation (the face and its mirror image: two invocations per face, probabilities averaged).

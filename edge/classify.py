@@ -107,10 +107,10 @@ class Classifier:
         return quantize_input(np.arange(256, dtype=np.uint8), scale, int(zero), dtype, self.prep)
 
     def _quantize(self, faces: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._in["dtype"])
         x = faces[..., None]
         if self._lut is not None and x.dtype == np.uint8:
             return np.take(self._lut, x)
+        dtype = np.dtype(self._in["dtype"])
         if dtype == np.float32:
             from edge.preprocess import normalize
 
