@@ -179,3 +179,31 @@ def test_robustness_bad_data_is_one_line_error(robustness, tmp_path, capsys):
     rc = robustness.main(["--data", str(tmp_path / "absent.npz")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "absent.npz" in err and "\n" not in err
+
+
+def test_arch_latency_times_each_variant_through_the_device_path(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("tensorflow")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import arch_latency
+
+    assert arch_latency.parse_variant("width=0.5, se=false,stem_stride=2") == {"width": 0.5, "se": False, "stem_stride": 2}
+    for bad in ("width", "colour=2", "se=maybe", "stem_stride=3"):
+        with pytest.raises(ValueError):
+            arch_latency.parse_variant(bad)
+    variants = ["width=0.25,input_size=24", "width=0.25,input_size=24,stem_stride=2"]
+    rc = arch_latency.main([a for v in variants for a in ("--variant", v)] + ["--rounds", "2", "--n", "3", "--warmup", "1"])
+    assert rc == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == variants
+    macs = [int(r.split("|")[3].replace(",", "")) for r in rows]
+    assert macs[1] < macs[0]  # the strided stem is the cheaper one
+    assert all(float(r.split("|")[5]) > 0 for r in rows)
+
+
+def test_arch_latency_bad_variant_is_one_line_error(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import arch_latency
+
+    assert arch_latency.main(["--variant", "widht=1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "widht" in err and len(err.strip().splitlines()) == 1

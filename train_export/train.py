@@ -270,7 +270,8 @@ def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model, keras.M
     """
     keras.utils.set_random_seed(hp.seed)
     core = build_model(
-        hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout, se=hp.se
+        hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout, se=hp.se,
+        stem_stride=hp.stem_stride,
     )
     augmenter = build_augmenter(hp)
     if not augmenter.layers:
