@@ -33,7 +33,8 @@ class HParams:
         se: Use squeeze-excitation in residual blocks (sepse only).
         stem_stride: Stride of the first conv (sepse only): 1 keeps the stem at full resolution; 2 runs it at
             half resolution and drops the first stage's max-pool, so every later layer and weight keeps its shape
-            (a stride-1 model can start a stride-2 run with ``init_weights``) at about 22 % less time per face.
+            (a stride-1 model can start a stride-2 run with ``init_weights``), at 15–22 % less time per face
+            (``benchmarks/arch_latency.py``).
         labels: Class labels, in model output order.
         epochs: Total epochs of the schedule (resuming continues the same schedule).
         batch_size: Faces per step.

@@ -90,7 +90,7 @@ def sepse(
     MACs, wide channels): widths 64-128-256-256 at width 1 over 24-12-6-3 pixels.
 
     ``stem_stride=2`` strides the first conv instead, so the stem's separable conv runs at half resolution and
-    the first stage needs no max-pool: the same layers with the same weight shapes, at about 22 % less time
+    the first stage needs no max-pool: the same layers with the same weight shapes, at 15–22 % less time
     per face in LiteRT (w1.5: 43.3 M → 37.8 M MACs; the full-resolution tensors are what cost most).
     """
     if stem_stride not in (1, 2):
