@@ -61,24 +61,22 @@ def _value(raw: str) -> object:
     return raw
 
 
-def build_variant(changes: dict[str, object], out_dir: Path, seed: int = 0) -> dict:
-    """Build, quantize and package one variant in ``out_dir``; return its name, params, MACs and file size."""
+def build_variant(hp: HParams, out_dir: Path, seed: int = 0) -> dict:
+    """Build, quantize and package one variant in ``out_dir``; return its params, MACs and file size."""
     import keras
 
     from train_export.export import convert_int8
-    from train_export.model_spec import build_model, describe
+    from train_export.model_spec import build_from_hparams, describe
     from train_export.package import write_bundle
 
-    hp = HParams.from_dict(changes)
     keras.utils.set_random_seed(seed)
-    model = build_model(hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth,
-                        dropout=hp.dropout, se=hp.se, stem_stride=hp.stem_stride)
+    model = build_from_hparams(hp)
     # Calibration only sets the quantization ranges; inputs in the normalised range are all it needs here.
     rep = np.random.default_rng(seed).uniform(-1.0, 1.0, (32, hp.input_size, hp.input_size, 1)).astype(np.float32)
     model_bytes = convert_int8(model, rep)
     write_bundle(out_dir, model_bytes, list(hp.labels), Preprocessing(input_size=hp.input_size), "arch-probe")
     info = describe(model)
-    return {"params": info["params"], "macs": info["macs"], "bytes": len(model_bytes), "input_size": hp.input_size}
+    return {"params": info["params"], "macs": info["macs"], "bytes": len(model_bytes)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     """Build every variant, time them in turns and print one markdown table; return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        variants = [(text, parse_variant(text)) for text in args.variant]
+        variants = [(text, HParams.from_dict(parse_variant(text))) for text in args.variant]
         faces: dict[int, np.ndarray] = {}
-        for size in {HParams.from_dict(c).input_size for _t, c in variants}:
+        for size in {hp.input_size for _text, hp in variants}:
             # The given faces where they fit the variant's input size, else synthetic ones of that size.
             faces[size] = load_faces(args.data if size == 48 else None, size, 1000)[0]
     except (ValueError, OSError) as exc:
@@ -108,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        for i, (text, changes) in enumerate(variants):
-            info = build_variant(changes, Path(tmp) / str(i))
+        for i, (text, hp) in enumerate(variants):
+            info = build_variant(hp, Path(tmp) / str(i))
             rows.append((text, info, DeviceModel(Path(tmp) / str(i), num_threads=args.threads), []))
-        for _text, info, model, times in rows * args.rounds:
-            times.append(time_calls(model.predict, faces[info["input_size"]], args.n, args.warmup).ms)
+        for _text, _info, model, times in rows * args.rounds:
+            times.append(time_calls(model.predict, faces[model.size], args.n, args.warmup).ms)
     print(f"{args.rounds} rounds x {args.n} calls per variant, {args.threads} thread(s), batch 1, random weights, int8")
     print()
     print("| variant | params | MACs | model.tflite bytes | per-face p50 ms | p90 ms |")

@@ -123,12 +123,11 @@ class HParams:
             "schedule": ("cosine", "plateau"),
             "loss": ("ce", "focal"),
             "class_weight": ("none", "sqrt", "balanced"),
+            "stem_stride": (1, 2),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"hparam {name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0.0 <= self.camera_prob <= 1.0 or not 0.0 <= self.noise <= 0.5:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from train_export.hparams import HParams
+
 
 def _bn_act(x, act: str = "relu6"):
     x = layers.BatchNormalization()(x)
@@ -140,6 +142,12 @@ def build_model(name: str, input_size: int, n_classes: int, **kwargs: object) ->
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](input_size, n_classes, **kwargs)
+
+
+def build_from_hparams(hp: HParams) -> keras.Model:
+    """The untrained model a run's hyper-parameters describe (architecture, width, depth, input, labels)."""
+    return build_model(hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout,
+                       se=hp.se, stem_stride=hp.stem_stride)
 
 
 def count_macs(model: keras.Model) -> int:

@@ -34,7 +34,7 @@ from train_export.augment import build_augmenter
 from train_export.data import FaceData
 from train_export.dataset import FaceSequence
 from train_export.hparams import HParams
-from train_export.model_spec import build_model, describe
+from train_export.model_spec import build_from_hparams, describe
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,7 @@ def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model, keras.M
     :class:`~train_export.dataset.FaceSequence` to apply to each training batch.
     """
     keras.utils.set_random_seed(hp.seed)
-    core = build_model(
-        hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout, se=hp.se,
-        stem_stride=hp.stem_stride,
-    )
+    core = build_from_hparams(hp)
     augmenter = build_augmenter(hp)
     if not augmenter.layers:
         return core, core, None
