@@ -43,6 +43,20 @@ if [ -z "${SMALL:-}" ] && ! smoke; then
   export KERAS_BACKEND=torch
   smoke || { echo "no GPU backend works: stopping (a CPU run here would only waste the lease)"; exit 1; }
 fi
+# The smoke test only proves a backend sees the GPU; the first lease's JAX steps were 100x slow all the same.
+# A few timed steps of the real loop pick the backend: JAX unless it is slow (SLOW_MS) and PyTorch is faster.
+probe() {
+  KERAS_BACKEND=$1 timeout "${PROBE_S:-80}" python3 benchmarks/train_speed.py --variants sepse:1.5 --warmup 2 \
+      --steps 6 2>/dev/null | tee -a "$OUT/speed.txt" | awk -F'|' '/^\| sepse/ {gsub(/ /, "", $6); print $6; exit}'
+}
+if [ -z "${SMALL:-}" ]; then
+  MS=$(probe "$KERAS_BACKEND"); el "probe $KERAS_BACKEND: ${MS:-no result} ms/step (sepse w1.5, batch 64)"
+  if [ "$KERAS_BACKEND" = jax ] && { [ -z "$MS" ] || [ "$MS" -gt "${SLOW_MS:-150}" ]; }; then
+    MT=$(probe torch); el "probe torch: ${MT:-no result} ms/step"
+    if [ -n "$MT" ] && { [ -z "$MS" ] || [ "$MT" -lt "$MS" ]; }; then export KERAS_BACKEND=torch; fi
+  fi
+fi
+el "backend $KERAS_BACKEND"
 # best.keras from a compiled JAX/PyTorch model carries the optimizer state (about 3x the size): drop it before
 # packing, so the tarballs stay under the 16 MiB a returned file may have.
 slim() { python3 - "$@" <<'PY'
@@ -65,21 +79,53 @@ el "data ready"
 TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision"
 TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --noise 0"
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
-A=${BUDGET_A:-4.5}; C=${BUDGET_C:-3.2}
-KILL_A=$(python3 -c "print(int($A*60+45))"); KILL_C=$(python3 -c "print(int($C*60+45))")
+# Students distilled from soft labels made here on CPU (KD_SOFT, e.g. .gpu/teachers_3cam.npz, the best teachers
+# we have) train all through phase A; KD_INIT (.gpu/init_s2e40.npz) holds a w1.5 stem-stride-2 model's weights as
+# float16 (half a .keras file's size) for the one that fine-tunes the shipped candidate.
+KD_SOFT=${KD_SOFT:-.gpu/teachers_3cam.npz}; KD_INIT=${KD_INIT:-.gpu/init_s2e40.npz}
+[ -n "${SMALL:-}" ] && KD_SOFT=none  # the soft labels belong to all 28,709 faces, not the dry run's subset
+# Phase A's budget: what is left of the call (END) after the runs' start-up, phase B and the packing (about 170 s)
+# when the distilled students use it, else 4.5 minutes (leaving room for phase C).
+if [ -f "$KD_SOFT" ]; then DEF_A=$(python3 -c "print(round(max(1, (${END:-565} - $(( $(date +%s) - T0 )) - 170) / 60), 2))")
+else DEF_A=4.5; fi
+A=${BUDGET_A:-$DEF_A}; C=${BUDGET_C:-3.2}
+KILL_A=$(python3 -c "print(int($A*60+45))")
+el "phase A budget $A min"
 run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
 (sleep 150; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/[phase A at 150 s] /') &
+PIDS=""
 if [ -z "${SKIP_A:-}" ]; then  # SKIP_A=1: a dry run of phases B and C on an earlier phase A
-run T1_vgg_w1_d2 $KILL_A --model vgg --width 1 --depth 2 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 11 $TEACH --time-budget $A &
-run T2_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 12 $TEACH --time-budget $A &
-run T3_sepse_w3_d3 $KILL_A --model sepse --width 3 --depth 3 --epochs 80 --seed 13 $TEACH --time-budget $A &
-run S1_sepse_w15 $KILL_A --width 1.5 --epochs 120 --seed 1 $STUD --time-budget $A &
-run S2_sepse_w125 $KILL_A --width 1.25 --epochs 120 --seed 2 $STUD --time-budget $A &
-wait
+run T1_vgg_w1_d2 $KILL_A --model vgg --width 1 --depth 2 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 11 $TEACH --time-budget $A & PIDS="$PIDS $!"
+run T2_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate 1e-3 --dropout 0.4 --epochs 80 --seed 12 $TEACH --time-budget $A & PIDS="$PIDS $!"
+run T3_sepse_w3_d3 $KILL_A --model sepse --width 3 --depth 3 --epochs 80 --seed 13 $TEACH --time-budget $A & PIDS="$PIDS $!"
+if [ -f "$KD_SOFT" ]; then
+  KD="--soft-labels $KD_SOFT --distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04 --stem-stride 2"
+  if [ -f "$KD_INIT" ] && python3 - "$KD_INIT" $W/init.keras <<'PY'
+import sys
+import numpy as np
+from train_export.hparams import HParams
+from train_export.model_spec import build_from_hparams
+with np.load(sys.argv[1]) as z:
+    weights = [z[k].astype(np.float32) for k in sorted(z.files)]
+model = build_from_hparams(HParams(width=1.5, stem_stride=2))
+model.set_weights(weights)
+model.save(sys.argv[2])
+PY
+  then
+    run K1_w15s2_ft $KILL_A --width 1.5 --epochs 200 --seed 31 --learning-rate 5e-4 --warmup-epochs 1 \
+        --init-weights $W/init.keras $KD --time-budget $A & PIDS="$PIDS $!"
+  fi
+  run K2_w15s2 $KILL_A --width 1.5 --epochs 300 --seed 32 $KD --time-budget $A & PIDS="$PIDS $!"
+  run K3_w125s2 $KILL_A --width 1.25 --epochs 300 --seed 33 $KD --time-budget $A & PIDS="$PIDS $!"
+else
+  run S1_sepse_w15 $KILL_A --width 1.5 --epochs 120 --seed 1 $STUD --time-budget $A & PIDS="$PIDS $!"
+  run S2_sepse_w125 $KILL_A --width 1.25 --epochs 120 --seed 2 $STUD --time-budget $A & PIDS="$PIDS $!"
+fi
+wait $PIDS
 fi
 el "phase A done"
-slim $W/runs/S*/best.keras 2>/dev/null
-(cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T* && tar czf "$OUT/phaseA.tgz" S*)
+slim $W/runs/[SK]*/best.keras 2>/dev/null
+(cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T* && tar czf "$OUT/phaseA.tgz" [SK]*)
 for r in "$W"/runs/*/; do n=$(basename "$r"); echo "$n $(cat "$r"/best.json 2>/dev/null) $(head -c 200 "$r"/budget.json 2>/dev/null)"; done
 TEACHERS=""
 for t in T1_vgg_w1_d2 T2_vgg_w1_d3 T3_sepse_w3_d3; do [ -f $W/runs/$t/best.keras ] && TEACHERS="$TEACHERS --teacher $W/runs/$t/best.keras"; done
@@ -88,9 +134,10 @@ timeout 120 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz -
 el "phase B done"
 cp $SOFT "$OUT/" 2>/dev/null
 # what is left of the call (END seconds after the start) decides phase C's budget
-C=$(python3 -c "print(round(max(0.5, min($C, (${END:-565} - $(( $(date +%s) - T0 )) - 45) / 60)), 2))"); KILL_C=$(python3 -c "print(int($C*60+40))")
+C=$(python3 -c "print(round(max(0, min($C, (${END:-565} - $(( $(date +%s) - T0 )) - 45) / 60)), 2))"); KILL_C=$(python3 -c "print(int($C*60+40))")
 el "phase C budget $C min"
-if [ -f $SOFT ]; then
+# a budget under 1.5 minutes trains a student for one or two epochs: not worth the packing time
+if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 1.5 or '${SMALL:-}' else 1)"; then
   DIST="--soft-labels $SOFT --distill-alpha 0.7 --label-smoothing 0 $STUD"
   # the strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py)
   run D1_w15s2 $KILL_C --width 1.5 --stem-stride 2 --epochs 100 --seed 21 $DIST --time-budget $C &
@@ -100,10 +147,10 @@ if [ -f $SOFT ]; then
   [ -f $W/runs/S1_sepse_w15/best.keras ] && run D4_w15_ft $KILL_C --width 1.5 --epochs 60 --seed 24 --learning-rate 5e-4 \
       --warmup-epochs 1 --init-weights $W/runs/S1_sepse_w15/best.keras $DIST --time-budget $C &
   wait
+  slim $W/runs/D*/best.keras 2>/dev/null
+  (cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
 fi
 el "phase C done"
 for r in "$W"/runs/*/; do n=$(basename "$r"); echo "$n $(cat "$r"/best.json 2>/dev/null)"; done
-slim $W/runs/D*/best.keras 2>/dev/null
-(cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
 ls -la "$OUT"
 el "done"
