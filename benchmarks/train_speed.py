@@ -76,13 +76,13 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
             stamps.append(time.perf_counter())
 
     trainer.fit(seq, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Stamp()])
-    timed = stamps[warmup:] if steps is not None else stamps
-    start = stamps[warmup - 1] if steps is not None else None
     if steps is None:
         per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-    else:
-        per_step = (timed[-1] - start) / len(timed)
-    return info["params"], info["macs"], per_step, len(timed)
+        return info["params"], info["macs"], per_step, len(stamps)
+    # The median step: one compile inside the window (a batch of another shape) cost a GPU lease its backend
+    # choice, when a 30 s compile among 6 timed steps of 16 ms read as 4.8 s per step.
+    durations = np.diff(stamps[warmup - 1 :])
+    return info["params"], info["macs"], float(np.median(durations)), len(durations)
 
 
 def main() -> int:
@@ -108,7 +108,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs; data: {source}; load average {os.getloadavg()[0]:.1f}")
     if busy:
         print(f"NOTE: taken while {busy} other training job(s) ran on this machine: expect slower numbers than idle.")
-    mode = "one full epoch" if args.full else f"{args.steps} steps after {args.warmup} warm-up, extrapolated"
+    mode = "one full epoch" if args.full else f"median of {args.steps} steps after {args.warmup} warm-up, extrapolated"
     print(f"timing: {mode} to {EPOCH_FACES} faces ({steps_per_epoch} steps)\n")
     rows = ["| model | width | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|"]
     for v in args.variants:

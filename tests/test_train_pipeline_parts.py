@@ -132,15 +132,17 @@ def test_training_batches_mix_labels_and_weights():
     data = _data([20, 5, 20, 30, 20, 15, 10])
     hp = HParams(batch_size=16, mixup_alpha=0.4, cutmix_alpha=0.4, mix_prob=1.0, class_weight="sqrt", seed=5)
     seq = FaceSequence(data, hp, Preprocessing(), training=True)
-    assert len(seq) == 8  # ceil(120 / 16)
+    assert len(seq) == 7  # 120 // 16: the incomplete last batch is dropped, so every step has one shape
     mixed = 0
     for i in range(len(seq)):
         x, y, w = seq[i]
-        assert x.shape == (len(y), 48, 48, 1) and x.dtype == np.float32
+        assert x.shape == (16, 48, 48, 1) and y.shape == (16, 7) and x.dtype == np.float32
         np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-6)  # soft labels stay distributions
         assert (y >= 0).all() and (w > 0).all()
         mixed += int((y.max(axis=1) < 1 - 1e-6).any())
-    assert mixed >= 6  # mix_prob 1: (nearly) every batch mixes two faces
+    assert mixed >= 5  # mix_prob 1: (nearly) every batch mixes two faces
+    tiny = FaceSequence(_data([1, 1, 1, 1, 1, 1, 1]), hp, Preprocessing(), training=True)
+    assert len(tiny) == 1 and len(tiny[0][1]) == 7  # fewer faces than a batch: one smaller batch, not none
     x1, y1, w1 = FaceSequence(data, hp, Preprocessing(), training=True)[3]
     x2, y2, w2 = FaceSequence(data, hp, Preprocessing(), training=True)[3]
     np.testing.assert_array_equal(x1, x2)  # seeded: the same batch twice
@@ -152,6 +154,7 @@ def test_validation_batches_are_plain_and_ordered():
 
     data = _data([3, 3, 3, 3, 3, 3, 3])
     seq = FaceSequence(data, HParams(batch_size=8, mix_prob=1.0), Preprocessing(), training=False)
+    assert len(seq) == 3 and len(seq[2][1]) == 5  # validation keeps every face: 8 + 8 + 5
     x, y, w = seq[0]
     np.testing.assert_array_equal(x[..., 0], normalize(data.x[:8]))
     np.testing.assert_array_equal(y.argmax(axis=1), data.y[:8])

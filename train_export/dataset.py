@@ -72,7 +72,11 @@ class FaceSequence(keras.utils.PyDataset):
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.hp.batch_size)
+        # Training drops the incomplete last batch: on JAX a batch of another shape compiles the training step
+        # (and the augmenter) again, about 30 s on an H100, mid-epoch. Each epoch's reshuffle gives the faces
+        # left out their turn in another epoch. Validation keeps every face.
+        n, b = len(self.y), self.hp.batch_size
+        return max(1, n // b) if self.training else math.ceil(n / b)
 
     def on_epoch_end(self) -> None:
         """Reshuffle (training only, seeded by epoch) and advance the epoch counter."""
