@@ -70,14 +70,14 @@ def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) 
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command line entry point; prints a table per variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["sepse:1.5:2"],
                         help="model:width[:stem_stride] (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--steps", type=positive_int, default=5, help="timed batches per part (default 5)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 

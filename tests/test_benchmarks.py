@@ -207,3 +207,20 @@ def test_arch_latency_bad_variant_is_one_line_error(monkeypatch, capsys):
     assert arch_latency.main(["--variant", "widht=1.5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "widht" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_step_profile_times_each_part_of_a_step(monkeypatch, capsys):
+    pytest.importorskip("tensorflow")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_step_profile
+
+    assert train_step_profile.main(["--variants", "sepse:0.25:2", "--batch-size", "8", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "sepse w0.25 stem stride 2" in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if line.startswith("| ")}
+    parts = [p for p in rows if p != "part"]
+    assert parts[0].startswith("batch") and parts[1].startswith("augmenter") and parts[2].startswith("train step")
+    assert parts[3] == "forward only"
+    for part in (parts[2], parts[3]):  # the model's own work always costs something
+        first, per_batch = (float(v) for v in rows[part])
+        assert first > 0 and per_batch > 0
