@@ -1,12 +1,16 @@
 #!/bin/bash
-# One lent-GPU call: teachers + direct students (phase A), teacher-ensemble soft labels (B), distilled
-# students (C), each run fitting its cosine schedule into a time budget (train --time-budget).
+# One lent-GPU call: a backend speed probe, then teachers + students distilled from carried soft labels (or, without
+# them, direct students) (phase A), the new teachers' soft labels (B), students distilled from those (C), each run
+# fitting its cosine schedule into a time budget (train --time-budget).
 # Prepare (here): python3 train_export/checkpoints/gpu_lease/pack.py pack ../shared/data/fer2013/train.npz .gpu/train
-#   (and val), wheels in .whl/ (keras, namex, optree, pydantic, pydantic_core, annotated_types, typing_inspection);
+#   (and val), .gpu/teachers_3cam.npz and .gpu/init_s2e40.npz (README.md, step 1), wheels in .whl/ (keras, namex,
+#   optree, pydantic, pydantic_core, annotated_types, typing_inspection);
 # run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu
 # (END: the seconds the call may use, from the run tool's limit_s, minus about 30 s). Step by step: README.md.
 # Env: BUDGET_A / BUDGET_C (minutes), END (seconds the call may use), SMALL=1 for a CPU dry run on a data
-# subset, SKIP_A=1 for a dry run of phases B and C on an earlier phase A. See README.md beside it.
+# subset, SKIP_A=1 for a dry run of phases B and C on an earlier phase A, KD_SOFT / KD_INIT (the carried soft
+# labels and float16 init weights), PROBE_S (90) and SLOW_MS (150) for the probe, MIN_TEACHER (0.6, the val
+# accuracy a phase-A teacher needs to label faces in phase B). See README.md beside it.
 # shellcheck disable=SC2086  # the flag lists ($TR, $TEACH, $DIST ...) are meant to split into words
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -128,10 +132,21 @@ el "phase A done"
 slim $W/runs/[SK]*/best.keras 2>/dev/null
 (cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T* && tar czf "$OUT/phaseA.tgz" [SK]*)
 for r in "$W"/runs/*/; do n=$(basename "$r"); echo "$n $(cat "$r"/best.json 2>/dev/null) $(head -c 200 "$r"/budget.json 2>/dev/null)"; done
+# Only teachers that learned something (best val accuracy >= MIN_TEACHER) label the faces: on 2026-11-27 phase B
+# spent 80 s of the lease on three one-epoch teachers at 18-23 %.
+good_teacher() { python3 -c "import json, sys; sys.exit(json.load(open('$1/best.json'))['val_accuracy'] < ${MIN_TEACHER:-0.6})" 2>/dev/null; }
 TEACHERS=""
-for t in T1_vgg_w1_d2 T2_vgg_w1_d3 T3_sepse_w3_d3; do [ -f $W/runs/$t/best.keras ] && TEACHERS="$TEACHERS --teacher $W/runs/$t/best.keras"; done
+for t in T1_vgg_w1_d2 T2_vgg_w1_d3 T3_sepse_w3_d3; do
+  if [ -f $W/runs/$t/best.keras ] && { [ -n "${SMALL:-}" ] || good_teacher $W/runs/$t; }; then
+    TEACHERS="$TEACHERS --teacher $W/runs/$t/best.keras"
+  fi
+done
 SOFT=$W/soft_vgg_sepse.npz
-timeout 120 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz --val $W/val.npz --out $SOFT
+if [ -n "$TEACHERS" ]; then
+  timeout 120 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz --val $W/val.npz --out $SOFT
+else
+  el "phase B skipped: no teacher reached ${MIN_TEACHER:-0.6} val accuracy"
+fi
 el "phase B done"
 cp $SOFT "$OUT/" 2>/dev/null
 # what is left of the call (END seconds after the start) decides phase C's budget
