@@ -70,7 +70,7 @@ for path in sys.argv[1:]:
     keras.saving.load_model(path, compile=False).save(path)
 PY
 }
-if [ -f .gpu/train.png ]; then
+if [ -f .gpu/train.webp ] || [ -f .gpu/train.png ]; then
   python3 $HERE/pack.py unpack .gpu/train $W/train.npz && python3 $HERE/pack.py unpack .gpu/val $W/val.npz || exit 1
 fi
 if [ -n "${SMALL:-}" ]; then
