@@ -12,7 +12,6 @@ Uses ../shared/data/fer2013/train.npz when present, random faces of the same sha
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import subprocess
@@ -79,8 +78,9 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
     if steps is None:
         per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
         return info["params"], info["macs"], per_step, len(stamps)
-    # The median step: one compile inside the window (a batch of another shape) cost a GPU lease its backend
-    # choice, when a 30 s compile among 6 timed steps of 16 ms read as 4.8 s per step.
+    # The median step, which one compile inside the window (a batch of another shape: about 30 s on an H100)
+    # cannot move. The mean of 6 steps read JAX at 4.8 s a step on an H100 whose step parts take 16 ms
+    # (gpu_lease/README.md, 2026-11-27), and a GPU lease trained on the slower backend.
     durations = np.diff(stamps[warmup - 1 :])
     return info["params"], info["macs"], float(np.median(durations)), len(durations)
 
@@ -101,7 +101,7 @@ def main() -> int:
     import keras
 
     x, y, source = load_faces(EPOCH_FACES)
-    steps_per_epoch = math.ceil(EPOCH_FACES / args.batch_size)
+    steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
     print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}")
     print(f"backend {keras.backend.backend()} {keras.__version__}; {platform.processor() or platform.machine()}, "
