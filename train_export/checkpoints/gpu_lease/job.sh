@@ -86,7 +86,7 @@ TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --n
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Students distilled from soft labels made here on CPU (KD_SOFT, e.g. .gpu/teachers_3cam.npz, the best teachers
 # we have) train all through phase A; KD_INIT (.gpu/init_s2e40.npz) holds a w1.5 stem-stride-2 model's weights as
-# float16 (half a .keras file's size) for the one that fine-tunes the shipped candidate.
+# float16 (half a .keras file's size) for the one that fine-tunes the shipped default (kd3_s2_w15_e40).
 KD_SOFT=${KD_SOFT:-.gpu/teachers_3cam.npz}; KD_INIT=${KD_INIT:-.gpu/init_s2e40.npz}
 [ -n "${SMALL:-}" ] && KD_SOFT=none  # the soft labels belong to all 28,709 faces, not the dry run's subset
 # Phase A's budget: what is left of the call (END) after the runs' start-up, phase B and the packing (about 170 s)
