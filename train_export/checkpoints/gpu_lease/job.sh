@@ -142,10 +142,11 @@ for t in T1_vgg_w1_d2 T2_vgg_w1_d3 T3_sepse_w3_d3; do
   fi
 done
 SOFT=$W/soft_vgg_sepse.npz
+rm -f $SOFT  # a warm machine (or an earlier dry run here) keeps /tmp/work: phase C must not pick up old labels
 if [ -n "$TEACHERS" ]; then
   timeout 120 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz --val $W/val.npz --out $SOFT
 else
-  el "phase B skipped: no teacher reached ${MIN_TEACHER:-0.6} val accuracy"
+  el "phase B skipped: no teacher finished an epoch at ${MIN_TEACHER:-0.6} val accuracy or more"
 fi
 el "phase B done"
 cp $SOFT "$OUT/" 2>/dev/null
