@@ -58,15 +58,14 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
     from train_export.dataset import FaceSequence
     from train_export.hparams import HParams
     from train_export.model_spec import describe
-    from train_export.train import build_training_model, make_loss, make_optimizer
+    from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
     hp = HParams(model=model, width=width, batch_size=batch, epochs=1)
     trainer, core, augmenter = build_training_model(hp)
     seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
     info = describe(core)
-    trainer.compile(optimizer=make_optimizer(hp, len(seq)), loss=make_loss(hp), metrics=["accuracy"],
-                    jit_compile=hp.jit_compile)
+    compile_for_training(trainer, hp, len(seq))
     total = len(seq) if steps is None else min(len(seq), warmup + steps)
     stamps: list[float] = []
 

@@ -45,7 +45,7 @@ def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) 
     from train_export.data import FaceData
     from train_export.dataset import FaceSequence
     from train_export.hparams import HParams
-    from train_export.train import build_training_model, make_loss, make_optimizer
+    from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
     hp = HParams(model=model, width=width, stem_stride=stem_stride, batch_size=batch, epochs=1,
@@ -55,8 +55,7 @@ def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) 
     n = batch * (steps + 2)
     data = FaceData(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), list(hp.labels))
     seq = FaceSequence(data, hp, Preprocessing(), training=True, augmenter=augmenter)
-    trainer.compile(optimizer=make_optimizer(hp, len(seq)), loss=make_loss(hp), metrics=["accuracy"],
-                    jit_compile=hp.jit_compile)
+    compile_for_training(trainer, hp, len(seq))
     aug, seq.augmenter = seq.augmenter, None
     rows = [("batch (index, normalise, mix)", *timed(lambda i: seq[i], steps))]
     batches = [seq[i] for i in range(steps + 1)]
