@@ -85,8 +85,8 @@ TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-li
 TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --noise 0"
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Students distilled from soft labels made here on CPU (KD_SOFT, e.g. .gpu/teachers_3cam.npz, the best teachers
-# we have) train all through phase A; KD_INIT (.gpu/init_s2e40.npz) holds a w1.5 stem-stride-2 model's weights as
-# float16 (half a .keras file's size) for the one that fine-tunes the shipped default (kd3_s2_w15_e40).
+# we have) train all through phase A; KD_INIT (.gpu/init_s2e40.npz, `pack.py pack-weights`) holds a w1.5
+# stem-stride-2 model as float16 weights for the one that fine-tunes the shipped default (kd3_s2_w15_e40).
 KD_SOFT=${KD_SOFT:-.gpu/teachers_3cam.npz}; KD_INIT=${KD_INIT:-.gpu/init_s2e40.npz}
 [ -n "${SMALL:-}" ] && KD_SOFT=none  # the soft labels belong to all 28,709 faces, not the dry run's subset
 # Phase A's budget: what is left of the call (END) after the runs' start-up, phase B and the packing (about 170 s)
@@ -105,18 +105,7 @@ run T2_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate 1e-3 --
 run T3_sepse_w3_d3 $KILL_A --model sepse --width 3 --depth 3 --epochs 80 --seed 13 $TEACH --time-budget $A & PIDS="$PIDS $!"
 if [ -f "$KD_SOFT" ]; then
   KD="--soft-labels $KD_SOFT --distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04 --stem-stride 2"
-  if [ -f "$KD_INIT" ] && python3 - "$KD_INIT" $W/init.keras <<'PY'
-import sys
-import numpy as np
-from train_export.hparams import HParams
-from train_export.model_spec import build_from_hparams
-with np.load(sys.argv[1]) as z:
-    weights = [z[k].astype(np.float32) for k in sorted(z.files)]
-model = build_from_hparams(HParams(width=1.5, stem_stride=2))
-model.set_weights(weights)
-model.save(sys.argv[2])
-PY
-  then
+  if [ -f "$KD_INIT" ] && python3 $HERE/pack.py unpack-weights "$KD_INIT" $W/init.keras; then
     run K1_w15s2_ft $KILL_A --width 1.5 --epochs 200 --seed 31 --learning-rate 5e-4 --warmup-epochs 1 \
         --init-weights $W/init.keras $KD --time-budget $A & PIDS="$PIDS $!"
   fi

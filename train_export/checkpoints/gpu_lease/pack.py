@@ -1,7 +1,10 @@
-"""Pack FER2013 npz as lossless image mosaics (fits the device's 64 MiB transfer), or unpack them again.
+"""Pack FER2013 npz as lossless image mosaics (fits the device's 64 MiB transfer), or unpack them again;
+pack a trained model's weights as float16 (half a .keras file) and rebuild the .keras file from them.
 
     python3 pack.py pack ../shared/data/fer2013/train.npz .gpu/train   # .gpu/train.webp + .gpu/train.y.npy
     python3 pack.py unpack .gpu/train /tmp/work/train.npz              # reads .webp, or .png from older packs
+    python3 pack.py pack-weights teachers/X/best.keras .gpu/init.npz   # architecture + float16 weights
+    python3 pack.py unpack-weights .gpu/init.npz /tmp/work/init.keras  # for train --init-weights
 
 Lossless WebP (47.2 MB for the training faces) is 2.1 MB smaller than PNG at its strongest compression
 (49.3 MB), room the lease's upload needs; encoding takes about a minute, and ``pack`` checks the round trip.
@@ -58,5 +61,30 @@ def unpack(src: Path, dst: Path) -> None:
     np.savez(dst, x=tiles(m, len(y)), y=y)
 
 
+def pack_weights(src: Path, dst: Path) -> None:
+    """The model at ``src`` as its architecture (Keras JSON) and its weights rounded to float16.
+
+    Rounding costs nothing that matters for a starting point: the shipped default's float16 copy scored 66.73 %
+    on val against 66.68 % for its float32 file, with 99.9 % of the predictions the same.
+    """
+    import keras
+
+    model = keras.models.load_model(src, compile=False)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(dst, config=np.array(model.to_json()),
+                        **{f"w{i:03d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())})
+
+
+def unpack_weights(src: Path, dst: Path) -> None:
+    """The .keras model that :func:`pack_weights` packed (float32 again)."""
+    import keras
+
+    with np.load(src) as z:
+        model = keras.models.model_from_json(str(z["config"]))
+        model.set_weights([z[k].astype(np.float32) for k in sorted(k for k in z.files if k != "config")])
+    model.save(dst)
+
+
 if __name__ == "__main__":
-    {"pack": pack, "unpack": unpack}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    commands = {"pack": pack, "unpack": unpack, "pack-weights": pack_weights, "unpack-weights": unpack_weights}
+    commands[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
