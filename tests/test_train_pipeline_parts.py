@@ -327,3 +327,33 @@ def test_plan_epochs_fits_the_rest_of_the_budget_at_the_measured_speed():
     assert plan_epochs(5, [30.0, 10.0, 10.0, 10.0, 10.0], -3.0, total=80) == 5  # over budget: stop now
     assert plan_epochs(1, [10.0], 50.0, total=80, safety=1.0) == 6  # one epoch: its own time is all there is
     assert plan_epochs(3, [5.0, 10.0, 30.0], 60.0, total=80, safety=1.0) == 6  # the median of later epochs
+
+
+def test_best_checkpoint_holds_improvements_between_writes_and_writes_the_best_at_the_end(tmp_path):
+    import json
+
+    import keras
+
+    from train_export.model_spec import build_model
+    from train_export.train import BestCheckpoint
+
+    core = build_model("mini_xception", 48, 7, width=0.5)
+    cb = BestCheckpoint(core, tmp_path, min_interval_s=3600)  # only the first write is due within the test
+    cb.set_model(core)
+    first = [w.copy() for w in core.get_weights()]
+    cb.on_epoch_end(0, {"val_accuracy": 0.30})  # written at once
+    assert json.loads((tmp_path / "best.json").read_text()) == {"val_accuracy": 0.30, "epoch": 1}
+    best = [w + 1.0 for w in first]
+    core.set_weights(best)
+    cb.on_epoch_end(1, {"val_accuracy": 0.40})  # better, but held in memory: the interval has not passed
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 1
+    later = [w - 1.0 for w in first]
+    core.set_weights(later)
+    cb.on_epoch_end(2, {"val_accuracy": 0.35})  # worse: nothing changes
+    cb.on_train_end()
+    assert json.loads((tmp_path / "best.json").read_text()) == {"val_accuracy": 0.40, "epoch": 2}
+    saved = keras.saving.load_model(tmp_path / "best.keras", compile=False).get_weights()
+    for a, b in zip(saved, best, strict=True):
+        np.testing.assert_allclose(a, b)
+    for a, b in zip(core.get_weights(), later, strict=True):  # the model training goes on with is untouched
+        np.testing.assert_allclose(a, b)

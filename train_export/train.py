@@ -38,6 +38,9 @@ from train_export.model_spec import build_from_hparams, describe
 
 log = logging.getLogger(__name__)
 
+# A time-budgeted run (a lent GPU: epochs of seconds) writes best.keras and curves.png at most this often.
+SAVE_INTERVAL_S = 20.0
+
 
 def has_gpu() -> bool:
     """Whether the active Keras backend sees a GPU."""
@@ -92,42 +95,92 @@ def make_loss(hp: HParams) -> keras.losses.Loss:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the core model with the best validation accuracy; remembers the best across resumes."""
+    """Keep the core model with the best validation accuracy; remembers the best across resumes.
 
-    def __init__(self, core: keras.Model, run_dir: Path):
+    ``min_interval_s`` > 0 writes at most that often: an improvement in between is held in memory (its
+    weights) and written when the interval has passed or training ends. A GPU epoch takes seconds, and
+    saving a ``.keras`` file after nearly every one of the early epochs would cost a good share of a short
+    time budget; a run killed in between loses at most the last ``min_interval_s`` of improvements.
+    """
+
+    def __init__(self, core: keras.Model, run_dir: Path, min_interval_s: float = 0.0):
         super().__init__()
         self.core = core
         self.path = run_dir / "best.keras"
         self.state_path = run_dir / "best.json"
+        self.min_interval_s = min_interval_s
         self.best = -math.inf
+        self.pending: tuple[list, int] | None = None  # (weights, epoch) of an improvement not written yet
+        self.last_write = -math.inf
         if self.state_path.exists():
             self.best = json.loads(self.state_path.read_text())["val_accuracy"]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Save the core model (atomically) when validation accuracy improved."""
+        """Save the core model (atomically) when validation accuracy improved, at most every ``min_interval_s``."""
         acc = float((logs or {}).get("val_accuracy", -math.inf))
+        due = time.monotonic() - self.last_write >= self.min_interval_s
         if acc > self.best:
             self.best = acc
-            tmp = self.path.with_suffix(".tmp.keras")
-            self.core.save(tmp)
-            os.replace(tmp, self.path)  # atomic: a kill mid-save never leaves a broken best model
-            self.state_path.write_text(json.dumps({"val_accuracy": acc, "epoch": epoch + 1}) + "\n")
-            log.info("epoch %d: new best val_accuracy %.4f saved to %s", epoch + 1, acc, self.path)
+            if due:  # the core holds this epoch's weights: save them as they are
+                self.pending = None
+                self._save(epoch)
+            else:
+                self.pending = (self.core.get_weights(), epoch)
+                log.info("epoch %d: new best val_accuracy %.4f (saved within %.0f s)", epoch + 1, acc,
+                         self.min_interval_s)
+        elif self.pending and due:
+            self._write_pending()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Write an improvement still held in memory."""
+        if self.pending:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        weights, epoch = self.pending
+        current = self.core.get_weights()
+        self.core.set_weights(weights)
+        try:
+            self._save(epoch)
+        finally:
+            self.core.set_weights(current)
+        self.pending = None
+
+    def _save(self, epoch: int) -> None:
+        tmp = self.path.with_suffix(".tmp.keras")
+        self.core.save(tmp)
+        os.replace(tmp, self.path)  # atomic: a kill mid-save never leaves a broken best model
+        self.state_path.write_text(json.dumps({"val_accuracy": self.best, "epoch": epoch + 1}) + "\n")
+        self.last_write = time.monotonic()
+        log.info("epoch %d: new best val_accuracy %.4f saved to %s", epoch + 1, self.best, self.path)
 
 
 class Curves(keras.callbacks.Callback):
-    """Redraw ``curves.png`` from ``log.csv`` after each epoch."""
+    """Redraw ``curves.png`` from ``log.csv`` after each epoch (at most every ``min_interval_s``) and at the end."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, min_interval_s: float = 0.0):
         super().__init__()
         self.run_dir = run_dir
+        self.min_interval_s = min_interval_s
+        self.last = -math.inf
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Redraw the curves; a plotting failure is only a warning."""
+        """Redraw the curves unless they were drawn less than ``min_interval_s`` ago."""
+        if time.monotonic() - self.last >= self.min_interval_s:
+            self._draw()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Draw the final curves (the last epochs may have been skipped)."""
+        if self.min_interval_s > 0:
+            self._draw()
+
+    def _draw(self) -> None:
+        # A plot must never stop training: a failure is only a warning.
         try:
             plot_curves(self.run_dir / "log.csv", self.run_dir / "curves.png")
-        except Exception as exc:  # a plot must never stop training
+        except Exception as exc:
             log.warning("could not draw curves: %s", exc)
+        self.last = time.monotonic()
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -381,8 +434,8 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        BestCheckpoint(core, run_dir),
-        Curves(run_dir),
+        BestCheckpoint(core, run_dir, min_interval_s=SAVE_INTERVAL_S if budget else 0.0),
+        Curves(run_dir, min_interval_s=SAVE_INTERVAL_S if budget else 0.0),
     ]
     if hp.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=5, mode="max"))
