@@ -306,6 +306,36 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
     assert rc == 2 and "other training faces" in err[-1], err
 
 
+def test_online_distillation_learns_from_the_teacher_alone(workdir, run_dir, data, capsys):
+    """With distill_alpha 1 the teacher, run on each augmented batch, is the student's only signal: the student
+    still learns the classes, and best.keras holds the student alone."""
+    import keras
+
+    train, val = data
+    student = workdir / "online_student"
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(student), "--log-lines",
+               "--model", "mini_xception", "--width", "0.5", "--epochs", "8", "--batch-size", "4", "--input-size", "24",
+               "--labels", ",".join(LABELS), "--learning-rate", "0.01", "--warmup-epochs", "0", "--erasing-prob", "0",
+               "--teacher-models", str(run_dir / "best.keras"), "--distill-alpha", "1", "--label-smoothing", "0"])
+    assert rc == 0
+    hp = json.loads((student / "hparams.json").read_text())
+    assert hp["teacher_models"] == [str(run_dir / "best.keras")] and hp["distill_temperature"] == 2.0
+    model = keras.saving.load_model(student / "best.keras", compile=False)
+    assert model.output_shape == (None, len(LABELS))  # the student, not the [student | teachers] trainer
+    assert json.loads((student / "best.json").read_text())["val_accuracy"] > 0.6  # chance is 0.25
+
+    # A teacher of another input size is refused in one line, before anything is written.
+    other = workdir / "online_other"
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(other), "--input-size", "32",
+               "--labels", ",".join(LABELS), "--teacher-models", str(run_dir / "best.keras"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "takes (24, 24) faces" in err[-1], err
+    rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(other), "--input-size", "24",
+               "--labels", ",".join(LABELS), "--teacher-models", str(workdir / "absent.keras"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "do not exist" in err[-1], err
+
+
 def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):
     """A budget that has run out after the first epoch ends the run there (another epoch would not fit, so it
     does not wait for the two probe epochs), and hparams.json says how many epochs the schedule really had."""

@@ -357,3 +357,32 @@ def test_best_checkpoint_holds_improvements_between_writes_and_writes_the_best_a
         np.testing.assert_allclose(a, b)
     for a, b in zip(core.get_weights(), later, strict=True):  # the model training goes on with is untouched
         np.testing.assert_allclose(a, b)
+
+
+def test_online_distillation_targets_blend_the_label_with_the_teachers_on_the_same_input():
+    import keras
+
+    from train_export.distill import soften
+    from train_export.model_spec import build_model
+    from train_export.online_distill import OnlineDistillLoss, student_accuracy, with_teachers
+
+    keras.utils.set_random_seed(0)
+    core = build_model("mini_xception", 24, 4, width=0.25)
+    teachers = [build_model("mini_xception", 24, 4, width=0.25) for _ in range(2)]
+    for i, t in enumerate(teachers):
+        t.name, t.trainable = f"teacher_{i}", False
+    inp = keras.Input((24, 24, 1))
+    model = with_teachers(inp, inp, core, teachers, temperature=2.0)
+    x = np.random.default_rng(0).normal(size=(5, 24, 24, 1)).astype(np.float32)
+    out = np.asarray(model.predict(x, verbose=0))
+    want = np.mean([soften(np.asarray(t.predict(x, verbose=0)), 2.0) for t in teachers], axis=0)
+    np.testing.assert_allclose(out[:, :4], np.asarray(core.predict(x, verbose=0)), atol=1e-5)
+    np.testing.assert_allclose(out[:, 4:], want, atol=1e-5)
+
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
+    loss = float(OnlineDistillLoss(4, alpha=0.7)(y, out))
+    target = 0.3 * y + 0.7 * out[:, 4:]
+    assert loss == pytest.approx(float(np.mean(-(target * np.log(out[:, :4])).sum(axis=1))), rel=1e-4)
+    acc = student_accuracy(4)
+    acc.update_state(y, out)
+    assert float(acc.result()) == pytest.approx(float(np.mean(out[:, :4].argmax(1) == y.argmax(1))))

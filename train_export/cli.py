@@ -20,9 +20,10 @@ def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hyper-parameters (see train_export/hparams.py for meanings)")
     for f in dataclasses.fields(HParams):
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "labels":
+        if f.type == "list[str]":
             group.add_argument(flag, type=lambda s: [p.strip() for p in s.split(",") if p.strip()], default=None,
-                               help="comma-separated label names in output order")
+                               help="comma-separated label names in output order" if f.name == "labels"
+                               else "comma-separated .keras paths")
         elif f.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.type in ("int", int):

@@ -68,6 +68,10 @@ class HParams:
         soft_labels: Teacher soft labels for the training faces (``python -m train_export soft-labels``);
             empty = no distillation.
         distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
+        teacher_models: Trained ``.keras`` teachers that score each augmented training batch inside the step
+            (online distillation, :mod:`train_export.online_distill`), instead of ``soft_labels``; empty = none.
+        distill_temperature: Softening temperature of ``teacher_models``' probabilities (``soft-labels`` has
+            its own ``--temperature``, 2 by default, like this).
         init_weights: A trained ``.keras`` model of the same architecture whose weights start the run
             (fine-tuning); empty = random initialisation. A resumed run continues from its own backup.
         early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
@@ -110,6 +114,8 @@ class HParams:
     noise: float = 0.04
     soft_labels: str = ""
     distill_alpha: float = 0.7
+    teacher_models: list[str] = field(default_factory=list)
+    distill_temperature: float = 2.0
     init_weights: str = ""
     early_stop_patience: int = 0
     seed: int = 1
@@ -134,6 +140,10 @@ class HParams:
             raise ValueError(f"camera_prob must be in [0, 1] and noise in [0, 0.5], got {self.camera_prob}, {self.noise}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.soft_labels and self.teacher_models:
+            raise ValueError("soft_labels and teacher_models are two ways to distil: give one of them")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be at least two distinct names, got {self.labels}")
 

@@ -317,12 +317,20 @@ def augment_in_model() -> bool:
 def compile_for_training(model: keras.Model, hp: HParams, steps_per_epoch: int, per_epoch: bool = False) -> None:
     """Compile ``model`` the way :func:`train` does: ``hp``'s optimizer and schedule, loss, accuracy, jit_compile.
 
-    The benchmarks that time training steps call it too, so they time exactly what a run compiles.
+    The benchmarks that time training steps call it too, so they time exactly what a run compiles. With
+    ``hp.teacher_models`` the model is :func:`~train_export.online_distill.with_teachers`' (2 x classes wide).
     """
+    if hp.teacher_models:
+        from train_export.online_distill import OnlineDistillLoss, student_accuracy
+
+        n = len(hp.labels)
+        loss, metrics = OnlineDistillLoss(n, hp.distill_alpha, hp.label_smoothing), [student_accuracy(n)]
+    else:
+        loss, metrics = make_loss(hp), ["accuracy"]
     model.compile(
         optimizer=make_optimizer(hp, steps_per_epoch, per_epoch=per_epoch),
-        loss=make_loss(hp),
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=metrics,
         jit_compile=hp.jit_compile,
     )
 
@@ -332,14 +340,23 @@ def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model, keras.M
 
     Where :func:`augment_in_model`, the training model is augmenter + core and no augmenter is returned;
     otherwise the training model is the core itself and the augmenter is returned, for
-    :class:`~train_export.dataset.FaceSequence` to apply to each training batch.
+    :class:`~train_export.dataset.FaceSequence` to apply to each training batch. With ``hp.teacher_models``
+    the teachers run beside the core on the same (augmented) input (:mod:`train_export.online_distill`).
     """
     keras.utils.set_random_seed(hp.seed)
     core = build_from_hparams(hp)
     augmenter = build_augmenter(hp)
+    in_model = augment_in_model() and bool(augmenter.layers)
+    if hp.teacher_models:
+        from train_export.online_distill import load_teachers, with_teachers
+
+        teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
+        inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
+        model = with_teachers(inp, augmenter(inp) if in_model else inp, core, teachers, hp.distill_temperature)
+        return model, core, (augmenter if augmenter.layers and not in_model else None)
     if not augmenter.layers:
         return core, core, None
-    if not augment_in_model():
+    if not in_model:
         return core, core, augmenter
     inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
     return keras.Model(inp, core(augmenter(inp)), name="trainer"), core, None
@@ -407,6 +424,12 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         soft = load_soft_labels(hp.soft_labels, train_data)
         log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x one-hot",
                  hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha)
+    missing = [t for t in hp.teacher_models if not Path(t).is_file()]
+    if missing:  # also checked before hparams.json is written
+        raise ValueError(f"teacher model(s) {missing} do not exist; give trained .keras models (e.g. runs/X/best.keras)")
+    if hp.teacher_models:
+        log.info("distilling online: targets are %.2f x the mean of %d teachers on each batch (T=%g) + %.2f x one-hot",
+                 hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature, 1 - hp.distill_alpha)
     hp.save(hp_path)
 
     gpu = has_gpu()
