@@ -146,14 +146,17 @@ C=$(python3 -c "print(round(max(0, min($C, (${END:-565} - $(( $(date +%s) - T0 )
 el "phase C budget $C min"
 # a budget under 1.5 minutes trains a student for a few epochs: not worth the packing time
 if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 1.5 or '${SMALL:-}' else 1)"; then
-  DIST="--soft-labels $SOFT --distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04"
-  # the strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py)
+  KD="--distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04"
+  # D1 fine-tunes the shipped default with the teachers run on each batch (online distillation), D2 learns from
+  # scratch from their soft labels. The strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here
+  # (benchmarks/arch_latency.py).
+  ONLINE=$(echo $TEACHERS | sed 's/--teacher //g; s/ /,/g')
   if [ -f "$KD_INIT" ] && python3 $HERE/pack.py unpack-weights "$KD_INIT" $W/init.keras; then
     run D1_w15s2_ft $KILL_C --width 1.5 --stem-stride 2 --epochs 200 --seed 21 --learning-rate "$(lr 5e-4)" \
-        --warmup-epochs 1 --init-weights $W/init.keras $DIST --time-budget $C &
+        --warmup-epochs 1 --init-weights $W/init.keras --teacher-models "$ONLINE" $KD --time-budget $C &
   fi
-  run D2_w15s2 $KILL_C --width 1.5 --stem-stride 2 --epochs 300 --seed 22 --learning-rate "$(lr 2e-3)" $DIST \
-      --time-budget $C &
+  run D2_w15s2 $KILL_C --width 1.5 --stem-stride 2 --epochs 300 --seed 22 --learning-rate "$(lr 2e-3)" \
+      --soft-labels $SOFT $KD --time-budget $C &
   wait
   slim $W/runs/D*/best.keras 2>/dev/null
   (cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
