@@ -3,9 +3,10 @@
 # distilled from those (C, or in a second call with SKIP_A=1), each run fitting its cosine schedule into a time
 # budget (train --time-budget), all at batch BATCH (256) with the learning rates scaled by sqrt(BATCH / 64).
 # Prepare (here): python3 train_export/checkpoints/gpu_lease/pack.py pack ../shared/data/fer2013/train.npz .gpu/train
-#   (and val), .gpu/teachers_3cam.npz and .gpu/init_s2e40.npz (README.md, step 1), wheels in .whl/ (keras, namex,
+#   (and val) and .gpu/init_s2e40.npz (README.md, step 1), wheels in .whl/ (keras, namex,
 #   optree, pydantic, pydantic_core, annotated_types, typing_inspection);
-# run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu
+# run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu,
+# then on the warm machine SKIP_A=1 END=<what is left> bash ... for phase C
 # (END: the seconds the call may use, from the run tool's limit_s, minus about 30 s). Step by step: README.md.
 # Env: BUDGET_A / BUDGET_C (minutes), END (seconds the call may use), SMALL=1 for a CPU dry run on a data
 # subset, SKIP_A=1 for phases B and C alone on an earlier phase A (a second call on the warm machine), KD_INIT
@@ -101,9 +102,9 @@ KD_INIT=${KD_INIT:-.gpu/init_s2e40.npz}
 A=${BUDGET_A:-$(python3 -c "print(round(max(1, (${END:-565} - $(( $(date +%s) - T0 )) - 150) / 60), 2))")}
 C=${BUDGET_C:-3.2}
 KILL_A=$(python3 -c "print(int($A*60+45))")
+run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
 if [ -z "${SKIP_A:-}" ]; then  # SKIP_A=1: phases B and C on an earlier phase A (this machine's /tmp/work/runs)
 el "phase A budget $A min"
-run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
 (sleep 150; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/[phase A at 150 s] /') &
 PIDS=""
 run T1_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate "$(lr 1e-3)" --dropout 0.4 --epochs 300 \
@@ -119,8 +120,6 @@ for t in "$W"/runs/T*/; do
   [ -f $t/best.keras ] && python3 $HERE/pack.py pack-weights $t/best.keras "$OUT/$(basename $t).npz"
 done
 (cd $W/runs && tar czf "$OUT/teachers.tgz" --exclude=best.keras T*)
-else
-  run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
 fi
 # Only teachers that learned something (best val accuracy >= MIN_TEACHER) label the faces: on 2026-11-27 phase B
 # spent 80 s of the lease on three one-epoch teachers at 18-23 %.
