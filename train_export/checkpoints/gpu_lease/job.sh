@@ -89,7 +89,7 @@ for s, n in (('train', 1500), ('val', 300)):
     np.savez('$W/%s.npz' % s, x=z['x'][i], y=z['y'][i])"
 fi
 el "data ready"
-TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision"
+TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision --batch-size $BATCH"
 TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --noise 0"
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Phase A trains teachers only. Students distilled from the CPU teachers' soft labels gained nothing more here on
@@ -107,9 +107,11 @@ if [ -z "${SKIP_A:-}" ]; then  # SKIP_A=1: phases B and C on an earlier phase A 
 el "phase A budget $A min"
 (sleep 150; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/[phase A at 150 s] /') &
 PIDS=""
-run T1_vgg_w1_d3 $KILL_A --model vgg --width 1 --depth 3 --learning-rate "$(lr 1e-3)" --dropout 0.4 --epochs 300 \
+# A SMALL dry run on CPU trains tiny teachers under the same names: only the plumbing is checked there.
+if [ -n "${SMALL:-}" ]; then VGG="--width 0.25 --depth 1"; SEP="--width 0.5 --depth 1"; else VGG="--width 1 --depth 3"; SEP="--width 3 --depth 3"; fi
+run T1_vgg_w1_d3 $KILL_A --model vgg $VGG --learning-rate "$(lr 1e-3)" --dropout 0.4 --epochs 300 \
     --seed 12 $TEACH --time-budget $A & PIDS="$PIDS $!"
-run T2_sepse_w3_d3 $KILL_A --model sepse --width 3 --depth 3 --learning-rate "$(lr 2e-3)" --epochs 300 --seed 13 \
+run T2_sepse_w3_d3 $KILL_A --model sepse $SEP --learning-rate "$(lr 2e-3)" --epochs 300 --seed 13 \
     $TEACH --time-budget $A & PIDS="$PIDS $!"
 wait $PIDS
 el "phase A done"
@@ -143,8 +145,9 @@ el "phase B done"
 # what is left of the call (END seconds after the start) decides phase C's budget
 C=$(python3 -c "print(round(max(0, min($C, (${END:-565} - $(( $(date +%s) - T0 )) - 45) / 60)), 2))"); KILL_C=$(python3 -c "print(int($C*60+40))")
 el "phase C budget $C min"
-# a budget under 1.5 minutes trains a student for a few epochs: not worth the packing time
-if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 1.5 or '${SMALL:-}' else 1)"; then
+# a budget under 1.5 minutes trains a student for a few epochs: not worth the packing time (a SMALL dry run takes
+# any budget above 0)
+if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 1.5 or ('${SMALL:-}' and $C > 0) else 1)"; then
   KD="--distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04"
   # D1 fine-tunes the shipped default with the teachers run on each batch (online distillation), D2 learns from
   # scratch from their soft labels. The strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here
