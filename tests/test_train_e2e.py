@@ -333,7 +333,8 @@ def test_online_distillation_learns_from_the_teacher_alone(workdir, run_dir, dat
     rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(other), "--input-size", "24",
                "--labels", ",".join(LABELS), "--teacher-models", str(workdir / "absent.keras"), "--epochs", "1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and "do not exist" in err[-1], err
+    assert rc == 2 and "does not exist" in err[-1], err
+    assert not other.exists() or not any(other.iterdir())  # neither refusal left a half-started run
 
 
 def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):

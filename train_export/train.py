@@ -335,13 +335,15 @@ def compile_for_training(model: keras.Model, hp: HParams, steps_per_epoch: int, 
     )
 
 
-def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model, keras.Model | None]:
+def build_training_model(hp: HParams, teachers: list[keras.Model] | None = None
+                         ) -> tuple[keras.Model, keras.Model, keras.Model | None]:
     """Return (training model, core model that gets exported, batch augmenter or None).
 
     Where :func:`augment_in_model`, the training model is augmenter + core and no augmenter is returned;
     otherwise the training model is the core itself and the augmenter is returned, for
     :class:`~train_export.dataset.FaceSequence` to apply to each training batch. With ``hp.teacher_models``
-    the teachers run beside the core on the same (augmented) input (:mod:`train_export.online_distill`).
+    the teachers (``teachers``, or loaded here from those paths) run beside the core on the same (augmented)
+    input (:mod:`train_export.online_distill`).
     """
     keras.utils.set_random_seed(hp.seed)
     core = build_from_hparams(hp)
@@ -350,7 +352,8 @@ def build_training_model(hp: HParams) -> tuple[keras.Model, keras.Model, keras.M
     if hp.teacher_models:
         from train_export.online_distill import load_teachers, with_teachers
 
-        teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
+        if teachers is None:
+            teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
         inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
         model = with_teachers(inp, augmenter(inp) if in_model else inp, core, teachers, hp.distill_temperature)
         return model, core, (augmenter if augmenter.layers and not in_model else None)
@@ -424,10 +427,11 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         soft = load_soft_labels(hp.soft_labels, train_data)
         log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x one-hot",
                  hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha)
-    missing = [t for t in hp.teacher_models if not Path(t).is_file()]
-    if missing:  # also checked before hparams.json is written
-        raise ValueError(f"teacher model(s) {missing} do not exist; give trained .keras models (e.g. runs/X/best.keras)")
-    if hp.teacher_models:
+    teachers = None
+    if hp.teacher_models:  # loaded (and checked) before hparams.json is written, like the soft labels
+        from train_export.online_distill import load_teachers
+
+        teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
         log.info("distilling online: targets are %.2f x the mean of %d teachers on each batch (T=%g) + %.2f x one-hot",
                  hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature, 1 - hp.distill_alpha)
     hp.save(hp_path)
@@ -436,7 +440,7 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     if gpu and hp.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     prep = Preprocessing(input_size=hp.input_size)
-    model, core, augmenter = build_training_model(hp)
+    model, core, augmenter = build_training_model(hp, teachers)
     train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft, augmenter=augmenter)
     val_seq = FaceSequence(val_data, hp, prep, training=False)
     if hp.init_weights:
@@ -453,12 +457,13 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
     budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
     compile_for_training(model, hp, len(train_seq), per_epoch=budget is not None)
+    interval = SAVE_INTERVAL_S if budget else 0.0  # seconds between writes of best.keras and curves.png
     callbacks: list[keras.callbacks.Callback] = [
         *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        BestCheckpoint(core, run_dir, min_interval_s=SAVE_INTERVAL_S if budget else 0.0),
-        Curves(run_dir, min_interval_s=SAVE_INTERVAL_S if budget else 0.0),
+        BestCheckpoint(core, run_dir, min_interval_s=interval),
+        Curves(run_dir, min_interval_s=interval),
     ]
     if hp.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=5, mode="max"))
