@@ -116,7 +116,7 @@ run T2_sepse_w3_d3 $KILL_A --model sepse $SEP --learning-rate "$(lr 2e-3)" --epo
 wait $PIDS
 el "phase A done"
 for r in "$W"/runs/T*/; do n=$(basename "$r"); echo "$n $(cat "$r"/best.json 2>/dev/null) $(head -c 200 "$r"/budget.json 2>/dev/null)"; done
-# The teachers come back as float16 weights (pack.py pack-weights: about 14 MB for vgg w1 d3, under the 16 MiB a
+# The teachers come back as float16 weights (pack.py pack-weights: about 15.7 MB for vgg w1 d3, under the 16 MiB a
 # returned file may have), to join the CPU teachers in later ensembles here; their logs in teachers.tgz.
 for t in "$W"/runs/T*/; do
   [ -f $t/best.keras ] && python3 $HERE/pack.py pack-weights $t/best.keras "$OUT/$(basename $t).npz"
@@ -126,16 +126,16 @@ fi
 # Only teachers that learned something (best val accuracy >= MIN_TEACHER) label the faces: on 2026-11-27 phase B
 # spent 80 s of the lease on three one-epoch teachers at 18-23 %.
 good_teacher() { python3 -c "import json, sys; sys.exit(json.load(open('$1/best.json'))['val_accuracy'] < ${MIN_TEACHER:-0.6})" 2>/dev/null; }
-TEACHERS=""
+GOOD=()  # the teachers' best.keras paths
 for t in "$W"/runs/T*/; do
-  if [ -f $t/best.keras ] && { [ -n "${SMALL:-}" ] || good_teacher $t; }; then TEACHERS="$TEACHERS --teacher $t/best.keras"; fi
+  if [ -f $t/best.keras ] && { [ -n "${SMALL:-}" ] || good_teacher $t; }; then GOOD+=("${t}best.keras"); fi
 done
 SOFT=$W/soft_gpu_teachers.npz
 # A second call (SKIP_A) reuses the labels the first call's phase B wrote; a new phase A never sees older ones.
 if [ -z "${SKIP_A:-}" ] || [ ! -f $SOFT ]; then
   rm -f $SOFT
-  if [ -n "$TEACHERS" ]; then
-    timeout 150 python3 -m train_export soft-labels $TEACHERS --train $W/train.npz --val $W/val.npz --out $SOFT
+  if [ ${#GOOD[@]} -gt 0 ]; then
+    timeout 150 python3 -m train_export soft-labels "${GOOD[@]/#/--teacher=}" --train $W/train.npz --val $W/val.npz --out $SOFT
   else
     el "phase B skipped: no teacher reached ${MIN_TEACHER:-0.6} val accuracy"
   fi
@@ -152,7 +152,7 @@ if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 1.5 or ('${SMALL:-}' 
   # D1 fine-tunes the shipped default with the teachers run on each batch (online distillation), D2 learns from
   # scratch from their soft labels. The strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here
   # (benchmarks/arch_latency.py).
-  ONLINE=$(echo $TEACHERS | sed 's/--teacher //g; s/ /,/g')
+  ONLINE=$(IFS=,; echo "${GOOD[*]}")
   if [ -f "$KD_INIT" ] && python3 $HERE/pack.py unpack-weights "$KD_INIT" $W/init.keras; then
     run D1_w15s2_ft $KILL_C --width 1.5 --stem-stride 2 --epochs 200 --seed 21 --learning-rate "$(lr 5e-4)" \
         --warmup-epochs 1 --init-weights $W/init.keras --teacher-models "$ONLINE" $KD --time-budget $C &
