@@ -30,7 +30,7 @@ from model_latency import DEFAULT_FACES, DeviceModel, load_faces, time_calls  # 
 
 from edge.preprocess import Preprocessing  # noqa: E402
 from train_export.cli import positive_int  # noqa: E402
-from train_export.hparams import HParams  # noqa: E402
+from train_export.hparams import HParams, parse_assignments  # noqa: E402
 
 
 def parse_variant(text: str) -> dict[str, object]:
@@ -39,26 +39,7 @@ def parse_variant(text: str) -> dict[str, object]:
     Raises:
         ValueError: A malformed pair, an unknown name, or a value of the wrong type or range.
     """
-    changes: dict[str, object] = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, raw = pair.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"variant {text!r}: {pair!r} is not name=value")
-        changes[name.strip()] = _value(raw.strip())
-    HParams.from_dict(changes)  # unknown names and bad values fail here, by name
-    return changes
-
-
-def _value(raw: str) -> object:
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
+    return parse_assignments(text)
 
 
 def build_variant(hp: HParams, out_dir: Path, seed: int = 0) -> dict:

@@ -7,6 +7,7 @@ Uses ../shared/data/fer2013/train.npz when present, random faces of the same sha
 
     nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
     python3 benchmarks/train_speed.py --full --variants sepse:1
+    python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def load_faces(n_random: int) -> tuple[np.ndarray, np.ndarray, str]:
             f"{n_random} random faces")
 
 
-def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: int, warmup: int, steps: int | None):
+def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarray, y: np.ndarray, batch: int,
+                 warmup: int, steps: int | None):
     """Return (params, MACs, seconds per step, steps timed) of the real training loop for one variant."""
     import keras
 
@@ -61,7 +63,7 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
     from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
-    hp = HParams(model=model, width=width, batch_size=batch, epochs=1)
+    hp = HParams.from_dict({**extra, "model": model, "width": width, "batch_size": batch, "epochs": 1})
     trainer, core, augmenter = build_training_model(hp)
     seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
     info = describe(core)
@@ -84,11 +86,31 @@ def time_variant(model: str, width: float, x: np.ndarray, y: np.ndarray, batch: 
     return info["params"], info["macs"], float(np.median(durations)), len(durations)
 
 
+def parse_variant(text: str) -> tuple[str, float, dict[str, object]]:
+    """``model[:width[:name=value...]]``, e.g. ``vgg:1:depth=3``, as (model, width, other hyper-parameters).
+
+    Width is 1 when left out; the other names are :class:`HParams` fields, checked there.
+
+    Raises:
+        ValueError: A width that is not a number, or a malformed, unknown or out-of-range hyper-parameter.
+    """
+    from train_export.hparams import parse_assignments
+
+    name, _, rest = text.partition(":")
+    width, _, pairs = rest.partition(":")
+    try:
+        w = float(width or 1)
+    except ValueError:
+        raise ValueError(f"variant {text!r}: width {width!r} is not a number") from None
+    return name, w, parse_assignments(pairs, sep=":")
+
+
 def main() -> int:
     """Command line entry point; prints seconds per epoch per model variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=VARIANTS,
-                        help="model:width pairs, space- or comma-separated (default: %(default)s)")
+                        help="model[:width[:name=value...]], e.g. vgg:1:depth=3 or sepse:1.5:stem_stride=2; space- or "
+                             "comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=positive_int, default=3,
                         help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
@@ -96,6 +118,11 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
     args = parser.parse_args()
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
+    try:
+        variants = [(v, *parse_variant(v)) for v in args.variants]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -109,12 +136,11 @@ def main() -> int:
         print(f"NOTE: taken while {busy} other training job(s) ran on this machine: expect slower numbers than idle.")
     mode = "one full epoch" if args.full else f"median of {args.steps} steps after {args.warmup} warm-up, extrapolated"
     print(f"timing: {mode} to {EPOCH_FACES} faces ({steps_per_epoch} steps)\n")
-    rows = ["| model | width | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|"]
-    for v in args.variants:
-        name, _, width = v.partition(":")
-        params, macs, per_step, n = time_variant(name, float(width or 1), x, y, args.batch_size, args.warmup,
+    rows = ["| model | width | variant | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|---|"]
+    for text, name, width, extra in variants:
+        params, macs, per_step, n = time_variant(name, width, extra, x, y, args.batch_size, args.warmup,
                                                  None if args.full else args.steps)
-        rows.append(f"| {name} | {width or 1} | {params:,} | {macs / 1e6:.1f} | {1000 * per_step:.0f} | "
+        rows.append(f"| {name} | {width:g} | `{text}` | {params:,} | {macs / 1e6:.1f} | {1000 * per_step:.0f} | "
                     f"{per_step * steps_per_epoch:.0f} |")
         print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))

@@ -6,6 +6,7 @@ They are timed only by themselves; these tests check behaviour (outputs, errors,
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,16 @@ def test_train_step_profile_times_each_part_of_a_step(monkeypatch, capsys):
     for part in (parts[2], parts[3]):  # the model's own work always costs something
         first, per_batch = (float(v) for v in rows[part])
         assert first > 0 and per_batch > 0
+
+
+def test_train_speed_variants_name_hyper_parameters_and_bad_ones_fail_in_one_line(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_speed
+
+    assert train_speed.parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
+    assert train_speed.parse_variant("sepse") == ("sepse", 1.0, {})
+    assert train_speed.parse_variant("sepse:1.5:stem_stride=2:se=false") == ("sepse", 1.5, {"stem_stride": 2, "se": False})
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--variants", "sepse:1", "vgg:1:depht=3"])
+    assert train_speed.main() == 2  # refused before any data is loaded or model built
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "depht" in err and len(err.strip().splitlines()) == 1

@@ -185,3 +185,34 @@ class HParams:
         data = self.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return HParams.from_dict(data)
+
+
+def parse_assignments(text: str, sep: str = ",") -> dict[str, object]:
+    """``"width=1.5,se=false"`` → ``{"width": 1.5, "se": False}``, checked as :class:`HParams` fields.
+
+    Values are read as booleans (true/false), integers, floats or else strings, so a benchmark's variant or a
+    command line's overrides name hyper-parameters the way ``hparams.json`` spells them.
+
+    Raises:
+        ValueError: A malformed pair, an unknown name, or a value of the wrong type or range.
+    """
+    changes: dict[str, object] = {}
+    for pair in filter(None, (p.strip() for p in text.split(sep))):
+        name, eq, raw = pair.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{text!r}: {pair!r} is not name=value")
+        changes[name.strip()] = _read_value(raw.strip())
+    HParams.from_dict(changes)  # unknown names and bad values fail here, by name
+    return changes
+
+
+def _read_value(raw: str) -> object:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
