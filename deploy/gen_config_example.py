@@ -91,6 +91,8 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:  # it takes no arguments: say what it does instead of silently rewriting the file
+        sys.exit(f"usage: python3 deploy/gen_config_example.py (no arguments)\n\n{__doc__}")
     OUT.write_text(render(), encoding="utf-8")
     print(f"wrote {OUT}")
     sys.exit(0)

@@ -207,7 +207,7 @@ if [[ -f "$ETC/config.toml" ]]; then
 else
     say "writing a new $ETC/config.toml"
     {
-        echo "# emotion-edge configuration; every key is optional (see the README for all of them)."
+        echo "# emotion-edge configuration; every key is optional (all of them, with their defaults: deploy/config.example.toml)."
         echo "# Check it with: $PREFIX/bin/python -m edge check-config $ETC/config.toml"
         echo
         echo "[device]"

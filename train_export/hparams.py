@@ -77,7 +77,8 @@ class HParams:
         early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
         seed: Seed of shuffling, augmentation, mixing and weight init.
         mixed_precision: Use mixed_float16 on a GPU (the softmax stays float32). Ignored on CPU.
-        jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower (see README).
+        jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower in the
+            first trial (2026-11-23, not re-measured since).
     """
 
     model: str = "sepse"

@@ -87,4 +87,6 @@ def unpack_weights(src: Path, dst: Path) -> None:
 
 if __name__ == "__main__":
     commands = {"pack": pack, "unpack": unpack, "pack-weights": pack_weights, "unpack-weights": unpack_weights}
+    if len(sys.argv) != 4 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python3 pack.py {{{','.join(commands)}}} SRC DST\n{__doc__}")
     commands[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
