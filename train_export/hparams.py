@@ -191,8 +191,8 @@ class HParams:
 def parse_assignments(text: str, sep: str = ",") -> dict[str, object]:
     """``"width=1.5,se=false"`` → ``{"width": 1.5, "se": False}``, checked as :class:`HParams` fields.
 
-    Values are read as booleans (true/false), integers, floats or else strings, so a benchmark's variant or a
-    command line's overrides name hyper-parameters the way ``hparams.json`` spells them.
+    Values are read as booleans (true/false), integers, floats or else strings, so the benchmarks' model variants
+    name hyper-parameters the way ``hparams.json`` spells them.
 
     Raises:
         ValueError: A malformed pair, an unknown name, or a value of the wrong type or range.
