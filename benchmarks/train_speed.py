@@ -92,16 +92,22 @@ def parse_variant(text: str) -> tuple[str, float, dict[str, object]]:
     Width is 1 when left out; the other names are :class:`HParams` fields, checked there.
 
     Raises:
-        ValueError: A width that is not a number, or a malformed, unknown or out-of-range hyper-parameter.
+        ValueError: An unknown model, a width that is not a positive number, or a malformed, unknown or
+            out-of-range hyper-parameter.
     """
     from train_export.hparams import parse_assignments
+    from train_export.model_spec import MODELS
 
     name, _, rest = text.partition(":")
     width, _, pairs = rest.partition(":")
+    if name not in MODELS:
+        raise ValueError(f"variant {text!r}: unknown model {name!r} (one of {', '.join(MODELS)})")
     try:
         w = float(width or 1)
     except ValueError:
-        raise ValueError(f"variant {text!r}: width {width!r} is not a number") from None
+        w = 0.0
+    if not w > 0:
+        raise ValueError(f"variant {text!r}: width {width!r} is not a positive number")
     return name, w, parse_assignments(pairs, sep=":")
 
 
@@ -118,12 +124,12 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
     args = parser.parse_args()
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         variants = [(v, *parse_variant(v)) for v in args.variants]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     x, y, source = load_faces(EPOCH_FACES)

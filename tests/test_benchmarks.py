@@ -234,6 +234,9 @@ def test_train_speed_variants_name_hyper_parameters_and_bad_ones_fail_in_one_lin
     assert train_speed.parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
     assert train_speed.parse_variant("sepse") == ("sepse", 1.0, {})
     assert train_speed.parse_variant("sepse:1.5:stem_stride=2:se=false") == ("sepse", 1.5, {"stem_stride": 2, "se": False})
+    for bad in ("vggx:1", "sepse:wide", "sepse:0", "sepse:1:depth"):
+        with pytest.raises(ValueError):
+            train_speed.parse_variant(bad)
     monkeypatch.setattr(sys, "argv", ["train_speed.py", "--variants", "sepse:1", "vgg:1:depht=3"])
     assert train_speed.main() == 2  # refused before any data is loaded or model built
     err = capsys.readouterr().err
