@@ -33,15 +33,6 @@ from train_export.cli import positive_int  # noqa: E402
 from train_export.hparams import HParams, parse_assignments  # noqa: E402
 
 
-def parse_variant(text: str) -> dict[str, object]:
-    """``"width=1.5,se=false"`` → ``{"width": 1.5, "se": False}``, validated as :class:`HParams` fields.
-
-    Raises:
-        ValueError: A malformed pair, an unknown name, or a value of the wrong type or range.
-    """
-    return parse_assignments(text)
-
-
 def build_variant(hp: HParams, out_dir: Path, seed: int = 0) -> dict:
     """Build, quantize and package one variant in ``out_dir``; return its params, MACs and file size."""
     import keras
@@ -77,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build every variant, time them in turns and print one markdown table; return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        variants = [(text, HParams.from_dict(parse_variant(text))) for text in args.variant]
+        variants = [(text, HParams.from_dict(parse_assignments(text))) for text in args.variant]
         faces: dict[int, np.ndarray] = {}
         for size in {hp.input_size for _text, hp in variants}:
             # The given faces where they fit the variant's input size, else synthetic ones of that size.

@@ -13,7 +13,7 @@ import pytest
 from edge.bundle import FER_LABELS
 from edge.preprocess import Preprocessing, crop_face, normalize, to_gray
 from train_export.data import FaceData, load_dataset
-from train_export.hparams import HParams
+from train_export.hparams import HParams, parse_assignments
 
 keras = pytest.importorskip("keras")
 
@@ -77,6 +77,15 @@ def test_hparams_refuse_out_of_range_camera_degradation():
         HParams(camera_prob=1.5)
     with pytest.raises(ValueError, match="noise"):
         HParams(noise=-0.1)
+
+
+def test_parse_assignments_reads_typed_values_and_refuses_bad_pairs():
+    """The benchmarks' model variants ("width=0.5,se=false") are HParams fields with typed values."""
+    assert parse_assignments("width=0.5, se=false,stem_stride=2") == {"width": 0.5, "se": False, "stem_stride": 2}
+    assert parse_assignments("depth=3:se=true", sep=":") == {"depth": 3, "se": True}
+    for bad in ("width", "colour=2", "se=maybe", "stem_stride=3"):
+        with pytest.raises(ValueError):
+            parse_assignments(bad)
 
 
 def test_hparams_refuse_values_of_the_wrong_type_by_name():
