@@ -86,32 +86,7 @@ def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarr
     return info["params"], info["macs"], float(np.median(durations)), len(durations)
 
 
-def parse_variant(text: str) -> tuple[str, float, dict[str, object]]:
-    """``model[:width[:name=value...]]``, e.g. ``vgg:1:depth=3``, as (model, width, other hyper-parameters).
-
-    Width is 1 when left out; the other names are :class:`HParams` fields, checked there.
-
-    Raises:
-        ValueError: An unknown model, a width that is not a positive number, or a malformed, unknown or
-            out-of-range hyper-parameter.
-    """
-    from train_export.hparams import parse_assignments
-    from train_export.model_spec import MODELS
-
-    name, _, rest = text.partition(":")
-    width, _, pairs = rest.partition(":")
-    if name not in MODELS:
-        raise ValueError(f"variant {text!r}: unknown model {name!r} (one of {', '.join(MODELS)})")
-    try:
-        w = float(width or 1)
-    except ValueError:
-        w = 0.0
-    if not w > 0:
-        raise ValueError(f"variant {text!r}: width {width!r} is not a positive number")
-    return name, w, parse_assignments(pairs, sep=":")
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command line entry point; prints seconds per epoch per model variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=VARIANTS,
@@ -122,9 +97,11 @@ def main() -> int:
                         help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train_export.model_spec import parse_variant
+
     try:
         variants = [(v, *parse_variant(v)) for v in args.variants]
     except ValueError as exc:

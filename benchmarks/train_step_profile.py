@@ -6,7 +6,7 @@ normalising, mixing), the augmenter (``BatchAugmenter``, compiled on JAX), the c
 (``train_on_batch`` on ready batches) and the forward pass alone (``predict_on_batch``). Written after
 two GPU leases where a step took 0.5-5 s on an H100, to find which part is slow there.
 
-    KERAS_BACKEND=jax python3 benchmarks/train_step_profile.py --variants sepse:1.5:2
+    KERAS_BACKEND=jax python3 benchmarks/train_step_profile.py --variants sepse:1.5:stem_stride=2 vgg:1:depth=3
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ def timed(fn: Callable[[int], object], steps: int) -> tuple[float, float]:
     return first, (time.perf_counter() - t0) / steps
 
 
-def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) -> list[tuple[str, float, float]]:
-    """(part, first-call seconds, seconds per batch) for each part of one variant's training step."""
+def profile(model: str, width: float, extra: dict[str, object], batch: int, steps: int) -> list[tuple[str, float, float]]:
+    """(part, first-call seconds, seconds per batch) for each part of one variant's training step.
+
+    ``extra`` holds the variant's other hyper-parameters (:class:`HParams` names, e.g. ``{"stem_stride": 2}``).
+    """
     import keras
 
     from edge.preprocess import Preprocessing
@@ -48,8 +51,8 @@ def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) 
     from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
-    hp = HParams(model=model, width=width, stem_stride=stem_stride, batch_size=batch, epochs=1,
-                 mixed_precision=False)
+    hp = HParams.from_dict({"mixed_precision": False, **extra, "model": model, "width": width, "batch_size": batch,
+                            "epochs": 1})
     trainer, core, augmenter = build_training_model(hp)
     rng = np.random.default_rng(0)
     n = batch * (steps + 2)
@@ -72,20 +75,28 @@ def profile(model: str, width: float, stem_stride: int, batch: int, steps: int) 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; prints a table per variant."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["sepse:1.5:2"],
-                        help="model:width[:stem_stride] (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=["sepse:1.5:stem_stride=2"],
+                        help="model[:width[:name=value...]] as in train_speed.py, e.g. vgg:1:depth=3 "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--steps", type=positive_int, default=5, help="timed batches per part (default 5)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train_export.model_spec import parse_variant
+
+    try:
+        variants = [(v, *parse_variant(v)) for v in args.variants]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import keras
 
     print(f"# Training step by part: backend {keras.backend.backend()} {keras.__version__}, batch {args.batch_size}, "
           f"{args.steps} timed batches after one untimed (compiling) call")
-    for v in args.variants:
-        name, width, stride = (v.split(":") + ["1", "1"])[:3]
-        print(f"\n{name} w{width} stem stride {stride}\n\n| part | first call s | ms per batch |\n|---|---:|---:|")
-        for part, first, per in profile(name, float(width), int(stride), args.batch_size, args.steps):
+    for text, name, width, extra in variants:
+        print(f"\n{text} ({name} w{width:g}{''.join(f' {k}={v}' for k, v in extra.items())})\n\n"
+              "| part | first call s | ms per batch |\n|---|---:|---:|")
+        for part, first, per in profile(name, width, extra, args.batch_size, args.steps):
             print(f"| {part} | {first:.2f} | {1000 * per:.1f} |", flush=True)
     return 0
 

@@ -5,8 +5,8 @@ They are timed only by themselves; these tests check behaviour (outputs, errors,
 
 from __future__ import annotations
 
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,9 +211,9 @@ def test_train_step_profile_times_each_part_of_a_step(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import train_step_profile
 
-    assert train_step_profile.main(["--variants", "sepse:0.25:2", "--batch-size", "8", "--steps", "2"]) == 0
+    assert train_step_profile.main(["--variants", "sepse:0.25:stem_stride=2", "--batch-size", "8", "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "sepse w0.25 stem stride 2" in out
+    assert "sepse:0.25:stem_stride=2 (sepse w0.25 stem_stride=2)" in out
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if line.startswith("| ")}
     parts = [p for p in rows if p != "part"]
     assert parts[0].startswith("batch") and parts[1].startswith("augmenter") and parts[2].startswith("train step")
@@ -223,17 +223,12 @@ def test_train_step_profile_times_each_part_of_a_step(monkeypatch, capsys):
         assert first > 0 and per_batch > 0
 
 
-def test_train_speed_variants_name_hyper_parameters_and_bad_ones_fail_in_one_line(monkeypatch, capsys):
+@pytest.mark.parametrize("script", ["train_speed", "train_step_profile"])
+def test_training_benchmarks_refuse_a_bad_variant_in_one_line(monkeypatch, capsys, script):
+    """Both name variants as ``model[:width[:name=value...]]`` (``model_spec.parse_variant``)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import train_speed
-
-    assert train_speed.parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
-    assert train_speed.parse_variant("sepse") == ("sepse", 1.0, {})
-    assert train_speed.parse_variant("sepse:1.5:stem_stride=2:se=false") == ("sepse", 1.5, {"stem_stride": 2, "se": False})
-    for bad in ("vggx:1", "sepse:wide", "sepse:0", "sepse:1:depth"):
-        with pytest.raises(ValueError):
-            train_speed.parse_variant(bad)
-    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--variants", "sepse:1", "vgg:1:depht=3"])
-    assert train_speed.main() == 2  # refused before any data is loaded or model built
+    main = importlib.import_module(script).main
+    # refused before any data is loaded or model built
+    assert main(["--variants", "sepse:1", "vgg:1:depht=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "depht" in err and len(err.strip().splitlines()) == 1

@@ -88,6 +88,18 @@ def test_parse_assignments_reads_typed_values_and_refuses_bad_pairs():
             parse_assignments(bad)
 
 
+def test_parse_variant_names_a_model_its_width_and_other_hyper_parameters():
+    """The benchmarks' ``model[:width[:name=value...]]`` variants; a bad one is a ValueError naming it."""
+    from train_export.model_spec import parse_variant
+
+    assert parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
+    assert parse_variant("sepse") == ("sepse", 1.0, {})
+    assert parse_variant("sepse:1.5:stem_stride=2:se=false") == ("sepse", 1.5, {"stem_stride": 2, "se": False})
+    for bad in ("vggx:1", "sepse:wide", "sepse:0", "sepse:1:depth", "sepse:1:2"):
+        with pytest.raises(ValueError, match="vggx|wide|'0'|depth|'2'"):
+            parse_variant(bad)
+
+
 def test_hparams_refuse_values_of_the_wrong_type_by_name():
     """A hand-edited hparams.json ("epochs": "55") is a one-line ValueError, not a TypeError deep in Keras."""
     with pytest.raises(ValueError, match=r"epochs='55' must be of type int"):

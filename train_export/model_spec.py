@@ -23,7 +23,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from train_export.hparams import HParams
+from train_export.hparams import HParams, parse_assignments
 
 
 def _bn_act(x, act: str = "relu6"):
@@ -142,6 +142,29 @@ def build_model(name: str, input_size: int, n_classes: int, **kwargs: object) ->
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](input_size, n_classes, **kwargs)
+
+
+def parse_variant(text: str) -> tuple[str, float, dict[str, object]]:
+    """``model[:width[:name=value...]]``, e.g. ``vgg:1:depth=3``, as (model, width, other hyper-parameters).
+
+    The benchmarks name the models they time this way. Width is 1 when left out; the other names are
+    :class:`HParams` fields, checked there.
+
+    Raises:
+        ValueError: An unknown model, a width that is not a positive number, or a malformed, unknown or
+            out-of-range hyper-parameter.
+    """
+    name, _, rest = text.partition(":")
+    width, _, pairs = rest.partition(":")
+    if name not in MODELS:
+        raise ValueError(f"variant {text!r}: unknown model {name!r} (one of {', '.join(MODELS)})")
+    try:
+        w = float(width or 1)
+    except ValueError:
+        w = 0.0
+    if not w > 0:
+        raise ValueError(f"variant {text!r}: width {width!r} is not a positive number")
+    return name, w, parse_assignments(pairs, sep=":")
 
 
 def build_from_hparams(hp: HParams) -> keras.Model:
