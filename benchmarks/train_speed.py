@@ -8,6 +8,7 @@ Uses ../shared/data/fer2013/train.npz when present, random faces of the same sha
     nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
     python3 benchmarks/train_speed.py --full --variants sepse:1
     python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
+    python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --precision mixed_bfloat16
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def load_faces(n_random: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarray, y: np.ndarray, batch: int,
-                 warmup: int, steps: int | None):
+                 warmup: int, steps: int | None, precision: str = "float32"):
     """Return (params, MACs, seconds per step, steps timed) of the real training loop for one variant."""
     import keras
 
@@ -63,6 +64,7 @@ def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarr
     from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(precision)  # after clear_session, which resets it
     hp = HParams.from_dict({**extra, "model": model, "width": width, "batch_size": batch, "epochs": 1})
     trainer, core, augmenter = build_training_model(hp)
     seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32",
+                        help="Keras dtype policy (default float32, as training on a CPU; a GPU trains mixed_float16)")
     args = parser.parse_args(argv)
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = load_faces(EPOCH_FACES)
     steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
-    print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}")
+    print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}, {args.precision}")
     print(f"backend {keras.backend.backend()} {keras.__version__}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; data: {source}; load average {os.getloadavg()[0]:.1f}")
     if busy:
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["| model | width | variant | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|---|"]
     for text, name, width, extra in variants:
         params, macs, per_step, n = time_variant(name, width, extra, x, y, args.batch_size, args.warmup,
-                                                 None if args.full else args.steps)
+                                                 None if args.full else args.steps, args.precision)
         rows.append(f"| {name} | {width:g} | `{text}` | {params:,} | {macs / 1e6:.1f} | {1000 * per_step:.0f} | "
                     f"{per_step * steps_per_epoch:.0f} |")
         print(rows[-1], flush=True)

@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+import keras  # noqa: E402
+
 from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
 from train_export.cli import main  # noqa: E402
 from train_export.hparams import HParams  # noqa: E402
@@ -363,7 +365,9 @@ def test_time_budget_cuts_the_schedule_and_records_it(workdir, data):
 
 def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch, caplog, capsys):
     """Ctrl-C after epoch 2 of 3 keeps the backup; the same command then trains only epoch 3 and says so,
-    log.csv holds each epoch once, and another command on that folder is refused."""
+    log.csv holds each epoch once, and another command on that folder is refused. The resumed command may
+    change the precision (here to mixed bfloat16), which changes speed and not what the run learns; the
+    saved model computes in float32 all the same, and the process's dtype policy is left as it was."""
     import train_export.train as train_mod
 
     train, val = data
@@ -384,8 +388,14 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     assert train_mod.epochs_done(run) == 2
     monkeypatch.undo()
     with caplog.at_level("INFO", logger="train_export.train"):
-        assert main(argv) == 0
+        assert main([*argv, "--mixed-precision", "bfloat16"]) == 0
     assert f"resuming {run} after epoch 2 of 3" in caplog.text
+    assert "resuming with mixed_precision='bfloat16' instead of True" in caplog.text
+    assert "on CPU, mixed_bfloat16;" in caplog.text
+    assert json.loads((run / "hparams.json").read_text())["mixed_precision"] == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    saved = keras.saving.load_model(run / "best.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert train_mod.epochs_done(run) == 3 and (run / "best.keras").is_file()

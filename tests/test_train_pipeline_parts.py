@@ -325,6 +325,66 @@ def test_training_batches_can_carry_the_augmenter_and_validation_batches_never_d
     np.testing.assert_array_equal(val, FaceSequence(data, hp, Preprocessing(), training=False)[0][0])
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(policy):
+    """A GPU trains under mixed_float16 (``train``): the augmenter, camera noise and erasing included, must run.
+
+    Keras' RandomErasing cannot run in float16 on TensorFlow, and the camera noise once mixed float32 with
+    float16; the augmenter now computes in float32 under any policy and the model casts its input.
+    """
+    from train_export.train import build_training_model, compile_for_training
+
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        hp = HParams(width=0.25, batch_size=8, erasing_prob=0.5, camera_prob=1.0, noise=0.04, mix_prob=0.0)
+        trainer, core, augmenter = build_training_model(hp)
+        compile_for_training(trainer, hp, 2)
+        x = normalize(_faces(8))[..., None]
+        y = np.eye(7, dtype=np.float32)[np.arange(8) % 7]
+        aug = augmenter or trainer.get_layer("augment")
+        out = keras.ops.convert_to_numpy(aug(x, training=True))
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        assert core.compute_dtype == policy.removeprefix("mixed_")
+        loss = trainer.train_on_batch(x, y)[0] if augmenter is None else trainer.train_on_batch(out, y)[0]
+        assert np.isfinite(loss)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
+    from train_export.train import training_policy
+
+    assert training_policy(True, gpu=True) == "mixed_float16"
+    assert training_policy(True, gpu=False) == "float32"  # the default: a CPU trains in float32
+    assert training_policy(False, gpu=True) == "float32"
+    assert training_policy("bfloat16", gpu=False) == "mixed_bfloat16"
+    assert training_policy("float16", gpu=False) == "mixed_float16"
+    for bad in ("bf16", "mixed_bfloat16", 1):
+        with pytest.raises(ValueError, match="mixed_precision"):
+            HParams(mixed_precision=bad)
+    hp = HParams(mixed_precision="bfloat16", jit_compile=True)
+    assert hp.execution_only() == {"mixed_precision": "bfloat16", "jit_compile": True}
+
+
+def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):
+    """Loaded later for export, evaluation or as a teacher, it must not run in bfloat16 on a CPU."""
+    from train_export.model_spec import build_from_hparams
+    from train_export.train import BestCheckpoint, dtype_policy
+
+    hp = HParams(width=0.25, mixed_precision="bfloat16")
+    with dtype_policy("mixed_bfloat16"):
+        core = build_from_hparams(hp)
+        assert core.dtype_policy.name == "mixed_bfloat16"
+        BestCheckpoint(core, tmp_path, hp=hp).on_epoch_end(0, {"val_accuracy": 0.5})
+    assert keras.mixed_precision.global_policy().name == "float32"
+    saved = keras.saving.load_model(tmp_path / "best.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    for a, b in zip(saved.get_weights(), core.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = normalize(_faces(4))[..., None]
+    np.testing.assert_allclose(saved.predict(x, verbose=0), core.predict(x, verbose=0), atol=0.02)
+
+
 def test_the_augmenter_is_in_the_model_on_tensorflow_only():
     from train_export.train import augment_in_model, build_training_model
 

@@ -15,6 +15,7 @@ from train_export.hparams import HParams
 #: Blur strengths (Gaussian sigma, pixels at 48 px) and face sizes (pixels) that ``camera_prob`` draws from.
 BLUR_SIGMAS = (0.6, 1.0, 1.5)
 LOW_RES_SIDES = (16, 20, 24, 32)
+F32 = "float32"
 
 
 def _gauss_kernel(sigma: float) -> np.ndarray:
@@ -81,7 +82,8 @@ class CameraDegrade(layers.Layer):
             use = keras.random.uniform((n, 1, 1, 1), seed=self._rng) < self.prob
             x = ops.where(use, degraded, x)
         if self.noise > 0:
-            sigma = keras.random.uniform((n, 1, 1, 1), 0.0, self.noise, seed=self._rng)
+            # In x's dtype: under a mixed-precision policy x is float16/bfloat16, and TensorFlow will not mix.
+            sigma = keras.random.uniform((n, 1, 1, 1), 0.0, self.noise, seed=self._rng, dtype=x.dtype)
             x = x + sigma * keras.random.normal(ops.shape(x), seed=self._rng, dtype=x.dtype)
         return ops.clip(x, 0.0, 1.0)
 
@@ -124,28 +126,31 @@ def build_augmenter(hp: HParams) -> keras.Sequential:
     degradation (blur, small faces, sensor noise: :class:`CameraDegrade`), as configured.
 
     Geometric transforms fill with the nearest edge pixel, like the device's crop of a box near the frame
-    edge (see :func:`edge.preprocess.crop_face`).
+    edge (see :func:`edge.preprocess.crop_face`). The layers compute in float32 whatever the global dtype
+    policy: under ``mixed_float16`` (a GPU) Keras' own ``RandomErasing`` cannot run in TensorFlow, and the
+    augmenter's cost is small beside the model's.
     """
     seed = hp.seed
     aug: list[layers.Layer] = []
     if hp.flip:
-        aug.append(layers.RandomFlip("horizontal", seed=seed))
+        aug.append(layers.RandomFlip("horizontal", seed=seed, dtype=F32))
     if hp.rotation > 0:
-        aug.append(layers.RandomRotation(hp.rotation, fill_mode="nearest", seed=seed + 1))
+        aug.append(layers.RandomRotation(hp.rotation, fill_mode="nearest", seed=seed + 1, dtype=F32))
     if hp.zoom > 0:
-        aug.append(layers.RandomZoom((-hp.zoom, hp.zoom), fill_mode="nearest", seed=seed + 2))
+        aug.append(layers.RandomZoom((-hp.zoom, hp.zoom), fill_mode="nearest", seed=seed + 2, dtype=F32))
     if hp.translation > 0:
-        aug.append(layers.RandomTranslation(hp.translation, hp.translation, fill_mode="nearest", seed=seed + 3))
+        aug.append(layers.RandomTranslation(hp.translation, hp.translation, fill_mode="nearest", seed=seed + 3, dtype=F32))
     if hp.brightness > 0:
-        aug.append(layers.RandomBrightness(hp.brightness, value_range=(0.0, 1.0), seed=seed + 4))
+        aug.append(layers.RandomBrightness(hp.brightness, value_range=(0.0, 1.0), seed=seed + 4, dtype=F32))
     if hp.contrast > 0:
-        aug.append(layers.RandomContrast(hp.contrast, value_range=(0.0, 1.0), seed=seed + 5))
+        aug.append(layers.RandomContrast(hp.contrast, value_range=(0.0, 1.0), seed=seed + 5, dtype=F32))
     if hp.erasing_prob > 0:
         aug.append(
             layers.RandomErasing(
-                factor=hp.erasing_prob, scale=(0.02, 0.15), fill_value=0.5, value_range=(0.0, 1.0), seed=seed + 6
+                factor=hp.erasing_prob, scale=(0.02, 0.15), fill_value=0.5, value_range=(0.0, 1.0), seed=seed + 6,
+                dtype=F32,
             )
         )
     if hp.camera_prob > 0 or hp.noise > 0:
-        aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7))
+        aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7, dtype=F32))
     return keras.Sequential(aug, name="augment")

@@ -30,7 +30,7 @@ def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=int, default=None)
         elif f.type in ("float", float):
             group.add_argument(flag, type=float, default=None)
-        elif f.name == "jit_compile":
+        elif f.type == "str | bool":  # jit_compile, mixed_precision
             group.add_argument(flag, type=lambda s: {"true": True, "false": False}.get(s.lower(), s), default=None)
         else:
             group.add_argument(flag, type=str, default=None)

@@ -19,6 +19,10 @@ _ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: Fields a resumed run may change (see :meth:`HParams.execution_only`).
+EXECUTION_FIELDS = ("mixed_precision", "jit_compile")
+
+
 @dataclass
 class HParams:
     """Everything that decides what a training run does.
@@ -76,7 +80,12 @@ class HParams:
             (fine-tuning); empty = random initialisation. A resumed run continues from its own backup.
         early_stop_patience: Stop after this many epochs without a better validation accuracy; 0 = never.
         seed: Seed of shuffling, augmentation, mixing and weight init.
-        mixed_precision: Use mixed_float16 on a GPU (the softmax stays float32). Ignored on CPU.
+        mixed_precision: Compute precision while training (weights, batch norm and the softmax stay float32):
+            true = mixed_float16 on a GPU and float32 on a CPU; "bfloat16" = mixed_bfloat16 anywhere, worth it
+            on a CPU with native bfloat16 (AVX512_BF16, AMX: a ``vgg`` step 1.5x faster on this project's
+            workstation, ``benchmarks/train_speed.py --precision``); "float16" = mixed_float16 anywhere;
+            false = float32. Saved models compute in float32 whatever was used. Like ``jit_compile`` it
+            may change when a run resumes.
         jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower in the
             first trial (2026-11-23, not re-measured since).
     """
@@ -120,7 +129,7 @@ class HParams:
     init_weights: str = ""
     early_stop_patience: int = 0
     seed: int = 1
-    mixed_precision: bool = True
+    mixed_precision: str | bool = True
     jit_compile: str | bool = "auto"
 
     def __post_init__(self) -> None:
@@ -131,6 +140,7 @@ class HParams:
             "loss": ("ce", "focal"),
             "class_weight": ("none", "sqrt", "balanced"),
             "stem_stride": (1, 2),
+            "mixed_precision": (True, False, "bfloat16", "float16"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -159,6 +169,10 @@ class HParams:
                 ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
             if not ok:
                 raise ValueError(f"hparam {f.name}={value!r} must be of type {f.type}")
+
+    def execution_only(self) -> dict:
+        """The fields that change how fast a run computes, not what it learns: a resumed run may change them."""
+        return {name: getattr(self, name) for name in EXECUTION_FIELDS}
 
     def to_dict(self) -> dict:
         """JSON-ready dict of all fields."""

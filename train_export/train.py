@@ -19,11 +19,13 @@ the epochs it ran as ``epochs`` in ``hparams.json`` (and the budget in ``budget.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -61,6 +63,38 @@ def has_gpu() -> bool:
     except Exception:  # pragma: no cover - a broken accelerator stack means CPU
         return False
     return False
+
+
+def training_policy(mixed_precision: str | bool, gpu: bool) -> str:
+    """The Keras dtype policy a run trains under (see :attr:`HParams.mixed_precision`)."""
+    if mixed_precision in ("bfloat16", "float16"):
+        return f"mixed_{mixed_precision}"
+    return "mixed_float16" if mixed_precision and gpu else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build and run models under the Keras dtype policy ``name`` inside the block, then restore the old one."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_twin(core: keras.Model, hp: HParams) -> keras.Model:
+    """``core`` itself when it computes in float32, else a float32 copy with its weights.
+
+    A model saved under a mixed policy keeps it: loaded for export, evaluation or as a teacher, it would run
+    in float16/bfloat16 on a CPU, slowly and less exactly. The weights of a mixed model are float32 already.
+    """
+    if core.dtype_policy.name == "float32":
+        return core
+    with dtype_policy("float32"):
+        twin = build_from_hparams(hp)
+    twin.set_weights(core.get_weights())
+    return twin
 
 
 def make_optimizer(hp: HParams, steps_per_epoch: int, per_epoch: bool = False) -> keras.optimizers.Optimizer:
@@ -103,9 +137,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     time budget; a run killed in between loses at most the last ``min_interval_s`` of improvements.
     """
 
-    def __init__(self, core: keras.Model, run_dir: Path, min_interval_s: float = 0.0):
+    def __init__(self, core: keras.Model, run_dir: Path, min_interval_s: float = 0.0, hp: HParams | None = None):
         super().__init__()
         self.core = core
+        self.hp = hp  # to save a float32 twin of a core trained in mixed precision
         self.path = run_dir / "best.keras"
         self.state_path = run_dir / "best.json"
         self.min_interval_s = min_interval_s
@@ -148,7 +183,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def _save(self, epoch: int) -> None:
         tmp = self.path.with_suffix(".tmp.keras")
-        self.core.save(tmp)
+        (self.core if self.hp is None else float32_twin(self.core, self.hp)).save(tmp)
         os.replace(tmp, self.path)  # atomic: a kill mid-save never leaves a broken best model
         self.state_path.write_text(json.dumps({"val_accuracy": self.best, "epoch": epoch + 1}) + "\n")
         self.last_write = time.monotonic()
@@ -415,9 +450,13 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     # best.json alone (no backup/ yet) counts too: its best.keras would otherwise pass for the new run's.
     if hp_path.exists() and ((run_dir / "backup").exists() or (run_dir / "best.json").exists()):
         saved = HParams.load(hp_path)
-        if saved != hp:
-            diff = {k: (v, getattr(hp, k)) for k, v in saved.to_dict().items() if getattr(hp, k) != v}
+        same = saved.override(**hp.execution_only())
+        if same != hp:
+            diff = {k: (v, getattr(hp, k)) for k, v in same.to_dict().items() if getattr(hp, k) != v}
             raise ValueError(f"{run_dir} holds a run with other hyper-parameters {diff}; use a new --run-dir")
+        for name, (old, new) in {k: (v, getattr(hp, k)) for k, v in saved.execution_only().items()}.items():
+            if old != new:
+                log.info("resuming with %s=%r instead of %r (it changes speed, not what the run learns)", name, new, old)
     if train_data.labels != hp.labels or val_data.labels != hp.labels:
         raise ValueError("dataset labels differ from hparams.labels")
     soft = None
@@ -437,44 +476,44 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     hp.save(hp_path)
 
     gpu = has_gpu()
-    if gpu and hp.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    prep = Preprocessing(input_size=hp.input_size)
-    model, core, augmenter = build_training_model(hp, teachers)
-    train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft, augmenter=augmenter)
-    val_seq = FaceSequence(val_data, hp, prep, training=False)
-    if hp.init_weights:
-        load_init_weights(core, hp.init_weights)
-    info = describe(core)
-    log.info(
-        "model %s: %d params, %.1f M MACs; backend %s on %s; %d train / %d val faces",
-        info["name"], info["params"], info["macs"] / 1e6, keras.backend.backend(), "GPU" if gpu else "CPU",
-        len(train_data), len(val_data),
-    )
-    (run_dir / "model.json").write_text(json.dumps(info) + "\n")
-    done = epochs_done(run_dir)
-    if done:
-        log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
-    budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
-    compile_for_training(model, hp, len(train_seq), per_epoch=budget is not None)
-    interval = SAVE_INTERVAL_S if budget else 0.0  # seconds between writes of best.keras and curves.png
-    callbacks: list[keras.callbacks.Callback] = [
-        *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
-        EpochTimer(),
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        BestCheckpoint(core, run_dir, min_interval_s=interval),
-        Curves(run_dir, min_interval_s=interval),
-    ]
-    if hp.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=5, mode="max"))
-    if hp.early_stop_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=hp.early_stop_patience)
+    policy = training_policy(hp.mixed_precision, gpu)
+    with dtype_policy(policy):  # restored afterwards: later models in this process are not mixed
+        prep = Preprocessing(input_size=hp.input_size)
+        model, core, augmenter = build_training_model(hp, teachers)
+        train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft, augmenter=augmenter)
+        val_seq = FaceSequence(val_data, hp, prep, training=False)
+        if hp.init_weights:
+            load_init_weights(core, hp.init_weights)
+        info = describe(core)
+        log.info(
+            "model %s: %d params, %.1f M MACs; backend %s on %s, %s; %d train / %d val faces",
+            info["name"], info["params"], info["macs"] / 1e6, keras.backend.backend(), "GPU" if gpu else "CPU",
+            policy, len(train_data), len(val_data),
         )
-    model.fit(train_seq, validation_data=val_seq, epochs=hp.epochs, callbacks=callbacks, verbose=verbose)
-    if budget:  # the manifest copies hparams.json: let it say how many epochs the schedule really had
-        hp.override(epochs=budget.total).save(hp_path)
-    best = run_dir / "best.keras"
-    if not best.exists():  # e.g. no validation improvement recorded because of NaNs
-        core.save(best)
-    return best
+        (run_dir / "model.json").write_text(json.dumps(info) + "\n")
+        done = epochs_done(run_dir)
+        if done:
+            log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
+        budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
+        compile_for_training(model, hp, len(train_seq), per_epoch=budget is not None)
+        interval = SAVE_INTERVAL_S if budget else 0.0  # seconds between writes of best.keras and curves.png
+        callbacks: list[keras.callbacks.Callback] = [
+            *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
+            EpochTimer(),
+            keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+            BestCheckpoint(core, run_dir, min_interval_s=interval, hp=hp),
+            Curves(run_dir, min_interval_s=interval),
+        ]
+        if hp.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=5, mode="max"))
+        if hp.early_stop_patience > 0:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=hp.early_stop_patience)
+            )
+        model.fit(train_seq, validation_data=val_seq, epochs=hp.epochs, callbacks=callbacks, verbose=verbose)
+        if budget:  # the manifest copies hparams.json: let it say how many epochs the schedule really had
+            hp.override(epochs=budget.total).save(hp_path)
+        best = run_dir / "best.keras"
+        if not best.exists():  # e.g. no validation improvement recorded because of NaNs
+            float32_twin(core, hp).save(best)
+        return best
