@@ -364,6 +364,16 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
             HParams(mixed_precision=bad)
     hp = HParams(mixed_precision="bfloat16", jit_compile=True)
     assert hp.execution_only() == {"mixed_precision": "bfloat16", "jit_compile": True}
+    from train_export.cli import _hparams_from_args, build_parser
+
+    def parsed(*flags: str) -> tuple[object, object]:
+        hp = _hparams_from_args(build_parser().parse_args(["train", "--run-dir", "r", *flags]))
+        return hp.mixed_precision, hp.jit_compile
+
+    assert parsed() == (True, "auto")
+    assert parsed("--mixed-precision", "bfloat16", "--jit-compile", "true") == ("bfloat16", True)
+    assert parsed("--no-mixed-precision", "--no-jit-compile") == (False, False)  # as the GPU lease job passes it
+    assert parsed("--mixed-precision", "False") == (False, "auto")
 
 
 def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):

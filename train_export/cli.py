@@ -30,8 +30,10 @@ def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=int, default=None)
         elif f.type in ("float", float):
             group.add_argument(flag, type=float, default=None)
-        elif f.type == "str | bool":  # jit_compile, mixed_precision
+        elif f.type == "str | bool":  # jit_compile, mixed_precision: true, false or a named choice
             group.add_argument(flag, type=lambda s: {"true": True, "false": False}.get(s.lower(), s), default=None)
+            group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
+                               help=f"the same as {flag} false")
         else:
             group.add_argument(flag, type=str, default=None)
 
