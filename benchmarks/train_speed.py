@@ -8,7 +8,7 @@ Uses ../shared/data/fer2013/train.npz when present, random faces of the same sha
     nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
     python3 benchmarks/train_speed.py --full --variants sepse:1
     python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
-    python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --precision mixed_bfloat16
+    python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --mixed-precision bfloat16
 """
 
 from __future__ import annotations
@@ -52,40 +52,43 @@ def load_faces(n_random: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarray, y: np.ndarray, batch: int,
-                 warmup: int, steps: int | None, precision: str = "float32"):
-    """Return (params, MACs, seconds per step, steps timed) of the real training loop for one variant."""
+                 warmup: int, steps: int | None, precision: str = "float32") -> tuple[int, int, float, int]:
+    """Return (params, MACs, seconds per step, steps timed) of the real training loop for one variant.
+
+    ``precision`` is the Keras dtype policy it trains under, as ``train --mixed-precision`` sets it.
+    """
     import keras
 
     from edge.preprocess import Preprocessing
     from train_export.data import FaceData
     from train_export.dataset import FaceSequence
     from train_export.hparams import HParams
-    from train_export.model_spec import describe
+    from train_export.model_spec import describe, dtype_policy
     from train_export.train import build_training_model, compile_for_training
 
     keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy(precision)  # after clear_session, which resets it
-    hp = HParams.from_dict({**extra, "model": model, "width": width, "batch_size": batch, "epochs": 1})
-    trainer, core, augmenter = build_training_model(hp)
-    seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
-    info = describe(core)
-    compile_for_training(trainer, hp, len(seq))
-    total = len(seq) if steps is None else min(len(seq), warmup + steps)
-    stamps: list[float] = []
+    with dtype_policy(precision):  # after clear_session, which resets the policy
+        hp = HParams.from_dict({**extra, "model": model, "width": width, "batch_size": batch, "epochs": 1})
+        trainer, core, augmenter = build_training_model(hp)
+        seq = FaceSequence(FaceData(x, y, list(hp.labels)), hp, Preprocessing(), training=True, augmenter=augmenter)
+        info = describe(core)
+        compile_for_training(trainer, hp, len(seq))
+        total = len(seq) if steps is None else min(len(seq), warmup + steps)
+        stamps: list[float] = []
 
-    class Stamp(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            stamps.append(time.perf_counter())
+        class Stamp(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                stamps.append(time.perf_counter())
 
-    trainer.fit(seq, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Stamp()])
-    if steps is None:
-        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-        return info["params"], info["macs"], per_step, len(stamps)
-    # The median step, which one compile inside the window (a batch of another shape: about 30 s on an H100)
-    # cannot move. The mean of 6 steps read JAX at 4.8 s a step on an H100 whose step parts take 16 ms
-    # (gpu_lease/README.md, 2026-11-27), and a GPU lease trained on the slower backend.
-    durations = np.diff(stamps[warmup - 1 :])
-    return info["params"], info["macs"], float(np.median(durations)), len(durations)
+        trainer.fit(seq, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Stamp()])
+        if steps is None:
+            per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+            return info["params"], info["macs"], per_step, len(stamps)
+        # The median step, which one compile inside the window (a batch of another shape: about 30 s on an H100)
+        # cannot move. The mean of 6 steps read JAX at 4.8 s a step on an H100 whose step parts take 16 ms
+        # (gpu_lease/README.md, 2026-11-27), and a GPU lease trained on the slower backend.
+        durations = np.diff(stamps[warmup - 1 :])
+        return info["params"], info["macs"], float(np.median(durations)), len(durations)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed first steps, at least 1: tracing, caches, and the clock's start (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--full", action="store_true", help="time one whole epoch per variant instead")
-    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32",
-                        help="Keras dtype policy (default float32, as training on a CPU; a GPU trains mixed_float16)")
+    parser.add_argument("--mixed-precision", choices=["false", "bfloat16", "float16"], default="false",
+                        help="as train --mixed-precision: false = float32 (default; what a CPU run uses unless told), "
+                             "else mixed bfloat16 or float16")
     args = parser.parse_args(argv)
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = load_faces(EPOCH_FACES)
     steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
-    print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}, {args.precision}")
+    precision = "float32" if args.mixed_precision == "false" else f"mixed_{args.mixed_precision}"
+    print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}, {precision}")
     print(f"backend {keras.backend.backend()} {keras.__version__}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; data: {source}; load average {os.getloadavg()[0]:.1f}")
     if busy:
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["| model | width | variant | params | MACs (M) | ms/step | s/epoch |", "|---|---|---|---|---|---|---|"]
     for text, name, width, extra in variants:
         params, macs, per_step, n = time_variant(name, width, extra, x, y, args.batch_size, args.warmup,
-                                                 None if args.full else args.steps, args.precision)
+                                                 None if args.full else args.steps, precision)
         rows.append(f"| {name} | {width:g} | `{text}` | {params:,} | {macs / 1e6:.1f} | {1000 * per_step:.0f} | "
                     f"{per_step * steps_per_epoch:.0f} |")
         print(rows[-1], flush=True)

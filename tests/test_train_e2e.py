@@ -393,6 +393,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     assert "resuming with mixed_precision='bfloat16' instead of True" in caplog.text
     assert "on CPU, mixed_bfloat16;" in caplog.text
     assert json.loads((run / "hparams.json").read_text())["mixed_precision"] == "bfloat16"
+    assert json.loads((run / "model.json").read_text())["policy"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"
     saved = keras.saving.load_model(run / "best.keras", compile=False)
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}

@@ -95,9 +95,12 @@ def test_parse_variant_names_a_model_its_width_and_other_hyper_parameters():
     assert parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
     assert parse_variant("sepse") == ("sepse", 1.0, {})
     assert parse_variant("sepse:1.5:stem_stride=2:se=false") == ("sepse", 1.5, {"stem_stride": 2, "se": False})
-    for bad in ("vggx:1", "sepse:wide", "sepse:0", "sepse:1:depth", "sepse:1:2"):
-        with pytest.raises(ValueError, match="vggx|wide|'0'|depth|'2'"):
-            parse_variant(bad)
+    bad = {"vggx:1": "unknown model 'vggx'", "sepse:wide": "width 'wide' is not a positive number",
+           "sepse:0": "width '0' is not", "sepse:1:depth": "'depth' is not name=value",
+           "sepse:1:stem_stride=3": "stem_stride=3 is not one of"}
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=f"^variant '{text}': .*{message}"):
+            parse_variant(text)
 
 
 def test_hparams_refuse_values_of_the_wrong_type_by_name():
@@ -332,10 +335,10 @@ def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(poli
     Keras' RandomErasing cannot run in float16 on TensorFlow, and the camera noise once mixed float32 with
     float16; the augmenter now computes in float32 under any policy and the model casts its input.
     """
+    from train_export.model_spec import dtype_policy
     from train_export.train import build_training_model, compile_for_training
 
-    try:
-        keras.mixed_precision.set_global_policy(policy)
+    with dtype_policy(policy):
         hp = HParams(width=0.25, batch_size=8, erasing_prob=0.5, camera_prob=1.0, noise=0.04, mix_prob=0.0)
         trainer, core, augmenter = build_training_model(hp)
         compile_for_training(trainer, hp, 2)
@@ -344,11 +347,11 @@ def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(poli
         aug = augmenter or trainer.get_layer("augment")
         out = keras.ops.convert_to_numpy(aug(x, training=True))
         assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        assert aug.compute_dtype == "float32"  # the container too: it would cast its input to the policy's
         assert core.compute_dtype == policy.removeprefix("mixed_")
         loss = trainer.train_on_batch(x, y)[0] if augmenter is None else trainer.train_on_batch(out, y)[0]
         assert np.isfinite(loss)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
@@ -376,10 +379,28 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
     assert parsed("--mixed-precision", "False") == (False, "auto")
 
 
+def test_a_run_does_not_resume_across_the_float16_loss_scaling_boundary(tmp_path):
+    """mixed_float16 wraps the optimizer, so its backup would restore without the optimizer state."""
+    from train_export.train import check_resume_policy
+
+    check_resume_policy(tmp_path, "mixed_float16")  # no model.json: a new run, or one from before the policy
+    (tmp_path / "model.json").write_text('{"params": 1}')
+    check_resume_policy(tmp_path, "mixed_float16")  # a run from before model.json recorded the policy
+    (tmp_path / "model.json").write_text('{"params": 1, "policy": "float32"}')
+    check_resume_policy(tmp_path, "mixed_bfloat16")  # one optimizer for both
+    with pytest.raises(ValueError, match="trained under float32 and would resume under mixed_float16"):
+        check_resume_policy(tmp_path, "mixed_float16")
+    (tmp_path / "model.json").write_text('{"params": 1, "policy": "mixed_float16"}')
+    check_resume_policy(tmp_path, "mixed_float16")
+    for other in ("float32", "mixed_bfloat16"):
+        with pytest.raises(ValueError, match="loses its optimizer state"):
+            check_resume_policy(tmp_path, other)
+
+
 def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):
     """Loaded later for export, evaluation or as a teacher, it must not run in bfloat16 on a CPU."""
-    from train_export.model_spec import build_from_hparams
-    from train_export.train import BestCheckpoint, dtype_policy
+    from train_export.model_spec import build_from_hparams, dtype_policy
+    from train_export.train import BestCheckpoint
 
     hp = HParams(width=0.25, mixed_precision="bfloat16")
     with dtype_policy("mixed_bfloat16"):

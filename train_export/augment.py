@@ -11,6 +11,7 @@ import numpy as np
 from keras import layers, ops
 
 from train_export.hparams import HParams
+from train_export.model_spec import dtype_policy
 
 #: Blur strengths (Gaussian sigma, pixels at 48 px) and face sizes (pixels) that ``camera_prob`` draws from.
 BLUR_SIGMAS = (0.6, 1.0, 1.5)
@@ -82,7 +83,7 @@ class CameraDegrade(layers.Layer):
             use = keras.random.uniform((n, 1, 1, 1), seed=self._rng) < self.prob
             x = ops.where(use, degraded, x)
         if self.noise > 0:
-            # In x's dtype: under a mixed-precision policy x is float16/bfloat16, and TensorFlow will not mix.
+            # In x's dtype (float32 as built by build_augmenter; the layer itself works in any float dtype).
             sigma = keras.random.uniform((n, 1, 1, 1), 0.0, self.noise, seed=self._rng, dtype=x.dtype)
             x = x + sigma * keras.random.normal(ops.shape(x), seed=self._rng, dtype=x.dtype)
         return ops.clip(x, 0.0, 1.0)
@@ -153,4 +154,5 @@ def build_augmenter(hp: HParams) -> keras.Sequential:
         )
     if hp.camera_prob > 0 or hp.noise > 0:
         aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7, dtype=F32))
-    return keras.Sequential(aug, name="augment")
+    with dtype_policy(F32):  # else the container casts its input to a mixed policy's float16/bfloat16
+        return keras.Sequential(aug, name="augment")

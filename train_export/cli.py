@@ -31,7 +31,9 @@ def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
         elif f.type in ("float", float):
             group.add_argument(flag, type=float, default=None)
         elif f.type == "str | bool":  # jit_compile, mixed_precision: true, false or a named choice
-            group.add_argument(flag, type=lambda s: {"true": True, "false": False}.get(s.lower(), s), default=None)
+            choices = {"mixed_precision": "true, false, bfloat16 or float16", "jit_compile": "true, false or auto"}
+            group.add_argument(flag, type=lambda s: {"true": True, "false": False}.get(s.lower(), s), default=None,
+                               help=choices.get(f.name))
             group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
                                help=f"the same as {flag} false")
         else:

@@ -83,9 +83,10 @@ class HParams:
         mixed_precision: Compute precision while training (weights, batch norm and the softmax stay float32):
             true = mixed_float16 on a GPU and float32 on a CPU; "bfloat16" = mixed_bfloat16 anywhere, worth it
             on a CPU with native bfloat16 (AVX512_BF16, AMX: a ``vgg`` step 1.5x faster on this project's
-            workstation, ``benchmarks/train_speed.py --precision``); "float16" = mixed_float16 anywhere;
+            workstation, ``benchmarks/train_speed.py --mixed-precision``); "float16" = mixed_float16 anywhere;
             false = float32. Saved models compute in float32 whatever was used. Like ``jit_compile`` it
-            may change when a run resumes.
+            may change when a run resumes, except into or out of mixed_float16 (refused: its loss-scaling
+            optimizer would restore without the run's optimizer state).
         jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower in the
             first trial (2026-11-23, not re-measured since).
     """
@@ -170,7 +171,7 @@ class HParams:
             if not ok:
                 raise ValueError(f"hparam {f.name}={value!r} must be of type {f.type}")
 
-    def execution_only(self) -> dict:
+    def execution_only(self) -> dict[str, object]:
         """The fields that change how fast a run computes, not what it learns: a resumed run may change them."""
         return {name: getattr(self, name) for name in EXECUTION_FIELDS}
 

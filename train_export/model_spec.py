@@ -18,7 +18,8 @@ FULLY_CONNECTED, SOFTMAX). The softmax runs in float32 under mixed precision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import keras
 from keras import layers
@@ -134,6 +135,17 @@ def vgg(
     return keras.Model(inp, _head(x, n_classes, dropout), name="vgg")
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build and run models under the Keras dtype policy ``name`` inside the block, then restore the old one."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 MODELS: dict[str, Callable[..., keras.Model]] = {"mini_xception": mini_xception, "sepse": sepse, "vgg": vgg}
 
 
@@ -164,7 +176,10 @@ def parse_variant(text: str) -> tuple[str, float, dict[str, object]]:
         w = 0.0
     if not w > 0:
         raise ValueError(f"variant {text!r}: width {width!r} is not a positive number")
-    return name, w, parse_assignments(pairs, sep=":")
+    try:
+        return name, w, parse_assignments(pairs, sep=":")
+    except ValueError as exc:
+        raise ValueError(f"variant {text!r}: {exc}") from None
 
 
 def build_from_hparams(hp: HParams) -> keras.Model:

@@ -19,13 +19,11 @@ the epochs it ran as ``epochs`` in ``hparams.json`` (and the budget in ``budget.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -36,7 +34,7 @@ from train_export.augment import build_augmenter
 from train_export.data import FaceData
 from train_export.dataset import FaceSequence
 from train_export.hparams import HParams
-from train_export.model_spec import build_from_hparams, describe
+from train_export.model_spec import build_from_hparams, describe, dtype_policy
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +70,21 @@ def training_policy(mixed_precision: str | bool, gpu: bool) -> str:
     return "mixed_float16" if mixed_precision and gpu else "float32"
 
 
-@contextlib.contextmanager
-def dtype_policy(name: str) -> Iterator[None]:
-    """Build and run models under the Keras dtype policy ``name`` inside the block, then restore the old one."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
+def check_resume_policy(run_dir: Path, policy: str) -> None:
+    """Refuse to resume a run across the mixed_float16 boundary, where its optimizer state would be lost.
+
+    Under mixed_float16 Keras wraps the optimizer in a loss-scaling one with other variables; a backup written
+    on one side of that boundary restores on the other without the optimizer's state (its step count, so the
+    learning-rate schedule starts over, and Adam's moments), with a mere warning. float32 and mixed_bfloat16
+    share one optimizer. Runs from before ``model.json`` recorded the policy are not checked.
+    """
     try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+        before = json.loads((run_dir / "model.json").read_text(encoding="utf-8")).get("policy")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before and (before == "mixed_float16") != (policy == "mixed_float16"):
+        raise ValueError(f"{run_dir} trained under {before} and would resume under {policy}, which loses its "
+                         "optimizer state; resume it with the same --mixed-precision on the same kind of machine")
 
 
 def float32_twin(core: keras.Model, hp: HParams) -> keras.Model:
@@ -134,7 +138,8 @@ class BestCheckpoint(keras.callbacks.Callback):
     ``min_interval_s`` > 0 writes at most that often: an improvement in between is held in memory (its
     weights) and written when the interval has passed or training ends. A GPU epoch takes seconds, and
     saving a ``.keras`` file after nearly every one of the early epochs would cost a good share of a short
-    time budget; a run killed in between loses at most the last ``min_interval_s`` of improvements.
+    time budget; a run killed in between loses at most the last ``min_interval_s`` of improvements. With
+    ``hp``, a core trained in mixed precision is saved as its :func:`float32_twin`.
     """
 
     def __init__(self, core: keras.Model, run_dir: Path, min_interval_s: float = 0.0, hp: HParams | None = None):
@@ -447,8 +452,11 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
             raise ValueError(f"{run_dir} holds a started run; a time-budgeted run cannot resume, use a new --run-dir")
     if (run_dir / "budget.json").exists():  # its hparams.json was rewritten to the epochs it really ran
         raise ValueError(f"{run_dir} holds a finished time-budgeted run, which cannot be resumed; use a new --run-dir")
+    gpu = has_gpu()
+    policy = training_policy(hp.mixed_precision, gpu)
     # best.json alone (no backup/ yet) counts too: its best.keras would otherwise pass for the new run's.
     if hp_path.exists() and ((run_dir / "backup").exists() or (run_dir / "best.json").exists()):
+        check_resume_policy(run_dir, policy)
         saved = HParams.load(hp_path)
         same = saved.override(**hp.execution_only())
         if same != hp:
@@ -475,8 +483,6 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
                  hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature, 1 - hp.distill_alpha)
     hp.save(hp_path)
 
-    gpu = has_gpu()
-    policy = training_policy(hp.mixed_precision, gpu)
     with dtype_policy(policy):  # restored afterwards: later models in this process are not mixed
         prep = Preprocessing(input_size=hp.input_size)
         model, core, augmenter = build_training_model(hp, teachers)
@@ -490,7 +496,7 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
             info["name"], info["params"], info["macs"] / 1e6, keras.backend.backend(), "GPU" if gpu else "CPU",
             policy, len(train_data), len(val_data),
         )
-        (run_dir / "model.json").write_text(json.dumps(info) + "\n")
+        (run_dir / "model.json").write_text(json.dumps({**info, "policy": policy}) + "\n")
         done = epochs_done(run_dir)
         if done:
             log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
