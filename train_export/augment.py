@@ -16,7 +16,6 @@ from train_export.model_spec import dtype_policy
 #: Blur strengths (Gaussian sigma, pixels at 48 px) and face sizes (pixels) that ``camera_prob`` draws from.
 BLUR_SIGMAS = (0.6, 1.0, 1.5)
 LOW_RES_SIDES = (16, 20, 24, 32)
-F32 = "float32"
 
 
 def _gauss_kernel(sigma: float) -> np.ndarray:
@@ -131,28 +130,31 @@ def build_augmenter(hp: HParams) -> keras.Sequential:
     policy: under ``mixed_float16`` (a GPU) Keras' own ``RandomErasing`` cannot run in TensorFlow, and the
     augmenter's cost is small beside the model's.
     """
+    with dtype_policy("float32"):  # the layers and their container, which would cast its input to the policy's
+        return keras.Sequential(_augment_layers(hp), name="augment")
+
+
+def _augment_layers(hp: HParams) -> list[layers.Layer]:
     seed = hp.seed
     aug: list[layers.Layer] = []
     if hp.flip:
-        aug.append(layers.RandomFlip("horizontal", seed=seed, dtype=F32))
+        aug.append(layers.RandomFlip("horizontal", seed=seed))
     if hp.rotation > 0:
-        aug.append(layers.RandomRotation(hp.rotation, fill_mode="nearest", seed=seed + 1, dtype=F32))
+        aug.append(layers.RandomRotation(hp.rotation, fill_mode="nearest", seed=seed + 1))
     if hp.zoom > 0:
-        aug.append(layers.RandomZoom((-hp.zoom, hp.zoom), fill_mode="nearest", seed=seed + 2, dtype=F32))
+        aug.append(layers.RandomZoom((-hp.zoom, hp.zoom), fill_mode="nearest", seed=seed + 2))
     if hp.translation > 0:
-        aug.append(layers.RandomTranslation(hp.translation, hp.translation, fill_mode="nearest", seed=seed + 3, dtype=F32))
+        aug.append(layers.RandomTranslation(hp.translation, hp.translation, fill_mode="nearest", seed=seed + 3))
     if hp.brightness > 0:
-        aug.append(layers.RandomBrightness(hp.brightness, value_range=(0.0, 1.0), seed=seed + 4, dtype=F32))
+        aug.append(layers.RandomBrightness(hp.brightness, value_range=(0.0, 1.0), seed=seed + 4))
     if hp.contrast > 0:
-        aug.append(layers.RandomContrast(hp.contrast, value_range=(0.0, 1.0), seed=seed + 5, dtype=F32))
+        aug.append(layers.RandomContrast(hp.contrast, value_range=(0.0, 1.0), seed=seed + 5))
     if hp.erasing_prob > 0:
         aug.append(
             layers.RandomErasing(
-                factor=hp.erasing_prob, scale=(0.02, 0.15), fill_value=0.5, value_range=(0.0, 1.0), seed=seed + 6,
-                dtype=F32,
+                factor=hp.erasing_prob, scale=(0.02, 0.15), fill_value=0.5, value_range=(0.0, 1.0), seed=seed + 6
             )
         )
     if hp.camera_prob > 0 or hp.noise > 0:
-        aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7, dtype=F32))
-    with dtype_policy(F32):  # else the container casts its input to a mixed policy's float16/bfloat16
-        return keras.Sequential(aug, name="augment")
+        aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7))
+    return aug
