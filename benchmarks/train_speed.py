@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = load_faces(EPOCH_FACES)
     steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
-    precision = "float32" if args.mixed_precision == "false" else f"mixed_{args.mixed_precision}"
+    from train_export.train import training_policy
+
+    # gpu=False: "false" and the named choices do not depend on the machine
+    precision = training_policy(False if args.mixed_precision == "false" else args.mixed_precision, gpu=False)
     print(f"# Training speed, real loop (FaceSequence + augmenter + fit), batch {args.batch_size}, {precision}")
     print(f"backend {keras.backend.backend()} {keras.__version__}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; data: {source}; load average {os.getloadavg()[0]:.1f}")

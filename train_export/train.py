@@ -462,9 +462,10 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         if same != hp:
             diff = {k: (v, getattr(hp, k)) for k, v in same.to_dict().items() if getattr(hp, k) != v}
             raise ValueError(f"{run_dir} holds a run with other hyper-parameters {diff}; use a new --run-dir")
-        for name, (old, new) in {k: (v, getattr(hp, k)) for k, v in saved.execution_only().items()}.items():
-            if old != new:
-                log.info("resuming with %s=%r instead of %r (it changes speed, not what the run learns)", name, new, old)
+        for name, old in saved.execution_only().items():
+            if getattr(hp, name) != old:
+                log.info("resuming with %s=%r instead of %r (it changes speed, not what the run learns)", name,
+                         getattr(hp, name), old)
     if train_data.labels != hp.labels or val_data.labels != hp.labels:
         raise ValueError("dataset labels differ from hparams.labels")
     soft = None
