@@ -291,6 +291,17 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
     y = np.array([LABELS.index(FER_LABELS[i]) for i in np.load(train)["y"]])
     assert (soft.argmax(axis=1) == y).mean() > 0.5  # the trained teachers mostly agree with the labels
 
+    # Labels scored elsewhere join without their models: the file twice is the same four-teacher mean.
+    merged_path = workdir / "merged.npz"
+    assert main(["soft-labels", "--add", str(soft_path), "--add", str(soft_path), "--train", str(train),
+                 "--out", str(merged_path)]) == 0
+    with np.load(merged_path) as npz:
+        np.testing.assert_allclose(npz["soft"], soft, atol=1e-6)
+        assert len(json.loads(str(npz["meta"]))["teachers"]) == 4
+    capsys.readouterr()
+    assert main(["soft-labels", "--train", str(train), "--out", str(merged_path)]) == 2
+    assert "needs a --teacher model or an --add file" in capsys.readouterr().err
+
     student = workdir / "student"
     rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(student), "--log-lines",
                "--model", "sepse", "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--input-size", "24",

@@ -266,6 +266,28 @@ def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
         load_soft_labels(tmp_path / "bad.npz", data)
 
 
+def test_merged_soft_labels_weigh_each_file_by_its_teachers(tmp_path):
+    """Two teachers scored on one machine and three on another merge into the five-teacher mean."""
+    from train_export.data import DataError
+    from train_export.distill import load_soft_labels_with_meta, merge_soft_labels, save_soft_labels, soften
+
+    data = _data([2, 2, 2, 2, 2, 2, 2])
+    rng = np.random.default_rng(1)
+    probs = [rng.dirichlet(np.ones(7), size=len(data)) for _ in range(5)]
+    soft = [soften(p, 2.0) for p in probs]
+    save_soft_labels(tmp_path / "gpu.npz", np.mean(soft[:2], axis=0), data,
+                     {"teachers": ["t1", "t2"], "temperature": 2.0, "flip": True})
+    save_soft_labels(tmp_path / "cpu.npz", np.mean(soft[2:], axis=0), data,
+                     {"teachers": ["t3", "t4", "t5"], "temperature": 2.0, "flip": True})
+    parts = [load_soft_labels_with_meta(tmp_path / name, data) for name in ("gpu.npz", "cpu.npz")]
+    merged, meta = merge_soft_labels(parts)
+    np.testing.assert_allclose(merged, np.mean(soft, axis=0), atol=1e-6)  # not the mean of the two files' means
+    assert meta == {"teachers": ["t1", "t2", "t3", "t4", "t5"], "temperature": 2.0, "flip": True}
+    save_soft_labels(tmp_path / "t1.npz", soft[0], data, {"teachers": ["t1"], "temperature": 1.0, "flip": True})
+    with pytest.raises(DataError, match="differ in temperature"):
+        merge_soft_labels([parts[0], load_soft_labels_with_meta(tmp_path / "t1.npz", data)])
+
+
 def test_cosine_lr_warms_up_peaks_and_decays_to_one_percent():
     from train_export.train import cosine_lr
 

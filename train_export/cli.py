@@ -132,12 +132,21 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
     """Teacher-ensemble soft labels of the training faces, for ``train --soft-labels``."""
     import json
 
-    from train_export.data import load_dataset
-    from train_export.distill import ensemble_report, save_soft_labels, teacher_soft_labels
+    from train_export.data import DataError, load_dataset
+    from train_export.distill import (
+        ensemble_report,
+        load_soft_labels_with_meta,
+        merge_soft_labels,
+        save_soft_labels,
+        soft_labels_labels,
+        teacher_soft_labels,
+    )
     from train_export.evaluate import load_any
 
+    if not args.teacher and not args.add:
+        raise DataError("soft-labels needs a --teacher model or an --add file of earlier soft labels")
     teachers = [load_any(path, args.labels, num_threads=args.threads) for path in args.teacher]
-    labels = teachers[0].labels
+    labels = teachers[0].labels if teachers else soft_labels_labels(args.add[0])
     cache: dict[tuple[str, int], object] = {}
 
     def faces(source: str, split: str, size: int):
@@ -145,20 +154,35 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
             cache[(split, size)] = load_dataset(source, labels=labels, split=split, input_size=size)
         return cache[(split, size)]
 
-    train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
-    soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
-    data = train_sets[0][1]
-    meta = {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature, "flip": args.flip,
-            "train": data.describe()}
-    if args.val:
+    parts = []
+    if teachers:
+        train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
+        data = train_sets[0][1]
+        soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
+        parts.append((soft, {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature,
+                             "flip": args.flip}))
+    else:
+        data = faces(args.train, "train", 48)  # only the labels matter here: the fingerprint ignores the pixels
+    added = {}
+    for path in args.add:
+        soft_i, meta_i = load_soft_labels_with_meta(path, data)
+        parts.append((soft_i, meta_i))
+        added[str(path)] = {key: meta_i.get(key) for key in ("teachers", "temperature", "flip", "val")}
+    soft, meta = merge_soft_labels(parts)
+    meta["train"] = data.describe()
+    if added:
+        meta["added"] = added
+    if args.val and teachers:
         val_sets = [(t, faces(args.val, "val", t.prep.input_size)) for t in teachers]
         meta["val"] = ensemble_report([(t, d.x) for t, d in val_sets], val_sets[0][1].y, flip=args.flip)
         for name, row in meta["val"].items():
             print(f"val {name}: accuracy {100 * row['accuracy']:.2f}%, macro-F1 {row['macro_f1']:.4f}")
+        if added:
+            print("(the val ensemble above is of the --teacher models only; the --add files' teachers are not rescored)")
     save_soft_labels(args.out, soft, data, meta)
     agree = float((soft.argmax(axis=1) == data.y).mean())
-    print(f"soft labels of {len(data)} faces written to {args.out} (teachers agree with the labels on "
-          f"{100 * agree:.1f}%); train with --soft-labels {args.out}")
+    print(f"soft labels of {len(data)} faces from {len(meta['teachers'])} teachers written to {args.out} (teachers "
+          f"agree with the labels on {100 * agree:.1f}%); train with --soft-labels {args.out}")
     log.debug("soft-labels meta: %s", json.dumps(meta))
     return 0
 
@@ -215,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score the training faces with one or more trained teachers (flip-averaged, "
                        "softened by --temperature, averaged over teachers) and write them for "
                        "'train --soft-labels FILE --distill-alpha A'. With --val, also print each teacher's "
-                       "and the ensemble's validation accuracy.")
-    p.add_argument("--teacher", action="append", required=True, help="teacher model: .keras, bundle or .tflite (repeat)")
+                       "and the ensemble's validation accuracy. --add averages in the soft labels of teachers scored "
+                       "earlier or elsewhere, as if they were scored in this run.")
+    p.add_argument("--teacher", action="append", default=[],
+                   help="teacher model: .keras, bundle or .tflite (repeat)")
+    p.add_argument("--add", action="append", default=[], metavar="FILE",
+                   help="soft labels of more teachers from an earlier soft-labels run (e.g. a lent GPU's), averaged "
+                   "in with a weight of its number of teachers; same temperature and flip (repeat)")
     p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
                    help="the training data the student will use (default: %(default)s)")
     p.add_argument("--val", help="validation data: report the teachers and their ensemble on it")

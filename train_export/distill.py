@@ -89,18 +89,57 @@ def save_soft_labels(path: Path | str, soft: np.ndarray, data: FaceData, meta: d
 
 def load_soft_labels(path: Path | str, data: FaceData) -> np.ndarray:
     """Soft labels from :func:`save_soft_labels`, checked against ``data``'s label names and label sequence."""
+    return load_soft_labels_with_meta(path, data)[0]
+
+
+def load_soft_labels_with_meta(path: Path | str, data: FaceData) -> tuple[np.ndarray, dict]:
+    """:func:`load_soft_labels` and the file's metadata (its teachers, temperature, flip...)."""
+    soft, labels, fingerprint, meta = _read_soft_labels(path)
+    if labels != list(data.labels) or fingerprint != _fingerprint(data):
+        raise DataError(f"soft labels {path} were made for other training faces or labels ({labels}); "
+                        "make them again for this dataset with 'python -m train_export soft-labels'")
+    return soft, meta
+
+
+def soft_labels_labels(path: Path | str) -> list[str]:
+    """The label names a soft-labels file was made with (to load its training faces in that order)."""
+    return _read_soft_labels(path)[1]
+
+
+def _read_soft_labels(path: Path | str) -> tuple[np.ndarray, list[str], str, dict]:
     path = Path(path)
     try:
         with np.load(path) as npz:
-            soft, labels, fingerprint = npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"])
+            meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+            return npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"]), meta
     except FileNotFoundError:
         raise DataError(f"soft labels {path} do not exist; make them with 'python -m train_export soft-labels'") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path} is not a soft-labels file from 'python -m train_export soft-labels' ({exc})") from None
-    if labels != list(data.labels) or fingerprint != _fingerprint(data):
-        raise DataError(f"soft labels {path} were made for other training faces or labels ({labels}); "
-                        "make them again for this dataset with 'python -m train_export soft-labels'")
-    return soft
+
+
+def merge_soft_labels(parts: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
+    """Average soft-label sets of disjoint teacher groups, each weighted by its number of teachers.
+
+    The result is what one ``soft-labels`` run over all the teachers would have written, so teachers scored on
+    different machines (a lent GPU's, this machine's) join one ensemble without being scored again. The parts
+    must share the softening temperature and the flip averaging, or their mean would mix two kinds of target.
+    """
+    if not parts:
+        raise ValueError("at least one set of soft labels is needed")
+    first = parts[0][1]
+    for soft, meta in parts[1:]:
+        for key in ("temperature", "flip"):
+            if meta.get(key) != first.get(key):
+                raise DataError(f"soft labels to merge differ in {key}: {first.get(key)} and {meta.get(key)} "
+                                f"(teachers {first.get('teachers')} and {meta.get('teachers')}); score them alike")
+        if soft.shape != parts[0][0].shape:
+            raise DataError(f"soft labels to merge have shapes {parts[0][0].shape} and {soft.shape}")
+    weights = [max(1, len(meta.get("teachers", []))) for _, meta in parts]
+    total = sum(w * soft.astype(np.float64) for w, (soft, _) in zip(weights, parts, strict=True))
+    merged = {"teachers": [t for _, meta in parts for t in meta.get("teachers", [])],
+              "temperature": first.get("temperature"), "flip": first.get("flip")}
+    return (total / sum(weights)).astype(np.float32), merged
 
 
 def ensemble_report(teachers: list[tuple[LoadedModel, np.ndarray]], y: np.ndarray, flip: bool = True) -> dict:
