@@ -92,7 +92,9 @@ for s, n in (('train', 1500), ('val', 300)):
 fi
 el "data ready"
 TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision --batch-size $BATCH"
-TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0 --noise 0"
+# The teachers see camera-like faces too: phase C's online distillation shows them each degraded batch, and on
+# 2026-11-27 clean-trained teachers taught D1 to lose 3.9 pp under sensor noise (gpu_lease/README.md).
+TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0.3 --noise 0.04"
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Phase A trains teachers only. Students distilled from the CPU teachers' soft labels gained nothing more here on
 # CPU (kd3_s2_w15_c2, checkpoints/README.md): the way past 68.5 % is stronger teachers, which a GPU can train.
