@@ -430,3 +430,35 @@ def test_predict_refuses_every_zero(bundle, workdir, capsys):
         main(["predict", "--model", str(bundle), "--input", str(workdir), "--out", str(workdir / "p.csv"),
               "--every", "0"])
     assert exc.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+
+
+def test_soup_averages_two_models_of_one_architecture(workdir, run_dir, data, capsys):
+    """soup writes the weighted mean of the weights as a run folder that evaluate takes; other shapes refused."""
+    base = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    shifted_dir = workdir / "shifted"
+    shifted_dir.mkdir()
+    shifted = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    shifted.set_weights([w + 0.01 for w in base.get_weights()])
+    shifted.save(shifted_dir / "best.keras")
+
+    out = workdir / "soup"
+    rc = main(["soup", "--model", str(run_dir / "best.keras"), "--model", str(shifted_dir / "best.keras"),
+               "--coefficients", "0.25,0.75", "--out", str(out)])
+    assert rc == 0 and (out / "hparams.json").is_file()
+    assert json.loads((out / "soup.json").read_text())["coefficients"] == [0.25, 0.75]
+    soup = keras.saving.load_model(out / "best.keras", compile=False)
+    for got, want in zip(soup.get_weights(), base.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want + 0.0075, atol=1e-6)
+    rc = main(["evaluate", "--model", str(out / "best.keras"), "--data", str(data[1]),
+               "--json", str(workdir / "soup_eval.json")])
+    assert rc == 0 and "accuracy" in capsys.readouterr().out  # the labels came with the copied hparams.json
+
+    other = keras.Sequential([keras.Input((24, 24, 1)), keras.layers.Flatten(), keras.layers.Dense(len(LABELS))])
+    other.save(workdir / "other.keras")
+    rc = main(["soup", "--model", str(run_dir / "best.keras"), "--model", str(workdir / "other.keras"),
+               "--out", str(workdir / "bad_soup")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "a soup needs one architecture" in err[-1], err
+    rc = main(["soup", "--model", str(run_dir / "best.keras"), "--model", str(shifted_dir / "best.keras"),
+               "--coefficients", "0.5,0.6", "--out", str(workdir / "bad_soup")])
+    assert rc == 2 and "sum to 1" in capsys.readouterr().err

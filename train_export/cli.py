@@ -76,6 +76,13 @@ def _labels_arg(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+def _floats_arg(s: str) -> list[float]:
+    try:
+        return [float(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one or more models on labelled faces; the first model's report is the JSON's top level."""
     from train_export.data import load_dataset
@@ -187,6 +194,15 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soup(args: argparse.Namespace) -> int:
+    """Weighted mean of the weights of models with one architecture."""
+    from train_export.soup import make_soup
+
+    out = make_soup(args.model, args.coefficients, args.out)
+    print(f"soup written to {out}; score it with 'python -m train_export evaluate --model {out} --json REPORT'")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify faces in an image folder or video into a CSV."""
     from train_export.predict import predict_to_csv
@@ -256,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=_labels_arg, help="labels of bare .tflite/.keras teachers without a run folder")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for .tflite teachers")
     p.set_defaults(func=cmd_soft_labels)
+
+    p = sub.add_parser("soup", help="average the weights of models of one architecture (a model soup)",
+                       description="Write the weighted mean of the weights of two or more .keras models that share "
+                       "an architecture and a starting point (e.g. two fine-tunings of one model) as OUT/best.keras, "
+                       "with the first model's hparams.json and the recipe in soup.json. Score it before use.")
+    p.add_argument("--model", action="append", required=True, help=".keras model (repeat, two or more)")
+    p.add_argument("--coefficients", type=_floats_arg,
+                   help="comma-separated weights, one per --model, >= 0 and summing to 1 (default: equal)")
+    p.add_argument("--out", required=True, help="folder to write best.keras, hparams.json and soup.json into")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of models",
                        description="Evaluate bundles (int8 in LiteRT, as on the device), .tflite files or .keras "
