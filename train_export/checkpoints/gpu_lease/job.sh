@@ -3,7 +3,7 @@
 # distilled from those (C, or in a second call with SKIP_A=1), each run fitting its cosine schedule into a time
 # budget (train --time-budget), all at batch BATCH (256) with the learning rates scaled by sqrt(BATCH / 64).
 # Prepare (here): python3 train_export/checkpoints/gpu_lease/pack.py pack ../shared/data/fer2013/train.npz .gpu/train
-#   (and val) and .gpu/init_s2e40.npz (README.md, step 1), wheels in .whl/ (keras, namex,
+#   (and val) and .gpu/init_default.npz (README.md, step 1), wheels in .whl/ (keras, namex,
 #   optree, pydantic, pydantic_core, annotated_types, typing_inspection);
 # run (there): END=560 bash train_export/checkpoints/gpu_lease/job.sh 2>&1 | tee $OUT/job.log, carrying .whl and .gpu,
 # then on the warm machine SKIP_A=1 END=<what is left> bash ... for phase C
@@ -99,12 +99,12 @@ STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Phase A trains teachers only. Students distilled from the CPU teachers' soft labels gained nothing more here on
 # CPU (kd3_s2_w15_c2, checkpoints/README.md): the way past 68.5 % is stronger teachers, which a GPU can train.
 # JAX time-slices the GPU between processes, so two teachers share it rather than six runs. KD_INIT
-# (.gpu/init_s2e40.npz, `pack.py pack-weights`) holds the shipped default's float model (w1.5, stem stride 2) as
+# (.gpu/init_default.npz, `pack.py pack-weights`) holds the shipped default's float model (w1.5, stem stride 2) as
 # float16 weights, for the phase-C student that fine-tunes it.
-KD_INIT=${KD_INIT:-.gpu/init_s2e40.npz}
+KD_INIT=${KD_INIT:-.gpu/init_default.npz}
 # Phase A's budget: what is left of the call (END) after the runs' start-up, phase B and the packing (about 150 s).
 A=${BUDGET_A:-$(python3 -c "print(round(max(1, (${END:-565} - $(( $(date +%s) - T0 )) - 150) / 60), 2))")}
-C=${BUDGET_C:-3.2}
+C=${BUDGET_C:-6}  # at most; the call's END decides (a lease's second call left 3.2 minutes on 2026-11-27)
 KILL_A=$(python3 -c "print(int($A*60+45))")
 run() { local name=$1 kill=$2; shift 2; timeout $kill $TR --run-dir $W/runs/$name "$@" > $W/runs/$name.log 2>&1; el "$name rc=$?"; }
 if [ -z "${SKIP_A:-}" ]; then  # SKIP_A=1: phases B and C on an earlier phase A (this machine's /tmp/work/runs)
