@@ -301,6 +301,10 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
     capsys.readouterr()
     assert main(["soft-labels", "--train", str(train), "--out", str(merged_path)]) == 2
     assert "needs a --teacher model or an --add file" in capsys.readouterr().err
+    # Labels softened otherwise are refused before any scoring.
+    assert main(["soft-labels", "--teacher", str(run_dir / "best.keras"), "--add", str(soft_path), "--train",
+                 str(train), "--temperature", "1", "--out", str(merged_path)]) == 2
+    assert "scored at temperature 2.0" in capsys.readouterr().err
 
     student = workdir / "student"
     rc = main(["train", "--train", str(train), "--val", str(val), "--run-dir", str(student), "--log-lines",

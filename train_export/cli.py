@@ -161,20 +161,22 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
             cache[(split, size)] = load_dataset(source, labels=labels, split=split, input_size=size)
         return cache[(split, size)]
 
-    parts = []
-    if teachers:
-        train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
-        data = train_sets[0][1]
-        soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
-        parts.append((soft, {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature,
-                             "flip": args.flip}))
-    else:
-        data = faces(args.train, "train", 48)  # only the labels matter here: the fingerprint ignores the pixels
-    added = {}
+    # Without teachers only the labels matter: the soft labels' fingerprint ignores the pixels.
+    data = faces(args.train, "train", teachers[0].prep.input_size if teachers else 48)
+    parts, added = [], {}
+    # The added files are read first, so a mismatch is reported before minutes of scoring, not after.
     for path in args.add:
         soft_i, meta_i = load_soft_labels_with_meta(path, data)
+        if teachers and (meta_i.get("temperature"), meta_i.get("flip")) != (args.temperature, args.flip):
+            raise DataError(f"{path} was scored at temperature {meta_i.get('temperature')}, flip "
+                            f"{meta_i.get('flip')}; give --temperature/--no-flip to match it")
         parts.append((soft_i, meta_i))
         added[str(path)] = {key: meta_i.get(key) for key in ("teachers", "temperature", "flip", "val")}
+    if teachers:
+        train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
+        soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
+        parts.insert(0, (soft, {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature,
+                                "flip": args.flip}))
     soft, meta = merge_soft_labels(parts)
     meta["train"] = data.describe()
     if added:
