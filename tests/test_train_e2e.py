@@ -291,7 +291,8 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
     y = np.array([LABELS.index(FER_LABELS[i]) for i in np.load(train)["y"]])
     assert (soft.argmax(axis=1) == y).mean() > 0.5  # the trained teachers mostly agree with the labels
 
-    # Labels scored elsewhere join without their models: the file twice is the same four-teacher mean.
+    # Labels scored elsewhere join without their models (the weighting is the unit test's; here the CLI path):
+    # one file given twice merges to itself, counted as four teachers.
     merged_path = workdir / "merged.npz"
     assert main(["soft-labels", "--add", str(soft_path), "--add", str(soft_path), "--train", str(train),
                  "--out", str(merged_path)]) == 0
@@ -301,6 +302,9 @@ def test_distillation_from_a_teacher_ensemble(workdir, run_dir, bundle, data, ca
     capsys.readouterr()
     assert main(["soft-labels", "--train", str(train), "--out", str(merged_path)]) == 2
     assert "needs a --teacher model or an --add file" in capsys.readouterr().err
+    assert main(["soft-labels", "--add", str(soft_path), "--val", str(val), "--train", str(train),
+                 "--out", str(merged_path)]) == 2
+    assert "apply to --teacher models" in capsys.readouterr().err
     # Labels softened otherwise are refused before any scoring.
     assert main(["soft-labels", "--teacher", str(run_dir / "best.keras"), "--add", str(soft_path), "--train",
                  str(train), "--temperature", "1", "--out", str(merged_path)]) == 2
@@ -466,3 +470,11 @@ def test_soup_averages_two_models_of_one_architecture(workdir, run_dir, data, ca
     rc = main(["soup", "--model", str(run_dir / "best.keras"), "--model", str(shifted_dir / "best.keras"),
                "--coefficients", "0.5,0.6", "--out", str(workdir / "bad_soup")])
     assert rc == 2 and "sum to 1" in capsys.readouterr().err
+    rc = main(["soup", "--model", str(run_dir / "best.keras"), "--model", str(shifted_dir / "best.keras"),
+               "--coefficients", "nan,nan", "--out", str(workdir / "bad_soup")])
+    assert rc == 2 and "sum to 1" in capsys.readouterr().err
+    before = (shifted_dir / "best.keras").read_bytes()
+    rc = main(["soup", "--model", str(shifted_dir / "best.keras"), "--model", str(run_dir / "best.keras"),
+               "--out", str(shifted_dir)])
+    assert rc == 2 and "would overwrite the input model" in capsys.readouterr().err
+    assert (shifted_dir / "best.keras").read_bytes() == before  # the input model is untouched

@@ -264,6 +264,9 @@ def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an archive")
     with pytest.raises(DataError, match="not a soft-labels file"):
         load_soft_labels(tmp_path / "bad.npz", data)
+    np.save(tmp_path / "bare.npy", soft)  # an array, not an archive: refused the same way
+    with pytest.raises(DataError, match="not a soft-labels file"):
+        load_soft_labels(tmp_path / "bare.npy", data)
 
 
 def test_merged_soft_labels_weigh_each_file_by_its_teachers(tmp_path):

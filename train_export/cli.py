@@ -1,4 +1,4 @@
-"""Command line: ``python -m train_export train | soft-labels | evaluate | export | predict | explain``."""
+"""Command line: ``python -m train_export train | soft-labels | soup | evaluate | export | predict | explain``."""
 
 from __future__ import annotations
 
@@ -78,9 +78,12 @@ def _labels_arg(s: str) -> list[str]:
 
 def _floats_arg(s: str) -> list[float]:
     try:
-        return [float(p) for p in s.split(",") if p.strip()]
+        values = [float(p) for p in s.split(",") if p.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
+    return values
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -152,6 +155,9 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
 
     if not args.teacher and not args.add:
         raise DataError("soft-labels needs a --teacher model or an --add file of earlier soft labels")
+    if not args.teacher and (args.val or args.temperature != 2.0 or not args.flip):
+        raise DataError("--val, --temperature and --no-flip apply to --teacher models; --add files keep how they "
+                        "were scored (see their meta)")
     teachers = [load_any(path, args.labels, num_threads=args.threads) for path in args.teacher]
     labels = teachers[0].labels if teachers else soft_labels_labels(args.add[0])
     cache: dict[tuple[str, int], object] = {}

@@ -109,7 +109,10 @@ def soft_labels_labels(path: Path | str) -> list[str]:
 def _read_soft_labels(path: Path | str) -> tuple[np.ndarray, list[str], str, dict]:
     path = Path(path)
     try:
-        with np.load(path) as npz:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
+            raise ValueError("a bare array, not an .npz archive")
+        with loaded as npz:
             meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
             return npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"]), meta
     except FileNotFoundError:
@@ -135,9 +138,12 @@ def merge_soft_labels(parts: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray,
                                 f"(teachers {first.get('teachers')} and {meta.get('teachers')}); score them alike")
         if soft.shape != parts[0][0].shape:
             raise DataError(f"soft labels to merge have shapes {parts[0][0].shape} and {soft.shape}")
+    names = [t for _, meta in parts for t in meta.get("teachers", [])]
+    if len(set(names)) < len(names):
+        log.warning("soft labels to merge name a teacher more than once (%s): it counts that many times", names)
     weights = [max(1, len(meta.get("teachers", []))) for _, meta in parts]
     total = sum(w * soft.astype(np.float64) for w, (soft, _) in zip(weights, parts, strict=True))
-    merged = {"teachers": [t for _, meta in parts for t in meta.get("teachers", [])],
+    merged = {"teachers": names,
               "temperature": first.get("temperature"), "flip": first.get("flip")}
     return (total / sum(weights)).astype(np.float32), merged
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -23,17 +24,22 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def check_coefficients(n_models: int, coefficients: list[float]) -> None:
+    """Raise ValueError unless there are two or more models, one finite coefficient >= 0 each, summing to 1."""
+    if n_models < 2 or len(coefficients) != n_models:
+        raise ValueError(f"a soup needs two or more models and one coefficient each, got {n_models} models "
+                         f"and {len(coefficients)} coefficients")
+    if not all(math.isfinite(c) and c >= 0 for c in coefficients) or abs(sum(coefficients) - 1.0) > 1e-6:
+        raise ValueError(f"soup coefficients must be >= 0 and sum to 1, got {coefficients}")
+
+
 def soup_weights(weight_sets: list[list[np.ndarray]], coefficients: list[float]) -> list[np.ndarray]:
     """``sum(c_i * weights_i)`` tensor by tensor; the coefficients must be >= 0 and sum to 1.
 
     Raises:
         ValueError: the coefficients do not fit, or the models' weights differ in number or shape.
     """
-    if len(weight_sets) < 2 or len(coefficients) != len(weight_sets):
-        raise ValueError(f"a soup needs two or more models and one coefficient each, got {len(weight_sets)} models "
-                         f"and {len(coefficients)} coefficients")
-    if min(coefficients) < 0 or abs(sum(coefficients) - 1.0) > 1e-6:
-        raise ValueError(f"soup coefficients must be >= 0 and sum to 1, got {coefficients}")
+    check_coefficients(len(weight_sets), coefficients)
     first = weight_sets[0]
     for i, weights in enumerate(weight_sets[1:], start=2):
         shapes = [w.shape for w in weights]
@@ -55,20 +61,24 @@ def make_soup(models: list[Path | str], coefficients: list[float] | None, out_di
     import keras
 
     paths = [Path(m) for m in models]
-    coefficients = coefficients or [1.0 / len(paths)] * len(paths)
+    if coefficients is None:
+        coefficients = [1.0 / len(paths)] * len(paths)
+    check_coefficients(len(paths), coefficients)
+    out_dir = Path(out_dir)
+    out = out_dir / "best.keras"
+    if any(out.resolve() == p.resolve() for p in paths):
+        raise ValueError(f"--out {out_dir} would overwrite the input model {out}; write the soup to another folder")
     loaded = []
     for path in paths:
         if not path.is_file():
-            raise ValueError(f"model {path} does not exist; give trained .keras models (e.g. runs/X/best.keras)")
+            raise ValueError(f"model {path} is not a file; give trained .keras models (e.g. runs/X/best.keras)")
         try:
             loaded.append(keras.saving.load_model(path, compile=False))
         except Exception as exc:  # Keras raises many types for a wrong or damaged file
             raise ValueError(f"model {path} is not a loadable .keras model ({exc})") from None
     base = loaded[0]
     base.set_weights(soup_weights([m.get_weights() for m in loaded], coefficients))
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "best.keras"
     base.save(out)
     hparams = paths[0].parent / "hparams.json"
     if hparams.is_file():
