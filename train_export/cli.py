@@ -13,6 +13,8 @@ from train_export.hparams import HParams
 log = logging.getLogger("train_export")
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013"
+#: soft-labels' default softening temperature (without --teacher, only this value is accepted: nothing is scored)
+SOFT_LABELS_TEMPERATURE = 2.0
 
 
 def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +146,7 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
 
     from train_export.data import DataError, load_dataset
     from train_export.distill import (
+        check_scored_alike,
         ensemble_report,
         load_soft_labels_with_meta,
         merge_soft_labels,
@@ -155,7 +158,7 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
 
     if not args.teacher and not args.add:
         raise DataError("soft-labels needs a --teacher model or an --add file of earlier soft labels")
-    if not args.teacher and (args.val or args.temperature != 2.0 or not args.flip):
+    if not args.teacher and (args.val or args.temperature != SOFT_LABELS_TEMPERATURE or not args.flip):
         raise DataError("--val, --temperature and --no-flip apply to --teacher models; --add files keep how they "
                         "were scored (see their meta)")
     teachers = [load_any(path, args.labels, num_threads=args.threads) for path in args.teacher]
@@ -170,19 +173,18 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
     # Without teachers only the labels matter: the soft labels' fingerprint ignores the pixels.
     data = faces(args.train, "train", teachers[0].prep.input_size if teachers else 48)
     parts, added = [], {}
+    scored_here = {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature, "flip": args.flip}
     # The added files are read first, so a mismatch is reported before minutes of scoring, not after.
     for path in args.add:
         soft_i, meta_i = load_soft_labels_with_meta(path, data)
-        if teachers and (meta_i.get("temperature"), meta_i.get("flip")) != (args.temperature, args.flip):
-            raise DataError(f"{path} was scored at temperature {meta_i.get('temperature')}, flip "
-                            f"{meta_i.get('flip')}; give --temperature/--no-flip to match it")
+        if teachers:
+            check_scored_alike(scored_here, meta_i, str(path))
         parts.append((soft_i, meta_i))
         added[str(path)] = {key: meta_i.get(key) for key in ("teachers", "temperature", "flip", "val")}
     if teachers:
         train_sets = [(t, faces(args.train, "train", t.prep.input_size)) for t in teachers]
         soft = teacher_soft_labels([(t, d.x) for t, d in train_sets], temperature=args.temperature, flip=args.flip)
-        parts.insert(0, (soft, {"teachers": [str(p) for p in args.teacher], "temperature": args.temperature,
-                                "flip": args.flip}))
+        parts.insert(0, (soft, scored_here))
     soft, meta = merge_soft_labels(parts)
     meta["train"] = data.describe()
     if added:
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the training data the student will use (default: %(default)s)")
     p.add_argument("--val", help="validation data: report the teachers and their ensemble on it")
     p.add_argument("--out", required=True, help=".npz file to write")
-    p.add_argument("--temperature", type=float, default=2.0,
+    p.add_argument("--temperature", type=float, default=SOFT_LABELS_TEMPERATURE,
                    help="softening temperature applied to each teacher's probabilities (default: %(default)s)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average each face with its mirror")
     p.add_argument("--labels", type=_labels_arg, help="labels of bare .tflite/.keras teachers without a run folder")

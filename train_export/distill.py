@@ -121,6 +121,20 @@ def _read_soft_labels(path: Path | str) -> tuple[np.ndarray, list[str], str, dic
         raise DataError(f"{path} is not a soft-labels file from 'python -m train_export soft-labels' ({exc})") from None
 
 
+def check_scored_alike(first: dict, other: dict, other_name: str = "") -> None:
+    """Raise DataError unless two soft-label sets' metadata share the softening temperature and the flip averaging.
+
+    ``other_name`` names the second set in the message (default: its teachers).
+    """
+    for key in ("temperature", "flip"):
+        if other.get(key) != first.get(key):
+            name = other_name or f"teachers {other.get('teachers')}"
+            raise DataError(f"soft labels to merge differ in {key}: {name} was scored at temperature "
+                            f"{other.get('temperature')}, flip {other.get('flip')}, teachers {first.get('teachers')} "
+                            f"at temperature {first.get('temperature')}, flip {first.get('flip')}; score them alike "
+                            "(soft-labels --temperature / --no-flip)")
+
+
 def merge_soft_labels(parts: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
     """Average soft-label sets of disjoint teacher groups, each weighted by its number of teachers.
 
@@ -132,10 +146,7 @@ def merge_soft_labels(parts: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray,
         raise ValueError("at least one set of soft labels is needed")
     first = parts[0][1]
     for soft, meta in parts[1:]:
-        for key in ("temperature", "flip"):
-            if meta.get(key) != first.get(key):
-                raise DataError(f"soft labels to merge differ in {key}: {first.get(key)} and {meta.get(key)} "
-                                f"(teachers {first.get('teachers')} and {meta.get('teachers')}); score them alike")
+        check_scored_alike(first, meta)
         if soft.shape != parts[0][0].shape:
             raise DataError(f"soft labels to merge have shapes {parts[0][0].shape} and {soft.shape}")
     names = [t for _, meta in parts for t in meta.get("teachers", [])]
