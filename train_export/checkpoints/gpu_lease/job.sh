@@ -161,7 +161,7 @@ el "phase B done"
 # what is left of the call (END seconds after the start) decides phase C's budget
 C=$(python3 -c "print(round(max(0, min($C, (${END:-565} - $(( $(date +%s) - T0 )) - 45) / 60)), 2))")
 el "phase C budget $C min"
-# D1 needs a minute or more besides D2's 1.4 (a run under about 3 minutes is mostly compiling): below 3 minutes
+# D1 needs a minute or more besides D2's D2_BUDGET (a run under about 3 minutes is mostly compiling): below 3 minutes
 # phase C is skipped (a SMALL dry run takes any budget above 0)
 if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 3 or ('${SMALL:-}' and $C > 0) else 1)"; then
   KD="--distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04"
@@ -171,16 +171,17 @@ if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 3 or ('${SMALL:-}' an
   # camera-like faces. Their soup is made and scored here afterwards. The strided stem (stem_stride 2) is the one
   # w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py).
   ONLINE=$(IFS=,; echo "${GOOD[*]}")
-  C1=$(python3 -c "print(round(max(1, $C - 1.6), 2))"); KILL_C1=$(python3 -c "print(int($C1*60+40))")
+  D2_BUDGET=1.4  # D2's budget; D1 gets the rest of phase C but 0.2 minutes for D2's start
+  C1=$(python3 -c "print(round(max(1, $C - $D2_BUDGET - 0.2), 2))"); KILL_C1=$(python3 -c "print(int($C1*60+40))")
   if [ -f "$KD_INIT" ] && python3 $HERE/pack.py unpack-weights "$KD_INIT" $W/init.keras; then
     run D1_w15s2_ft $KILL_C1 --width 1.5 --stem-stride 2 --epochs 200 --seed 21 --learning-rate "$(lr 5e-4)" \
         --warmup-epochs 1 --init-weights $W/init.keras --teacher-models "$ONLINE" $KD --time-budget $C1
   fi
   if [ -f $W/runs/D1_w15s2_ft/best.keras ]; then
-    run D2_w15s2_kd 130 --width 1.5 --stem-stride 2 --epochs 6 --seed 22 --learning-rate "$(lr 2e-4)" \
-        --warmup-epochs 1 --init-weights $W/runs/D1_w15s2_ft/best.keras --soft-labels $MERGED $KD --time-budget 1.4
+    run D2_w15s2_kd "$(python3 -c "print(int($D2_BUDGET*60+46))")" --width 1.5 --stem-stride 2 --epochs 6 --seed 22 \
+        --learning-rate "$(lr 2e-4)" --warmup-epochs 1 --init-weights $W/runs/D1_w15s2_ft/best.keras \
+        --soft-labels $MERGED $KD --time-budget $D2_BUDGET
   fi
-  wait
   slim $W/runs/D*/best.keras 2>/dev/null
   (cd $W/runs && tar czf "$OUT/phaseC.tgz" D*)
 fi
