@@ -509,7 +509,7 @@ def test_online_distillation_targets_blend_the_label_with_the_teachers_on_the_sa
     for i, t in enumerate(teachers):
         t.name, t.trainable = f"teacher_{i}", False
     inp = keras.Input((24, 24, 1))
-    model = with_teachers(inp, inp, core, teachers, temperature=2.0)
+    model = with_teachers(inp, inp, inp, core, teachers, temperature=2.0)
     x = np.random.default_rng(0).normal(size=(5, 24, 24, 1)).astype(np.float32)
     out = np.asarray(model.predict(x, verbose=0))
     want = np.mean([soften(np.asarray(t.predict(x, verbose=0)), 2.0) for t in teachers], axis=0)
@@ -523,3 +523,63 @@ def test_online_distillation_targets_blend_the_label_with_the_teachers_on_the_sa
     acc = student_accuracy(4)
     acc.update_state(y, out)
     assert float(acc.result()) == pytest.approx(float(np.mean(out[:, :4].argmax(1) == y.argmax(1))))
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_online_distillation_teachers_see_the_face_before_the_camera_degradation(clean):
+    """teachers_see_clean: the student's input is degraded (noise here), the teachers' is not; off, both are."""
+    from train_export.distill import soften
+    from train_export.model_spec import build_model
+    from train_export.train import build_training_model
+
+    labels = ["a", "b", "c", "d"]
+    hp = HParams(model="mini_xception", width=0.25, input_size=24, labels=labels, flip=False, rotation=0,
+                 translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0, camera_prob=0, noise=0.5,
+                 teacher_models=["t.keras"], teachers_see_clean=clean, distill_temperature=2.0)
+    keras.utils.set_random_seed(0)
+    teacher = build_model("mini_xception", 24, 4, width=0.25)
+    teacher.name, teacher.trainable = "teacher_0", False
+    trainer, core, aug = build_training_model(hp, [teacher])
+    x = np.full((6, 24, 24, 1), 0.5, np.float32)
+    out = keras.ops.convert_to_numpy(trainer(x if aug is None else aug(x, training=True), training=True))
+    on_clean = soften(keras.ops.convert_to_numpy(teacher(x, training=False)), 2.0)
+    assert not np.allclose(out[:, :4], keras.ops.convert_to_numpy(core(x, training=True)), atol=1e-4)
+    assert np.allclose(out[:, 4:], on_clean, atol=1e-5) == clean
+    inference = keras.ops.convert_to_numpy(trainer(x, training=False))  # validation: nothing is degraded
+    np.testing.assert_allclose(inference[:, 4:], on_clean, atol=1e-5)
+
+
+def test_a_complete_hparams_record_from_before_a_field_gets_its_legacy_value(tmp_path):
+    """An hparams.json saved before teachers_see_clean existed describes a run whose teachers saw the degraded face."""
+    import json
+
+    old = HParams().to_dict()
+    del old["teachers_see_clean"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert HParams.load(tmp_path / "old.json").teachers_see_clean is False
+    (tmp_path / "partial.json").write_text(json.dumps({"width": 1.5}))  # a hand-written base for --hparams
+    assert HParams.load(tmp_path / "partial.json").teachers_see_clean is True
+    HParams(teachers_see_clean=False).save(tmp_path / "new.json")
+    assert HParams.load(tmp_path / "new.json").teachers_see_clean is False
+
+
+def test_teachers_compute_in_the_runs_mixed_policy_when_their_run_folder_says_how_to_rebuild_them(tmp_path):
+    from train_export.model_spec import build_from_hparams
+    from train_export.online_distill import load_teachers
+
+    hp = HParams(model="mini_xception", width=0.25, input_size=24, labels=["a", "b", "c", "d"])
+    keras.utils.set_random_seed(0)
+    model = build_from_hparams(hp)
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "best.keras")
+    hp.save(tmp_path / "run" / "hparams.json")
+    model.save(tmp_path / "bare.keras")
+    run, bare = load_teachers([str(tmp_path / "run" / "best.keras"), str(tmp_path / "bare.keras")], 24, hp.labels,
+                              "mixed_bfloat16")
+    assert run.compute_dtype == "bfloat16" and bare.compute_dtype == "float32"
+    assert run.name == "teacher_0" and not run.trainable
+    x = np.random.default_rng(0).random((4, 24, 24, 1), dtype=np.float32)
+    np.testing.assert_allclose(run.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.03)
+    (same,) = load_teachers([str(tmp_path / "run" / "best.keras")], 24, hp.labels)
+    assert same.compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -121,9 +121,12 @@ class BatchAugmenter:
         return np.asarray(y, dtype=np.float32)
 
 
-def build_augmenter(hp: HParams) -> keras.Sequential:
+def build_augmenter(hp: HParams, camera: bool = True) -> keras.Sequential:
     """Random flip, rotation, translation, zoom, brightness/contrast jitter, erasing and camera
     degradation (blur, small faces, sensor noise: :class:`CameraDegrade`), as configured.
+
+    ``camera=False`` leaves the camera degradation out, for a caller that applies :func:`camera_degrader` later
+    (online distillation's teachers see the face before it, :mod:`train_export.online_distill`).
 
     Geometric transforms fill with the nearest edge pixel, like the device's crop of a box near the frame
     edge (see :func:`edge.preprocess.crop_face`). The layers compute in float32 whatever the global dtype
@@ -131,10 +134,18 @@ def build_augmenter(hp: HParams) -> keras.Sequential:
     augmenter's cost is small beside the model's.
     """
     with dtype_policy("float32"):  # the layers and their container, which would cast its input to the policy's
-        return keras.Sequential(_augment_layers(hp), name="augment")
+        return keras.Sequential(_augment_layers(hp, camera), name="augment")
 
 
-def _augment_layers(hp: HParams) -> list[layers.Layer]:
+def camera_degrader(hp: HParams) -> CameraDegrade | None:
+    """The augmenter's last step on its own, computing in float32; None when ``hp`` turns it off."""
+    if hp.camera_prob <= 0 and hp.noise <= 0:
+        return None
+    with dtype_policy("float32"):
+        return CameraDegrade(hp.camera_prob, hp.noise, seed=hp.seed + 7)
+
+
+def _augment_layers(hp: HParams, camera: bool = True) -> list[layers.Layer]:
     seed = hp.seed
     aug: list[layers.Layer] = []
     if hp.flip:
@@ -155,6 +166,7 @@ def _augment_layers(hp: HParams) -> list[layers.Layer]:
                 factor=hp.erasing_prob, scale=(0.02, 0.15), fill_value=0.5, value_range=(0.0, 1.0), seed=seed + 6
             )
         )
-    if hp.camera_prob > 0 or hp.noise > 0:
-        aug.append(CameraDegrade(hp.camera_prob, hp.noise, seed=seed + 7))
+    degrade = camera_degrader(hp) if camera else None
+    if degrade is not None:
+        aug.append(degrade)
     return aug

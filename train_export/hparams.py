@@ -19,6 +19,10 @@ _ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: Fields added after runs were recorded without them, and the value that says what those runs did where it
+#: differs from the field's default (an old ``hparams.json`` read with the new default would misdescribe its run).
+LEGACY_VALUES: dict[str, object] = {"teachers_see_clean": False}
+
 #: Fields a resumed run may change (see :meth:`HParams.execution_only`).
 EXECUTION_FIELDS = ("mixed_precision", "jit_compile")
 
@@ -74,6 +78,10 @@ class HParams:
         distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
         teacher_models: Trained ``.keras`` teachers that score each augmented training batch inside the step
             (online distillation, :mod:`train_export.online_distill`), instead of ``soft_labels``; empty = none.
+        teachers_see_clean: With ``teacher_models``: the teachers score each augmented face before the camera
+            degradation (``camera_prob``, ``noise``) that the student sees, so the student learns the clean face's
+            target from its degraded view; false: the teachers see the student's degraded view, and pass on their
+            own fragility to it (:mod:`train_export.online_distill`). Runs recorded before this field had false.
         distill_temperature: Softening temperature of ``teacher_models``' probabilities (``soft-labels`` has
             its own ``--temperature``, 2 by default, like this).
         init_weights: A trained ``.keras`` model of the same architecture whose weights start the run
@@ -126,6 +134,7 @@ class HParams:
     soft_labels: str = ""
     distill_alpha: float = 0.7
     teacher_models: list[str] = field(default_factory=list)
+    teachers_see_clean: bool = True
     distill_temperature: float = 2.0
     init_weights: str = ""
     early_stop_patience: int = 0
@@ -193,8 +202,15 @@ class HParams:
 
     @classmethod
     def load(cls, path: Path) -> HParams:
-        """Read a JSON file written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a JSON file of hyper-parameters (all of them, as :meth:`save` writes, or some: defaults fill in).
+
+        A complete record but for fields of :data:`LEGACY_VALUES` was saved before those existed: they get their
+        legacy values, which say what that run did.
+        """
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and set(data) >= {f.name for f in dataclasses.fields(cls)} - set(LEGACY_VALUES):
+            data = {**{k: v for k, v in LEGACY_VALUES.items() if k not in data}, **data}
+        return cls.from_dict(data)
 
     def override(self, **changes: object) -> HParams:
         """Copy with some fields changed (None values are ignored, as CLI defaults are None)."""

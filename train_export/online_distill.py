@@ -8,7 +8,12 @@ consistency, with long schedules, to be what lets a student reach its teacher). 
 forward passes on top: cheap on a GPU, about twice the step on a CPU with teachers of the student's size.
 
 The training model is the student and the teachers side by side on one input (after the augmenter where that
-runs in the model). Its output is ``[student probabilities | teachers' mean probabilities]``, 2 x classes wide:
+runs in the model). With ``teachers_see_clean`` (the default) the camera degradation
+(:class:`~train_export.augment.CameraDegrade`: blur, small faces, sensor noise) moves out of the augmenter into the
+student's branch, after the teachers' view: the teachers score the augmented face before it is degraded, and the
+student learns that target from the degraded face. Teachers shown the degraded face pass on their own fragility: a
+student distilled that way from teachers trained without the degradation lost 3.9 pp more than its start under
+sensor noise (``benchmarks/robustness.py``, the 2026-11-27 GPU lease). Its output is ``[student probabilities | teachers' mean probabilities]``, 2 x classes wide:
 :class:`OnlineDistillLoss` splits it, blends ``(1 - alpha) * label + alpha * teachers`` and takes the
 cross-entropy of the student part, and :func:`student_accuracy` is the ``accuracy`` the logs, the best
 checkpoint and early stopping read. Only the student (the core model) is saved as ``best.keras``.
@@ -25,8 +30,15 @@ from keras import ops
 log = logging.getLogger(__name__)
 
 
-def load_teachers(paths: list[str], input_size: int, labels: list[str]) -> list[keras.Model]:
+def load_teachers(paths: list[str], input_size: int, labels: list[str], policy: str = "float32"
+                  ) -> list[keras.Model]:
     """Load frozen teacher models, checked against the student's input size and labels.
+
+    Under a mixed ``policy`` (the run's :func:`~train_export.train.training_policy`) each teacher whose run folder
+    has its ``hparams.json`` is rebuilt to compute in that policy, like the student: a saved model computes in
+    float32 whatever it trained in, and on a CPU with bfloat16 the teachers' forward passes, most of an online
+    step there, take 0.47 s instead of 0.78 s a batch of 64 (the 2026-11-27 GPU teachers, ``vgg`` w1 d3 plus
+    ``sepse`` w3 d3; probabilities within 0.014).
 
     Raises:
         ValueError: a teacher is missing or unloadable, or has another input size, output size or label order.
@@ -46,10 +58,30 @@ def load_teachers(paths: list[str], input_size: int, labels: list[str]) -> list[
             raise ValueError(f"teacher model {path} takes {side} faces and gives {model.output_shape[-1]} classes; "
                              f"the student needs {input_size}x{input_size} and {len(labels)}")
         keras_labels(path, labels)  # raises when the teacher's run (hparams.json) has another label order
+        model = _in_policy(model, path, policy)
         model.trainable = False
         model.name = f"teacher_{i}"  # two teachers of one architecture must not share a layer name here
         teachers.append(model)
     return teachers
+
+
+def _in_policy(model: keras.Model, path: str, policy: str) -> keras.Model:
+    """``model`` rebuilt from its run's hparams.json to compute in ``policy``; itself when that is not possible."""
+    if policy == "float32" or model.dtype_policy.name == policy:
+        return model
+    from train_export.evaluate import run_hparams
+    from train_export.hparams import HParams
+    from train_export.model_spec import build_from_hparams, dtype_policy
+
+    saved = run_hparams(path)
+    if not saved:
+        log.info("teacher %s computes in float32: without its run's hparams.json it cannot be rebuilt in %s",
+                 path, policy)
+        return model
+    with dtype_policy(policy):
+        twin = build_from_hparams(HParams.from_dict(saved))
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def soften(probs, temperature: float):
@@ -57,14 +89,20 @@ def soften(probs, temperature: float):
     return ops.softmax(ops.log(ops.clip(probs, 1e-7, 1.0)) / temperature, axis=-1)
 
 
-def with_teachers(inp: keras.KerasTensor, student_in: keras.KerasTensor, core: keras.Model,
-                  teachers: list[keras.Model], temperature: float) -> keras.Model:
-    """The training model: ``[core(x) | mean softened teacher(x)]`` on the same (augmented) ``student_in``."""
+def with_teachers(inp: keras.KerasTensor, teacher_in: keras.KerasTensor, student_in: keras.KerasTensor,
+                  core: keras.Model, teachers: list[keras.Model], temperature: float) -> keras.Model:
+    """The training model: ``[core(student_in) | mean softened teacher(teacher_in)]``.
+
+    ``teacher_in`` is the augmented face and ``student_in`` the same face as the student sees it: the same tensor,
+    or ``teacher_in`` after a training-only degradation (inference, e.g. validation, leaves them equal).
+    """
     student = core(student_in)
-    taught = [soften(t(student_in, training=False), temperature) for t in teachers]
-    mean = taught[0] if len(taught) == 1 else keras.layers.Average()(taught)
+    taught = [ops.cast(soften(t(teacher_in, training=False), temperature), "float32") for t in teachers]
+    # float32 merges: under a mixed policy a layer casts its inputs to float16/bfloat16, the loss's precision.
+    mean = taught[0] if len(taught) == 1 else keras.layers.Average(dtype="float32")(taught)
     mean = ops.stop_gradient(mean)
-    return keras.Model(inp, keras.layers.Concatenate(axis=-1)([student, mean]), name="online_distiller")
+    return keras.Model(inp, keras.layers.Concatenate(axis=-1, dtype="float32")([student, mean]),
+                       name="online_distiller")
 
 
 class OnlineDistillLoss(keras.losses.Loss):

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from edge.preprocess import Preprocessing
-from train_export.augment import build_augmenter
+from train_export.augment import build_augmenter, camera_degrader
 from train_export.data import FaceData
 from train_export.dataset import FaceSequence
 from train_export.hparams import HParams
@@ -387,15 +387,21 @@ def build_training_model(hp: HParams, teachers: list[keras.Model] | None = None
     """
     keras.utils.set_random_seed(hp.seed)
     core = build_from_hparams(hp)
-    augmenter = build_augmenter(hp)
+    degrade = camera_degrader(hp) if hp.teacher_models and hp.teachers_see_clean else None
+    augmenter = build_augmenter(hp, camera=degrade is None)
     in_model = augment_in_model() and bool(augmenter.layers)
     if hp.teacher_models:
         from train_export.online_distill import load_teachers, with_teachers
 
         if teachers is None:
-            teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
+            teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels,
+                                     keras.mixed_precision.global_policy().name)
         inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
-        model = with_teachers(inp, augmenter(inp) if in_model else inp, core, teachers, hp.distill_temperature)
+        view = augmenter(inp) if in_model else inp
+        # The degradation runs in the model even where the augmenter runs per batch: it has no image warps,
+        # the ops that XLA made slow there (augment_in_model).
+        student_in = degrade(view) if degrade is not None else view
+        model = with_teachers(inp, view, student_in, core, teachers, hp.distill_temperature)
         return model, core, (augmenter if augmenter.layers and not in_model else None)
     if not augmenter.layers:
         return core, core, None
@@ -479,9 +485,11 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
     if hp.teacher_models:  # loaded (and checked) before hparams.json is written, like the soft labels
         from train_export.online_distill import load_teachers
 
-        teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels)
-        log.info("distilling online: targets are %.2f x the mean of %d teachers on each batch (T=%g) + %.2f x one-hot",
-                 hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature, 1 - hp.distill_alpha)
+        teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels, policy)
+        log.info("distilling online: targets are %.2f x the mean of %d teachers on each batch (T=%g; they see it %s) "
+                 "+ %.2f x one-hot", hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature,
+                 "before the camera degradation" if hp.teachers_see_clean else "as the student does",
+                 1 - hp.distill_alpha)
     hp.save(hp_path)
 
     with dtype_policy(policy):  # restored afterwards: later models in this process are not mixed

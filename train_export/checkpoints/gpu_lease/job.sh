@@ -166,9 +166,10 @@ el "phase C budget $C min"
 if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 3 or ('${SMALL:-}' and $C > 0) else 1)"; then
   KD="--distill-alpha 0.7 --label-smoothing 0 $STUD --camera-prob 0.3 --noise 0.04"
   # What made the default of 2026-11-27 (gpu_lease/README.md), now both on the GPU, one after the other: D1
-  # fine-tunes the shipped default with the teachers run on each batch (online distillation); D2 gives D1 a short
-  # cycle towards the fixed soft labels of the clean faces (GPU and CPU teachers), which took back what D1 lost on
-  # camera-like faces. Their soup is made and scored here afterwards. The strided stem (stem_stride 2) is the one
+  # fine-tunes the shipped default with the teachers run on each batch (online distillation; the teachers see each
+  # face before the camera degradation, train's default since session 16, so they cannot teach their fragility);
+  # D2 gives D1 a short cycle towards the fixed soft labels of the clean faces (GPU and CPU teachers), which took
+  # back what the 2026-11-27 D1 lost on camera-like faces. Their soup is made and scored here afterwards. The strided stem (stem_stride 2) is the one
   # w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py).
   ONLINE=$(IFS=,; echo "${GOOD[*]}")
   D2_BUDGET=1.4  # D2's budget; D1 gets the rest of phase C but 0.2 minutes for D2's start
