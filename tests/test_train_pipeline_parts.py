@@ -547,16 +547,21 @@ def test_online_distillation_teachers_see_the_face_before_the_camera_degradation
     assert np.allclose(out[:, 4:], on_clean, atol=1e-5) == clean
     inference = keras.ops.convert_to_numpy(trainer(x, training=False))  # validation: nothing is degraded
     np.testing.assert_allclose(inference[:, 4:], on_clean, atol=1e-5)
+    np.testing.assert_allclose(inference[:, :4], keras.ops.convert_to_numpy(core(x, training=False)), atol=1e-5)
 
 
-def test_a_complete_hparams_record_from_before_a_field_gets_its_legacy_value(tmp_path):
-    """An hparams.json saved before teachers_see_clean existed describes a run whose teachers saw the degraded face."""
+def test_an_online_run_recorded_before_teachers_see_clean_existed_loads_as_what_it_did(tmp_path):
+    """Its teachers saw the degraded face; a run without teachers is unaffected, so it resumes as before."""
     import json
 
-    old = HParams().to_dict()
-    del old["teachers_see_clean"]
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    assert HParams.load(tmp_path / "old.json").teachers_see_clean is False
+    def saved_before(**fields: object) -> HParams:
+        old = HParams(**fields).to_dict()
+        del old["teachers_see_clean"]
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        return HParams.load(tmp_path / "old.json")
+
+    assert saved_before(teacher_models=["t.keras"]).teachers_see_clean is False
+    assert saved_before() == HParams()  # what a resumed run without teachers compares with the command line's
     (tmp_path / "partial.json").write_text(json.dumps({"width": 1.5}))  # a hand-written base for --hparams
     assert HParams.load(tmp_path / "partial.json").teachers_see_clean is True
     HParams(teachers_see_clean=False).save(tmp_path / "new.json")
@@ -574,9 +579,19 @@ def test_teachers_compute_in_the_runs_mixed_policy_when_their_run_folder_says_ho
     model.save(tmp_path / "run" / "best.keras")
     hp.save(tmp_path / "run" / "hparams.json")
     model.save(tmp_path / "bare.keras")
-    run, bare = load_teachers([str(tmp_path / "run" / "best.keras"), str(tmp_path / "bare.keras")], 24, hp.labels,
-                              "mixed_bfloat16")
-    assert run.compute_dtype == "bfloat16" and bare.compute_dtype == "float32"
+    (tmp_path / "odd").mkdir()
+    model.save(tmp_path / "odd" / "best.keras")
+    (tmp_path / "odd" / "hparams.json").write_text('{"width": "wide"}')  # hand-edited: it cannot rebuild the model
+
+    def conv_dtype(m: keras.Model) -> str:  # a layer's, not the model's: a model loaded under a mixed policy reports it
+        return next(layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype
+
+    from train_export.model_spec import dtype_policy
+
+    with dtype_policy("mixed_bfloat16"):  # as train() and build_training_model() load them
+        run, bare, odd = load_teachers([str(tmp_path / p) for p in ("run/best.keras", "bare.keras", "odd/best.keras")],
+                                       24, hp.labels, "mixed_bfloat16")
+    assert conv_dtype(run) == "bfloat16" and conv_dtype(bare) == "float32" and conv_dtype(odd) == "float32"
     assert run.name == "teacher_0" and not run.trainable
     x = np.random.default_rng(0).random((4, 24, 24, 1), dtype=np.float32)
     np.testing.assert_allclose(run.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.03)

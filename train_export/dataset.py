@@ -6,7 +6,8 @@ Training targets are one-hot labels, or with teacher soft labels (:mod:`train_ex
 Built on :class:`keras.utils.PyDataset` so the same loop runs on the TensorFlow, JAX and PyTorch backends.
 Mixing is done here in numpy (it needs the labels). The per-face augmentation (:mod:`train_export.augment`)
 runs in the training model on TensorFlow, and here, on each mixed batch, on the JAX and PyTorch backends
-(:func:`train_export.train.augment_in_model` says why).
+(:func:`train_export.train.augment_in_model` says why); online distillation with the teachers' clean view takes
+the camera degradation out of it and into the training model.
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ _ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-#: Fields added after runs were recorded without them, and the value that says what those runs did where it
-#: differs from the field's default (an old ``hparams.json`` read with the new default would misdescribe its run).
-LEGACY_VALUES: dict[str, object] = {"teachers_see_clean": False}
+#: Fields added after runs were recorded without them: the value that says what such a run did, where it differs
+#: from the field's default (read with the new default, an old ``hparams.json`` would misdescribe its run), and
+#: the field that must be set in the record for it to matter.
+LEGACY_VALUES: dict[str, tuple[object, str]] = {"teachers_see_clean": (False, "teacher_models")}
 
 #: Fields a resumed run may change (see :meth:`HParams.execution_only`).
 EXECUTION_FIELDS = ("mixed_precision", "jit_compile")
@@ -204,12 +205,14 @@ class HParams:
     def load(cls, path: Path) -> HParams:
         """Read a JSON file of hyper-parameters (all of them, as :meth:`save` writes, or some: defaults fill in).
 
-        A complete record but for fields of :data:`LEGACY_VALUES` was saved before those existed: they get their
-        legacy values, which say what that run did.
+        A field of :data:`LEGACY_VALUES` that the file lacks while it sets the field that field qualifies (e.g. an
+        online run's ``teacher_models`` without ``teachers_see_clean``) was saved before it existed: it gets its
+        legacy value, which says what that run did (resuming it, or using it as a ``--hparams`` base, keeps that).
         """
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if isinstance(data, dict) and set(data) >= {f.name for f in dataclasses.fields(cls)} - set(LEGACY_VALUES):
-            data = {**{k: v for k, v in LEGACY_VALUES.items() if k not in data}, **data}
+        if isinstance(data, dict):
+            legacy = {k: v for k, (v, needs) in LEGACY_VALUES.items() if k not in data and data.get(needs)}
+            data = {**legacy, **data}
         return cls.from_dict(data)
 
     def override(self, **changes: object) -> HParams:

@@ -67,7 +67,9 @@ def load_teachers(paths: list[str], input_size: int, labels: list[str], policy: 
 
 def _in_policy(model: keras.Model, path: str, policy: str) -> keras.Model:
     """``model`` rebuilt from its run's hparams.json to compute in ``policy``; itself when that is not possible."""
-    if policy == "float32" or model.dtype_policy.name == policy:
+    # Always rebuilt under a mixed policy: a model loaded while one is global reports it, yet its layers keep the
+    # float32 of the saved file.
+    if policy == "float32":
         return model
     from train_export.evaluate import run_hparams
     from train_export.hparams import HParams
@@ -78,9 +80,14 @@ def _in_policy(model: keras.Model, path: str, policy: str) -> keras.Model:
         log.info("teacher %s computes in float32: without its run's hparams.json it cannot be rebuilt in %s",
                  path, policy)
         return model
-    with dtype_policy(policy):
-        twin = build_from_hparams(HParams.from_dict(saved))
-    twin.set_weights(model.get_weights())
+    try:
+        with dtype_policy(policy):
+            twin = build_from_hparams(HParams.from_dict(saved))
+        twin.set_weights(model.get_weights())
+    except (ValueError, TypeError) as exc:  # a hand-edited or foreign hparams.json: train on, slower
+        log.warning("teacher %s computes in float32: its run's hparams.json does not rebuild it in %s (%s)",
+                    path, policy, exc)
+        return model
     return twin
 
 

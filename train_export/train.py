@@ -349,7 +349,8 @@ def augment_in_model() -> bool:
     step: a sepse w1 step took 6.9 s instead of 1.1 s on CPU, and an H100 stayed 99 % busy for 5 minutes
     without finishing one epoch. Compiled on its own and run on each batch before the step
     (:class:`~train_export.augment.BatchAugmenter`), it costs about 0.1 s a batch on CPU. PyTorch runs
-    eagerly either way, so it gets the same treatment.
+    eagerly either way, so it gets the same treatment. (Online distillation with the teachers' clean view keeps
+    the camera degradation in the model on every backend: :func:`build_training_model`.)
     """
     return keras.backend.backend() == "tensorflow"
 
@@ -382,8 +383,9 @@ def build_training_model(hp: HParams, teachers: list[keras.Model] | None = None
     Where :func:`augment_in_model`, the training model is augmenter + core and no augmenter is returned;
     otherwise the training model is the core itself and the augmenter is returned, for
     :class:`~train_export.dataset.FaceSequence` to apply to each training batch. With ``hp.teacher_models``
-    the teachers (``teachers``, or loaded here from those paths) run beside the core on the same (augmented)
-    input (:mod:`train_export.online_distill`).
+    the teachers (``teachers``, or loaded here from those paths) run beside the core on the same augmented
+    input; with ``hp.teachers_see_clean`` the camera degradation leaves the augmenter and runs in the training
+    model (on every backend) between that input and the core only (:mod:`train_export.online_distill`).
     """
     keras.utils.set_random_seed(hp.seed)
     core = build_from_hparams(hp)
@@ -398,8 +400,9 @@ def build_training_model(hp: HParams, teachers: list[keras.Model] | None = None
                                      keras.mixed_precision.global_policy().name)
         inp = keras.Input((hp.input_size, hp.input_size, 1), name="face")
         view = augmenter(inp) if in_model else inp
-        # The degradation runs in the model even where the augmenter runs per batch: it has no image warps,
-        # the ops that XLA made slow there (augment_in_model).
+        # The degradation runs in the model even where the augmenter runs per batch: it has none of the image
+        # warps (rotation, zoom, shift) that XLA made slow there (augment_in_model). Its blurs and antialiased
+        # resizes were timed under JAX on CPU only (gpu_lease/README.md), not yet on a GPU.
         student_in = degrade(view) if degrade is not None else view
         model = with_teachers(inp, view, student_in, core, teachers, hp.distill_temperature)
         return model, core, (augmenter if augmenter.layers and not in_model else None)
