@@ -232,3 +232,31 @@ def test_training_benchmarks_refuse_a_bad_variant_in_one_line(monkeypatch, capsy
     assert main(["--variants", "sepse:1", "vgg:1:depht=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "depht" in err and len(err.strip().splitlines()) == 1
+
+
+def test_teacher_speed_times_float32_and_the_mixed_policy_on_teachers_loaded_as_train_does(monkeypatch, tmp_path,
+                                                                                           capsys):
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from train_export.hparams import HParams
+    from train_export.model_spec import build_from_hparams
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import teacher_speed
+
+    hp = HParams(model="sepse", width=0.25, depth=1, input_size=24)
+    (tmp_path / "t").mkdir()
+    keras.utils.set_random_seed(0)
+    build_from_hparams(hp).save(tmp_path / "t" / "best.keras")
+    hp.save(tmp_path / "t" / "hparams.json")
+    teacher = str(tmp_path / "t" / "best.keras")
+    assert teacher_speed.main(["--teacher", teacher, "--batch-size", "4", "--steps", "2"]) == 0
+    rows = [line.split("|")[1:4] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    (_, f32_s, f32_diff), (policy, mixed_s, diff) = rows[1:]
+    assert policy.strip() == "mixed_bfloat16" and float(f32_s) > 0 and float(mixed_s) > 0
+    assert float(f32_diff) == 0 and 0 < float(diff) < 0.1  # bfloat16 really ran (not float32 twice), and close
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert teacher_speed.main(["--teacher", str(tmp_path / "missing.keras")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

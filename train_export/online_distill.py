@@ -37,8 +37,8 @@ def load_teachers(paths: list[str], input_size: int, labels: list[str], policy: 
     Under a mixed ``policy`` (the run's :func:`~train_export.train.training_policy`) each teacher whose run folder
     has its ``hparams.json`` is rebuilt to compute in that policy, like the student: a saved model computes in
     float32 whatever it trained in, and on a CPU with bfloat16 the teachers' forward passes, most of an online
-    step there, take 0.47 s instead of 0.78 s a batch of 64 (the 2026-11-27 GPU teachers, ``vgg`` w1 d3 plus
-    ``sepse`` w3 d3; probabilities within 0.014).
+    step there, take 0.44 s instead of 0.69 s a batch of 64 (the 2026-11-27 GPU teachers, ``vgg`` w1 d3 plus
+    ``sepse`` w3 d3; probabilities within 0.016; ``benchmarks/teacher_speed.py``).
 
     Raises:
         ValueError: a teacher is missing or unloadable, or has another input size, output size or label order.
