@@ -1,4 +1,4 @@
-"""Online ("consistent") distillation: the teachers score each training batch as the student sees it.
+"""Online ("consistent") distillation: the teachers score each augmented training batch inside the step.
 
 :mod:`train_export.distill` labels the *clean* training faces once, so a student whose face is flipped, shifted,
 blurred, erased or mixed with another still learns the clean face's target. Here the frozen teachers run on the
@@ -12,8 +12,10 @@ runs in the model). With ``teachers_see_clean`` (the default) the camera degrada
 (:class:`~train_export.augment.CameraDegrade`: blur, small faces, sensor noise) moves out of the augmenter into the
 student's branch, after the teachers' view: the teachers score the augmented face before it is degraded, and the
 student learns that target from the degraded face. Teachers shown the degraded face pass on their own fragility: a
-student distilled that way from teachers trained without the degradation lost 3.9 pp more than its start under
-sensor noise (``benchmarks/robustness.py``, the 2026-11-27 GPU lease). Its output is ``[student probabilities | teachers' mean probabilities]``, 2 x classes wide:
+student distilled that way from teachers trained without the degradation fell 3.9 pp below its starting model under
+sensor noise (``benchmarks/robustness.py``, the 2026-11-27 GPU lease).
+
+The output is ``[student probabilities | teachers' mean probabilities]``, 2 x classes wide:
 :class:`OnlineDistillLoss` splits it, blends ``(1 - alpha) * label + alpha * teachers`` and takes the
 cross-entropy of the student part, and :func:`student_accuracy` is the ``accuracy`` the logs, the best
 checkpoint and early stopping read. Only the student (the core model) is saved as ``best.keras``.
