@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -186,6 +187,29 @@ def build_from_hparams(hp: HParams) -> keras.Model:
     """The untrained model a run's hyper-parameters describe (architecture, width, depth, input, labels)."""
     return build_model(hp.model, hp.input_size, len(hp.labels), width=hp.width, depth=hp.depth, dropout=hp.dropout,
                        se=hp.se, stem_stride=hp.stem_stride)
+
+
+def load_trained(path: Path | str, role: str) -> keras.Model:
+    """A trained ``.keras`` model, uncompiled; ``role`` names it in the one-line error (e.g. "teacher model").
+
+    Raises:
+        ValueError: ``path`` is not a file, or not a loadable Keras model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{role} {path} does not exist; give a trained .keras model (e.g. runs/X/best.keras)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a wrong or damaged file
+        raise ValueError(f"{role} {path} is not a loadable .keras model ({exc})") from None
+
+
+def rebuilt_in_policy(model: keras.Model, hp: HParams, policy: str) -> keras.Model:
+    """A copy of ``model`` (the architecture ``hp`` describes) with its weights, computing in dtype ``policy``."""
+    with dtype_policy(policy):
+        twin = build_from_hparams(hp)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def count_macs(model: keras.Model) -> int:

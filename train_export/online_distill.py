@@ -24,10 +24,11 @@ checkpoint and early stopping read. Only the student (the core model) is saved a
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import keras
 from keras import ops
+
+from train_export.model_spec import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,7 @@ def load_teachers(paths: list[str], input_size: int, labels: list[str], policy: 
 
     teachers = []
     for i, path in enumerate(paths):
-        if not Path(path).is_file():
-            raise ValueError(f"teacher model {path} does not exist; give trained .keras models (e.g. runs/X/best.keras)")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # Keras raises many types for a wrong or damaged file
-            raise ValueError(f"teacher model {path} is not a loadable .keras model ({exc})") from None
+        model = load_trained(path, "teacher model")
         side = tuple(model.input_shape[1:3])
         if side != (input_size, input_size) or int(model.output_shape[-1]) != len(labels):
             raise ValueError(f"teacher model {path} takes {side} faces and gives {model.output_shape[-1]} classes; "
@@ -75,7 +71,7 @@ def _in_policy(model: keras.Model, path: str, policy: str) -> keras.Model:
         return model
     from train_export.evaluate import run_hparams
     from train_export.hparams import HParams
-    from train_export.model_spec import build_from_hparams, dtype_policy
+    from train_export.model_spec import rebuilt_in_policy
 
     saved = run_hparams(path)
     if not saved:
@@ -83,14 +79,11 @@ def _in_policy(model: keras.Model, path: str, policy: str) -> keras.Model:
                  path, policy)
         return model
     try:
-        with dtype_policy(policy):
-            twin = build_from_hparams(HParams.from_dict(saved))
-        twin.set_weights(model.get_weights())
+        return rebuilt_in_policy(model, HParams.from_dict(saved), policy)
     except (ValueError, TypeError) as exc:  # a hand-edited or foreign hparams.json: train on, slower
         log.warning("teacher %s computes in float32: its run's hparams.json does not rebuild it in %s (%s)",
                     path, policy, exc)
         return model
-    return twin
 
 
 def soften(probs, temperature: float):

@@ -58,7 +58,7 @@ def make_soup(models: list[Path | str], coefficients: list[float] | None, out_di
     Raises:
         ValueError: a model is missing or unloadable, or the models cannot be averaged.
     """
-    import keras
+    from train_export.model_spec import load_trained
 
     paths = [Path(m) for m in models]
     if coefficients is None:
@@ -68,14 +68,7 @@ def make_soup(models: list[Path | str], coefficients: list[float] | None, out_di
     out = out_dir / "best.keras"
     if any(out.resolve() == p.resolve() for p in paths):
         raise ValueError(f"--out {out_dir} would overwrite the input model {out}; write the soup to another folder")
-    loaded = []
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"model {path} is not a file; give trained .keras models (e.g. runs/X/best.keras)")
-        try:
-            loaded.append(keras.saving.load_model(path, compile=False))
-        except Exception as exc:  # Keras raises many types for a wrong or damaged file
-            raise ValueError(f"model {path} is not a loadable .keras model ({exc})") from None
+    loaded = [load_trained(path, "model") for path in paths]
     base = loaded[0]
     base.set_weights(soup_weights([m.get_weights() for m in loaded], coefficients))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,13 @@ from train_export.augment import build_augmenter, camera_degrader
 from train_export.data import FaceData
 from train_export.dataset import FaceSequence
 from train_export.hparams import HParams
-from train_export.model_spec import build_from_hparams, describe, dtype_policy
+from train_export.model_spec import (
+    build_from_hparams,
+    describe,
+    dtype_policy,
+    load_trained,
+    rebuilt_in_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +99,7 @@ def float32_twin(core: keras.Model, hp: HParams) -> keras.Model:
     A model saved under a mixed policy keeps it: loaded for export, evaluation or as a teacher, it would run
     in float16/bfloat16 on a CPU, slowly and less exactly. The weights of a mixed model are float32 already.
     """
-    if core.dtype_policy.name == "float32":
-        return core
-    with dtype_policy("float32"):
-        twin = build_from_hparams(hp)
-    twin.set_weights(core.get_weights())
-    return twin
+    return core if core.dtype_policy.name == "float32" else rebuilt_in_policy(core, hp, "float32")
 
 
 def make_optimizer(hp: HParams, steps_per_epoch: int, per_epoch: bool = False) -> keras.optimizers.Optimizer:
@@ -420,13 +421,7 @@ def load_init_weights(core: keras.Model, path: Path | str) -> None:
     Raises:
         ValueError: ``path`` is missing, not a Keras model, or its layers do not match ``core``'s.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"init_weights {path} does not exist; give a trained .keras model (e.g. runs/X/best.keras)")
-    try:
-        donor = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a wrong or damaged file
-        raise ValueError(f"init_weights {path} is not a loadable .keras model ({exc})") from None
+    donor = load_trained(path, "init_weights")
     theirs, ours = donor.get_weights(), core.get_weights()
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours, strict=True)):
         raise ValueError(f"init_weights {path} has another architecture than this run (model/width/depth/se/"
