@@ -93,8 +93,10 @@ for s, n in (('train', 1500), ('val', 300)):
 fi
 el "data ready"
 TR="python3 -m train_export train --train $W/train.npz --val $W/val.npz --log-lines --no-mixed-precision --batch-size $BATCH"
-# The teachers see camera-like faces too: phase C's online distillation shows them each degraded batch, and on
-# 2026-11-27 clean-trained teachers taught D1 to lose 3.9 pp under sensor noise (gpu_lease/README.md).
+# The teachers see camera-like faces too. This began when phase C's online distillation showed them each degraded
+# batch (on 2026-11-27 clean-trained teachers taught D1 to lose 3.9 pp under sensor noise, gpu_lease/README.md);
+# since session 16 they score each face before the degradation, and whether clean-trained teachers would now do
+# better is not measured, so this stays.
 TEACH="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none --camera-prob 0.3 --noise 0.04"
 STUD="--mix-prob 0.2 --erasing-prob 0.1 --class-weight none"
 # Phase A trains teachers only. Students distilled from the CPU teachers' soft labels gained nothing more here on
@@ -169,8 +171,8 @@ if [ -f $SOFT ] && python3 -c "raise SystemExit(0 if $C >= 3 or ('${SMALL:-}' an
   # fine-tunes the shipped default with the teachers run on each batch (online distillation; the teachers see each
   # face before the camera degradation, train's default since session 16, so they cannot teach their fragility);
   # D2 gives D1 a short cycle towards the fixed soft labels of the clean faces (GPU and CPU teachers), which took
-  # back what the 2026-11-27 D1 lost on camera-like faces. Their soup is made and scored here afterwards. The strided stem (stem_stride 2) is the one
-  # w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py).
+  # back what the 2026-11-27 D1 lost on camera-like faces. Their soup is made and scored here afterwards. The
+  # strided stem (stem_stride 2) is the one w1.5 that fits 0.5 ms a face here (benchmarks/arch_latency.py).
   ONLINE=$(IFS=,; echo "${GOOD[*]}")
   D2_BUDGET=1.4  # D2's budget; D1 gets the rest of phase C but 0.2 minutes for D2's start
   C1=$(python3 -c "print(round(max(1, $C - $D2_BUDGET - 0.2), 2))"); KILL_C1=$(python3 -c "print(int($C1*60+40))")
