@@ -37,9 +37,9 @@ def build_variant(hp: HParams, out_dir: Path, seed: int = 0) -> dict:
     """Build, quantize and package one variant in ``out_dir``; return its params, MACs and file size."""
     import keras
 
-    from train_export.export import convert_int8
-    from train_export.model_spec import build_from_hparams, describe
-    from train_export.package import write_bundle
+    from train_export.export.bundle_writer import write_bundle
+    from train_export.export.quantize import convert_int8
+    from train_export.model.spec import build_from_hparams, describe
 
     keras.utils.set_random_seed(seed)
     model = build_from_hparams(hp)

@@ -19,8 +19,10 @@ import sys
 import cv2
 import numpy as np
 
-from edge.detect import BoxAdjust, HaarDetector, MediaPipeDetector
 from edge.preprocess import DEFAULT_CROP_SCALE, DEFAULT_CROP_SHIFT
+from edge.runtime.detect.base import BoxAdjust
+from edge.runtime.detect.haar import HaarDetector
+from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
 
 
 def place(face: np.ndarray, upscale: int, canvas_wh=(640, 480)) -> tuple[np.ndarray, tuple[int, int, int]]:

@@ -2,15 +2,15 @@
 
 Rows (each configuration runs in its own fresh process, so peak RSS is that configuration's alone):
 
-* **daemon**: the real :class:`edge.daemon.Daemon` frame loop (capture → detect → classify → track → publish)
-  with a :class:`edge.publish.StdoutSink` writing its JSON lines to ``/dev/null`` (``--sink stdout``), or the
+* **daemon**: the real :class:`edge.runtime.daemon.Daemon` frame loop (capture → detect → classify → track → publish)
+  with a :class:`edge.runtime.publish.stdout.StdoutSink` writing its JSON lines to ``/dev/null`` (``--sink stdout``), or the
   MQTT sink's SQLite outbox with no broker (``--sink outbox``: every message is written to disk, the realistic
   cost while a broker is away);
 * **floor**: detector + classifier alone on the same frames (no tracking, no payloads);
 * **fer**: the ``fer`` package's own pipeline, ``FER().detect_emotions(frame)`` (Haar + its mini-Xception TFLite),
   run with the interpreter given by ``--fer-python`` (a venv with fer; see benchmarks/README.md).
 
-Frames are the demo's public-domain faces (``edge.demo.DemoSource(faces=N, vanish=False)``), rendered on the
+Frames are the demo's public-domain faces (``edge.runtime.capture.demo.DemoSource(faces=N, vanish=False)``), rendered on the
 fly (not kept in memory, so peak RSS is the pipeline's): "capture" is the demo's render, about one 640x480 frame
 copy, comparable to taking a frame from a camera buffer. Run::
 
@@ -44,7 +44,7 @@ class Frames:
     """640x480 BGR demo frames with ``faces`` moving faces, rendered when asked (frame ``i`` is deterministic)."""
 
     def __init__(self, faces: int) -> None:
-        from edge.demo import DemoSource
+        from edge.runtime.capture.demo import DemoSource
 
         self.demo = DemoSource(faces=faces, vanish=False)
 
@@ -64,9 +64,9 @@ def _summary(samples: dict[str, list[float]], wall_s: float, frames: int) -> dic
 def worker_daemon(args: argparse.Namespace) -> dict:
     """The full frame loop, frame by frame, recording each stage."""
     from edge.config import Config
-    from edge.daemon import Daemon
-    from edge.demo import DemoSource
-    from edge.sources import ManagedSource
+    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.capture.managed import ManagedSource
+    from edge.runtime.daemon import Daemon
 
     state = tempfile.mkdtemp(prefix="edge-bench-")
     cfg = Config.model_validate({
@@ -77,11 +77,11 @@ def worker_daemon(args: argparse.Namespace) -> dict:
         "mqtt": {"host": "127.0.0.1", "port": 9, "status_interval_s": 10, "summary_interval_s": 10},
     })
     if args.sink == "outbox":
-        from edge.publish import MqttSink
+        from edge.runtime.publish.mqtt import MqttSink
 
         sink = MqttSink(cfg)  # nothing listens on port 9: every message stays in the SQLite outbox
     else:
-        from edge.publish import StdoutSink
+        from edge.runtime.publish.stdout import StdoutSink
 
         sink = StdoutSink("bench", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
     daemon = Daemon(cfg, sink)
@@ -106,8 +106,8 @@ def worker_daemon(args: argparse.Namespace) -> dict:
 
 def worker_floor(args: argparse.Namespace) -> dict:
     """Detector + classifier only."""
-    from edge.classify import Classifier
-    from edge.detect import make_detector
+    from edge.runtime.classify.classifier import Classifier
+    from edge.runtime.detect import make_detector
 
     frames = Frames(args.faces)
     det = make_detector(args.detector, max_faces=5)

@@ -1,7 +1,7 @@
 """Per-face latency of a model bundle in the device's TFLite runtime (LiteRT), batch 1.
 
 Times what the daemon does for each detected face once it has the 48x48 uint8 crop, with the daemon's own
-:class:`edge.classify.Classifier`: the integer input (its table built from :func:`edge.preprocess.quantize_input`),
+:class:`edge.runtime.classify.classifier.Classifier`: the integer input (its table built from :func:`edge.preprocess.quantize_input`),
 ``invoke()`` in its interpreter, and the dequantized output. After a warm-up, ``--n`` timed calls
 on real-looking faces (FER2013 validation faces when the file is there, else synthetic faces) give p50/p90/p99
 in milliseconds, for the whole call and for ``invoke()`` alone. ``--flip-tta`` also times flip test-time
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import MODEL_FILE, BundleError, Manifest, default_bundle_dir
-from edge.classify import Classifier
-from edge.interpreter import RuntimeMissing
+from edge.runtime.classify.classifier import Classifier
+from edge.runtime.classify.interpreter import RuntimeMissing
 from train_export.cli import positive_int
 
 log = logging.getLogger(__name__)

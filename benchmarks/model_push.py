@@ -68,11 +68,11 @@ def main() -> int:
     ap.add_argument("--pushes", type=int, default=10, help="End-to-end pushes over MQTT.")
     args = ap.parse_args()
 
-    from edge.classify import Classifier
-    from edge.model_check import check_bundle
-    from edge.model_store import ModelStore
-    from edge.push_payload import build_push, parse_push
-    from edge.signing import generate_keypair, load_public_key, sign_bundle
+    from edge.protocol.push import build_push, parse_push
+    from edge.protocol.signing import generate_keypair, load_public_key, sign_bundle
+    from edge.runtime.classify.classifier import Classifier
+    from edge.runtime.models.check import check_bundle
+    from edge.runtime.models.store import ModelStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     try:
@@ -114,10 +114,10 @@ def main() -> int:
 def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
     """Publish alternating models to an in-process device; print the median publish-to-result time."""
     from edge.config import parse_config
-    from edge.daemon import Daemon
-    from edge.model_push import ModelPushReceiver
-    from edge.publish import MqttSink
-    from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
+    from edge.runtime.daemon import Daemon
+    from edge.runtime.models.push import ModelPushReceiver
+    from edge.runtime.publish.mqtt import MqttSink
+    from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
     from tests.broker import Broker, mosquitto_available
 
     if not mosquitto_available():

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from edge.config import parse_config  # noqa: E402
-from edge.payloads import encode, make_envelope  # noqa: E402
-from edge.publish import MqttSink  # noqa: E402
+from edge.protocol.envelope import encode, make_envelope  # noqa: E402
+from edge.runtime.publish.mqtt import MqttSink  # noqa: E402
 from tests.broker import Broker, mosquitto_available  # noqa: E402
 from tests.mqtt_support import faces_body  # noqa: E402
 

@@ -39,7 +39,7 @@ import numpy as np
 from model_latency import DEFAULT_FACES, DeviceModel
 
 from edge.bundle import FER_LABELS, MODEL_FILE, BundleError, default_bundle_dir
-from edge.interpreter import RuntimeMissing, make_interpreter
+from edge.runtime.classify.interpreter import RuntimeMissing, make_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Result:
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 over all ``n_classes`` labels, as ``train_export.evaluate.scores`` reports
+    """Unweighted mean of per-class F1 over all ``n_classes`` labels, as ``train_export.analysis.evaluate.scores`` reports
     it (a class neither present nor predicted counts 0, so a subset without it scores lower, never higher)."""
     cm = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     tp = np.diag(cm).astype(float)
@@ -174,7 +174,7 @@ def _fer_arch(hdf5: Path) -> tuple[object, int, int]:
     """fer's Keras model, with params and MACs counted by the same code as ours."""
     import keras
 
-    from train_export.model_spec import count_macs
+    from train_export.model.spec import count_macs
 
     model = keras.models.load_model(hdf5, compile=False)
     return model, int(model.count_params()), count_macs(model)

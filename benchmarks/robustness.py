@@ -7,7 +7,7 @@ every validation face, with a fixed seed so every model sees the very same corru
 accuracy and macro-F1 of each model on each variant, its drop against the clean faces, and the mean over all
 corruptions (a small FER2013 analogue of ImageNet-C).
 
-Models run the way the device runs them: our bundles through :class:`edge.classify.Classifier` (the shared
+Models run the way the device runs them: our bundles through :class:`edge.runtime.classify.classifier.Classifier` (the shared
 ``quantize_input`` + LiteRT, batched, 1 thread); with ``--fer`` the ``fer`` package's TFLite mini-Xception
 (its own 64x64 [-1, 1] preprocessing, see ``peer_fer.py``) sees the same corrupted 48x48 faces. No TensorFlow
 is imported. Run::
@@ -34,9 +34,9 @@ from model_latency import DEFAULT_FACES
 from peer_fer import PeerError, fer_files, fer_input, load_data, macro_f1
 
 from edge.bundle import FER_LABELS, BundleError, default_bundle_dir
-from edge.classify import Classifier
-from edge.interpreter import RuntimeMissing, make_interpreter
 from edge.preprocess import resize_face
+from edge.runtime.classify.classifier import Classifier
+from edge.runtime.classify.interpreter import RuntimeMissing, make_interpreter
 
 log = logging.getLogger(__name__)
 

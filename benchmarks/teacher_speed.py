@@ -1,7 +1,7 @@
 """Seconds per batch of the teachers' forward passes in online distillation, in float32 and in a mixed policy.
 
 Online distillation (``train --teacher-models``) runs every teacher on every training batch; on a CPU that is most
-of the step. This loads the teachers the way ``train`` does (:func:`train_export.online_distill.load_teachers`,
+of the step. This loads the teachers the way ``train`` does (:func:`train_export.training.online_distill.load_teachers`,
 which rebuilds a teacher to compute in the run's mixed policy when its run folder has its ``hparams.json``) and
 times their summed forward passes on random faces, compiled (``tf.function`` / ``jax.jit``), after a warm-up. It
 also reports how far the mixed policy's probabilities are from float32's.
@@ -43,9 +43,9 @@ def _compiled(models: list[keras.Model]):
 def time_teachers(paths: list[str], policy: str, batch_size: int, steps: int, warmup: int = 3
                   ) -> tuple[float, np.ndarray]:
     """Median seconds per batch of all the teachers together under ``policy``, and their probabilities on one batch."""
-    from train_export.evaluate import keras_labels, run_hparams
-    from train_export.model_spec import dtype_policy
-    from train_export.online_distill import load_teachers
+    from train_export.analysis.evaluate import keras_labels, run_hparams
+    from train_export.model.spec import dtype_policy
+    from train_export.training.online_distill import load_teachers
 
     side = int(run_hparams(paths[0]).get("input_size", 48))
     labels = keras_labels(paths[0], None)

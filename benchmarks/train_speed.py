@@ -60,11 +60,11 @@ def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarr
     import keras
 
     from edge.preprocess import Preprocessing
-    from train_export.data import FaceData
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
+    from train_export.data.load import FaceData
     from train_export.hparams import HParams
-    from train_export.model_spec import describe, dtype_policy
-    from train_export.train import build_training_model, compile_for_training
+    from train_export.model.spec import describe, dtype_policy
+    from train_export.training.loop import build_training_model, compile_for_training
 
     keras.backend.clear_session()
     with dtype_policy(precision):  # after clear_session, which resets the policy
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.variants = [v for arg in args.variants for v in arg.split(",") if v]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from train_export.model_spec import parse_variant
+    from train_export.model.spec import parse_variant
 
     try:
         variants = [(v, *parse_variant(v)) for v in args.variants]
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = load_faces(EPOCH_FACES)
     steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
-    from train_export.train import training_policy
+    from train_export.training.loop import training_policy
 
     # gpu=False: "false" and the named choices do not depend on the machine
     precision = training_policy(False if args.mixed_precision == "false" else args.mixed_precision, gpu=False)

@@ -45,10 +45,10 @@ def profile(model: str, width: float, extra: dict[str, object], batch: int, step
     import keras
 
     from edge.preprocess import Preprocessing
-    from train_export.data import FaceData
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
+    from train_export.data.load import FaceData
     from train_export.hparams import HParams
-    from train_export.train import build_training_model, compile_for_training
+    from train_export.training.loop import build_training_model, compile_for_training
 
     keras.backend.clear_session()
     hp = HParams.from_dict({"mixed_precision": False, **extra, "model": model, "width": width, "batch_size": batch,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=5, help="timed batches per part (default 5)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from train_export.model_spec import parse_variant
+    from train_export.model.spec import parse_variant
 
     try:
         variants = [(v, *parse_variant(v)) for v in args.variants]

@@ -48,11 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="Validate a config file and print a summary.")
     p.add_argument("file", type=Path, help="Config file (TOML).")
 
-    from edge import modelctl
+    from edge.tools import modelctl
 
     modelctl.add_subcommands(sub)
     try:
-        from edge.subscribe import cli as subscribe_cli
+        from edge.tools.subscribe import cli as subscribe_cli
     except ImportError as exc:  # the subscriber tools need extra packages (e.g. matplotlib for plot)
         log.debug("subscriber commands unavailable: %s", exc)
     else:
@@ -104,11 +104,11 @@ def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
     """Register Home Assistant discovery and model push when enabled and the sink is MQTT."""
     if not hasattr(sink, "subscribe") or type(sink).__name__ == "StdoutSink":
         return
-    from edge import ha_discovery
+    from edge.runtime import homeassistant as ha_discovery
 
     ha_discovery.attach(daemon, sink, cfg)
     if cfg.model_push.enabled:
-        from edge.model_push import ModelPushReceiver
+        from edge.runtime.models.push import ModelPushReceiver
 
         daemon.add_extension(ModelPushReceiver(cfg, sink, daemon))
 
@@ -119,9 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args)
     _setup_logging(cfg.device.log_level, args.verbose)
-    from edge.daemon import Daemon
-    from edge.publish import choose_sink
-    from edge.sources import SourceError
+    from edge.runtime.capture.base import SourceError
+    from edge.runtime.daemon import Daemon
+    from edge.runtime.publish import choose_sink
 
     daemon = Daemon(cfg, sink=_NullSink())  # load model, detector before touching the network
     uri = cfg.source.uri
@@ -194,9 +194,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from edge.bundle import BundleError
     from edge.config import ConfigError
-    from edge.detect import DetectorError
-    from edge.interpreter import RuntimeMissing
-    from edge.sources import SourceError
+    from edge.runtime.capture.base import SourceError
+    from edge.runtime.classify.interpreter import RuntimeMissing
+    from edge.runtime.detect.base import DetectorError
 
     return (ConfigError, BundleError, RuntimeMissing, DetectorError, SourceError)
 
@@ -210,15 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "check-config":
             return cmd_check_config(args)
-        from edge import modelctl
+        # The tools print their results; their log shows warnings only, unless -v asks for progress.
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        from edge.tools import modelctl
 
         if args.command in modelctl.COMMANDS:
-            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                                format="%(levelname)s %(name)s: %(message)s")
             return modelctl.run_command(args)
         if hasattr(args, "func"):
-            logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                                format="%(levelname)s %(name)s: %(message)s")
             return args.func(args)
         parser.error(f"unknown command {args.command}")
     except _expected_errors() as exc:

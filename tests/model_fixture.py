@@ -16,9 +16,9 @@ def make_tiny_bundle(out_dir: Path, labels: list[str] | None = None, seed: int =
     pytest.importorskip("tensorflow")
     import keras
 
-    from train_export.export import convert_int8
-    from train_export.model_spec import build_model, describe
-    from train_export.package import write_bundle
+    from train_export.export.bundle_writer import write_bundle
+    from train_export.export.quantize import convert_int8
+    from train_export.model.spec import build_model, describe
 
     labels = list(labels or FER_LABELS)
     keras.utils.set_random_seed(seed)

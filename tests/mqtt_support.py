@@ -13,14 +13,14 @@ import jsonschema
 import paho.mqtt.client as mqtt
 
 from edge.config import Config, parse_config
-from edge.payloads import load_schema
+from edge.protocol.envelope import load_schema
 from tests.broker import Broker
 
 _VALIDATOR: jsonschema.Draft202012Validator | None = None
 
 
 def validator() -> jsonschema.Draft202012Validator:
-    """The Draft 2020-12 validator of edge/schema/payloads.schema.json (built once)."""
+    """The Draft 2020-12 validator of edge/protocol/payloads.schema.json (built once)."""
     global _VALIDATOR
     if _VALIDATOR is None:
         schema = load_schema()

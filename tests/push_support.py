@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, sha256_file
-from edge.signing import generate_keypair, sign_bundle
+from edge.protocol.signing import generate_keypair, sign_bundle
 
 
 @functools.cache

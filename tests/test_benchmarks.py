@@ -47,8 +47,8 @@ def test_device_model_returns_probabilities_and_flip_tta_is_symmetric(bench, tin
     # A left-right symmetric face is its own mirror image, so flip TTA must not change the answer.
     sym = np.concatenate([face[:, :24], face[:, :24][:, ::-1]], axis=1)
     np.testing.assert_allclose(model.predict_flip(sym), model.predict(sym), atol=1e-6)
-    # What it times is what the device computes: the same probabilities as edge.classify for the same face.
-    from edge.classify import Classifier
+    # What it times is what the device computes: the same probabilities as edge.runtime.classify.classifier for the same face.
+    from edge.runtime.classify.classifier import Classifier
 
     np.testing.assert_allclose(model.predict(face), Classifier(tiny_bundle).classify_faces(face[None])[0], atol=1e-6)
 
@@ -82,10 +82,10 @@ def test_macro_f1_matches_hand_computation(bench):
     y_true = np.array([0, 0, 1, 1])
     y_pred = np.array([0, 1, 1, 1])
     # class 0: P=1, R=1/2 -> F1 2/3; class 1: P=2/3, R=1 -> F1 4/5; classes 2..6 neither true nor predicted: 0,
-    # averaged over all 7 labels as train_export.evaluate.scores does, so both report the same number.
+    # averaged over all 7 labels as train_export.analysis.evaluate.scores does, so both report the same number.
     assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx((2 / 3 + 4 / 5) / 7)
     assert peer_fer.macro_f1(np.array([0, 1]), np.array([0, 0]), 2) == pytest.approx((2 / 3 + 0) / 2)
-    from train_export.evaluate import scores
+    from train_export.analysis.evaluate import scores
 
     labels = [str(i) for i in range(7)]
     assert peer_fer.macro_f1(y_true, y_pred, 7) == pytest.approx(scores(y_true, y_pred, labels)["macro_f1"])
@@ -156,7 +156,7 @@ def test_corruptions_are_seeded_keep_the_face_format_and_change_it(robustness):
 
 
 def test_robustness_table_matches_the_device_classifier(robustness, tiny_bundle, tmp_path, capsys):
-    from edge.classify import Classifier
+    from edge.runtime.classify.classifier import Classifier
 
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 256, (30, 48, 48), dtype=np.uint8), rng.integers(0, 7, 30).astype(np.uint8)
@@ -240,7 +240,7 @@ def test_teacher_speed_times_float32_and_the_mixed_policy_on_teachers_loaded_as_
     import keras
 
     from train_export.hparams import HParams
-    from train_export.model_spec import build_from_hparams
+    from train_export.model.spec import build_from_hparams
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import teacher_speed

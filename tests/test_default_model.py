@@ -32,7 +32,7 @@ def test_default_bundle_is_a_valid_int8_bundle_within_budget():
 
 
 def test_the_device_classifier_loads_the_default_when_no_model_is_given():
-    from edge.classify import Classifier
+    from edge.runtime.classify.classifier import Classifier
 
     clf = Classifier()  # no bundle: the shipped one
     assert clf.bundle_dir == DEFAULT and clf.model_id == load_bundle(DEFAULT)[0].model_id
@@ -43,7 +43,7 @@ def test_the_device_classifier_loads_the_default_when_no_model_is_given():
 
 @pytest.mark.skipif(not VAL.is_file(), reason="FER2013 val.npz is not beside the checkout (../shared/data/fer2013)")
 def test_claimed_validation_accuracy_is_what_the_device_path_scores():
-    from edge.classify import Classifier
+    from edge.runtime.classify.classifier import Classifier
 
     manifest, _ = load_bundle(DEFAULT)
     with np.load(VAL) as npz:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from edge.bundle import read_manifest
-from edge.model_store import ModelStore
-from edge.push_ssh import InventoryError, load_inventory, push_hosts, select_hosts
+from edge.runtime.models.store import ModelStore
+from edge.tools.push_ssh import InventoryError, load_inventory, push_hosts, select_hosts
 from tests.broker import free_port
 from tests.push_support import copy_bundle, corrupt_model_keep_manifest_valid, second_bundle
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge.bundle import BundleError
-from edge.classify import Classifier
-from edge.demo import DemoSource
+from edge.runtime.capture.demo import DemoSource
+from edge.runtime.classify.classifier import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_loads_with_the_preferred_runtime(clf):
 def test_tensorflow_is_not_a_device_runtime(tiny_bundle):
     """edge never imports TensorFlow, even when asked to and even on a machine that has it."""
     from edge.config import ConfigError, parse_config
-    from edge.interpreter import RuntimeMissing, make_interpreter
+    from edge.runtime.classify.interpreter import RuntimeMissing, make_interpreter
 
     with pytest.raises(RuntimeMissing):
         make_interpreter(str(tiny_bundle / "model.tflite"), prefer="tensorflow")

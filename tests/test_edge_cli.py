@@ -15,7 +15,7 @@ import pytest
 import tomllib
 
 from edge.config import Config, parse_config
-from edge.payloads import SCHEMA_PATH
+from edge.protocol.envelope import SCHEMA_PATH
 from tests.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +183,8 @@ def test_the_edge_runtime_never_imports_tensorflow_or_matplotlib(tmp_path, tiny_
     code = (
         "import sys\n"
         "from edge.config import Config\n"
-        "from edge.daemon import Daemon\n"
-        "from edge.publish import StdoutSink\n"
+        "from edge.runtime.daemon import Daemon\n"
+        "from edge.runtime.publish.stdout import StdoutSink\n"
         "import io\n"
         f"cfg = Config.model_validate({{'device': {{'id': 'x', 'state_dir': {str(tmp_path)!r}}}, "
         f"'classifier': {{'model': {str(tiny_bundle)!r}}}, 'source': {{'max_fps': 0}}}})\n"

@@ -17,11 +17,12 @@ import pytest
 
 from edge.bundle import BundleError
 from edge.config import Config
-from edge.daemon import Daemon
-from edge.demo import DemoSource
-from edge.payloads import SCHEMA_PATH
-from edge.publish import StdoutSink
-from edge.sources import ManagedSource, SourceError
+from edge.protocol.envelope import SCHEMA_PATH
+from edge.runtime.capture.base import SourceError
+from edge.runtime.capture.demo import DemoSource
+from edge.runtime.capture.managed import ManagedSource
+from edge.runtime.daemon import Daemon
+from edge.runtime.publish.stdout import StdoutSink
 
 pytest.importorskip("mediapipe")
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
@@ -130,7 +131,7 @@ def test_a_preview_folder_that_cannot_be_written_is_logged_once(daemon_factory, 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     d = daemon_factory(privacy={"debug_preview_dir": str(blocker / "preview")})
-    with caplog.at_level("WARNING", logger="edge.daemon"):
+    with caplog.at_level("WARNING", logger="edge.runtime.daemon"):
         assert d.run(max_frames=5) == 5
     failures = [r for r in caplog.records if "debug preview" in r.getMessage() and "failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]
@@ -208,7 +209,7 @@ def test_a_model_with_other_labels_closes_the_summary_window_of_the_old_one(daem
 def test_commands_publish_their_results(daemon_factory, tiny_bundle, tmp_path):
     """reload_model loads only the store's current model or the running one (the command is unsigned: it must
     not pick an older model kept in the store, nor files elsewhere); answers echo the sender's request_id."""
-    from edge.model_store import ModelStore
+    from edge.runtime.models.store import ModelStore
 
     sink = ListSink()
     d = daemon_factory(sink)

@@ -8,18 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.demo import DemoSource
-from edge.detect import (
-    BOX_ADJUST,
-    MEDIAPIPE_MODEL,
-    BoxAdjust,
-    DetectorError,
-    HaarDetector,
-    MediaPipeDetector,
-    make_detector,
-    verify_model,
-)
 from edge.preprocess import square_box
+from edge.runtime.capture.demo import DemoSource
+from edge.runtime.detect import make_detector
+from edge.runtime.detect.base import BOX_ADJUST, MEDIAPIPE_MODEL, BoxAdjust, DetectorError, verify_model
+from edge.runtime.detect.haar import HaarDetector
+from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
 
 pytest.importorskip("mediapipe")
 

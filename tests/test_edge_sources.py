@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 from edge.config import SourceConfig
-from edge.demo import DemoSource
-from edge.sources import (
-    FolderSource,
-    ManagedSource,
-    OpenCVSource,
-    Picamera2Source,
-    SourceError,
-    backoff_delay,
-    open_source,
-)
+from edge.runtime.backoff import backoff_delay
+from edge.runtime.capture import open_source
+from edge.runtime.capture.base import SourceError
+from edge.runtime.capture.demo import DemoSource
+from edge.runtime.capture.folder import FolderSource
+from edge.runtime.capture.managed import ManagedSource
+from edge.runtime.capture.opencv import OpenCVSource
+from edge.runtime.capture.pi_camera import Picamera2Source
 
 
 class FakeClock:
@@ -100,7 +98,7 @@ class _PacedCapture:
 def test_a_live_source_hands_out_a_frame_grabbed_after_the_loop_asked_and_decodes_only_those(tmp_path):
     """A loop slower than the camera gets a current frame, not a backlog, and the frames it skips are
     grabbed but never decoded; when the camera stops, the next read says so."""
-    from edge.sources import _LatestFrame
+    from edge.runtime.capture.opencv import _LatestFrame
 
     path = tmp_path / "clip.avi"
     _write_video(path, n=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.tracker import UNCERTAIN, Tracker, iou
+from edge.runtime.track import UNCERTAIN, Tracker, iou
 
 LABELS = ["a", "b", "c"]
 

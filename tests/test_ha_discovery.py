@@ -13,8 +13,8 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from edge.config import parse_config
-from edge.ha_discovery import HomeAssistantDiscovery, attach, config_topic, discovery_messages
-from edge.publish import MqttSink
+from edge.runtime.homeassistant import HomeAssistantDiscovery, attach, config_topic, discovery_messages
+from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import LABELS, Collector, sink_config, status_body, summary_body, validator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_discovery_through_the_mqtt_sink_republish_model_change_and_removal(brok
     assert len(retained) == 7 and not any("prob_disgust" in t or "prob_fear" in t for t in retained), sorted(retained)
 
     # Removal (what the uninstaller runs): every retained config of this device is cleared.
-    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "ha-remove", "--device-id", "kitchen", "--purge",
+    r = subprocess.run([sys.executable, "-m", "edge", "ha-remove", "--device-id", "kitchen", "--purge",
                         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

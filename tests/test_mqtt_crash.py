@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLISHER = r"""
 import sys, time
 from edge.config import parse_config
-from edge.publish import MqttSink
+from edge.runtime.publish.mqtt import MqttSink
 state_dir, host, port, n, then = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 cfg = parse_config({"device": {"id": "crashy", "state_dir": state_dir},
                     "mqtt": {"host": host, "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,

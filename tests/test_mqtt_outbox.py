@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from edge.outbox import Outbox
-from edge.publish import MqttSink
+from edge.runtime.publish.mqtt import MqttSink
+from edge.runtime.publish.outbox import Outbox
 from tests.broker import free_port
 from tests.mqtt_support import event_body, faces_body, sink_config, status_body, validator
 

@@ -8,8 +8,10 @@ import math
 
 import pytest
 
-from edge.payloads import ENVELOPE_FIELDS, PayloadError, SeqCounter, encode, make_envelope
-from edge.publish import StdoutSink, choose_sink
+from edge.protocol.envelope import ENVELOPE_FIELDS, PayloadError, encode, make_envelope
+from edge.runtime.publish import choose_sink
+from edge.runtime.publish.seq import SeqCounter
+from edge.runtime.publish.stdout import StdoutSink
 from tests.broker import free_port
 from tests.mqtt_support import event_body, faces_body, sink_config, status_body, summary_body, validator
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge.publish import MqttSink, SinkError
+from edge.runtime.publish.base import SinkError
+from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import Collector, event_body, sink_config, validator, wait_until
 
 
@@ -125,7 +126,7 @@ def password_broker(broker_factory, tmp_path):
 
 
 def test_anonymous_and_wrong_password_are_refused_and_reported_once(password_broker, tmp_path, caplog, monkeypatch):
-    caplog.set_level(logging.DEBUG, logger="edge.publish")
+    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish.mqtt")
     anon = MqttSink(sink_config(tmp_path / "anon", password_broker, reconnect_min_s=0.1, reconnect_max_s=0.2))
     try:
         anon.publish("events", event_body(0))
@@ -201,7 +202,7 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
     publishing goes on."""
     b = _dynsec_broker(broker_factory, tmp_path / "dynsec", "s3cret")
     monkeypatch.setenv("TEST_MQTT_PW", "s3cret")
-    caplog.set_level(logging.DEBUG, logger="edge.publish")
+    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish.mqtt")
     sink = MqttSink(sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW"))
     try:
         assert sink.wait_connected(10), sink.connection()

@@ -10,7 +10,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.publish import MqttSink, choose_sink
+from edge.runtime.publish import choose_sink
+from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import (
     Collector,
     assert_in_order_without_gaps,
@@ -268,9 +269,9 @@ def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
 def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypatch):
     """After failures have grown the wait to reconnect_max_s, a session that stayed up past the healthy threshold
     makes the next reconnect wait reconnect_min_s again (threshold shortened, waits recorded through the seam)."""
-    import edge.publish
+    import edge.runtime.publish.mqtt
 
-    monkeypatch.setattr(edge.publish, "_HEALTHY_SESSION_S", 0.5)
+    monkeypatch.setattr(edge.runtime.publish.mqtt, "_HEALTHY_SESSION_S", 0.5)
     broker = broker_factory()  # made, not started: the first attempts fail
     delays: list[float] = []
     cfg = sink_config(tmp_path / "state", broker)  # reconnect_min_s 0.2, reconnect_max_s 1.0

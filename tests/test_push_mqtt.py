@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import MODEL_FILE, read_manifest
-from edge.model_store import ModelStore
-from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
-from edge.push_payload import build_push
+from edge.protocol.push import build_push
+from edge.runtime.models.store import ModelStore
+from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector, validator
 from tests.push_support import (
@@ -243,7 +243,7 @@ def test_push_cli_counts_missing_answers_and_clears_an_old_retained_push(device,
 
 
 def test_push_targets_and_options_are_checked_before_anything_is_sent(tmp_path):
-    from edge.push_mqtt import PushError
+    from edge.tools.push_mqtt import PushError
 
     for target in (PushTarget(device="+"), PushTarget(group="a/b"), PushTarget(prefix="x/#", device="pi")):
         with pytest.raises(PushError, match="plain topic level"):

@@ -16,12 +16,12 @@ import pytest
 
 from edge.bundle import read_manifest
 from edge.config import parse_config
-from edge.daemon import Daemon
-from edge.model_push import ModelPushReceiver
-from edge.model_store import ModelStore
-from edge.publish import MqttSink
-from edge.push_mqtt import BrokerOptions, PushTarget, publish_push
-from edge.sources import Frame
+from edge.runtime.capture.base import Frame
+from edge.runtime.daemon import Daemon
+from edge.runtime.models.push import ModelPushReceiver
+from edge.runtime.models.store import ModelStore
+from edge.runtime.publish.mqtt import MqttSink
+from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
 from tests.mqtt_support import Collector, validator
 from tests.push_support import make_keys, restamped_signed_copy, second_bundle, signed_copy
 
@@ -120,7 +120,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
 
 def test_reload_command_over_mqtt_loads_the_model_the_store_links_as_current(rig):
     """The SSH push's reload = "mqtt" path: swap the store link on disk, then a reload_model command."""
-    from edge.push_mqtt import send_command
+    from edge.tools.push_mqtt import send_command
 
     daemon, receiver, store, private, broker, collector = rig
     store.activate(store.install(second_bundle()))
@@ -134,7 +134,7 @@ def test_reload_command_over_mqtt_loads_the_model_the_store_links_as_current(rig
 def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig, tmp_path, tiny_bundle):
     """A signature says who made a bundle, not when it was sent: an old signed push replayed later must not
     bring back an older model, while a local rollback and an explicit opt-in still can."""
-    from edge.push_payload import build_push
+    from edge.protocol.push import build_push
 
     daemon, receiver, store, private, broker, collector = rig
     topic = "emotion/pi-rb/model/push"
@@ -186,7 +186,7 @@ def test_a_pinned_classifier_model_is_warned_about_when_pushes_are_accepted(tmp_
     sink = MqttSink(cfg)
     receiver = ModelPushReceiver(cfg, sink, Daemon(cfg, sink))
     try:
-        with caplog.at_level("WARNING", logger="edge.model_push"):
+        with caplog.at_level("WARNING", logger="edge.runtime.models.push"):
             receiver.start()
     finally:
         receiver.stop()

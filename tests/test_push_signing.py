@@ -12,16 +12,16 @@ import time
 import pytest
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, read_manifest
-from edge.model_check import check_bundle
-from edge.model_store import ModelStore, StoreError
-from edge.push_payload import PushRejected, build_push, parse_push
-from edge.signing import (
+from edge.protocol.push import PushRejected, build_push, parse_push
+from edge.protocol.signing import (
     SignatureError,
     generate_keypair,
     load_public_key,
     sign_bundle,
     verify_bundle,
 )
+from edge.runtime.models.check import check_bundle
+from edge.runtime.models.store import ModelStore, StoreError
 from tests.push_support import (
     copy_bundle,
     corrupt_model_keep_manifest_valid,
@@ -50,7 +50,7 @@ def test_keygen_writes_private_key_readable_only_by_owner_and_refuses_to_overwri
 
 
 def test_unreadable_or_missing_key_files_are_signature_errors(tmp_path):
-    from edge.signing import load_private_key
+    from edge.protocol.signing import load_private_key
 
     for load in (load_public_key, load_private_key):
         with pytest.raises(SignatureError, match="Is a directory"):

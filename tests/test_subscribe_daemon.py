@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
-from edge.subscribe.client import BrokerSettings
-from edge.subscribe.plot import plot_recording
-from edge.subscribe.record import Recorder
-from edge.subscribe.watch import WatchState
+from edge.tools.subscribe.client import BrokerSettings
+from edge.tools.subscribe.plot import plot_recording
+from edge.tools.subscribe.record import Recorder
+from edge.tools.subscribe.watch import WatchState
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector
 
@@ -104,7 +104,7 @@ def test_recorder_stored_every_daemon_message_once_and_plot_reads_them(daemon_ru
     _, collector, db = daemon_run
     sent = {json.loads(p)["seq"] for t, p, _ in collector.messages
             if t.startswith(f"emotion/{DEVICE}/") and not t.endswith("/availability")}
-    from edge.subscribe.store import Recording
+    from edge.tools.subscribe.store import Recording
 
     rec = Recording(db, readonly=True)
     assert rec.seqs(DEVICE) == sorted(sent)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.subscribe.plot import LABEL_COLORS, PlotError, Series, bin_series, choose_bin, plot_recording
-from edge.subscribe.store import Recording
+from edge.tools.subscribe.plot import LABEL_COLORS, PlotError, Series, bin_series, choose_bin, plot_recording
+from edge.tools.subscribe.store import Recording
 from tests.mqtt_support import LABELS, faces_body, status_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_plot_cli(tmp_path):
     db = tmp_path / "rec.sqlite"
     make_recording(db, hours=1.5)
     out = tmp_path / "pngs"
-    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "plot", "--db", str(db), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "edge", "plot", "--db", str(db), "--out", str(out),
                         "--device", "kitchen", "--width", "800", "--height", "500", "--dpi", "100"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -142,7 +142,7 @@ def test_plot_cli(tmp_path):
     assert sorted(p.name for p in printed) == ["hourly.png", "timeline_kitchen.png"]
     assert all(png_size(p) == (800, 500) for p in printed)
 
-    missing = subprocess.run([sys.executable, "-m", "edge.subscribe", "plot", "--db", str(tmp_path / "none.sqlite")],
+    missing = subprocess.run([sys.executable, "-m", "edge", "plot", "--db", str(tmp_path / "none.sqlite")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "no such recording" in missing.stderr
@@ -150,7 +150,7 @@ def test_plot_cli(tmp_path):
 
 def test_a_summary_is_placed_in_the_middle_of_its_window(tmp_path):
     """The envelope ts is the window's end: an hour-long window must count for the hour it covers."""
-    from edge.subscribe.plot import load_series
+    from edge.tools.subscribe.plot import load_series
 
     rec = Recording(tmp_path / "r.sqlite")
     hour = 3600 * (int(T0) // 3600)

@@ -15,10 +15,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.publish import MqttSink
-from edge.subscribe.client import BrokerSettings
-from edge.subscribe.record import Recorder
-from edge.subscribe.store import Recording, StoreError
+from edge.runtime.publish.mqtt import MqttSink
+from edge.tools.subscribe.client import BrokerSettings
+from edge.tools.subscribe.record import Recorder
+from edge.tools.subscribe.store import Recording, StoreError
 from tests.mqtt_support import event_body, faces_body, sink_config, status_body, summary_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_a_device_whose_seq_restarted_and_foreign_messages_lose_nothing(broker, 
 def test_a_broker_that_refuses_the_recorder_for_good_ends_the_recording(broker_factory, tmp_path):
     """Credentials revoked while recording: record must end with the reason (exit 2 in the CLI), not sit idle
     forever looking alive to systemd."""
-    from edge.subscribe.client import SubscribeError
+    from edge.tools.subscribe.client import SubscribeError
 
     b = broker_factory("revoke").start()
     recorder = Recorder(BrokerSettings(host=b.host, port=b.port), tmp_path / "rec.sqlite")
@@ -172,7 +172,7 @@ def test_a_schema_1_recording_is_upgraded_in_place(tmp_path):
 
 def _start_cli_recorder(broker, db: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge.subscribe", "record", "--db", str(db),
+        [sys.executable, "-m", "edge", "record", "--db", str(db),
          "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -220,7 +220,7 @@ def test_record_without_broker_is_one_clear_line(tmp_path):
     from tests.broker import free_port
 
     r = subprocess.run(
-        [sys.executable, "-m", "edge.subscribe", "record", "--db", str(tmp_path / "r.sqlite"),
+        [sys.executable, "-m", "edge", "record", "--db", str(tmp_path / "r.sqlite"),
          "--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port())],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
@@ -268,7 +268,7 @@ def test_export_to_an_unwritable_path_is_one_line(tmp_path):
     _fixture_recording(db)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "record", "--db", str(db),
+    r = subprocess.run([sys.executable, "-m", "edge", "record", "--db", str(db),
                         "--export", str(blocker / "out.csv")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from edge.payloads import encode, make_envelope
-from edge.publish import MqttSink
-from edge.subscribe.client import BrokerSettings, parse_topic, subscription_filters
-from edge.subscribe.watch import Watcher, WatchState, bar, sparkline
+from edge.protocol.envelope import encode, make_envelope
+from edge.protocol.topics import parse_topic
+from edge.runtime.publish.mqtt import MqttSink
+from edge.tools.subscribe.client import BrokerSettings, subscription_filters
+from edge.tools.subscribe.watch import Watcher, WatchState, bar, sparkline
 from tests.mqtt_support import faces_body, sink_config, status_body, summary_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def test_watch_cli_once_shows_retained_status(broker, tmp_path):
     try:
         sink.publish("status", status_body())
         assert sink.flush(10)
-        r = subprocess.run([sys.executable, "-m", "edge.subscribe", "watch", "--once", "--duration", "1",
+        r = subprocess.run([sys.executable, "-m", "edge", "watch", "--once", "--duration", "1",
                             "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device", "door"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -108,13 +109,13 @@ def test_watch_cli_once_shows_retained_status(broker, tmp_path):
 
 
 def test_watch_rejects_multi_level_device_filter():
-    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "watch", "--once", "--device", "#"],
+    r = subprocess.run([sys.executable, "-m", "edge", "watch", "--once", "--device", "#"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "use a device id or '+'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_status_payload_fields_used_by_watch_exist_in_schema():
-    from edge.payloads import load_schema
+    from edge.protocol.envelope import load_schema
 
     defs = load_schema()["$defs"]
     status, summary = defs["status"]["properties"], defs["summary"]["properties"]
@@ -126,7 +127,7 @@ def test_status_payload_fields_used_by_watch_exist_in_schema():
 
 def test_refused_connection_is_one_clear_line(broker_factory):
     b = broker_factory("closed", allow_anonymous=False).start()
-    r = subprocess.run([sys.executable, "-m", "edge.subscribe", "watch", "--once", "--duration", "0",
+    r = subprocess.run([sys.executable, "-m", "edge", "watch", "--once", "--duration", "0",
                         "--mqtt-host", b.host, "--mqtt-port", str(b.port)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr

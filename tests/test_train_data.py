@@ -10,7 +10,7 @@ import pytest
 
 from edge.bundle import FER_LABELS
 from edge.preprocess import resize_face
-from train_export.data import DataError, canonical_label, load_dataset
+from train_export.data.load import DataError, canonical_label, load_dataset
 
 SIX = [name for name in FER_LABELS if name != "disgust"]
 
@@ -41,7 +41,7 @@ def fer_csv(tmp_path):
 
 
 def test_csv_uses_usage_for_splits_and_skips_malformed_rows(fer_csv, caplog):
-    with caplog.at_level(logging.WARNING, logger="train_export.data"):
+    with caplog.at_level(logging.WARNING, logger="train_export.data.load"):
         train = load_dataset(fer_csv, split="train")
     assert train.labels == list(FER_LABELS)
     assert train.y.tolist() == [0, 3, 1, 2]

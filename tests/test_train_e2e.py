@@ -21,7 +21,7 @@ import keras  # noqa: E402
 from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
 from train_export.cli import main  # noqa: E402
 from train_export.hparams import HParams  # noqa: E402
-from train_export.train import cosine_lr  # noqa: E402
+from train_export.training.loop import cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -114,9 +114,9 @@ def test_export_writes_a_bundle_that_edge_accepts(bundle):
 
 
 def test_int8_and_float_agree_and_learned(bundle, data):
-    from edge.classify import Classifier
     from edge.preprocess import Preprocessing, prepare_batch
-    from train_export.litert import classifier_from_file
+    from edge.runtime.classify.classifier import Classifier
+    from train_export.export.litert import classifier_from_file
 
     val = np.load(data[1])
     lite = Classifier(bundle)  # the device's classifier
@@ -198,7 +198,7 @@ def test_predict_detects_faces_in_a_photo(bundle, workdir):
 def test_explain_writes_a_gradcam_grid(run_dir, data, workdir):
     import keras
 
-    from train_export.gradcam import gradcam, target_layer
+    from train_export.analysis.gradcam import gradcam, target_layer
 
     model = keras.saving.load_model(run_dir / "best.keras", compile=False)
     assert target_layer(model)
@@ -257,7 +257,7 @@ def test_export_and_evaluate_report_bad_input_in_one_line(workdir, data, bundle,
 
 
 def test_export_signs_when_asked(workdir, run_dir, data):
-    signing = pytest.importorskip("edge.signing")
+    signing = pytest.importorskip("edge.protocol.signing")
     key = workdir / "key.pem"
     signing.generate_keypair(key, workdir / "key.pub")
     out = workdir / "signed"
@@ -387,7 +387,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     log.csv holds each epoch once, and another command on that folder is refused. The resumed command may
     change the precision (here to mixed bfloat16), which changes speed and not what the run learns; the
     saved model computes in float32 all the same, and the process's dtype policy is left as it was."""
-    import train_export.train as train_mod
+    import train_export.training.loop as train_mod
 
     train, val = data
     run = workdir / "resume_run"
@@ -406,7 +406,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     assert "run the same command again to resume" in capsys.readouterr().err
     assert train_mod.epochs_done(run) == 2
     monkeypatch.undo()
-    with caplog.at_level("INFO", logger="train_export.train"):
+    with caplog.at_level("INFO", logger="train_export.training.loop"):
         assert main([*argv, "--mixed-precision", "bfloat16"]) == 0
     assert f"resuming {run} after epoch 2 of 3" in caplog.text
     assert "resuming with mixed_precision='bfloat16' instead of True" in caplog.text

@@ -12,7 +12,7 @@ import pytest
 
 from edge.bundle import FER_LABELS
 from edge.preprocess import Preprocessing, crop_face, normalize, to_gray
-from train_export.data import FaceData, load_dataset
+from train_export.data.load import FaceData, load_dataset
 from train_export.hparams import HParams, parse_assignments
 
 keras = pytest.importorskip("keras")
@@ -23,7 +23,7 @@ def _faces(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _augment(hp: HParams, x: np.ndarray) -> np.ndarray:
-    from train_export.augment import build_augmenter
+    from train_export.data.augment import build_augmenter
 
     return keras.ops.convert_to_numpy(build_augmenter(hp)(x, training=True))
 
@@ -40,7 +40,7 @@ def test_augmenter_is_seeded_and_keeps_shapes():
 
 
 def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
-    from train_export.augment import build_augmenter
+    from train_export.data.augment import build_augmenter
 
     hp = HParams(flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0,
                  camera_prob=0, noise=0)
@@ -51,7 +51,7 @@ def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
 
 
 def test_camera_degradation_blurs_shrinks_and_adds_noise_within_range():
-    from train_export.augment import CameraDegrade, build_augmenter
+    from train_export.data.augment import CameraDegrade, build_augmenter
 
     x = normalize(_faces(32))[..., None]
     layer = CameraDegrade(prob=1.0, noise=0.0, seed=1)
@@ -90,7 +90,7 @@ def test_parse_assignments_reads_typed_values_and_refuses_bad_pairs():
 
 def test_parse_variant_names_a_model_its_width_and_other_hyper_parameters():
     """The benchmarks' ``model[:width[:name=value...]]`` variants; a bad one is a ValueError naming it."""
-    from train_export.model_spec import parse_variant
+    from train_export.model.spec import parse_variant
 
     assert parse_variant("vgg:1:depth=3") == ("vgg", 1.0, {"depth": 3})
     assert parse_variant("sepse") == ("sepse", 1.0, {})
@@ -115,8 +115,8 @@ def test_hparams_refuse_values_of_the_wrong_type_by_name():
 
 
 def test_init_weights_copies_a_trained_model_and_refuses_another_architecture(tmp_path):
-    from train_export.model_spec import build_model
-    from train_export.train import load_init_weights
+    from train_export.model.spec import build_model
+    from train_export.training.loop import load_init_weights
 
     donor = build_model("mini_xception", 48, 7, width=0.5)
     donor.save(tmp_path / "donor.keras")
@@ -139,7 +139,7 @@ def _data(counts: list[int]) -> FaceData:
 
 
 def test_class_weights_favour_rare_classes_with_mean_one():
-    from train_export.dataset import class_weights
+    from train_export.data.batches import class_weights
 
     counts = np.array([400, 40, 400, 800, 400, 300, 500])
     for mode in ("sqrt", "balanced"):
@@ -151,7 +151,7 @@ def test_class_weights_favour_rare_classes_with_mean_one():
 
 
 def test_training_batches_mix_labels_and_weights():
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
 
     data = _data([20, 5, 20, 30, 20, 15, 10])
     hp = HParams(batch_size=16, mixup_alpha=0.4, cutmix_alpha=0.4, mix_prob=1.0, class_weight="sqrt", seed=5)
@@ -174,7 +174,7 @@ def test_training_batches_mix_labels_and_weights():
 
 
 def test_validation_batches_are_plain_and_ordered():
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
 
     data = _data([3, 3, 3, 3, 3, 3, 3])
     seq = FaceSequence(data, HParams(batch_size=8, mix_prob=1.0), Preprocessing(), training=False)
@@ -210,14 +210,14 @@ def test_device_crop_equals_training_face(tmp_path, zoom):
         trained = load_dataset(tmp_path / source).x[0]
         assert np.abs(device.astype(int) - trained.astype(int)).max() <= 1, source
     np.testing.assert_array_equal(device, face)
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
 
     x, _, _ = FaceSequence(load_dataset(tmp_path / "faces.npz"), HParams(), prep, training=False)[0]
     np.testing.assert_array_equal(x[0, ..., 0], normalize(device, prep))  # the model input itself
 
 
 def test_soften_keeps_order_and_flattens_with_temperature():
-    from train_export.distill import soften
+    from train_export.training.distill import soften
 
     p = np.array([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]], dtype=np.float32)
     np.testing.assert_allclose(soften(p, 1.0), p, atol=1e-6)
@@ -230,7 +230,7 @@ def test_soften_keeps_order_and_flattens_with_temperature():
 
 
 def test_training_targets_blend_teacher_soft_labels_and_validation_ignores_them():
-    from train_export.dataset import FaceSequence
+    from train_export.data.batches import FaceSequence
 
     data = _data([4, 4, 4, 4, 4, 4, 4])
     soft = np.random.default_rng(0).dirichlet(np.ones(7), size=len(data)).astype(np.float32)
@@ -248,8 +248,8 @@ def test_training_targets_blend_teacher_soft_labels_and_validation_ignores_them(
 
 
 def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
-    from train_export.data import DataError
-    from train_export.distill import load_soft_labels, save_soft_labels
+    from train_export.data.load import DataError
+    from train_export.training.distill import load_soft_labels, save_soft_labels
 
     data = _data([3, 3, 3, 3, 3, 3, 3])
     soft = np.full((len(data), 7), 1 / 7, dtype=np.float32)
@@ -271,8 +271,13 @@ def test_soft_labels_file_belongs_to_its_dataset(tmp_path):
 
 def test_merged_soft_labels_weigh_each_file_by_its_teachers(tmp_path):
     """Two teachers scored on one machine and three on another merge into the five-teacher mean."""
-    from train_export.data import DataError
-    from train_export.distill import load_soft_labels_with_meta, merge_soft_labels, save_soft_labels, soften
+    from train_export.data.load import DataError
+    from train_export.training.distill import (
+        load_soft_labels_with_meta,
+        merge_soft_labels,
+        save_soft_labels,
+        soften,
+    )
 
     data = _data([2, 2, 2, 2, 2, 2, 2])
     rng = np.random.default_rng(1)
@@ -292,7 +297,7 @@ def test_merged_soft_labels_weigh_each_file_by_its_teachers(tmp_path):
 
 
 def test_cosine_lr_warms_up_peaks_and_decays_to_one_percent():
-    from train_export.train import cosine_lr
+    from train_export.training.loop import cosine_lr
 
     hp = HParams(learning_rate=1e-3, warmup_epochs=2)
     lrs = [cosine_lr(e, 20, hp) for e in range(21)]
@@ -307,7 +312,7 @@ def test_cosine_lr_warms_up_peaks_and_decays_to_one_percent():
 
 def test_vgg_teacher_builds_and_counts():
     pytest.importorskip("keras")
-    from train_export.model_spec import build_model, describe
+    from train_export.model.spec import build_model, describe
 
     info = describe(build_model("vgg", 48, 7, width=1.0, depth=2))
     assert 4.5e6 < info["params"] < 5e6 and 4.5e8 < info["macs"] < 5e8
@@ -315,8 +320,8 @@ def test_vgg_teacher_builds_and_counts():
 
 def test_strided_stem_keeps_every_weight_shape_and_costs_fewer_macs(tmp_path):
     """A stride-1 sepse model can start a stride-2 run (``init_weights``): same weights, cheaper stem."""
-    from train_export.model_spec import build_model, describe
-    from train_export.train import load_init_weights
+    from train_export.model.spec import build_model, describe
+    from train_export.training.loop import load_init_weights
 
     full = build_model("sepse", 48, 7, width=0.5, stem_stride=1)
     strided = build_model("sepse", 48, 7, width=0.5, stem_stride=2)
@@ -339,8 +344,8 @@ def test_strided_stem_keeps_every_weight_shape_and_costs_fewer_macs(tmp_path):
 
 def test_training_batches_can_carry_the_augmenter_and_validation_batches_never_do():
     """The JAX/PyTorch path: FaceSequence applies the augmenter to training batches after mixing."""
-    from train_export.augment import build_augmenter
-    from train_export.dataset import FaceSequence
+    from train_export.data.augment import build_augmenter
+    from train_export.data.batches import FaceSequence
 
     data = _data([10] * 7)
     hp = HParams(batch_size=16, mix_prob=0.0, seed=2)
@@ -360,8 +365,8 @@ def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(poli
     Keras' RandomErasing cannot run in float16 on TensorFlow, and the camera noise once mixed float32 with
     float16; the augmenter now computes in float32 under any policy and the model casts its input.
     """
-    from train_export.model_spec import dtype_policy
-    from train_export.train import build_training_model, compile_for_training
+    from train_export.model.spec import dtype_policy
+    from train_export.training.loop import build_training_model, compile_for_training
 
     with dtype_policy(policy):
         hp = HParams(width=0.25, batch_size=8, erasing_prob=0.5, camera_prob=1.0, noise=0.04, mix_prob=0.0)
@@ -380,7 +385,7 @@ def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(poli
 
 
 def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
-    from train_export.train import training_policy
+    from train_export.training.loop import training_policy
 
     assert training_policy(True, gpu=True) == "mixed_float16"
     assert training_policy(True, gpu=False) == "float32"  # the default: a CPU trains in float32
@@ -406,7 +411,7 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
 
 def test_a_run_does_not_resume_across_the_float16_loss_scaling_boundary(tmp_path):
     """mixed_float16 wraps the optimizer, so its backup would restore without the optimizer state."""
-    from train_export.train import check_resume_policy
+    from train_export.training.loop import check_resume_policy
 
     check_resume_policy(tmp_path, "mixed_float16")  # no model.json: a new run, or one from before the policy
     (tmp_path / "model.json").write_text('{"params": 1}')
@@ -424,8 +429,8 @@ def test_a_run_does_not_resume_across_the_float16_loss_scaling_boundary(tmp_path
 
 def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):
     """Loaded later for export, evaluation or as a teacher, it must not run in bfloat16 on a CPU."""
-    from train_export.model_spec import build_from_hparams, dtype_policy
-    from train_export.train import BestCheckpoint
+    from train_export.model.spec import build_from_hparams, dtype_policy
+    from train_export.training.loop import BestCheckpoint
 
     hp = HParams(width=0.25, mixed_precision="bfloat16")
     with dtype_policy("mixed_bfloat16"):
@@ -442,7 +447,7 @@ def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_pa
 
 
 def test_the_augmenter_is_in_the_model_on_tensorflow_only():
-    from train_export.train import augment_in_model, build_training_model
+    from train_export.training.loop import augment_in_model, build_training_model
 
     trainer, core, aug = build_training_model(HParams(width=0.25))
     if augment_in_model():
@@ -456,7 +461,7 @@ def test_the_augmenter_is_in_the_model_on_tensorflow_only():
 
 
 def test_plan_epochs_fits_the_rest_of_the_budget_at_the_measured_speed():
-    from train_export.train import plan_epochs
+    from train_export.training.loop import plan_epochs
 
     # 2 done (the first, 30 s, was compilation), 10 s per epoch, 100 s left: 9 more fit with the 0.92 margin
     assert plan_epochs(2, [30.0, 10.0], 100.0, total=80) == 11
@@ -471,8 +476,8 @@ def test_best_checkpoint_holds_improvements_between_writes_and_writes_the_best_a
 
     import keras
 
-    from train_export.model_spec import build_model
-    from train_export.train import BestCheckpoint
+    from train_export.model.spec import build_model
+    from train_export.training.loop import BestCheckpoint
 
     core = build_model("mini_xception", 48, 7, width=0.5)
     cb = BestCheckpoint(core, tmp_path, min_interval_s=3600)  # only the first write is due within the test
@@ -499,9 +504,9 @@ def test_best_checkpoint_holds_improvements_between_writes_and_writes_the_best_a
 def test_online_distillation_targets_blend_the_label_with_the_teachers_on_the_same_input():
     import keras
 
-    from train_export.distill import soften
-    from train_export.model_spec import build_model
-    from train_export.online_distill import OnlineDistillLoss, student_accuracy, with_teachers
+    from train_export.model.spec import build_model
+    from train_export.training.distill import soften
+    from train_export.training.online_distill import OnlineDistillLoss, student_accuracy, with_teachers
 
     keras.utils.set_random_seed(0)
     core = build_model("mini_xception", 24, 4, width=0.25)
@@ -528,9 +533,9 @@ def test_online_distillation_targets_blend_the_label_with_the_teachers_on_the_sa
 @pytest.mark.parametrize("clean", [True, False])
 def test_online_distillation_teachers_see_the_face_before_the_camera_degradation(clean):
     """teachers_see_clean: the student's input is degraded (noise here), the teachers' is not; off, both are."""
-    from train_export.distill import soften
-    from train_export.model_spec import build_model
-    from train_export.train import build_training_model
+    from train_export.model.spec import build_model
+    from train_export.training.distill import soften
+    from train_export.training.loop import build_training_model
 
     labels = ["a", "b", "c", "d"]
     hp = HParams(model="mini_xception", width=0.25, input_size=24, labels=labels, flip=False, rotation=0,
@@ -569,8 +574,8 @@ def test_an_online_run_recorded_before_teachers_see_clean_existed_loads_as_what_
 
 
 def test_teachers_compute_in_the_runs_mixed_policy_when_their_run_folder_says_how_to_rebuild_them(tmp_path):
-    from train_export.model_spec import build_from_hparams
-    from train_export.online_distill import load_teachers
+    from train_export.model.spec import build_from_hparams
+    from train_export.training.online_distill import load_teachers
 
     hp = HParams(model="mini_xception", width=0.25, input_size=24, labels=["a", "b", "c", "d"])
     keras.utils.set_random_seed(0)
@@ -586,7 +591,7 @@ def test_teachers_compute_in_the_runs_mixed_policy_when_their_run_folder_says_ho
     def conv_dtype(m: keras.Model) -> str:  # a layer's, not the model's: a model loaded under a mixed policy reports it
         return next(layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype
 
-    from train_export.model_spec import dtype_policy
+    from train_export.model.spec import dtype_policy
 
     with dtype_policy("mixed_bfloat16"):  # as train() and build_training_model() load them
         run, bare, odd = load_teachers([str(tmp_path / p) for p in ("run/best.keras", "bare.keras", "odd/best.keras")],

@@ -49,8 +49,8 @@ def _hparams_from_args(args: argparse.Namespace) -> HParams:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or resume a run."""
-    from train_export.data import DataError, load_dataset
-    from train_export.train import train
+    from train_export.data.load import DataError, load_dataset
+    from train_export.training.loop import train
 
     hp = _hparams_from_args(args)
     run_dir = Path(args.run_dir)
@@ -90,8 +90,14 @@ def _floats_arg(s: str) -> list[float]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one or more models on labelled faces; the first model's report is the JSON's top level."""
-    from train_export.data import load_dataset
-    from train_export.evaluate import evaluate, load_any, markdown_table, plot_confusion, write_report
+    from train_export.analysis.evaluate import (
+        evaluate,
+        load_any,
+        markdown_table,
+        plot_confusion,
+        write_report,
+    )
+    from train_export.data.load import load_dataset
 
     reports = []
     cache: dict[tuple, object] = {}
@@ -119,8 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a .keras model as an int8 bundle, refusing it when int8 loses more than the margin."""
-    from train_export.evaluate import markdown_table
-    from train_export.release import ExportRefused, export_model
+    from train_export.analysis.evaluate import markdown_table
+    from train_export.export.gate import ExportRefused, export_model
 
     try:
         result = export_model(
@@ -144,8 +150,9 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
     """Teacher-ensemble soft labels of the training faces, for ``train --soft-labels``."""
     import json
 
-    from train_export.data import DataError, load_dataset
-    from train_export.distill import (
+    from train_export.analysis.evaluate import load_any
+    from train_export.data.load import DataError, load_dataset
+    from train_export.training.distill import (
         check_scored_alike,
         ensemble_report,
         load_soft_labels_with_meta,
@@ -154,7 +161,6 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
         soft_labels_labels,
         teacher_soft_labels,
     )
-    from train_export.evaluate import load_any
 
     if not args.teacher and not args.add:
         raise DataError("soft-labels needs a --teacher model or an --add file of earlier soft labels")
@@ -206,7 +212,7 @@ def cmd_soft_labels(args: argparse.Namespace) -> int:
 
 def cmd_soup(args: argparse.Namespace) -> int:
     """Weighted mean of the weights of models with one architecture."""
-    from train_export.soup import make_soup
+    from train_export.model.soup import make_soup
 
     out = make_soup(args.model, args.coefficients, args.out)
     print(f"soup written to {out}; score it with 'python -m train_export evaluate --model {out} --json REPORT'")
@@ -215,7 +221,7 @@ def cmd_soup(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify faces in an image folder or video into a CSV."""
-    from train_export.predict import predict_to_csv
+    from train_export.analysis.predict import predict_to_csv
 
     rows = predict_to_csv(args.model, args.input, args.out, detect=args.detect, every=args.every,
                           detector=args.detector, num_threads=args.threads)
@@ -227,9 +233,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Grad-CAM grid of validation faces per class."""
     import keras
 
-    from train_export.data import load_dataset
-    from train_export.evaluate import keras_labels
-    from train_export.gradcam import explain_grid
+    from train_export.analysis.evaluate import keras_labels
+    from train_export.analysis.gradcam import explain_grid
+    from train_export.data.load import load_dataset
 
     labels = keras_labels(args.model, args.labels)
     model = keras.saving.load_model(args.model, compile=False)
@@ -328,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: OUT.reports beside the bundle)")
     p.add_argument("--model-id", help="bundle model id (default: <model>-w<width>-<UTC time>)")
     p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
-    p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.signing")
+    p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.protocol.signing")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
     p.add_argument("--seed", type=int, default=0, help="seed of the representative sample")
@@ -382,14 +388,14 @@ def main(argv: list[str] | None = None) -> int:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures that are the user's input, reported as one line (exit 2) instead of a traceback."""
     from edge.bundle import BundleError
-    from edge.interpreter import RuntimeMissing
-    from train_export.data import DataError
-    from train_export.release import ExportError
+    from edge.runtime.classify.interpreter import RuntimeMissing
+    from train_export.data.load import DataError
+    from train_export.export.gate import ExportError
 
     # OSError: a missing file or an unwritable --run-dir/--out/--json is the user's to fix, not a bug.
     errors: list[type[BaseException]] = [DataError, ValueError, OSError, BundleError, RuntimeMissing, ExportError]
     try:
-        from edge.detect import DetectorError
+        from edge.runtime.detect.base import DetectorError
 
         errors.append(DetectorError)
     except ImportError:  # edge without the detector module: nothing to catch

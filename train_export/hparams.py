@@ -33,7 +33,7 @@ class HParams:
     """Everything that decides what a training run does.
 
     Attributes:
-        model: Architecture name from :data:`train_export.model_spec.MODELS` ("mini_xception", "sepse",
+        model: Architecture name from :data:`train_export.model.spec.MODELS` ("mini_xception", "sepse",
             or the GPU teacher "vgg").
         width: Channel multiplier applied to the architecture's base widths.
         depth: Conv layers per stage (sepse: separable convs per residual block; vgg: plain convs).
@@ -70,7 +70,7 @@ class HParams:
             with a probability drawn from U(0, erasing_prob), on average erasing_prob / 2 of the faces (0.1, the
             default model's setting, erases about 5 %).
         camera_prob: Probability per face of a camera degradation: a blur or a small (down- and up-scaled)
-            face (:class:`train_export.augment.CameraDegrade`). On by default: without it a model trained on
+            face (:class:`train_export.data.augment.CameraDegrade`). On by default: without it a model trained on
             FER2013's clean crops fails on camera faces (``benchmarks/robustness.py``).
         noise: Largest standard deviation of additive Gaussian sensor noise per face, as a fraction of the
             input range (0.04 is about 10 grey levels); 0 = none.
@@ -78,11 +78,11 @@ class HParams:
             empty = no distillation.
         distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
         teacher_models: Trained ``.keras`` teachers that score each augmented training batch inside the step
-            (online distillation, :mod:`train_export.online_distill`), instead of ``soft_labels``; empty = none.
+            (online distillation, :mod:`train_export.training.online_distill`), instead of ``soft_labels``; empty = none.
         teachers_see_clean: With ``teacher_models``: the teachers score each augmented face before the camera
             degradation (``camera_prob``, ``noise``) that the student sees, so the student learns the clean face's
             target from its degraded view; false: the teachers see the student's degraded view, and pass on their
-            own fragility to it (:mod:`train_export.online_distill`). Runs recorded before this field had false.
+            own fragility to it (:mod:`train_export.training.online_distill`). Runs recorded before this field had false.
         distill_temperature: Softening temperature of ``teacher_models``' probabilities (``soft-labels`` has
             its own ``--temperature``, 2 by default, like this).
         init_weights: A trained ``.keras`` model of the same architecture whose weights start the run

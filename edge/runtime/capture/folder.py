@@ -1,0 +1,45 @@
+"""The images of a folder as frames."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from edge.runtime.capture.base import IMAGE_SUFFIXES, Frame, SourceError
+
+log = logging.getLogger(__name__)
+
+
+class FolderSource:
+    """The images of a folder, in file-name order (unreadable files are skipped with a warning)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        try:
+            self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise SourceError(f"cannot read image folder {self.folder}: {exc.strerror or exc}") from None
+        if not self.files:
+            raise SourceError(f"image folder {self.folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self._pos = 0
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        """Next decodable image, or None after the last one."""
+        import cv2
+
+        while self._pos < len(self.files):
+            path = self.files[self._pos]
+            self._pos += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("skipping %s: not a readable image", path)
+                continue
+            frame = Frame(image, self._index, time.time())
+            self._index += 1
+            return frame
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,322 @@
+"""Receive signed model pushes over MQTT and swap them in, with rollback.
+
+Topics: ``<prefix>/<device_id>/model/push`` and ``<prefix>/group/<group>/model/push`` for each group in
+``model_push.groups``. Messages are decoded and verified by :func:`edge.protocol.push.parse_push` (size cap,
+signature against ``model_push.trusted_keys``, manifest schema, sha256), then the bundle is written to a
+staging folder, loaded into a real interpreter and smoke-tested (:func:`edge.runtime.models.check.check_bundle`),
+installed into the :class:`edge.runtime.models.store.ModelStore`, linked as ``current`` (the old one becomes
+``previous``) and handed to ``Daemon.swap_model``. If the daemon cannot load or run it, the ``current`` link is
+rolled back, so the running model and the one a restart would load stay the old one.
+
+Every push ends with a result object, published as an ``events`` message (``event: "model_push"``) and kept
+in :attr:`ModelPushReceiver.last_result` for the ``model_push`` block of the status. MQTT callbacks run on
+paho's network thread, so messages are only queued there and handled by a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.bundle import MANIFEST_FILE, BundleError, Manifest
+from edge.protocol.push import PushRejected, parse_push, peek_push_id
+from edge.protocol.signing import SignatureError, load_public_key
+from edge.protocol.topics import push_topics
+from edge.runtime.models.check import check_bundle
+from edge.runtime.models.store import ModelStore, parse_created
+
+log = logging.getLogger(__name__)
+
+#: Pushes waiting while one is being handled; more are rejected as busy rather than piling up in memory.
+QUEUE_SIZE = 2
+#: Bundles kept in the store (current and previous are never deleted).
+KEEP_MODELS = 3
+
+
+class _Sink(Protocol):
+    def publish(self, kind: str, body: dict) -> int: ...
+    def subscribe(self, topic: str, callback: Any) -> None: ...
+
+
+class _Daemon(Protocol):
+    model_id: str
+
+    def swap_model(self, bundle_dir: Path) -> None: ...
+
+
+class ModelPushReceiver:
+    """Daemon extension that accepts signed model pushes (register with ``Daemon.add_extension``).
+
+    Args:
+        config: The daemon configuration (sections ``model_push``, ``mqtt``, ``device``, ``classifier``).
+        sink: The :class:`edge.runtime.publish.mqtt.MqttSink` (needs ``subscribe`` and ``publish``).
+        daemon: The running daemon (needs ``swap_model``, ``model_id`` and ideally ``current_bundle_dir``).
+        store: The model store; default ``<state_dir>/models``.
+    """
+
+    def __init__(self, config: Any, sink: _Sink, daemon: _Daemon, store: ModelStore | None = None):
+        self.config = config
+        self.sink = sink
+        self.daemon = daemon
+        self.store = store or ModelStore.for_state_dir(config.state_dir())
+        self.last_result: dict[str, Any] | None = None
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._worker: threading.Thread | None = None
+        # The push worker and the frame thread (model_rolled_back) both move the store's links: one at a time,
+        # so a rollback's check-then-act cannot interleave with a new push's activation.
+        self._store_lock = threading.RLock()
+        # The bundle folder (resolved) the last push swapped in and that push's id, so a rollback of that
+        # folder answers the push.
+        self._last_applied: tuple[Path, str | None] | None = None
+        self._trusted = []
+        self._key_errors: list[str] = []
+
+    # ----- lifecycle -----
+    def topics(self) -> list[str]:
+        """The topics this receiver subscribes to."""
+        return push_topics(self.config.mqtt.topic_prefix, self.config.device.id, list(self.config.model_push.groups))
+
+    def _load_keys(self) -> None:
+        self._trusted, self._key_errors = [], []
+        for path in self.config.model_push.trusted_keys:
+            try:
+                self._trusted.append(load_public_key(path))
+            except SignatureError as exc:
+                # A bad key file must not stop the daemon: pushes are then refused with this reason.
+                self._key_errors.append(str(exc))
+                log.error("model push: %s", exc)
+        if not self._trusted:
+            log.warning("model push is enabled but no trusted key could be loaded; every push will be rejected")
+
+    def start(self) -> None:
+        """Load the trusted keys, subscribe to the push topics and start the worker thread.
+
+        A rollback done at start (a pushed model that no longer loaded, see :mod:`edge.runtime.models.boot`) is
+        reported first.
+        """
+        from edge.runtime.models import boot as model_boot
+
+        self._load_keys()
+        self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
+        self._worker.start()
+        for t in self.topics():
+            self.sink.subscribe(t, self._on_message)
+        log.info("model push: listening on %s", ", ".join(self.topics()))
+        if self.config.classifier.model is not None:
+            log.warning("classifier.model is set (%s): pushed models run until the next restart, which loads that "
+                        "folder again; unset it to keep the pushed model", self.config.classifier.model)
+        if model_boot.last_boot_rollback is not None:
+            record, model_boot.last_boot_rollback = model_boot.last_boot_rollback, None
+            record = {k: v for k, v in record.items() if k != "ts"}
+            self._publish({**record, "topic": ""}, None)
+
+    def model_rolled_back(self, failed_dir: Path, failed_id: str, restored_dir: Path, reason: str) -> None:
+        """Called by the daemon when a swapped-in model failed on real frames and it went back to the old one.
+
+        Puts the store's ``current`` link back too (so a restart does not load the failing model) and reports
+        it. Runs on the frame loop's thread: two symlink renames and one outbox insert.
+        """
+        failed = Path(failed_dir).resolve()
+        try:
+            with self._store_lock:
+                if self.store.current() == failed:
+                    if self.store.previous() == Path(restored_dir).resolve():
+                        self.store.rollback()
+                    else:
+                        self.store.deactivate()
+        except OSError as exc:
+            log.error("model push: cannot roll the model store back (%s)", exc)
+        self._publish({
+            "ok": False, "code": "swap_failed", "topic": "",
+            "push_id": self._last_applied[1] if self._last_applied and self._last_applied[0] == failed else None,
+            "model_id": failed_id, "sha256": None,
+            "key_id": None, "previous_model_id": failed_id, "rolled_back": True,
+            "reason": f"model {failed_id} failed on a frame after the swap ({reason}); rolled back",
+        }, None)
+
+    def stop(self) -> None:
+        """Stop the worker thread after the push in progress (if any)."""
+        if self._worker is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1)
+        self._worker.join(timeout=30)
+        self._worker = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        # Runs on paho's network thread: never verify or load here, only queue.
+        if not payload:  # a zero-length retained message only clears an old retained push: nothing to do
+            return
+        try:
+            self._queue.put_nowait((topic, bytes(payload)))
+        except queue.Full:
+            self._report(topic, peek_push_id(payload), PushRejected("busy", "another model push is in progress; retry later"))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.handle(*item)
+            except Exception:  # the worker must survive anything so later pushes are still handled
+                log.exception("model push: unexpected error")
+
+    # ----- the work -----
+    def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """Verify, install and swap in one push; publish and return the result object."""
+        started = time.monotonic()
+        push_id = peek_push_id(payload)
+        try:
+            result = self._apply(topic, payload)
+        except PushRejected as exc:
+            return self._report(topic, push_id, exc, started=started)
+        except Exception as exc:  # a full disk, a broken store: the sender must still get an answer
+            log.exception("model push: unexpected error")
+            return self._report(topic, push_id, PushRejected("internal", f"the device failed to handle the push "
+                                                             f"({exc.__class__.__name__}: {exc})"), started=started)
+        return self._publish(result, started)
+
+    def _apply(self, topic: str, payload: bytes) -> dict[str, Any]:
+        if not self._trusted:
+            detail = "; ".join(self._key_errors) or "model_push.trusted_keys is empty"
+            raise PushRejected("untrusted_key", f"no trusted key loaded ({detail})")
+        push = parse_push(payload, self._trusted, self.config.model_push.max_bytes)
+        base = {
+            "topic": topic,
+            "push_id": push.push_id or None,
+            "model_id": push.manifest.model_id,
+            "sha256": push.manifest.sha256,
+            "key_id": push.key_id,
+            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "rolled_back": False,
+        }
+        # A retained or repeated push of the running bundle (same manifest bytes, so same model) is a no-op.
+        running_dir = getattr(self.daemon, "current_bundle_dir", None)
+        if running_dir is not None:
+            try:
+                same = (Path(running_dir) / MANIFEST_FILE).read_bytes() == push.manifest_bytes
+            except OSError:
+                same = False
+            if same:
+                return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
+
+        self._refuse_replay(push.manifest, base)
+
+        # Stage inside the store folder so the final install is a rename on the same file system.
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        staging = self.store.root / f".push-{uuid.uuid4().hex[:12]}"
+        try:
+            push.write_bundle(staging)
+            try:
+                check_bundle(staging, self.config.classifier.threads, _runtime(self.config))
+            except BundleError as exc:
+                raise PushRejected("model_check", str(exc)) from None
+            installed = self.store.install(staging)
+        except OSError as exc:
+            raise PushRejected("model_check", f"cannot store the model ({exc}); is the state folder full or read-only?") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+        with self._store_lock:
+            old = self.store.current()
+            self.store.activate(installed)
+            # Before the swap: a failure on the very first frames must answer this push's id.
+            self._last_applied = (installed.resolve(), base["push_id"])
+            try:
+                self.daemon.swap_model(installed)
+            except Exception as exc:
+                # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
+                # restart also loads the old one (unless the link already named this bundle: nothing to undo).
+                if old != installed.resolve():
+                    self._undo_activation(old)
+                log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
+                reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
+                raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
+            try:
+                self.store.record_push(push.manifest)
+            except OSError as exc:
+                log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
+            try:
+                self.store.prune(KEEP_MODELS)
+            except OSError as exc:  # the new model runs and is recorded: a failed clean-up must not report failure
+                log.warning("model push: cannot prune old models (%s)", exc)
+        return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
+
+    def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:
+        # Signatures prove who made a bundle, not when it was sent: anyone who can publish on the push topic
+        # could replay an old signed push to bring back a worse model. So a push older than the newest one
+        # this device ever accepted is refused unless the device's own config allows downgrades.
+        if self.config.model_push.allow_downgrade:
+            return
+        seen = self.store.newest_push()
+        if seen is None:
+            return
+        created = parse_created(manifest.created)
+        newest = parse_created(seen["created"])
+        # Equal counts too (the running bundle was let through above): a retained push re-delivered after a
+        # rollback or an SSH push must not quietly bring that model back.
+        if created is None or created <= newest:
+            what = ("was already accepted by this device and has since been rolled back or replaced"
+                    if created == newest else f"is older than {seen['model_id']} (created {seen['created']}) that "
+                    "this device already accepted")
+            raise PushRejected(
+                "downgrade",
+                f"model {manifest.model_id} (created {manifest.created}) {what}; replayed or outdated pushes are "
+                "refused: re-export the model, roll back on the device with 'edge rollback', or set model_push.allow_downgrade = true",
+                base,
+            )
+
+    def _undo_activation(self, old: Path | None) -> None:
+        if old is not None:
+            self.store.rollback()
+        else:
+            self.store.deactivate()
+
+    # ----- reporting -----
+    def _report(self, topic: str, push_id: str | None, exc: PushRejected, started: float | None = None) -> dict[str, Any]:
+        extra = exc.details or {
+            "topic": topic,
+            "push_id": push_id,
+            "model_id": None,
+            "sha256": None,
+            "key_id": None,
+            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "rolled_back": False,
+        }
+        log.warning("model push rejected (%s): %s", exc.code, exc.reason)
+        return self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
+
+    def _publish(self, result: dict[str, Any], started: float | None) -> dict[str, Any]:
+        if started is not None:
+            result["duration_s"] = round(time.monotonic() - started, 3)
+        result["running_model_id"] = getattr(self.daemon, "model_id", None)
+        # The status block carries its own time; the event has the envelope's ts.
+        self.last_result = {**result, "ts": time.time()}
+        body = {"event": "model_push", "track_id": None, **result}
+        try:
+            self.sink.publish("events", body)
+        except Exception:
+            log.exception("model push: cannot publish the result event")
+        # Status carries the result too (its model_push block); ask the daemon for a fresh one if it can.
+        publish_status = getattr(self.daemon, "publish_status", None)
+        if callable(publish_status):
+            try:
+                publish_status()
+            except Exception:
+                log.exception("model push: cannot publish status")
+        if result["ok"]:
+            log.info("model push %s: %s", result.get("push_id"), result["reason"])
+        return result
+
+
+def _runtime(config: Any) -> str | None:
+    runtime = getattr(config.classifier, "runtime", "auto")
+    return None if runtime == "auto" else runtime

@@ -1,0 +1,48 @@
+"""Where the frame loop's payloads go: MQTT through a disk outbox, or JSON lines on stdout.
+
+Both sinks implement :class:`edge.runtime.publish.base.Sink`, add the envelope (:mod:`edge.protocol.envelope`)
+and return the message's ``seq``; :func:`choose_sink` picks one from the configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TextIO
+
+from edge.config import Config
+from edge.runtime.publish.mqtt import MqttSink
+from edge.runtime.publish.stdout import StdoutSink
+
+log = logging.getLogger(__name__)
+
+
+def broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_sink(config: Config, stream: TextIO | None = None) -> MqttSink | StdoutSink:
+    """The sink for this configuration.
+
+    ``mqtt.enabled = false`` gives stdout; a configured ``mqtt.host`` gives MQTT (it is retried until it
+    answers); with no host, MQTT to ``localhost`` if a broker answers there, else stdout, saying so.
+    """
+    m = config.mqtt
+    if not m.enabled:
+        log.info("mqtt.enabled is false: printing the JSON time series to stdout")
+        return StdoutSink.from_config(config, stream)
+    if m.host:
+        return MqttSink(config)
+    if broker_answers("localhost", m.port):
+        log.info("no mqtt.host configured; a broker answers on localhost:%d, publishing there", m.port)
+        return MqttSink(config, host="localhost")
+    log.warning(
+        "no mqtt.host configured and no MQTT broker answers on localhost:%d: printing the JSON time series to "
+        "stdout instead (set mqtt.host or --mqtt-host to publish)", m.port,
+    )
+    return StdoutSink.from_config(config, stream)
