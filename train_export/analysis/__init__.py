@@ -1,1 +1,1 @@
-"""TODO"""
+"""Evaluation, batch prediction and Grad-CAM explanations of trained models and bundles."""

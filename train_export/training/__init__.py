@@ -1,1 +1,1 @@
-"""TODO"""
+"""The training loop and its parts: precision, optimiser and loss, callbacks, time budget, distillation."""

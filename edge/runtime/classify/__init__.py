@@ -1,1 +1,1 @@
-"""TODO"""
+"""The emotion classifier: a TFLite interpreter (LiteRT) over a validated model bundle."""
