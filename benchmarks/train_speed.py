@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = load_faces(EPOCH_FACES)
     steps_per_epoch = EPOCH_FACES // args.batch_size  # training drops the incomplete batch
     busy = other_training_jobs()
-    from train_export.training.loop import training_policy
+    from train_export.training.precision import training_policy
 
     # gpu=False: "false" and the named choices do not depend on the machine
     precision = training_policy(False if args.mixed_precision == "false" else args.mixed_precision, gpu=False)

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
 from train_export.cli import main  # noqa: E402
 from train_export.hparams import HParams  # noqa: E402
-from train_export.training.loop import cosine_lr  # noqa: E402
+from train_export.training.optim import cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -387,6 +387,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     log.csv holds each epoch once, and another command on that folder is refused. The resumed command may
     change the precision (here to mixed bfloat16), which changes speed and not what the run learns; the
     saved model computes in float32 all the same, and the process's dtype policy is left as it was."""
+    import train_export.training.callbacks as callbacks_mod
     import train_export.training.loop as train_mod
 
     train, val = data
@@ -394,14 +395,14 @@ def test_an_interrupted_run_resumes_where_it_stopped(workdir, data, monkeypatch,
     argv = ["train", "--train", str(train), "--val", str(val), "--run-dir", str(run), "--log-lines",
             "--model", "vgg", "--width", "0.125", "--depth", "1", "--epochs", "3", "--batch-size", "16",
             "--input-size", "24", "--labels", ",".join(LABELS), "--warmup-epochs", "0"]
-    redraw = train_mod.Curves.on_epoch_end
+    redraw = callbacks_mod.Curves.on_epoch_end
 
     def stop_after_two(self, epoch, logs=None):
         redraw(self, epoch, logs)
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod.Curves, "on_epoch_end", stop_after_two)
+    monkeypatch.setattr(callbacks_mod.Curves, "on_epoch_end", stop_after_two)
     assert main(argv) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert train_mod.epochs_done(run) == 2

@@ -297,7 +297,7 @@ def test_merged_soft_labels_weigh_each_file_by_its_teachers(tmp_path):
 
 
 def test_cosine_lr_warms_up_peaks_and_decays_to_one_percent():
-    from train_export.training.loop import cosine_lr
+    from train_export.training.optim import cosine_lr
 
     hp = HParams(learning_rate=1e-3, warmup_epochs=2)
     lrs = [cosine_lr(e, 20, hp) for e in range(21)]
@@ -385,7 +385,7 @@ def test_a_training_step_runs_under_mixed_precision_with_every_augmentation(poli
 
 
 def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
-    from train_export.training.loop import training_policy
+    from train_export.training.precision import training_policy
 
     assert training_policy(True, gpu=True) == "mixed_float16"
     assert training_policy(True, gpu=False) == "float32"  # the default: a CPU trains in float32
@@ -411,7 +411,7 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
 
 def test_a_run_does_not_resume_across_the_float16_loss_scaling_boundary(tmp_path):
     """mixed_float16 wraps the optimizer, so its backup would restore without the optimizer state."""
-    from train_export.training.loop import check_resume_policy
+    from train_export.training.precision import check_resume_policy
 
     check_resume_policy(tmp_path, "mixed_float16")  # no model.json: a new run, or one from before the policy
     (tmp_path / "model.json").write_text('{"params": 1}')
@@ -430,7 +430,7 @@ def test_a_run_does_not_resume_across_the_float16_loss_scaling_boundary(tmp_path
 def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):
     """Loaded later for export, evaluation or as a teacher, it must not run in bfloat16 on a CPU."""
     from train_export.model.spec import build_from_hparams, dtype_policy
-    from train_export.training.loop import BestCheckpoint
+    from train_export.training.callbacks import BestCheckpoint
 
     hp = HParams(width=0.25, mixed_precision="bfloat16")
     with dtype_policy("mixed_bfloat16"):
@@ -461,7 +461,7 @@ def test_the_augmenter_is_in_the_model_on_tensorflow_only():
 
 
 def test_plan_epochs_fits_the_rest_of_the_budget_at_the_measured_speed():
-    from train_export.training.loop import plan_epochs
+    from train_export.training.budget import plan_epochs
 
     # 2 done (the first, 30 s, was compilation), 10 s per epoch, 100 s left: 9 more fit with the 0.92 margin
     assert plan_epochs(2, [30.0, 10.0], 100.0, total=80) == 11
@@ -477,7 +477,7 @@ def test_best_checkpoint_holds_improvements_between_writes_and_writes_the_best_a
     import keras
 
     from train_export.model.spec import build_model
-    from train_export.training.loop import BestCheckpoint
+    from train_export.training.callbacks import BestCheckpoint
 
     core = build_model("mini_xception", 48, 7, width=0.5)
     cb = BestCheckpoint(core, tmp_path, min_interval_s=3600)  # only the first write is due within the test
