@@ -114,10 +114,11 @@ def main() -> int:
 def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
     """Publish alternating models to an in-process device; print the median publish-to-result time."""
     from edge.config import parse_config
+    from edge.protocol.broker import BrokerSettings
     from edge.runtime.daemon import Daemon
     from edge.runtime.models.push import ModelPushReceiver
     from edge.runtime.publish.mqtt import MqttSink
-    from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
+    from edge.tools.push_mqtt import PushTarget, publish_push
     from tests.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
@@ -142,7 +143,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
         for i in range(pushes):
             bundle = b if i % 2 == 0 else a
             t = time.perf_counter()
-            out = publish_push(bundle, PushTarget(device="bench"), BrokerOptions(broker.host, broker.port), wait_s=60)
+            out = publish_push(bundle, PushTarget(device="bench"), BrokerSettings(broker.host, broker.port), wait_s=60)
             times.append((time.perf_counter() - t) * 1000)
             r = out.results.get("bench") or {}
             if not r.get("ok"):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from edge.tools.subscribe.client import BrokerSettings  # noqa: E402
+from edge.protocol.broker import BrokerSettings  # noqa: E402
 from edge.tools.subscribe.plot import plot_recording  # noqa: E402
 from edge.tools.subscribe.record import Recorder  # noqa: E402
 from edge.tools.subscribe.store import Recording  # noqa: E402

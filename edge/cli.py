@@ -21,16 +21,10 @@ EXIT_USAGE = 2
 DEVICE_SOURCES = ("picamera2",)
 
 
-def add_broker_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--mqtt-host`` and ``--mqtt-port`` (shared by ``run`` and the subscriber tools)."""
-    g = parser.add_argument_group("broker")
-    g.add_argument("--config", type=Path, metavar="FILE", help="Config file (TOML); see deploy/config.example.toml.")
-    g.add_argument("--mqtt-host", metavar="H", help="Broker host (overrides mqtt.host).")
-    g.add_argument("--mqtt-port", type=int, metavar="P", help="Broker port (overrides mqtt.port).")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all sub-commands."""
+    from edge.protocol.broker import add_broker_flags
+
     parser = argparse.ArgumentParser(prog="python -m edge", description="Edge-device facial emotion monitor.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging (overrides device.log_level).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags as a nested config dict (only the flags given)."""
+    from edge.protocol.broker import config_overrides
+
     o: dict[str, dict[str, Any]] = {}
     if getattr(args, "source", None):
         o.setdefault("source", {})["uri"] = args.source
@@ -69,12 +65,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.setdefault("classifier", {})["model"] = str(args.model)
     if getattr(args, "device_id", None):
         o.setdefault("device", {})["id"] = args.device_id
-    if getattr(args, "mqtt_host", None):
-        o.setdefault("mqtt", {})["host"] = args.mqtt_host
-    if getattr(args, "mqtt_port", None):
-        o.setdefault("mqtt", {})["port"] = args.mqtt_port
+    mqtt = config_overrides(args)
     if getattr(args, "stdout", False):
-        o.setdefault("mqtt", {})["enabled"] = False
+        mqtt["enabled"] = False
+    if mqtt:
+        o["mqtt"] = mqtt
     return o
 
 
@@ -88,7 +83,9 @@ def load_run_config(args: argparse.Namespace):
         return cfg
     data = cfg.model_dump(exclude_unset=True, mode="json")
     for section, values in overrides.items():
-        data.setdefault(section, {}).update(values)
+        merged = data.setdefault(section, {})
+        for key, value in values.items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(data, args.config)
 
 
@@ -101,12 +98,12 @@ def _setup_logging(level: str, verbose: bool) -> None:
 
 
 def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
-    """Register Home Assistant discovery and model push when enabled and the sink is MQTT."""
-    if not hasattr(sink, "subscribe") or type(sink).__name__ == "StdoutSink":
+    """Register Home Assistant discovery and model push when enabled and a broker is behind the sink."""
+    if not sink.has_broker:
         return
-    from edge.runtime import homeassistant as ha_discovery
+    from edge.runtime import homeassistant
 
-    ha_discovery.attach(daemon, sink, cfg)
+    homeassistant.attach(daemon, sink, cfg)
     if cfg.model_push.enabled:
         from edge.runtime.models.push import ModelPushReceiver
 
@@ -122,8 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.capture.base import SourceError
     from edge.runtime.daemon import Daemon
     from edge.runtime.publish import choose_sink
+    from edge.runtime.publish.base import SinkError
 
-    daemon = Daemon(cfg, sink=_NullSink())  # load model, detector before touching the network
+    daemon = Daemon(cfg)  # load model, detector before touching the network
     uri = cfg.source.uri
     try:
         daemon.source.open_now()
@@ -136,14 +134,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.source.schedule_retry(str(exc))
     try:
         sink = choose_sink(cfg)
-    except Exception as exc:
+    except SinkError as exc:
         daemon.close()
-        if type(exc).__name__ == "SinkError":
-            raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
+    except BaseException:
+        daemon.close()
         raise
-    daemon.sink = sink
-    if hasattr(sink, "on_command") and sink.on_command is None:
-        sink.on_command = daemon.handle_command
+    daemon.attach_sink(sink)
     _attach_extensions(daemon, sink, cfg)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -158,17 +155,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         sink.close()
     log.info("processed %d frames", frames)
     return 0
-
-
-class _NullSink:
-    """Placeholder until the real sink exists (the daemon publishes nothing before ``run``)."""
-
-    def publish(self, kind: str, body: dict) -> int:
-        """Refuse: nothing may be published before the real sink is attached."""
-        raise RuntimeError("sink not attached yet")
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Nothing to close."""
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -194,11 +180,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from edge.bundle import BundleError
     from edge.config import ConfigError
+    from edge.protocol.broker import BrokerError
     from edge.runtime.capture.base import SourceError
     from edge.runtime.classify.interpreter import RuntimeMissing
     from edge.runtime.detect.base import DetectorError
 
-    return (ConfigError, BundleError, RuntimeMissing, DetectorError, SourceError)
+    return (ConfigError, BundleError, RuntimeMissing, DetectorError, SourceError, BrokerError)
 
 
 def main(argv: list[str] | None = None) -> int:

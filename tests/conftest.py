@@ -44,3 +44,28 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from tests.model_fixture import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built from this checkout the way a user builds it (pip, isolated build)."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path_factory.mktemp("wheel-src")
+    # A copy of what git tracks or would track, so local build outputs (egg-info, build/) cannot leak in.
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for name in filter(None, files):
+        if (repo / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"building the wheel failed: {r.stderr[-2000:]}")
+    [wheel] = out.glob("emotion_edge-*.whl")
+    return wheel

@@ -123,7 +123,7 @@ def test_no_image_data_is_ever_published(daemon_factory, tmp_path):
 def test_no_preview_unless_enabled(daemon_factory, tmp_path):
     d = daemon_factory()
     d.run(max_frames=3)
-    assert d._preview_dir is None and not list(tmp_path.rglob("*.jpg"))
+    assert d._preview is None and not list(tmp_path.rglob("*.jpg"))
 
 
 def test_a_preview_folder_that_cannot_be_written_is_logged_once(daemon_factory, tmp_path, caplog):
@@ -131,7 +131,7 @@ def test_a_preview_folder_that_cannot_be_written_is_logged_once(daemon_factory, 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     d = daemon_factory(privacy={"debug_preview_dir": str(blocker / "preview")})
-    with caplog.at_level("WARNING", logger="edge.runtime.daemon"):
+    with caplog.at_level("WARNING", logger="edge.runtime"):
         assert d.run(max_frames=5) == 5
     failures = [r for r in caplog.records if "debug preview" in r.getMessage() and "failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]

@@ -83,7 +83,7 @@ def test_sink_reports_drops_in_status_while_the_broker_is_away(tmp_path):
         for i in range(120):
             sink.publish("faces", faces_body(i))
         deadline = time.monotonic() + 5
-        while sink.connection()["error"] is None and time.monotonic() < deadline:
+        while sink.connection_state()["error"] is None and time.monotonic() < deadline:
             time.sleep(0.02)
         sink.publish("status", status_body())
         stats = sink.stats()

@@ -98,11 +98,11 @@ def test_tls_with_a_test_ca_and_client_certificate(broker_factory, tmp_path, pki
         try:
             bad.publish("events", event_body(0))
             def reported(sink=bad, expect=expect) -> bool:
-                error = sink.connection()["error"]
+                error = sink.connection_state()["error"]
                 return bool(error) and expect in error
 
-            assert wait_until(reported), bad.connection()
-            assert bad.connection()["error"] and not bad.connected, name
+            assert wait_until(reported), bad.connection_state()
+            assert bad.connection_state()["error"] and not bad.connected, name
             assert bad.stats()["pending"] == 1
         finally:
             bad.close(timeout=0.2)
@@ -126,7 +126,7 @@ def password_broker(broker_factory, tmp_path):
 
 
 def test_anonymous_and_wrong_password_are_refused_and_reported_once(password_broker, tmp_path, caplog, monkeypatch):
-    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish.mqtt")
+    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish")
     anon = MqttSink(sink_config(tmp_path / "anon", password_broker, reconnect_min_s=0.1, reconnect_max_s=0.2))
     try:
         anon.publish("events", event_body(0))
@@ -134,7 +134,7 @@ def test_anonymous_and_wrong_password_are_refused_and_reported_once(password_bro
         # Several attempts (backoff 0.1-0.2 s), each refused.
         while caplog.text.count("refused the connection") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        conn = anon.connection()
+        conn = anon.connection_state()
         assert conn["connected"] is False and conn["refused"] is True and "authori" in conn["error"].lower()
         refusals = [r for r in caplog.records if "refused the connection" in r.getMessage()]
         assert len(refusals) >= 3, "the sink must keep retrying"
@@ -153,7 +153,7 @@ def test_anonymous_and_wrong_password_are_refused_and_reported_once(password_bro
     monkeypatch.setenv("TEST_MQTT_PW", "wrong")
     wrong = MqttSink(sink_config(tmp_path / "wrong", password_broker, username="device", password_env="TEST_MQTT_PW"))
     try:
-        assert wait_until(lambda: wrong.connection()["refused"] is True), wrong.connection()
+        assert wait_until(lambda: wrong.connection_state()["refused"] is True), wrong.connection_state()
         assert not wrong.connected
     finally:
         wrong.close(timeout=0.2)
@@ -167,7 +167,7 @@ def test_the_right_password_from_the_environment_works(password_broker, tmp_path
         assert sink.wait_connected(5)
         seq = sink.publish("events", event_body(1))
         assert col.wait_for(lambda c: c.unique_seqs() == [seq])
-        assert sink.connection() == {"connected": True, "refused": False, "error": None}
+        assert sink.connection_state() == {"connected": True, "refused": False, "error": None}
     finally:
         sink.close()
         col.stop()
@@ -202,17 +202,17 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
     publishing goes on."""
     b = _dynsec_broker(broker_factory, tmp_path / "dynsec", "s3cret")
     monkeypatch.setenv("TEST_MQTT_PW", "s3cret")
-    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish.mqtt")
+    caplog.set_level(logging.DEBUG, logger="edge.runtime.publish")
     sink = MqttSink(sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW"))
     try:
-        assert sink.wait_connected(10), sink.connection()
+        assert sink.wait_connected(10), sink.connection_state()
         assert wait_until(lambda: any("refused the subscription" in r.getMessage() for r in caplog.records))
         assert not sink.wait_subscribed(0.5), "a refused subscription must not count as acknowledged"
         lines = [r for r in caplog.records if "refused the subscription" in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.ERROR
         msg = lines[0].getMessage()
         assert "emotion/dev1/command" in msg and "ACL" in msg and "\n" not in msg
-        assert sink.connection()["connected"] is True, "publishing still works"
+        assert sink.connection_state()["connected"] is True, "publishing still works"
         sink.publish("events", event_body(1))
         assert sink.flush(10)
     finally:

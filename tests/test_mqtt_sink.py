@@ -121,7 +121,7 @@ def test_broker_absent_at_start_then_everything_arrives(broker, tmp_path):
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     try:
         seqs = _publish_mix(sink, 120)
-        assert wait_until(lambda: "unreachable" in (sink.connection()["error"] or "")), sink.connection()
+        assert wait_until(lambda: "unreachable" in (sink.connection_state()["error"] or "")), sink.connection_state()
         assert not sink.connected and sink.stats()["pending"] == 120
         broker.start()
         col.start()
@@ -237,9 +237,9 @@ def test_a_frozen_broker_never_blocks_publish_and_bounds_what_is_in_flight(broke
         publisher.join(30)
         assert not publisher.is_alive(), "publish() waited for the network"
         assert len(seqs) == 200
-        assert wait_until(lambda: len(sink._inflight) == 5)  # the window filled, and went no further
+        assert wait_until(lambda: len(sink.pump.in_flight) == 5)  # the window filled, and went no further
         time.sleep(0.3)
-        assert len(sink._inflight) == 5 and sink.stats()["pending"] >= 200
+        assert len(sink.pump.in_flight) == 5 and sink.stats()["pending"] >= 200
         broker.proc.send_signal(signal.SIGCONT)
         assert sink.flush(30), sink.stats()
         assert col.wait_for(lambda c: len(c.unique_seqs()) >= 200)
@@ -269,9 +269,9 @@ def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
 def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypatch):
     """After failures have grown the wait to reconnect_max_s, a session that stayed up past the healthy threshold
     makes the next reconnect wait reconnect_min_s again (threshold shortened, waits recorded through the seam)."""
-    import edge.runtime.publish.mqtt
+    import edge.runtime.publish.connection
 
-    monkeypatch.setattr(edge.runtime.publish.mqtt, "_HEALTHY_SESSION_S", 0.5)
+    monkeypatch.setattr(edge.runtime.publish.connection, "HEALTHY_SESSION_S", 0.5)
     broker = broker_factory()  # made, not started: the first attempts fail
     delays: list[float] = []
     cfg = sink_config(tmp_path / "state", broker)  # reconnect_min_s 0.2, reconnect_max_s 1.0
@@ -280,7 +280,7 @@ def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypa
         assert wait_until(lambda: len(delays) >= 5)
         assert delays[3:5] == pytest.approx([1.0, 1.0])
         broker.start()
-        assert wait_until(lambda: sink.connection()["connected"])
+        assert wait_until(lambda: sink.connection_state()["connected"])
         before = len(delays)
         time.sleep(0.8)  # outlive the (shortened) healthy threshold
         broker.stop()

@@ -20,9 +20,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import MODEL_FILE, read_manifest
+from edge.config import TlsConfig
+from edge.protocol.broker import BrokerSettings
 from edge.protocol.push import build_push
 from edge.runtime.models.store import ModelStore
-from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
+from edge.tools.push_mqtt import PushTarget, publish_push
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector, validator
 from tests.push_support import (
@@ -128,7 +130,7 @@ def _raw_push(device: Device, payload: bytes) -> dict:
 def _accept(device: Device, src: Path, dst: Path) -> str:
     """Push a re-export of ``src`` that the device must accept; return its model id once it runs."""
     bundle = restamped_signed_copy(src, dst, device.private_key, next(_CREATED))
-    out = publish_push(bundle, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    out = publish_push(bundle, PushTarget(device=DEVICE), BrokerSettings(device.broker.host, device.broker.port), wait_s=60)
     assert out.results[DEVICE]["ok"] and out.results[DEVICE]["code"] == "ok", out.results
     return read_manifest(bundle).model_id
 
@@ -138,7 +140,7 @@ def test_signed_push_switches_the_running_model(device, tmp_path):
     new_id = read_manifest(new).model_id
     old_id = device.current_id()
     t0 = time.time()
-    outcome = publish_push(new, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    outcome = publish_push(new, PushTarget(device=DEVICE), BrokerSettings(device.broker.host, device.broker.port), wait_s=60)
     result = outcome.results[DEVICE]
     assert result["ok"] and result["code"] == "ok" and result["model_id"] == new_id, result
     assert result["previous_model_id"] == old_id and result["key_id"]
@@ -155,7 +157,7 @@ def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
     rewrite_manifest(back, created=next(_CREATED))
     back_id = read_manifest(back).model_id
     t0 = time.time()
-    outcome = publish_push(back, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
+    outcome = publish_push(back, PushTarget(group="lab"), BrokerSettings(device.broker.host, device.broker.port),
                            sign_key=device.private_key, wait_s=60, expect=1)
     assert outcome.results[DEVICE]["ok"], outcome.results
     assert outcome.results[DEVICE]["topic"] == "emotion/group/lab/model/push"
@@ -163,7 +165,7 @@ def test_group_push_signed_at_publish_time(device, tmp_path, tiny_bundle):
     assert device.current_id() == back_id
 
     # The same bundle again (a retained or repeated push) changes nothing.
-    again = publish_push(back, PushTarget(device=DEVICE), BrokerOptions(device.broker.host, device.broker.port), wait_s=60)
+    again = publish_push(back, PushTarget(device=DEVICE), BrokerSettings(device.broker.host, device.broker.port), wait_s=60)
     assert again.results[DEVICE]["ok"] and again.results[DEVICE]["code"] == "already_running"
     assert device.current_id() == back_id
 
@@ -226,7 +228,7 @@ def test_push_cli_counts_missing_answers_and_clears_an_old_retained_push(device,
     removes the retained push an earlier --retain left on the topic (devices would get it at every reconnect)."""
     _accept(device, second_bundle(), tmp_path / "start")
     retained = restamped_signed_copy(tiny_bundle, tmp_path / "kept", device.private_key, next(_CREATED))
-    out = publish_push(retained, PushTarget(group="lab"), BrokerOptions(device.broker.host, device.broker.port),
+    out = publish_push(retained, PushTarget(group="lab"), BrokerSettings(device.broker.host, device.broker.port),
                        wait_s=60, expect=1, retain=True)
     assert out.results[DEVICE]["ok"], out.results
     topic = "emotion/group/lab/model/push"
@@ -249,7 +251,7 @@ def test_push_targets_and_options_are_checked_before_anything_is_sent(tmp_path):
         with pytest.raises(PushError, match="plain topic level"):
             target.topic()
     with pytest.raises(PushError, match="CA file"):
-        publish_push(tmp_path, PushTarget(device="pi"), BrokerOptions("127.0.0.1", 1, ca_file=tmp_path / "no.pem"))
+        publish_push(tmp_path, PushTarget(device="pi"), BrokerSettings("127.0.0.1", 1, tls=TlsConfig(enabled=True, ca_file=tmp_path / "no.pem")))
 
 
 def _retained(broker: Broker, topic: str) -> bytes:

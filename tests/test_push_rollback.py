@@ -16,12 +16,13 @@ import pytest
 
 from edge.bundle import read_manifest
 from edge.config import parse_config
+from edge.protocol.broker import BrokerSettings
 from edge.runtime.capture.base import Frame
 from edge.runtime.daemon import Daemon
 from edge.runtime.models.push import ModelPushReceiver
 from edge.runtime.models.store import ModelStore
 from edge.runtime.publish.mqtt import MqttSink
-from edge.tools.push_mqtt import BrokerOptions, PushTarget, publish_push
+from edge.tools.push_mqtt import PushTarget, publish_push
 from tests.mqtt_support import Collector, validator
 from tests.push_support import make_keys, restamped_signed_copy, second_bundle, signed_copy
 
@@ -80,7 +81,7 @@ def test_model_that_fails_to_load_after_the_swap_is_rolled_back(rig, tmp_path, t
     new = signed_copy(second_bundle(), tmp_path / "b", private)
     SwapFailsDaemon.refuse = {read_manifest(new).model_id}
     try:
-        out = publish_push(new, PushTarget(device="pi-rb"), BrokerOptions(broker.host, broker.port), wait_s=60)
+        out = publish_push(new, PushTarget(device="pi-rb"), BrokerSettings(broker.host, broker.port), wait_s=60)
     finally:
         SwapFailsDaemon.refuse = set()
     r = out.results["pi-rb"]
@@ -99,7 +100,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
     daemon, receiver, store, private, broker, collector = rig
     old_id = daemon.model_id
     new = signed_copy(second_bundle(), tmp_path / "b", private)
-    out = publish_push(new, PushTarget(device="pi-rb"), BrokerOptions(broker.host, broker.port), wait_s=60)
+    out = publish_push(new, PushTarget(device="pi-rb"), BrokerSettings(broker.host, broker.port), wait_s=60)
     assert out.results["pi-rb"]["ok"]
     new_id = read_manifest(new).model_id
     assert daemon.model_id == new_id and read_manifest(store.current()).model_id == new_id
@@ -109,7 +110,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
 
     daemon.classifier.classify = broken
     frame = Frame(image=np.full((480, 640, 3), 127, np.uint8), ts=time.time(), index=0)
-    daemon._classify(frame, [(200.0, 120.0, 200.0, 200.0)])
+    daemon.models.classify(frame.image, [(200.0, 120.0, 200.0, 200.0)])
     assert daemon.model_id == old_id
     assert read_manifest(store.current()).model_id == old_id
     event = last_event_with_code(collector, "swap_failed")
@@ -125,7 +126,7 @@ def test_reload_command_over_mqtt_loads_the_model_the_store_links_as_current(rig
     daemon, receiver, store, private, broker, collector = rig
     store.activate(store.install(second_bundle()))
     new_id = read_manifest(second_bundle()).model_id
-    reply = send_command(BrokerOptions(broker.host, broker.port), "emotion", "pi-rb",
+    reply = send_command(BrokerSettings(broker.host, broker.port), "emotion", "pi-rb",
                          {"command": "reload_model", "bundle_dir": str(store.root / "current")}, wait_s=30)
     assert reply["ok"] is True and new_id in reply["detail"], reply
     assert daemon.model_id == new_id

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
-from edge.tools.subscribe.client import BrokerSettings
+from edge.protocol.broker import BrokerSettings
 from edge.tools.subscribe.plot import plot_recording
 from edge.tools.subscribe.record import Recorder
 from edge.tools.subscribe.watch import WatchState

@@ -15,8 +15,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge.protocol.broker import BrokerSettings
 from edge.runtime.publish.mqtt import MqttSink
-from edge.tools.subscribe.client import BrokerSettings
 from edge.tools.subscribe.record import Recorder
 from edge.tools.subscribe.store import Recording, StoreError
 from tests.mqtt_support import event_body, faces_body, sink_config, status_body, summary_body

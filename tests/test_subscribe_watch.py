@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+from edge.protocol.broker import BrokerSettings
 from edge.protocol.envelope import encode, make_envelope
 from edge.protocol.topics import parse_topic
 from edge.runtime.publish.mqtt import MqttSink
-from edge.tools.subscribe.client import BrokerSettings, subscription_filters
+from edge.tools.subscribe.client import subscription_filters
 from edge.tools.subscribe.watch import Watcher, WatchState, bar, sparkline
 from tests.mqtt_support import faces_body, sink_config, status_body, summary_body
 

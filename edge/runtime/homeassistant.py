@@ -14,7 +14,7 @@ unavailable through ``<prefix>/<device>/availability`` (the daemon's Last Will s
 - ``prob_<label>``: mean probability of each emotion over all face observations of the window, in %
   (0 when nobody was seen).
 
-Removing a device: :func:`remove_device_from_broker` (``python -m edge ha-remove``) publishes empty retained
+Removing a device: :func:`edge.tools.ha_remove.remove_device_from_broker` (``python -m edge ha-remove``) publishes empty retained
 payloads on its config topics, which makes Home Assistant delete the entities.
 """
 
@@ -24,39 +24,19 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edge.config import Config
+from edge.runtime.publish.base import Sink
+from edge.version import package_version
 
 log = logging.getLogger(__name__)
 
 ORIGIN_NAME = "emotion-edge"
 _FALLBACK_SUPPORT_URL = "https://pypi.org/project/emotion-edge/"
-
-
-class RawSink(Protocol):
-    """The parts of ``edge.runtime.publish.mqtt.MqttSink`` discovery needs."""
-
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> Any:
-        """Publish without envelope or outbox."""
-
-    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> Any:
-        """Subscribe now and after every reconnect; the callback runs on the network thread."""
-
-    def add_connect_hook(self, fn: Callable[[], None]) -> Any:
-        """Call ``fn()`` after every successful (re)connect."""
-
-
-def package_version() -> str:
-    """Installed version of the ``emotion-edge`` distribution."""
-    try:
-        return metadata.version("emotion-edge")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def support_url(config: Config) -> str:
@@ -194,7 +174,7 @@ class HomeAssistantDiscovery:
         check_interval_s: How often to look for a model change (a hot swap may change the labels).
     """
 
-    def __init__(self, config: Config, sink: RawSink, model_info: Callable[[], tuple[str, list[str]]],
+    def __init__(self, config: Config, sink: Sink, model_info: Callable[[], tuple[str, list[str]]],
                  check_interval_s: float = 5.0) -> None:
         self.config = config
         self.sink = sink
@@ -294,51 +274,9 @@ def attach(daemon: Any, sink: Any, config: Config) -> HomeAssistantDiscovery | N
     if not config.homeassistant.enabled:
         log.info("Home Assistant discovery is off (homeassistant.enabled = false)")
         return None
-    if not all(hasattr(sink, name) for name in ("publish_raw", "subscribe", "add_connect_hook")):
+    if not sink.has_broker:
         log.info("Home Assistant discovery needs the MQTT sink; not publishing it")
         return None
     ext = HomeAssistantDiscovery(config, sink, lambda: model_info_from_daemon(daemon))
     daemon.add_extension(ext)
     return ext
-
-
-def remove_device_from_broker(settings: Any, device_id: str, discovery_prefix: str = "homeassistant",
-                              purge: bool = False, settle_s: float = 0.5, max_wait_s: float = 5.0) -> list[str]:
-    """Clear every retained discovery config of ``device_id`` on the broker (Home Assistant then deletes the
-    entities); with ``purge`` also its retained status and availability. Return the cleared topics.
-
-    The configs are found by reading the retained ``<discovery_prefix>/+/+/config`` messages and keeping those
-    whose device identifiers name this device, so labels of any model version are covered.
-
-    Args:
-        settings: ``edge.tools.subscribe.client.BrokerSettings``.
-    """
-    from edge.tools.subscribe.client import Subscriber, decode_json
-
-    ident = device_identifier(device_id)
-    found: dict[str, None] = {}
-    last = [time.monotonic()]
-
-    def on_message(client, msg) -> None:
-        last[0] = time.monotonic()
-        body = decode_json(msg.payload)
-        if msg.retain and body and ident in ((body.get("device") or {}).get("identifiers") or []):
-            found[msg.topic] = None
-
-    sub = Subscriber(settings, [f"{discovery_prefix}/+/+/config"], on_message)
-    sub.start()
-    last[0] = time.monotonic()
-    try:
-        deadline = time.monotonic() + max_wait_s
-        while time.monotonic() < deadline and time.monotonic() - last[0] < settle_s:
-            time.sleep(0.05)  # retained messages follow the SUBACK; wait until they stop coming
-        topics = list(found)
-        if purge:
-            topics += [f"{settings.topic_prefix}/{device_id}/status", f"{settings.topic_prefix}/{device_id}/availability"]
-        infos = [sub.client.publish(t, b"", qos=1, retain=True) for t in topics]
-        for info in infos:
-            info.wait_for_publish(timeout=max_wait_s)
-    finally:
-        sub.stop()
-    log.info("cleared %d retained topics of %s", len(topics), device_id)
-    return topics

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -57,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to an existing subparsers object (used by :mod:`edge.cli`)."""
+    from edge.protocol.broker import add_broker_flags
+
     p = sub.add_parser("keygen", help="Generate an Ed25519 signing keypair.")
     p.add_argument("key", help="Private key file to write (keep it on the workstation); the public key goes to KEY.pub.")
     p.add_argument("--public", help="Public key file (default KEY.pub).")
@@ -91,11 +92,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--device", help="Target device id.")
     target.add_argument("--group", help="Target group (devices list it in model_push.groups).")
     p.add_argument("--key", help="Sign with this private key first (else the bundle must hold manifest.sig).")
-    p.add_argument("--mqtt-host", default="localhost", help="Broker host.")
-    p.add_argument("--mqtt-port", type=int, default=1883, help="Broker port.")
-    p.add_argument("--prefix", default="emotion", help="Topic prefix (mqtt.topic_prefix of the devices).")
-    p.add_argument("--username", help="Broker user; password from $EMOTION_PUSH_MQTT_PASSWORD.")
-    p.add_argument("--ca-file", help="CA certificate for TLS.")
+    add_broker_flags(p)
     p.add_argument("--wait", type=float, default=60.0, help="Seconds to wait for device results (0: do not wait).")
     p.add_argument("--expect", type=int, help="Results to wait for (default 1 for a device; a group waits --wait).")
     p.add_argument("--retain", action="store_true",
@@ -204,12 +201,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_push_mqtt(args: argparse.Namespace) -> int:
-    from edge.tools.push_mqtt import BrokerOptions, PushTarget, format_results, publish_push
+    from edge.protocol.broker import settings_from_args
+    from edge.tools.push_mqtt import PushTarget, format_results, publish_push
 
-    broker = BrokerOptions(host=args.mqtt_host, port=args.mqtt_port, username=args.username,
-                           password=os.environ.get("EMOTION_PUSH_MQTT_PASSWORD"),
-                           ca_file=Path(args.ca_file) if args.ca_file else None)
-    outcome = publish_push(args.bundle, PushTarget(args.prefix, args.device, args.group), broker,
+    broker = settings_from_args(args)
+    outcome = publish_push(args.bundle, PushTarget(broker.topic_prefix, args.device, args.group), broker,
                            sign_key=args.key, wait_s=args.wait, expect=args.expect, retain=args.retain,
                            settle_s=args.settle)
     print(format_results(outcome))

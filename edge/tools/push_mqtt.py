@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import ssl
 import threading
 import time
 import uuid
@@ -20,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.protocol.broker import BrokerError, BrokerSettings, tls_context
 from edge.protocol.push import build_push
 from edge.protocol.signing import sign_bundle
+from edge.tools.subscribe.client import BrokerUnreachable, SubscribeError, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,6 @@ class PushTarget:
 
 
 @dataclass
-class BrokerOptions:
-    """How to reach the broker."""
-
-    host: str = "localhost"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    ca_file: Path | None = None
-    tls: bool = False
-
-
-@dataclass
 class PushOutcome:
     """What came back: one result object per device that answered."""
 
@@ -74,49 +63,25 @@ class PushOutcome:
 
 @contextlib.contextmanager
 def _subscribed_client(
-    broker: BrokerOptions, client_id: str, topic: str, on_message: Callable[[Any, Any, Any], None], hint: str = ""
+    broker: BrokerSettings, client_id: str, topic: str, on_message: Callable[[Any, Any], None], hint: str = ""
 ) -> Iterator[Any]:
-    """A connected paho client, subscribed (QoS 1) to ``topic`` with ``on_message``; disconnected on exit.
+    """A connected paho client, subscribed (QoS 1) to ``topic`` with ``on_message(client, msg)``; disconnected
+    on exit.
 
     Raises :class:`PushError` when the broker cannot be reached, refuses the connection or does not confirm
     the subscription.
     """
-    import paho.mqtt.client as mqtt
-
-    connected = threading.Event()
-    subscribed = threading.Event()
-    refused: list[str] = []
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls or broker.ca_file:
-        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
-
-    def on_connect(c, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
-        else:
-            c.subscribe(topic, qos=1)
-        connected.set()
-
-    def on_subscribe(c, userdata, mid, reason_codes, properties):
-        subscribed.set()
-
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    sub = Subscriber(broker, [topic], on_message, client_id=client_id)
     try:
-        client.connect(broker.host, broker.port, keepalive=30)
-    except OSError as exc:
-        raise PushError(f"cannot reach the broker at {broker.host}:{broker.port} ({exc}){hint}") from None
-    client.loop_start()
+        sub.start()
+    except BrokerUnreachable as exc:
+        raise PushError(f"cannot reach the broker at {broker.describe()} ({exc.reason}){hint}") from None
+    except SubscribeError as exc:
+        raise PushError(str(exc)) from None
     try:
-        if not connected.wait(15) or refused:
-            raise PushError(f"broker {broker.host}:{broker.port} refused the connection ({', '.join(refused) or 'timeout'})")
-        if not subscribed.wait(10):
-            raise PushError(f"broker did not confirm the subscription to {topic}")
-        yield client
+        yield sub.client
     finally:
-        client.loop_stop()
-        client.disconnect()
+        sub.stop()
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | None:
@@ -131,7 +96,7 @@ def _json_object(payload: bytes) -> dict[str, Any] | None:
 def publish_push(
     bundle_dir: Path | str,
     target: PushTarget,
-    broker: BrokerOptions,
+    broker: BrokerSettings,
     sign_key: Path | str | None = None,
     wait_s: float = 60.0,
     expect: int | None = None,
@@ -154,8 +119,11 @@ def publish_push(
         settle_s: After the expected results arrived, listen this much longer: a model that fails on its first
             frames is rolled back and reported (``swap_failed``, same push_id), replacing the device's ``ok``.
     """
-    if broker.ca_file is not None and not Path(broker.ca_file).is_file():
-        raise PushError(f"CA file {broker.ca_file} not found; check --ca-file")
+    if broker.tls.enabled:
+        try:
+            tls_context(broker.tls)  # a bad CA file fails before anything is signed or sent
+        except BrokerError as exc:
+            raise PushError(str(exc)) from None
     if sign_key is not None:
         sign_bundle(bundle_dir, sign_key)
     push_id = uuid.uuid4().hex
@@ -166,7 +134,7 @@ def publish_push(
     outcome = PushOutcome(push_id, topic, len(payload))
     done = threading.Event()
 
-    def on_message(c, userdata, msg):
+    def on_message(c, msg):
         body = _json_object(msg.payload)
         if body is None or body.get("event") != "model_push" or body.get("push_id") != push_id:
             return
@@ -207,7 +175,7 @@ def format_results(outcome: PushOutcome) -> str:
 
 
 def send_command(
-    broker: BrokerOptions, prefix: str, device_id: str, command: dict[str, Any], wait_s: float = 60.0
+    broker: BrokerSettings, prefix: str, device_id: str, command: dict[str, Any], wait_s: float = 60.0
 ) -> dict[str, Any]:
     """Publish a command to ``<prefix>/<device>/command`` and return the device's ``command`` event.
 
@@ -220,7 +188,7 @@ def send_command(
     got = threading.Event()
     sent_at = time.time()
 
-    def on_message(c, userdata, msg):
+    def on_message(c, msg):
         body = _json_object(msg.payload)
         if body is None or body.get("event") != "command" or body.get("command") != name:
             return

@@ -82,7 +82,7 @@ class HostSettings(BaseModel):
     mqtt_port: int = Field(1883, description="Broker port for reload = 'mqtt'.", ge=1, le=65535)
     mqtt_prefix: str = Field("emotion", description="Topic prefix for reload = 'mqtt'.")
     mqtt_username: str | None = Field(
-        None, description="Broker user for reload = 'mqtt'; the password comes from $EMOTION_PUSH_MQTT_PASSWORD."
+        None, description="Broker user for reload = 'mqtt'; the password comes from $EMOTION_EDGE_MQTT_PASSWORD."
     )
     mqtt_tls: bool = Field(False, description="Use TLS to the broker for reload = 'mqtt' (system CA certificates).")
     mqtt_ca_file: Path | None = Field(None, description="CA certificate of the broker for reload = 'mqtt' (implies TLS).")
@@ -249,13 +249,16 @@ def _reload(host: Host) -> None:
         cmd = s.restart_command or _privileged(s, f"systemctl restart {shlex.quote(s.service)}")
         _run(host, "restart", cmd, timeout=180)
     else:
-        from edge.tools.push_mqtt import BrokerOptions, PushError, send_command
+        from edge.config import TlsConfig
+        from edge.protocol.broker import BrokerSettings, legacy_password
+        from edge.tools.push_mqtt import PushError, send_command
 
         # Name the store's link: the daemon would otherwise reload the folder it already runs.
         cmd = {"command": "reload_model", "bundle_dir": f"{s.state_dir.rstrip('/')}/models/current"}
-        broker = BrokerOptions(host=s.mqtt_host, port=s.mqtt_port, username=s.mqtt_username,
-                               password=os.environ.get("EMOTION_PUSH_MQTT_PASSWORD"), tls=s.mqtt_tls,
-                               ca_file=s.mqtt_ca_file.expanduser() if s.mqtt_ca_file else None)
+        ca = s.mqtt_ca_file.expanduser() if s.mqtt_ca_file else None
+        password = os.environ.get("EMOTION_EDGE_MQTT_PASSWORD") or legacy_password("EMOTION_EDGE_MQTT_PASSWORD")
+        broker = BrokerSettings(host=s.mqtt_host, port=s.mqtt_port, username=s.mqtt_username, password=password,
+                                tls=TlsConfig(enabled=bool(s.mqtt_tls or ca), ca_file=ca))
         try:
             reply = send_command(broker, s.mqtt_prefix, s.device_id or host.name, cmd)
         except PushError as exc:  # no broker or no answer: the new model is unproven, so it must roll back

@@ -31,6 +31,7 @@ from edge.protocol.signing import SignatureError, load_public_key
 from edge.protocol.topics import push_topics
 from edge.runtime.models.check import check_bundle
 from edge.runtime.models.store import ModelStore, parse_created
+from edge.runtime.publish.base import Sink
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 2
 #: Bundles kept in the store (current and previous are never deleted).
 KEEP_MODELS = 3
-
-
-class _Sink(Protocol):
-    def publish(self, kind: str, body: dict) -> int: ...
-    def subscribe(self, topic: str, callback: Any) -> None: ...
 
 
 class _Daemon(Protocol):
@@ -61,7 +57,7 @@ class ModelPushReceiver:
         store: The model store; default ``<state_dir>/models``.
     """
 
-    def __init__(self, config: Any, sink: _Sink, daemon: _Daemon, store: ModelStore | None = None):
+    def __init__(self, config: Any, sink: Sink, daemon: _Daemon, store: ModelStore | None = None):
         self.config = config
         self.sink = sink
         self.daemon = daemon

@@ -1,10 +1,15 @@
-"""What the frame loop publishes through: the one :class:`Sink` protocol and its error."""
+"""What the frame loop and its extensions publish through: the one :class:`Sink` protocol and its error."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
+#: The device's SQLite file in its state folder: the outbox and the persisted seq counter.
 OUTBOX_FILE = "outbox.db"
+
+MessageCallback = Callable[[str, bytes], None]
+CommandHandler = Callable[[dict[str, Any]], None]
 
 
 class SinkError(Exception):
@@ -12,10 +17,39 @@ class SinkError(Exception):
 
 
 class Sink(Protocol):
-    """What the frame loop publishes through."""
+    """Where payloads go. Both sinks (MQTT, stdout) implement all of it; without a broker
+    (:attr:`has_broker` false) the broker-only calls do nothing."""
+
+    #: Whether a broker is behind this sink (Home Assistant discovery and model pushes need one).
+    has_broker: bool
+
+    @property
+    def connected(self) -> bool:
+        """Whether a broker session is up right now."""
+        ...
 
     def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Wrap ``body`` in the envelope, queue it, return its seq; never blocks on the network."""
+        ...
+
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
+        """Publish without envelope or outbox (discovery configs)."""
+        ...
+
+    def subscribe(self, topic: str, callback: MessageCallback) -> None:
+        """Subscribe now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
+        ...
+
+    def add_connect_hook(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every successful (re)connect."""
+        ...
+
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """Run ``handler(command dict)`` for each command that arrives (on a worker thread)."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """``{"pending": ..., "dropped": ...}`` of the outbox."""
         ...
 
     def close(self, timeout: float = 5.0) -> None:
@@ -23,8 +57,8 @@ class Sink(Protocol):
         ...
 
 
-def _offline_copy(status: dict[str, Any]) -> dict[str, Any]:
-    # outbox and mqtt are dropped so that the sink fills them in fresh.
+def offline_copy(status: dict[str, Any]) -> dict[str, Any]:
+    """The last status body with state ``offline``, sent on close (the sink fills in outbox and mqtt afresh)."""
     body = {k: v for k, v in status.items() if k not in ("mqtt", "outbox")}
     body["state"] = "offline"
     return body

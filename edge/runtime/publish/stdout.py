@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from edge.config import Config
 from edge.protocol.envelope import encode, make_envelope
-from edge.runtime.publish.base import OUTBOX_FILE, SinkError, _offline_copy
+from edge.runtime.publish.base import OUTBOX_FILE, CommandHandler, SinkError, offline_copy
 from edge.runtime.publish.seq import SeqCounter
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ class StdoutSink:
         seq_counter: Persisted counter (share the outbox database to keep one sequence); in-memory if None.
         stream: Where lines go; default ``sys.stdout``.
     """
+
+    has_broker = False
 
     def __init__(self, device_id: str, seq_counter: SeqCounter | None = None, stream: TextIO | None = None):
         self.device_id = device_id
@@ -81,6 +83,9 @@ class StdoutSink:
     def add_connect_hook(self, fn: Callable[[], None]) -> None:
         """Ignored: a stdout sink never connects."""
 
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """Ignored: no command can arrive on stdout."""
+
     def stats(self) -> dict[str, int]:
         """Outbox statistics: always empty for stdout."""
         return {"pending": 0, "dropped": 0}
@@ -90,7 +95,7 @@ class StdoutSink:
         if self._closed:
             return
         if self._last_status is not None:
-            self.publish("status", _offline_copy(self._last_status))
+            self.publish("status", offline_copy(self._last_status))
         with self._lock:
             self._closed = True
             self._seq.close()

@@ -12,18 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from edge.config import ConfigError
+from edge.protocol.broker import BrokerError, add_broker_flags, settings_from_args
 from edge.tools.subscribe import client as sub_client
 
 log = logging.getLogger(__name__)
-
-
-def _broker_flags() -> Callable[[argparse.ArgumentParser], None]:
-    """The daemon's broker flags when ``edge.cli`` provides them, so both commands take the same flags."""
-    try:
-        from edge.cli import add_broker_flags  # noqa: PLC0415 - edge.cli imports this module
-    except ImportError:
-        return sub_client.add_broker_flags
-    return add_broker_flags
 
 
 def _time_arg(text: str) -> float:
@@ -40,13 +33,10 @@ def _time_arg(text: str) -> float:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``watch``, ``record``, ``plot`` and ``ha-remove`` sub-commands."""
-    add_broker = _broker_flags()
-
     p = subparsers.add_parser("watch", help="Live terminal view of one or many devices.",
                               description="Live view of the emotion feeds: per device online/offline, faces, "
                               "tracks with their emotion and confidence, per-emotion bars, fps.")
-    add_broker(p)
-    sub_client.add_subscriber_flags(p)
+    add_broker_flags(p)
     p.add_argument("--device", action="append", help="Device id to show (repeatable); default: all ('+').")
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
     p.add_argument("--once", action="store_true", help="Collect for --duration seconds (default 3) and print one snapshot.")
@@ -58,8 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "into a SQLite file, with a persistent MQTT session so nothing sent while the recorder "
                               "is briefly down is lost. Re-run with the same --db to resume. With --export, write "
                               "a table of an existing recording to CSV or Parquet and exit.")
-    add_broker(p)
-    sub_client.add_subscriber_flags(p)
+    add_broker_flags(p)
     p.add_argument("--db", type=Path, default=Path("emotion-recording.sqlite"), help="Recording file (default %(default)s).")
     p.add_argument("--device", action="append", help="Device id to record (repeatable); default: all ('+').")
     p.add_argument("--client-id", help="MQTT client id of the persistent session (default: stored in the recording).")
@@ -88,10 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ha-remove", help="Remove a device's Home Assistant entities (clear retained configs).",
                               description="Publish empty retained messages on every Home Assistant discovery "
                               "config of the device, so Home Assistant deletes its entities.")
-    add_broker(p)
-    sub_client.add_subscriber_flags(p)
-    if "--device-id" not in p._option_string_actions:  # the daemon's flags may already define it
-        p.add_argument("--device-id", help="Device id (default: the config's device.id).")
+    add_broker_flags(p)
+    p.add_argument("--device-id", help="Device id (default: the config's device.id).")
     p.add_argument("--purge", action="store_true", help="Also clear the device's retained status and availability.")
     p.set_defaults(func=_guarded(cmd_ha_remove))
 
@@ -104,7 +91,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Run ``watch``."""
     from edge.tools.subscribe.watch import Watcher
 
-    settings = sub_client.settings_from_args(args)
+    settings = settings_from_args(args)
     duration = args.duration if args.duration is not None else (3.0 if args.once else None)
     with contextlib.suppress(KeyboardInterrupt):
         Watcher(settings, _devices(args)).run(duration=duration, once=args.once, refresh_s=args.refresh)
@@ -124,7 +111,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             rec.close()
         print(f"wrote {n} {args.table} rows to {args.export}")
         return 0
-    settings = sub_client.settings_from_args(args)
+    settings = settings_from_args(args)
     recorder = Recorder(settings, args.db, _devices(args), args.client_id, args.session_expiry)
     try:
         recorder.start()
@@ -151,15 +138,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_ha_remove(args: argparse.Namespace) -> int:
     """Run ``ha-remove``."""
-    from edge.config import ConfigError, load_config
-    from edge.runtime.homeassistant import remove_device_from_broker
+    from edge.config import load_config
+    from edge.tools.ha_remove import remove_device_from_broker
 
-    try:
-        cfg = load_config(getattr(args, "config", None))
-    except ConfigError as exc:
-        raise sub_client.SubscribeError(str(exc)) from None
+    cfg = load_config(getattr(args, "config", None))
     device = getattr(args, "device_id", None) or cfg.device.id
-    settings = sub_client.settings_from_args(args)
+    settings = settings_from_args(args)
     cleared = remove_device_from_broker(settings, device, cfg.homeassistant.discovery_prefix, purge=args.purge)
     for topic in cleared:
         print(f"cleared {topic}")
@@ -177,7 +161,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
         try:
             return int(fn(args) or 0)
-        except (sub_client.SubscribeError, StoreError, PlotError) as exc:
+        except (sub_client.SubscribeError, BrokerError, ConfigError, StoreError, PlotError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:  # an export or plot path that cannot be written

@@ -1,27 +1,23 @@
-"""MQTT plumbing shared by the subscriber tools: broker settings, client creation, topic parsing.
+"""The subscriber side of the MQTT contract: topic filters, payload checks, and a reconnecting subscriber.
 
-Broker settings come from the same places as the daemon's (``--config`` file, then command-line flags), so a
-user who can run the daemon against a broker can watch and record it with the same flags.
+Broker settings, flags and the paho client come from :mod:`edge.protocol.broker`, as for the daemon.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import ConfigError, TlsConfig, load_config, resolve_secret
+from edge.protocol.broker import BrokerError, BrokerSettings, make_client
 from edge.protocol.envelope import KINDS
 from edge.protocol.topics import AVAILABILITY
 from edge.tools.subscribe.store import is_number
@@ -34,67 +30,16 @@ class SubscribeError(Exception):
     """An expected failure of a subscriber tool (broker unreachable, bad file...); one line, no traceback."""
 
 
-@dataclass
-class BrokerSettings:
-    """Where and how to connect; built by :func:`settings_from_args`."""
+class BrokerUnreachable(SubscribeError):
+    """Nothing accepts connections at the broker's address.
 
-    host: str = "localhost"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: TlsConfig = field(default_factory=TlsConfig)
-    topic_prefix: str = "emotion"
-    keepalive_s: int = 30
-
-    def describe(self) -> str:
-        """``host:port`` for messages."""
-        return f"{self.host}:{self.port}"
-
-
-def add_broker_flags(parser: argparse.ArgumentParser) -> None:
-    """Broker flags for a subscriber command (used when ``edge.cli`` does not provide its own)."""
-    g = parser.add_argument_group("broker")
-    g.add_argument("--config", type=Path, help="Daemon config file (TOML) to take the [mqtt] settings from.")
-    g.add_argument("--mqtt-host", help="Broker host (default: config, else localhost).")
-    g.add_argument("--mqtt-port", type=int, help="Broker port (default: config, else 1883).")
-
-
-def add_subscriber_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags that only the subscriber tools have (user name, TLS CA, topic prefix)."""
-    g = parser.add_argument_group("subscriber")
-    g.add_argument("--mqtt-username", help="Broker user name; the password is read from the variable named by "
-                   "the config's mqtt.password_env (default EMOTION_EDGE_MQTT_PASSWORD).")
-    g.add_argument("--mqtt-ca", type=Path, help="CA certificate (PEM); turns TLS on.")
-    g.add_argument("--topic-prefix", help="First topic level (default: config, else 'emotion').")
-
-
-def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
-    """Merge the config file (if ``--config``) with the command-line flags; flags win.
-
-    Raises:
-        SubscribeError: the config file is invalid (the message names the key).
+    Attributes:
+        reason: The socket error, e.g. "Connection refused".
     """
-    try:
-        cfg = load_config(getattr(args, "config", None))
-    except ConfigError as exc:
-        raise SubscribeError(str(exc)) from None
-    m = cfg.mqtt
-    tls = m.tls.model_copy()
-    ca = getattr(args, "mqtt_ca", None)
-    if ca is not None:
-        tls = TlsConfig(enabled=True, ca_file=ca, cert_file=tls.cert_file, key_file=tls.key_file, insecure=tls.insecure)
-    username = getattr(args, "mqtt_username", None) or m.username
-    password = resolve_secret(m.password_env, m.password_credential) if username else None
-    port = getattr(args, "mqtt_port", None) or m.port
-    return BrokerSettings(
-        host=getattr(args, "mqtt_host", None) or m.host or "localhost",
-        port=int(port),
-        username=username,
-        password=password,
-        tls=tls,
-        topic_prefix=getattr(args, "topic_prefix", None) or m.topic_prefix,
-        keepalive_s=m.keepalive_s,
-    )
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def subscription_filters(prefix: str, devices: Sequence[str] = ("+",), kinds: Sequence[str] = KINDS) -> list[str]:
@@ -176,34 +121,15 @@ class Subscriber:
         self._running = False
         #: Set when the broker refuses a reconnect for good (credentials revoked): the owner should end.
         self.failed = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or "",
-            protocol=mqtt.MQTTv5,
-            manual_ack=manual_ack,
-        )
+        try:
+            self.client = make_client(settings, client_id or "", manual_ack=manual_ack)
+        except BrokerError as exc:
+            raise SubscribeError(str(exc)) from None
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.password)
-        if settings.tls.enabled:
-            self._configure_tls(settings.tls)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_message = self._dispatch
-
-    def _configure_tls(self, tls: TlsConfig) -> None:
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(tls, name)
-            if path is not None and not Path(path).is_file():
-                raise SubscribeError(f"TLS {name} {path} does not exist; fix mqtt.tls.{name} or --mqtt-ca")
-        self.client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        self.client.tls_insecure_set(tls.insecure)
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -266,9 +192,10 @@ class Subscriber:
         except ssl.SSLError as exc:
             raise SubscribeError(f"TLS handshake with {self.settings.describe()} failed: {exc}") from None
         except OSError as exc:
-            raise SubscribeError(
-                f"cannot reach the MQTT broker at {self.settings.describe()} ({exc.strerror or exc}); "
-                "is it running? set --mqtt-host/--mqtt-port or [mqtt] in --config"
+            reason = str(exc.strerror or exc)
+            raise BrokerUnreachable(
+                f"cannot reach the MQTT broker at {self.settings.describe()} ({reason}); "
+                "is it running? set --mqtt-host/--mqtt-port or [mqtt] in --config", reason
             ) from None
         self.client.loop_start()
         if not self._connected.wait(timeout):

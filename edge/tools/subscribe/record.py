@@ -20,9 +20,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edge.protocol.broker import BrokerSettings
 from edge.protocol.topics import parse_topic
 from edge.tools.subscribe.client import (
-    BrokerSettings,
     SubscribeError,
     Subscriber,
     decode_json,

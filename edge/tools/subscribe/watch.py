@@ -19,9 +19,9 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
+from edge.protocol.broker import BrokerSettings
 from edge.protocol.topics import parse_topic
 from edge.tools.subscribe.client import (
-    BrokerSettings,
     Subscriber,
     decode_json,
     envelope_ok,

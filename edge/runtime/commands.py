@@ -1,0 +1,66 @@
+"""What the device does with a command from its command topic, and the ``command`` event that answers it.
+
+Commands: ``publish_status`` (a fresh retained status now) and ``reload_model`` (load the model store's
+``current`` bundle, or reload the running one). The command topic carries no signature, so a command can never
+point the daemon at other files (see :meth:`edge.runtime.models.active.ActiveModel.reload_target`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.protocol.envelope import command_event
+from edge.runtime.models.active import ActiveModel
+
+log = logging.getLogger(__name__)
+
+#: The commands a device accepts.
+COMMANDS = ("publish_status", "reload_model")
+
+
+class DeviceCommands:
+    """Runs commands and publishes their answers.
+
+    Args:
+        models: The active model (reload rule).
+        swap_model: Swaps a bundle in (the daemon's, so its status and extensions follow).
+        publish_status: Asks for a status message at the next loop iteration.
+        publish_event: Publishes an ``events`` body.
+    """
+
+    def __init__(self, models: ActiveModel, swap_model: Callable[[Path], None], publish_status: Callable[[], None],
+                 publish_event: Callable[[dict[str, Any]], None]) -> None:
+        self._models = models
+        self._swap_model = swap_model
+        self._publish_status = publish_status
+        self._publish_event = publish_event
+
+    def handle(self, cmd: dict[str, Any]) -> None:
+        """Execute a command dict and publish the result as an ``events`` message with event ``command``.
+        Runs on the caller's thread; never raises."""
+        name = cmd.get("command")
+        ok, detail = True, None
+        try:
+            if name == "publish_status":
+                self._publish_status()
+                detail = "status will be published"
+            elif name == "reload_model":
+                target = self._models.reload_target(cmd.get("bundle_dir"))
+                if target is None:
+                    ok = False
+                    detail = (f"bundle_dir must be the model store's current link {self._models.current_link()} "
+                              "or the running bundle (an unsigned command may not pick an older model); make a "
+                              "model current with a push or 'python -m edge.modelctl rollback' first")
+                else:
+                    self._swap_model(target)
+                    detail = f"running {self._models.classifier.model_id}"
+            else:
+                ok, detail = False, f"unknown command {name!r}; use {' or '.join(repr(c) for c in COMMANDS)}"
+        except Exception as exc:  # BundleError, RuntimeMissing, OSError: reported, never raised to the sink
+            ok, detail = False, f"{name} failed: {exc}"
+        if not ok:
+            log.warning("command %s: %s", name, detail)
+        self._publish_event(command_event(name, ok, detail, cmd))

@@ -1,0 +1,57 @@
+"""The outbox pump: keep up to ``max_inflight`` outbox messages in flight, in seq order, and remove each one from
+the outbox only once its PUBACK arrived.
+
+It runs on the connection's network thread (:class:`edge.runtime.publish.connection.MqttConnection` calls it as
+its session worker), so it needs no lock of its own: the outbox is thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from edge.runtime.publish.outbox import Outbox
+
+
+class OutboxPump:
+    """Sends the outbox over the current session.
+
+    Args:
+        outbox: The disk outbox.
+        max_inflight: Messages sent and awaiting their PUBACK at once (keeps order and memory bounded).
+    """
+
+    def __init__(self, outbox: Outbox, max_inflight: int) -> None:
+        self.outbox = outbox
+        self.max_inflight = max_inflight
+        #: seq -> paho's handle of each message sent in this session and not yet acknowledged.
+        self.in_flight: OrderedDict[int, mqtt.MQTTMessageInfo] = OrderedDict()
+        self._cursor = 0
+
+    def tick(self, client: mqtt.Client) -> None:
+        """Acknowledge what the broker confirmed, then fill the in-flight window from the outbox."""
+        self.settle()
+        room = self.max_inflight - len(self.in_flight)
+        if room <= 0:
+            return
+        for msg in self.outbox.peek(self._cursor, room):
+            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break  # the connection is going down; the next session resends from the outbox
+            self.in_flight[msg.seq] = info
+            self._cursor = msg.seq
+
+    def settle(self) -> None:
+        """Remove the acknowledged messages from the outbox."""
+        done = [seq for seq, info in self.in_flight.items() if info.is_published()]
+        if done:
+            self.outbox.ack(done)
+            for seq in done:
+                del self.in_flight[seq]
+
+    def reset(self) -> None:
+        """The session ended: what was in flight is resent, in order, by the next one."""
+        self.in_flight.clear()
+        self._cursor = 0

@@ -1,0 +1,13 @@
+"""The installed emotion-edge version, for status payloads and Home Assistant's device block."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+
+def package_version() -> str:
+    """The installed ``emotion-edge`` version (``0+unknown`` when running from a bare checkout)."""
+    try:
+        return metadata.version("emotion-edge")
+    except Exception:  # PackageNotFoundError, or broken metadata
+        return "0+unknown"
