@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install (or update) the emotion-edge daemon as a hardened systemd service on Raspberry Pi OS.
 #
-# Targets Raspberry Pi OS Bookworm (Debian 12, Python 3.11) and Trixie (Debian 13, Python 3.13). Idempotent:
-# re-running it updates the package and the unit, and never overwrites an existing config or secret.
+# Targets the 64-bit Raspberry Pi OS (aarch64) Bookworm (Debian 12, Python 3.11) and Trixie (Debian 13, Python
+# 3.13); 32-bit (armv7l) is refused: numpy, OpenCV and LiteRT publish no 32-bit ARM wheels. Idempotent: re-running
+# it updates the package and the unit, and never overwrites an existing config or secret.
 #
+#   git clone --depth 1 <repository> emotion-edge && cd emotion-edge    # no history needed on a Pi
 #   sudo deploy/install.sh                      # install from this checkout
 #   sudo deploy/install.sh --source dist/emotion_edge-0.1.0-py3-none-any.whl
 #   deploy/install.sh --dry-run                 # print what would be done (no root needed)
@@ -12,8 +14,8 @@
 #   1. apt: python3-venv, python3-pip, python3-picamera2 (camera stack; only from apt), mosquitto-clients
 #   2. a static system user 'emotion-edge' in group 'video'
 #   3. a venv at /opt/emotion-edge with --system-site-packages (so apt's picamera2/libcamera are importable),
-#      then pip install '<source>[edge,mediapipe-deps]' and mediapipe --no-deps (its 1.x wheels would pull the
-#      GUI opencv-contrib-python, which clashes with headless OpenCV)
+#      then pip install '<source>[edge]' (with --with-mediapipe also the optional MediaPipe detector backend:
+#      [mediapipe-deps] and mediapipe --no-deps, whose 1.x wheels would pull the GUI opencv-contrib-python)
 #   4. /etc/emotion-edge/config.toml (only if missing), mqtt_password (empty, 0600, only if missing), keys/
 #   5. the unit /etc/systemd/system/emotion-edge.service; daemon-reload, enable, (re)start
 #   6. prints how to check status and logs
@@ -24,6 +26,8 @@
 #   --prefix DIR       venv location (default /opt/emotion-edge)
 #   --mqtt-host HOST   broker written into a NEW config (default: none, i.e. localhost if one answers)
 #   --device-id ID     device id written into a NEW config (default: the host name)
+#   --with-mediapipe   also install MediaPipe (detector.backend = "mediapipe"; the default BlazeFace detector runs
+#                      in LiteRT without it; MediaPipe needs libegl1 and adds about 190 MB)
 #   --no-start         install and enable, but do not (re)start the service
 #   --skip-apt         do not install apt packages
 #   --skip-user        do not create the user
@@ -48,6 +52,7 @@ MQTT_HOST=""
 DEVICE_ID=""
 MEDIAPIPE_VERSION="1.2.2"
 DRY_RUN=0
+WITH_MEDIAPIPE=0
 START=1
 DO_APT=1
 DO_USER=1
@@ -64,6 +69,7 @@ while [[ $# -gt 0 ]]; do
         --mqtt-host) MQTT_HOST="${2:?--mqtt-host needs a value}"; shift 2 ;;
         --device-id) DEVICE_ID="${2:?--device-id needs a value}"; shift 2 ;;
         --pip-args) PIP_ARGS="${2?--pip-args needs a value}"; shift 2 ;;
+        --with-mediapipe) WITH_MEDIAPIPE=1; shift ;;
         --no-start) START=0; shift ;;
         --skip-apt) DO_APT=0; shift ;;
         --skip-user) DO_USER=0; shift ;;
@@ -78,13 +84,24 @@ if [[ -n "$DEVICE_ID" && ! "$DEVICE_ID" =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     die "--device-id '$DEVICE_ID' may only hold letters, digits, '_' and '-' (at most 64)"
 fi
 
+# 64-bit only: there are no 32-bit ARM wheels of numpy, OpenCV or LiteRT on PyPI, so an armv7l install would
+# end in a compiler error an hour later. EMOTION_EDGE_MACHINE stands in for `uname -m` in tests.
+machine="${EMOTION_EDGE_MACHINE:-$(uname -m)}"
+case "$machine" in
+    aarch64|arm64|x86_64) ;;
+    armv6l|armv7l|armhf|arm*) die "this is a 32-bit system ($machine): emotion-edge needs the 64-bit Raspberry Pi OS (aarch64), because numpy, OpenCV and LiteRT publish no 32-bit ARM wheels; reflash with Raspberry Pi OS (64-bit)" ;;
+    *) say "warning: untested machine type $machine; continuing" ;;
+esac
+
+extras="edge"
+[[ $WITH_MEDIAPIPE -eq 1 ]] && extras="edge,mediapipe-deps"
 # The extras go after the project's name: a folder or wheel path, a URL, or a pip requirement (name==1.2).
 if [[ -e "$SOURCE" ]]; then
-    spec="${SOURCE}[edge,mediapipe-deps]"
+    spec="${SOURCE}[$extras]"
 elif [[ "$SOURCE" == *"://"* ]]; then
-    spec="emotion-edge[edge,mediapipe-deps] @ ${SOURCE}"
+    spec="emotion-edge[$extras] @ ${SOURCE}"
 elif [[ "$SOURCE" != */* && "$SOURCE" =~ ^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^]]*\])?(.*)$ ]]; then
-    spec="${BASH_REMATCH[1]}${BASH_REMATCH[2]:-[edge,mediapipe-deps]}${BASH_REMATCH[3]}"
+    spec="${BASH_REMATCH[1]}${BASH_REMATCH[2]:-[$extras]}${BASH_REMATCH[3]}"
 else
     die "--source $SOURCE does not exist and is not a URL or a pip requirement (e.g. emotion-edge==0.1.0)"
 fi
@@ -133,6 +150,8 @@ py="$(command -v python3 || true)"
 # ---- 1. apt packages ------------------------------------------------------------------------------------------
 if [[ $DO_APT -eq 1 ]]; then
     pkgs=(python3 python3-venv python3-pip mosquitto-clients)
+    # MediaPipe 1.x loads libEGL even headless; the default BlazeFace-in-LiteRT detector does not need it.
+    [[ $WITH_MEDIAPIPE -eq 1 ]] && pkgs+=(libegl1)
     # python3-picamera2 exists only in Raspberry Pi OS's archive; elsewhere the daemon uses OpenCV sources.
     if apt-cache show python3-picamera2 >/dev/null 2>&1; then
         pkgs+=(python3-picamera2)
@@ -191,7 +210,9 @@ if [[ "$sys_numpy" == 1.* ]]; then
     pins=("numpy<2" "opencv-python-headless<4.12")
 fi
 run "${pip[@]}" install "${extra[@]}" --upgrade "$spec" "${pins[@]}"
-run "${pip[@]}" install "${extra[@]}" --no-deps "mediapipe==$MEDIAPIPE_VERSION"
+if [[ $WITH_MEDIAPIPE -eq 1 ]]; then
+    run "${pip[@]}" install "${extra[@]}" --no-deps "mediapipe==$MEDIAPIPE_VERSION"
+fi
 if [[ $DRY_RUN -eq 0 ]]; then
     "$PREFIX/bin/python" -c "import edge" || die "the package did not install into $PREFIX; see pip's output above"
     if dpkg-query -W -f='${Status}' python3-picamera2 2>/dev/null | grep -q "install ok installed"; then

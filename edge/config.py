@@ -91,10 +91,12 @@ class SourceConfig(_Section):
 class DetectorConfig(_Section):
     """``[detector]``: face detector backend and its limits."""
 
-    backend: Literal["auto", "mediapipe", "opencv"] = Field(
-        "auto", description="Face detector: MediaPipe BlazeFace, OpenCV Haar cascade, or 'auto' (MediaPipe if installed)."
+    backend: Literal["auto", "blazeface", "mediapipe", "opencv"] = Field(
+        "auto", description="Face detector: 'blazeface' (BlazeFace short range in LiteRT, with eye/nose/mouth "
+        "keypoints), 'mediapipe' (the same model through the optional mediapipe package), 'opencv' (Haar cascade: "
+        "slower, no keypoints), or 'auto' (blazeface, else opencv, saying why)."
     )
-    min_confidence: float = Field(0.5, description="Minimum detection score (MediaPipe).", ge=0, le=1)
+    min_confidence: float = Field(0.5, description="Minimum detection score (BlazeFace, MediaPipe).", ge=0, le=1)
     min_face_size: int = Field(40, description="Ignore faces smaller than this many pixels (box side).", ge=8)
     max_faces: int = Field(5, description="Classify at most this many faces per frame (largest first).", ge=1, le=50)
 
@@ -135,10 +137,16 @@ class TlsConfig(_Section):
 
 
 class OutboxConfig(_Section):
-    """``[mqtt.outbox]``: bound of the on-disk outbox."""
+    """``[mqtt.outbox]``: the outbox of messages awaiting their acknowledgement (memory, then disk)."""
 
     max_messages: int = Field(100_000, description="Messages kept while the broker is unreachable; beyond, the "
                               "oldest 'faces' updates are dropped first, then the oldest of any kind.", ge=100)
+    memory_s: float = Field(
+        2.0, description="While connected, a message waits this long in memory for the broker's acknowledgement "
+        "before it is written to disk: a kill -9 or power cut loses at most the unacknowledged messages of this "
+        "window (while disconnected every message is written to disk at once). Smaller: safer, more SD-card writes.",
+        gt=0, le=60,
+    )
 
 
 class MqttConfig(_Section):

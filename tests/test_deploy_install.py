@@ -45,7 +45,7 @@ def test_install_dry_run_shows_every_step_and_changes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "python3 -m venv --system-site-packages /opt/emotion-edge" in out or "venv /opt/emotion-edge exists" in out
-    assert "[edge\\,mediapipe-deps\\]" in out and "--no-deps mediapipe==" in out
+    assert "[edge\\]" in out and "mediapipe" not in out  # the default detector runs in LiteRT: no MediaPipe
     assert f"+ write {etc}/config.toml" in out and 'id = "kitchen-pi"' in out and 'host = "broker.lan"' in out
     assert f"+ write {etc}/mqtt_password (mode 0600)" in out
     assert f"+ write {units}/emotion-edge.service" in out
@@ -70,12 +70,29 @@ def test_install_puts_the_extras_in_any_kind_of_source(tmp_path):
     """A pip requirement or a URL as --source gets the extras after the project name; a missing path fails
     before anything is done."""
     base = ["--dry-run", "--skip-apt", "--skip-user", "--skip-systemd"]
-    for source, expect in (("emotion-edge==0.1.0", "emotion-edge\\[edge\\,mediapipe-deps\\]==0.1.0"),
-                           ("git+https://example.org/e.git", "emotion-edge\\[edge\\,mediapipe-deps\\]\\ @\\ git+https")):
+    for source, expect in (("emotion-edge==0.1.0", "emotion-edge\\[edge\\]==0.1.0"),
+                           ("git+https://example.org/e.git", "emotion-edge\\[edge\\]\\ @\\ git+https")):
         r = _run(INSTALL, *base, "--source", source, etc=tmp_path / "etc")
         assert r.returncode == 0 and expect in r.stdout, r.stdout + r.stderr
     r = _run(INSTALL, *base, "--source", str(tmp_path / "dist" / "missing.whl"), etc=tmp_path / "etc")
     assert r.returncode == 1 and "does not exist" in r.stderr and "+ " not in r.stdout
+
+
+def test_install_with_mediapipe_adds_the_optional_backend_and_its_egl_library(tmp_path):
+    r = _run(INSTALL, "--dry-run", "--skip-user", "--skip-systemd", "--with-mediapipe", etc=tmp_path / "etc")
+    assert r.returncode == 0, r.stderr
+    assert "[edge\\,mediapipe-deps\\]" in r.stdout and "--no-deps mediapipe==" in r.stdout
+    installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "libegl1"], capture_output=True, text=True)
+    assert "libegl1" in r.stdout or "install ok installed" in installed.stdout  # asked for unless already there
+
+
+def test_install_refuses_a_32_bit_system_in_one_line(tmp_path):
+    for machine in ("armv7l", "armv6l"):
+        r = _run(INSTALL, "--dry-run", etc=tmp_path / "etc", extra_env={"EMOTION_EDGE_MACHINE": machine})
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "64-bit Raspberry Pi OS" in r.stderr and machine in r.stderr and "+ " not in r.stdout
+    ok = _run(INSTALL, "--dry-run", "--skip-apt", etc=tmp_path / "etc", extra_env={"EMOTION_EDGE_MACHINE": "aarch64"})
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_install_keeps_numpy_1_where_the_system_numpy_is_1(tmp_path):

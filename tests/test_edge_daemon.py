@@ -24,7 +24,6 @@ from edge.runtime.capture.managed import ManagedSource
 from edge.runtime.daemon import Daemon
 from edge.runtime.publish.stdout import StdoutSink
 
-pytest.importorskip("mediapipe")
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
@@ -101,7 +100,7 @@ def test_demo_run_publishes_valid_faces_tracks_summary_and_status(daemon_factory
     assert statuses[0]["state"] == "running" and statuses[-1]["state"] == "stopping"
     last = statuses[-1]
     assert last["frames"] == 170 and last["model_id"].startswith("tiny-test")
-    assert last["model"]["runtime"] == "ai_edge_litert" and last["detector"] == "mediapipe"
+    assert last["model"]["runtime"] == "ai_edge_litert" and last["detector"] == "blazeface"
     assert all(last["latency_ms"][k] is not None and last["latency_ms"][k] >= 0
                for k in ("capture", "detect", "classify", "track", "publish"))
     assert last["fps"] > 0

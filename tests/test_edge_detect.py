@@ -11,7 +11,7 @@ import pytest
 from edge.preprocess import square_box
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.detect import make_detector
-from edge.runtime.detect.base import BOX_ADJUST, MEDIAPIPE_MODEL, BoxAdjust, DetectorError, verify_model
+from edge.runtime.detect.base import BLAZEFACE_MODEL, BOX_ADJUST, BoxAdjust, DetectorError, verify_model
 from edge.runtime.detect.haar import HaarDetector
 from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
 
@@ -92,7 +92,7 @@ def test_the_corrected_crop_still_contains_the_detected_face(backend, mediapipe_
 
 def test_altered_model_file_is_refused(tmp_path):
     bad = tmp_path / "face.tflite"
-    shutil.copy(MEDIAPIPE_MODEL, bad)
+    shutil.copy(BLAZEFACE_MODEL, bad)
     with open(bad, "r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02")
@@ -100,16 +100,48 @@ def test_altered_model_file_is_refused(tmp_path):
         verify_model(bad)
     with pytest.raises(DetectorError, match="missing"):
         verify_model(tmp_path / "nope.tflite")
-    assert verify_model() == MEDIAPIPE_MODEL
+    assert verify_model() == BLAZEFACE_MODEL
 
 
-def test_make_detector_picks_backends():
-    det = make_detector("auto")
+def test_make_detector_picks_backends(caplog):
+    with caplog.at_level("INFO", logger="edge.runtime.detect"):
+        det = make_detector("auto")
     try:
-        assert det.name == "mediapipe"
+        assert det.name == "blazeface"
+        assert "face detector: BlazeFace short range in LiteRT" in caplog.text and "'auto'" in caplog.text
     finally:
         det.close()
-    assert make_detector("opencv").name == "opencv"
+    for backend in ("blazeface", "mediapipe", "opencv"):
+        det = make_detector(backend)
+        assert det.name == backend
+        det.close()
+    with pytest.raises(DetectorError, match="unknown detector backend 'dlib'"):
+        make_detector("dlib")
+
+
+def test_a_configured_detector_that_cannot_load_is_an_error_never_a_downgrade(monkeypatch):
+    import edge.runtime.classify.interpreter as interp
+
+    def no_runtime(*_a, **_k):
+        raise interp.RuntimeMissing("no TFLite runtime found (ai_edge_litert: ModuleNotFoundError)")
+
+    monkeypatch.setattr("edge.runtime.detect.blazeface.make_interpreter", no_runtime)
+    with pytest.raises(DetectorError, match="ai_edge_litert"):
+        make_detector("blazeface")
+
+
+def test_auto_falls_back_to_haar_and_says_why(monkeypatch, caplog):
+    import edge.runtime.classify.interpreter as interp
+
+    def no_runtime(*_a, **_k):
+        raise interp.RuntimeMissing("no TFLite runtime found")
+
+    monkeypatch.setattr("edge.runtime.detect.blazeface.make_interpreter", no_runtime)
+    with caplog.at_level("WARNING", logger="edge.runtime.detect"):
+        det = make_detector("auto")
+    assert det.name == "opencv"
+    [line] = [r.getMessage() for r in caplog.records if "face detector" in r.getMessage()]
+    assert "BlazeFace cannot load" in line and "install ai-edge-litert" in line
 
 
 def test_opencv_without_cascade_support_says_what_to_do(monkeypatch):

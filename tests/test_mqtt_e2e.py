@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _face_folder(folder: Path) -> Path:
-    """Real faces: scikit-image's public-domain astronaut photo, as is and mirrored, at 640x480."""
+    """Real faces: the demo's public-domain photos (astronaut and Grace Hopper), as is and mirrored, at 640x480."""
     cv2 = pytest.importorskip("cv2")
-    data = pytest.importorskip("skimage.data")
+    from edge.runtime.capture.demo import DemoSource
+
     folder.mkdir()
-    bgr = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    frame = cv2.resize(bgr, (640, 480), interpolation=cv2.INTER_AREA)
+    frame = DemoSource(faces=2, vanish=False).render(0)
     cv2.imwrite(str(folder / "a.png"), frame)
     cv2.imwrite(str(folder / "b.png"), cv2.flip(frame, 1))
     return folder

@@ -97,3 +97,69 @@ def test_sink_reports_drops_in_status_while_the_broker_is_away(tmp_path):
         assert status["mqtt"]["connected"] is False and "unreachable" in status["mqtt"]["error"]
     finally:
         sink.close(timeout=0.5)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_healthy_session_keeps_messages_in_memory_and_writes_nothing_per_message(tmp_path):
+    clock = _Clock()
+    box = Outbox(tmp_path / "o.db", memory_s=2.0, clock=clock)
+    box.memory_ok = lambda: True
+    db, wal = tmp_path / "o.db", tmp_path / "o.db-wal"
+    before = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    for _ in range(500):
+        seq = _add(box, "faces")
+        box.ack([seq])  # the broker acknowledges within the window
+    after = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert box.pending() == 0 and box.on_disk() == 0
+    assert after - before <= 16 * 1024, "at most a seq reservation, not a commit per message"
+    box.close()
+    assert _add(Outbox(tmp_path / "o.db"), "events") == 501, "a clean close continues the sequence without a gap"
+
+
+def test_messages_not_acknowledged_within_the_window_go_to_disk_in_order(tmp_path):
+    clock = _Clock()
+    box = Outbox(tmp_path / "o.db", memory_s=2.0, clock=clock)
+    box.memory_ok = lambda: True
+    first = [_add(box, "events") for _ in range(3)]
+    clock.t += 1.0
+    later = [_add(box, "events") for _ in range(2)]
+    assert box.spill_stale() == 0 and box.on_disk() == 0
+    clock.t += 1.5  # the first three waited 2.5 s, the others 1.5 s
+    assert box.spill_stale() == 3 and box.on_disk() == 3
+    assert [m.seq for m in box.peek(0, 10)] == first + later, "disk first, then memory: seq order"
+    box.memory_ok = lambda: False  # the session went down: everything goes to disk, new ones directly
+    assert box.spill_stale() == 2
+    new = _add(box, "events")
+    assert box.on_disk() == 6 and [m.seq for m in box.peek(0, 10)] == first + later + [new]
+    box.ack(first + later + [new])
+    assert box.pending() == 0
+
+
+def test_a_kill_loses_only_what_waited_in_memory(tmp_path):
+    box = Outbox(tmp_path / "o.db", memory_s=2.0)
+    box.memory_ok = lambda: False
+    on_disk = [_add(box, "events") for _ in range(3)]
+    box.memory_ok = lambda: True
+    in_memory = [_add(box, "events") for _ in range(2)]
+    box._conn.close()  # no close(): the process died
+    again = Outbox(tmp_path / "o.db")
+    assert [m.seq for m in again.peek(0, 10)] == on_disk
+    assert _add(again, "events") > max(in_memory), "a seq is never reused after a crash"
+
+
+def test_the_file_shrinks_back_once_a_backlog_is_delivered(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    seqs = [box.add("faces", "t", lambda s: b"x" * 4000) for _ in range(500)]
+    box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    big = (tmp_path / "o.db").stat().st_size
+    box.ack(seqs)
+    box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    small = (tmp_path / "o.db").stat().st_size
+    assert big > 1_500_000 and small < big / 10, (big, small)

@@ -26,7 +26,6 @@ from edge.tools.push_mqtt import PushTarget, publish_push
 from tests.mqtt_support import Collector, validator
 from tests.push_support import make_keys, restamped_signed_copy, second_bundle, signed_copy
 
-pytest.importorskip("mediapipe")
 pytestmark = pytest.mark.slow
 
 

@@ -181,18 +181,21 @@ def test_predict_csv_on_face_crops(bundle, data, workdir):
 
 def test_predict_detects_faces_in_a_photo(bundle, workdir):
     import cv2
-    from skimage import data as skdata
+
+    from edge.runtime.capture.demo import DemoSource
 
     folder = workdir / "photos"
     folder.mkdir()
-    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    demo = DemoSource(faces=1)
+    cv2.imwrite(str(folder / "astronaut.png"), demo.render(0))
     cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 90, np.uint8))
     out = workdir / "photo_preds.csv"
     assert main(["predict", "--model", str(bundle), "--input", str(folder), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["source"] for r in rows] == ["astronaut.png"]  # one face; the blank image has none
     x, y, w = float(rows[0]["x"]), float(rows[0]["y"]), float(rows[0]["w"])
-    assert 120 < x + w / 2 < 260 and 40 < y < 200  # the astronaut's face, upper middle of the 512x512 photo
+    px, py, side = demo.positions(0)[0]
+    assert px < x + w / 2 < px + side and py < y < py + side  # the face where the demo pasted it
 
 
 def test_explain_writes_a_gradcam_grid(run_dir, data, workdir):

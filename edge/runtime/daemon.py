@@ -53,7 +53,7 @@ class Daemon:
         sink: Where payloads go (``publish(kind, body) -> seq``); the caller closes it after :meth:`run`.
         source: A ready :class:`ManagedSource` (default: built from ``config.source``).
         detector: A face detector (default: :func:`edge.runtime.detect.make_detector` from ``config.detector``).
-        classifier: A classifier (default: loads :func:`resolve_bundle_dir` with ``config.classifier``).
+        classifier: A classifier (default: :func:`edge.runtime.models.boot.startup_classifier`).
         notifier: systemd notifier (default: from the environment; a no-op outside systemd).
 
     Raises:

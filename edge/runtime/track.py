@@ -170,7 +170,3 @@ class Tracker:
         top = int(np.argmax(probs))
         conf = float(probs[top])
         return (self.labels[top] if conf >= self.uncertain_below else UNCERTAIN), conf
-
-    def dominant(self, probs: np.ndarray) -> str:
-        """The label with the highest probability (no uncertainty threshold: used for summaries)."""
-        return self.labels[int(np.argmax(probs))]

@@ -1,70 +1,50 @@
-"""The built-in demo source: a public-domain face from scikit-image moving over a 640x480 canvas.
+"""The built-in demo source: public-domain faces with two expressions moving over a 640x480 canvas.
 
-Face: scikit-image's ``astronaut`` (Eileen Collins, NASA, public domain), shipped inside the installed
-scikit-image package, so the demo needs no network and no camera; up to three copies (as is, mirrored and
-smaller, desaturated). scikit-image's CC0 ``camera`` shows a half-profile that BlazeFace finds only at
-about a third of the frames and the frontal Haar cascade never, so it is not used. The faces drift along slow Lissajous paths, and the second one leaves the picture for a while every cycle, so tracking
-has ids to keep and tracks to start and end. Frames are a pure function of the frame index (deterministic).
+Faces (``edge/assets/demo/``, provenance and licence in ``edge/assets/README.md``): the astronaut Eileen Collins
+(NASA portrait; the model reads her smile as happy) and Commodore Grace Hopper (US Navy portrait; read as
+neutral), both public domain, shipped with the package so the demo needs no network, no camera and no image
+library. Up to three faces: the astronaut, Hopper, and the astronaut again mirrored and desaturated. The faces
+drift along slow Lissajous paths, and the second one leaves the picture for a while every cycle, so tracking has
+ids to keep and tracks to start and end. Frames are a pure function of the frame index (deterministic).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from edge.runtime.capture.base import Frame, SourceError
+from edge.runtime.detect.base import ASSETS
 
-#: (source image, face box x, y, w, h in that image, horizontal mirror, display scale, grayscale). The box is
-#: where BlazeFace finds the face in the 512x512 original; the patch cut around it is 1.5x that box. Faces
-#: of 110-125 px in a 640x480 frame are found in every frame by both detectors.
+#: The demo's face patches: square crops of 1.5x the face box, 160x160 JPEG.
+DEMO_FACES = ASSETS / "demo"
+#: (patch file, horizontal mirror, drawn side in px, grayscale). A patch drawn at 176-184 px holds a face of
+#: 117-124 px, which both BlazeFace and the Haar cascade find in every frame (Hopper's neutral reading is the
+#: weaker one and drops below the tracker's 0.4 "uncertain" threshold under about 117 px; desaturated, her face
+#: is missed often, so the grey third face is the astronaut's).
 _FACES = (
-    ("astronaut", (177, 82, 95, 95), False, 1.3, False),
-    ("astronaut", (177, 82, 95, 95), True, 1.15, False),
-    ("astronaut", (177, 82, 95, 95), False, 1.2, True),
+    ("astronaut.jpg", False, 184, False),
+    ("grace_hopper.jpg", False, 176, False),
+    ("astronaut.jpg", True, 176, True),
 )
 #: Frames in one motion cycle; with ``vanish`` the second face is absent for the last fifth of each cycle.
 CYCLE = 200
 
 
-def _load(name: str) -> np.ndarray:
-    """Read ``<name>.png`` from scikit-image's bundled data folder as BGR.
-
-    The file is read with OpenCV instead of ``skimage.data`` because importing scikit-image pulls in SciPy
-    (about 30 MB of RSS for two PNG files).
-    """
+def _patch(name: str, mirror: bool, side: int, gray: bool) -> np.ndarray:
+    """Read one face patch (BGR), mirrored, resized and desaturated as asked."""
     import cv2
 
-    spec = importlib.util.find_spec("skimage")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data" if spec and spec.submodule_search_locations else None
-    path = folder / f"{name}.png" if folder else None
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path is not None and path.is_file() else None
+    img = cv2.imread(str(DEMO_FACES / name), cv2.IMREAD_COLOR)
     if img is None:
-        raise SourceError(
-            f"the demo source needs scikit-image's bundled {name}.png (not found); pip install 'emotion-edge[edge]'"
-        )
-    return img
-
-
-def _patch(name: str, box: tuple[int, int, int, int], mirror: bool, scale: float, gray: bool) -> np.ndarray:
-    """Cut a square face patch around ``box``, mirrored, scaled and desaturated as asked."""
-    import cv2
-
-    img = _load(name)
+        raise SourceError(f"the demo face {DEMO_FACES / name} is missing or unreadable; reinstall emotion-edge")
     if gray:
         img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    x, y, w, h = box
-    side = int(max(w, h) * 1.5)
-    cx, cy = x + w // 2, y + h // 2
-    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
-    patch = img[y0 : y0 + side, x0 : x0 + side]
     if mirror:
-        patch = patch[:, ::-1]
-    size = max(16, int(round(patch.shape[0] * scale)))
-    return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=cv2.INTER_AREA)
+        img = img[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(img), (side, side), interpolation=cv2.INTER_AREA)
 
 
 #: Smallest face side the demo draws (the detector's default min_face_size is 40 px).

@@ -63,7 +63,6 @@ class ManagedSource:
         self.error: str | None = None
         self.retries = 0
         self.finished = False
-        self.frames_read = 0
         self._since_open = 0
         #: Seconds the last successful read took (the capture stage, without rate-cap waiting).
         self.last_read_s = 0.0
@@ -159,7 +158,6 @@ class ManagedSource:
             log.info("source %s ended", self.uri)
             return None
         self.last_read_s = time.perf_counter() - t0
-        self.frames_read += 1
         self._since_open += 1
         self._fails = 0
         self.state, self.error = "ok", None

@@ -11,6 +11,8 @@ import importlib
 import logging
 from typing import Any
 
+from edge.runtime.native import quiet_native_stderr
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = (
@@ -44,8 +46,10 @@ def make_interpreter(
             errors.append(f"{name}: {exc.__class__.__name__}")
             continue
         try:
-            interp = mod.Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
-            interp.allocate_tensors()
+            # allocate_tensors() prints LiteRT's "Created TensorFlow Lite XNNPACK delegate" line on fd 2.
+            with quiet_native_stderr():
+                interp = mod.Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
+                interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ValueError(f"{name} cannot load the model ({exc}); the file is corrupt or not a TFLite model") from None
         return interp, name

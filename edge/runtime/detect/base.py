@@ -20,11 +20,11 @@ from edge.bundle import sha256_file
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
-MEDIAPIPE_MODEL = ASSETS / "face_detection_short_range.tflite"
+BLAZEFACE_MODEL = ASSETS / "face_detection_short_range.tflite"
 
 
 #: sha256 of the vendored BlazeFace model (provenance in edge/assets/README.md).
-MEDIAPIPE_MODEL_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
+BLAZEFACE_MODEL_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
 
 
 class DetectorError(Exception):
@@ -58,6 +58,8 @@ class BoxAdjust:
 #: Haar 1.021 and +0.005 (its box already spans about the whole FER frame, so it must shrink).
 BOX_ADJUST: dict[str, BoxAdjust] = {
     "mediapipe": BoxAdjust(scale=1.024, shift=-0.075),
+    # The same model decoded the same way in LiteRT (edge.runtime.detect.blazeface): the same boxes.
+    "blazeface": BoxAdjust(scale=1.024, shift=-0.075),
     "opencv": BoxAdjust(scale=0.817, shift=0.0),
 }
 
@@ -70,11 +72,15 @@ class Detection:
         box: FER-framed box (x, y, w, h) in pixels of the frame's main image.
         score: Detector confidence in [0, 1] (1.0 for Haar, which has none).
         raw_box: The detector's own box before the FER framing correction, same coordinates.
+        keypoints: Landmarks (x, y) in main-image pixels where the detector gives them (BlazeFace: right eye,
+            left eye, nose tip, mouth centre, right and left ear tragion, the subject's right first); empty for
+            Haar.
     """
 
     box: tuple[float, float, float, float]
     score: float
     raw_box: tuple[float, float, float, float]
+    keypoints: tuple[tuple[float, float], ...] = ()
 
 
 class FaceDetector(Protocol):
@@ -110,7 +116,7 @@ def _finish(
     return out[:max_faces]
 
 
-def verify_model(path: Path = MEDIAPIPE_MODEL, expected: str = MEDIAPIPE_MODEL_SHA256) -> Path:
+def verify_model(path: Path = BLAZEFACE_MODEL, expected: str = BLAZEFACE_MODEL_SHA256) -> Path:
     """Check the bundled BlazeFace model's sha256; raise :class:`DetectorError` if missing or altered."""
     if not path.is_file():
         raise DetectorError(f"face detector model {path} is missing; reinstall the package (see edge/assets/README.md)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, _finish, verify_model
+from edge.runtime.native import quiet_native_stderr
 
 
 def _keep_tensorflow_out_of_mediapipe() -> None:
@@ -87,7 +88,8 @@ class MediaPipeDetector:
             running_mode=vision.RunningMode.IMAGE,
         )
         try:
-            self._det = vision.FaceDetector.create_from_options(options)
+            with quiet_native_stderr():  # MediaPipe's C++ core prints its start-up lines on fd 2
+                self._det = vision.FaceDetector.create_from_options(options)
         except Exception as exc:
             raise DetectorError(f"mediapipe cannot load {path} ({exc})") from None
         # MediaPipe's own __del__ prints a traceback if the graph is still open at interpreter shutdown (its
@@ -120,4 +122,5 @@ class MediaPipeDetector:
         """Close the MediaPipe graph (explicitly: its __del__ at interpreter exit is noisy)."""
         det, self._det = self._det, None
         if det is not None:
-            det.close()
+            with quiet_native_stderr():
+                det.close()

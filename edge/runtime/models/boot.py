@@ -1,6 +1,6 @@
 """Load the model at daemon start, rolling back a pushed model that no longer loads.
 
-Order (as :func:`edge.runtime.daemon.resolve_bundle_dir`): ``classifier.model`` when configured, else the model store's
+Order: ``classifier.model`` when configured, else the model store's
 ``current`` link (a pushed model), else the bundle shipped with the package. A pushed model that fails to load
 or to run its smoke inference at start (a model that crashed the service after a swap, a corrupted SD card)
 would otherwise stop the service for good: instead the store is rolled back to ``previous`` (or, without one,

@@ -78,7 +78,7 @@ class MqttSink:
         except BrokerError as exc:
             raise SinkError(str(exc)) from None
         try:
-            self.outbox = Outbox(config.state_dir() / OUTBOX_FILE, m.outbox.max_messages)
+            self.outbox = Outbox(config.state_dir() / OUTBOX_FILE, m.outbox.max_messages, m.outbox.memory_s)
         except OSError as exc:
             raise SinkError(str(exc)) from None
         self._closed = False
@@ -94,8 +94,21 @@ class MqttSink:
         self.commands = CommandChannel(self._publish_event)
         self.commands.handler = on_command
         self.connection.subscribe(self.command_topic, self.commands.on_message)
+        # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
+        self.outbox.memory_ok = lambda: self.connection.connected
+        self._flusher_stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_stale, name="outbox-flusher", daemon=True)
         self.connection.start()
         self.commands.start()
+        self._flusher.start()
+
+    def _flush_stale(self) -> None:
+        interval = max(0.05, self._cfg.outbox.memory_s / 4)
+        while not self._flusher_stop.wait(interval):
+            try:
+                self.outbox.spill_stale()
+            except Exception:  # a full or failing disk: the messages stay in memory, and this retries
+                log.exception("cannot write waiting messages to the outbox on disk")
 
     def _publish_event(self, body: dict[str, Any]) -> None:
         # A command answered while the sink closes is dropped: there is no session left to send it on.
@@ -190,6 +203,8 @@ class MqttSink:
             time.sleep(0.02)
         self.connection.stop(deadline)
         self.commands.close()
+        self._flusher_stop.set()
+        self._flusher.join(1.0)
         left = self.outbox.pending()
         self.outbox.close()
         if left:

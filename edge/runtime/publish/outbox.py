@@ -1,16 +1,30 @@
-"""A bounded, ordered disk outbox (SQLite, WAL) for MQTT messages awaiting their PUBACK.
+"""A bounded, ordered outbox for MQTT messages awaiting their PUBACK: in memory while the broker acknowledges,
+on disk (SQLite, WAL) for what it does not.
 
 paho-mqtt keeps unacknowledged QoS 1 messages only in memory, so a crash or a long broker outage would lose
-them. Every payload is written here first, with its ``seq`` taken in the same transaction (see
-:func:`edge.runtime.publish.seq.next_seq`), and removed only when the broker acknowledged it. A restarted process sends
-what is left, oldest first.
+them; writing every message to the SD card first would wear it out (a commit per message at 10 frames a second
+is about 18 GB a day). So:
 
-Durability: WAL with ``synchronous=NORMAL`` survives a killed process (committed transactions are in the WAL
-file); only a power cut can lose the last few commits, which is the usual trade-off for an SD card.
+* While the broker session is up (:attr:`Outbox.memory_ok` says so), a message stays in memory. It reaches the
+  disk only if the broker has not acknowledged it within ``memory_s`` seconds (a broker that hangs, a dead link
+  not yet noticed), or when more than ``memory_max`` messages wait: then the waiting ones are written in one
+  transaction (a group commit), oldest first. A healthy session writes nothing but a seq reservation once per
+  1000 messages (:mod:`edge.runtime.publish.seq`).
+* While there is no session (broker restarting, unreachable, not yet connected), every message is written to
+  disk before :meth:`Outbox.add` returns, as are those still in memory: a kill -9 or a power cut then loses
+  nothing that was published.
 
-Bound: at most ``max_messages`` rows. Adding beyond that drops the oldest ``faces`` message (per-frame updates
-are the cheapest to lose: summaries keep the aggregate), or, when no ``faces`` message is left, the oldest
-message of any kind. Every drop increments a persisted counter reported as ``status.outbox.dropped``.
+The durability window is therefore: a kill -9 or power cut while connected loses at most the messages of the
+last ``memory_s`` seconds that the broker had not yet acknowledged; nothing else. Messages keep their seq and
+their order wherever they are: every message on disk is older than every message in memory.
+
+Durability on disk: WAL with ``synchronous=NORMAL`` survives a killed process (committed transactions are in the
+WAL file); only a power cut can lose the last few commits, the usual trade-off for an SD card. The file uses
+incremental auto-vacuum, so it shrinks back once a backlog is delivered.
+
+Bound: at most ``max_messages`` messages in all. Adding beyond that drops the oldest ``faces`` message (per-frame
+updates are the cheapest to lose: summaries keep the aggregate), or, when no ``faces`` message is left, the
+oldest message of any kind. Every drop increments a persisted counter reported as ``status.outbox.dropped``.
 """
 
 from __future__ import annotations
@@ -18,11 +32,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.runtime.publish.seq import ensure_meta, last_seq, next_seq
+from edge.runtime.publish.seq import SeqBlock
 
 log = logging.getLogger(__name__)
 
@@ -40,42 +56,67 @@ class OutboxMessage:
     payload: bytes
     qos: int
     retain: bool
+    added: float = field(default=0.0, compare=False)
 
 
 class Outbox:
-    """The SQLite outbox. Thread-safe: the frame loop adds while the MQTT pump reads and acknowledges.
+    """The outbox. Thread-safe: the frame loop adds while the MQTT pump reads and acknowledges.
 
     Args:
         path: Database file (created with its folder if missing), usually ``<state dir>/outbox.db``.
-        max_messages: Upper bound on stored messages (see the module docstring for the drop policy).
+        max_messages: Upper bound on kept messages (see the module docstring for the drop policy).
+        memory_s: How long a message may wait in memory for its PUBACK before it is written to disk.
+        memory_max: Most messages kept in memory; beyond, they are written to disk.
+        clock: Monotonic clock (a test seam).
+
+    Attributes:
+        memory_ok: Returns whether a broker session is up, i.e. whether new messages may wait in memory; until
+            the MQTT sink sets it, every message goes to disk.
     """
 
-    def __init__(self, path: Path, max_messages: int = 100_000):
+    def __init__(self, path: Path, max_messages: int = 100_000, memory_s: float = 2.0, memory_max: int = 1000,
+                 clock: Callable[[], float] = time.monotonic):
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, got {max_messages}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
+        self.memory_s = memory_s
+        self.memory_max = memory_max
+        self.memory_ok: Callable[[], bool] = lambda: False
+        self._clock = clock
         self._lock = threading.Lock()
+        self._memory: deque[OutboxMessage] = deque()
         try:
             # isolation_level=None: explicit BEGIN/COMMIT, so seq + insert + drop are one transaction.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
+            # Set before the first table exists (it cannot be switched on later without a full VACUUM).
+            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            ensure_meta(self._conn)
+            self._seq = SeqBlock(self._conn)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
                 "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
             )
             self._conn.execute("CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox(kind, seq)")
-            self._count = int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._disk = int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise OSError(
                 f"cannot open the outbox database {self.path}: {exc}; move the file away to start with an empty outbox"
             ) from None
+        self._dropped = self._meta("dropped")
+
+    def _meta(self, key: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------------------------------- adding
 
     def add(self, kind: str, topic: str, build: Callable[[int], bytes], qos: int = 1, retain: bool = False) -> int:
-        """Take the next seq, store the message ``build(seq)`` and enforce the bound, in one transaction.
+        """Take the next seq, keep the message ``build(seq)`` and enforce the bound.
+
+        In memory while a session is up (:attr:`memory_ok`), else on disk before returning.
 
         Args:
             kind: Payload kind (``faces`` messages are dropped first when full).
@@ -87,32 +128,71 @@ class Outbox:
         Returns:
             The seq of the stored message.
         """
+        in_memory = self.memory_ok()
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if in_memory:
+                seq = self._seq.take()
+                try:
+                    payload = build(seq)
+                except BaseException:
+                    self._seq.give_back(seq)
+                    raise
+                self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
+                if len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
+                    self._spill(len(self._memory))
+                return seq
+            return self._add_to_disk(kind, topic, build, qos, retain)
+
+    def _add_to_disk(self, kind: str, topic: str, build: Callable[[int], bytes], qos: int, retain: bool) -> int:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            # What waits in memory goes first, so every message on disk stays older than every one in memory.
+            spilled = self._write(list(self._memory))
+            seq = self._seq.take(reserve=False)  # stored exactly below, in this transaction
             try:
-                seq = next_seq(self._conn)
-                self._conn.execute(
-                    "INSERT INTO outbox(seq, kind, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, kind, topic, build(seq), qos, int(retain)),
-                )
-                dropped = 0
-                while self._count + 1 - dropped > self.max_messages:
-                    self._drop_one()
-                    dropped += 1
-                if dropped:
-                    self._conn.execute(
-                        "INSERT INTO meta(key, value) VALUES('dropped', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                        (dropped,),
-                    )
+                payload = build(seq)
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._seq.give_back(seq)
                 raise
-            self._conn.execute("COMMIT")
-            self._count += 1 - dropped
-            if dropped:
-                log.debug("outbox full (%d messages): dropped %d old message(s)", self.max_messages, dropped)
-            return seq
+            self._conn.execute(
+                "INSERT INTO outbox(seq, kind, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, kind, topic, payload, qos, int(retain)),
+            )
+            self._seq.mark_stored(seq)
+            dropped = self._enforce_bound(self._disk + spilled + 1, 0)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        self._memory.clear()
+        self._disk += spilled + 1 - dropped
+        self._dropped += dropped
+        return seq
+
+    def _write(self, messages: list[OutboxMessage]) -> int:
+        """INSERT messages (inside the caller's transaction); return how many."""
+        if messages:
+            self._conn.executemany(
+                "INSERT INTO outbox(seq, kind, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)",
+                [(m.seq, m.kind, m.topic, m.payload, m.qos, int(m.retain)) for m in messages],
+            )
+            self._seq.mark_stored(messages[-1].seq)
+        return len(messages)
+
+    def _enforce_bound(self, on_disk: int, in_memory: int) -> int:
+        """Drop disk messages until ``on_disk`` + ``in_memory`` fit the bound; return how many went."""
+        dropped = 0
+        while on_disk - dropped + in_memory > self.max_messages and on_disk - dropped > 0:
+            self._drop_one()
+            dropped += 1
+        if dropped:
+            self._conn.execute(
+                "INSERT INTO meta(key, value) VALUES('dropped', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (dropped,),
+            )
+            log.debug("outbox full (%d messages): dropped %d old message(s)", self.max_messages, dropped)
+        return dropped
 
     def _drop_one(self) -> None:
         # Oldest 'faces' first (the index on (kind, seq) makes this cheap), else the oldest of any kind.
@@ -121,47 +201,108 @@ class Outbox:
             row = self._conn.execute("SELECT MIN(seq) FROM outbox").fetchone()
         self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
 
-    def peek(self, after_seq: int = 0, limit: int = 20) -> list[OutboxMessage]:
-        """Up to ``limit`` stored messages with seq greater than ``after_seq``, oldest first."""
+    def _spill(self, n: int) -> None:
+        """Write the ``n`` oldest messages in memory to disk in one transaction (lock held)."""
+        batch = [self._memory[i] for i in range(n)]
+        rest = len(self._memory) - n
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            written = self._write(batch)
+            dropped = self._enforce_bound(self._disk + written, rest)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        for _ in range(n):
+            self._memory.popleft()
+        self._disk += written - dropped
+        self._dropped += dropped
+
+    def spill_stale(self) -> int:
+        """Write to disk the messages that waited in memory longer than ``memory_s``, or all of them when no
+        session is up any more; return how many. Called periodically (the sink's flusher thread)."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        return [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+            if not self._memory:
+                return 0
+            if not self.memory_ok():
+                n = len(self._memory)
+            else:
+                cutoff = self._clock() - self.memory_s
+                n = 0
+                for m in self._memory:
+                    if m.added > cutoff:
+                        break
+                    n += 1
+            if n:
+                self._spill(n)
+            return n
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def peek(self, after_seq: int = 0, limit: int = 20) -> list[OutboxMessage]:
+        """Up to ``limit`` kept messages with seq greater than ``after_seq``, oldest first."""
+        with self._lock:
+            out: list[OutboxMessage] = []
+            if self._disk:
+                rows = self._conn.execute(
+                    "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                ).fetchall()
+                out = [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+            for m in self._memory:
+                if len(out) >= limit:
+                    break
+                if m.seq > after_seq:
+                    out.append(m)
+            return out
 
     def ack(self, seqs: list[int]) -> None:
         """Remove acknowledged messages (unknown seqs, e.g. already dropped, are ignored)."""
         if not seqs:
             return
         with self._lock:
+            done = set(seqs)
+            if self._memory:
+                kept = [m for m in self._memory if m.seq not in done]
+                if len(kept) != len(self._memory):
+                    done -= {m.seq for m in self._memory}
+                    self._memory = deque(kept)
+            if not done or not self._disk:
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-                removed = cur.rowcount
+                cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+                removed = max(cur.rowcount, 0)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            self._count -= max(removed, 0)
+            self._disk -= removed
+            if self._disk == 0:
+                # The backlog is delivered: give the pages back, so a burst does not leave a big file behind.
+                # executescript steps the pragma to its end (execute() would free a single page).
+                self._conn.executescript("PRAGMA incremental_vacuum;")
 
     def pending(self) -> int:
-        """Messages stored and not yet acknowledged."""
+        """Messages kept and not yet acknowledged (memory and disk)."""
         with self._lock:
-            return self._count
+            return self._disk + len(self._memory)
+
+    def on_disk(self) -> int:
+        """Messages kept on disk."""
+        with self._lock:
+            return self._disk
 
     def dropped(self) -> int:
         """Messages dropped by the bound since the database was created."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-        return int(row[0]) if row else 0
-
-    def last_seq(self) -> int:
-        """The last seq handed out (0 if none yet)."""
-        with self._lock:
-            return last_seq(self._conn)
+            return self._dropped
 
     def close(self) -> None:
-        """Close the database (pending messages stay for the next run)."""
+        """Write what is still in memory to disk, persist the exact seq, and close (pending messages stay for
+        the next run)."""
         with self._lock:
+            if self._memory:
+                self._spill(len(self._memory))
+            self._seq.close()
             self._conn.close()

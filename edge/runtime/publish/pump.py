@@ -52,6 +52,8 @@ class OutboxPump:
                 del self.in_flight[seq]
 
     def reset(self) -> None:
-        """The session ended: what was in flight is resent, in order, by the next one."""
+        """The session ended: what was in flight is resent, in order, by the next one, and what waited in memory
+        goes to disk now (no broker will acknowledge it soon)."""
         self.in_flight.clear()
         self._cursor = 0
+        self.outbox.spill_stale()

@@ -1,4 +1,12 @@
-"""The device's persisted ``seq`` counter (table ``meta`` of the outbox database)."""
+"""The device's persisted ``seq`` counter (table ``meta`` of the outbox database), written rarely.
+
+``seq`` is one counter per device across all payload kinds, strictly increasing across restarts, and never
+reused: subscribers order and deduplicate by it. Writing the counter to the SD card for every message would cost
+a commit per message, so seqs are reserved in blocks: the file holds ``seq_reserved``, an upper bound of what was
+handed out, written once per :data:`BLOCK` seqs, and ``seq``, the exact last one, written with every message that
+goes to disk and on a clean close. A restart continues after the larger of the two, so after a crash (kill -9, a
+power cut) the sequence jumps ahead by less than :data:`BLOCK`; after a clean stop it continues without a gap.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+#: Seqs reserved per write of ``seq_reserved``.
+BLOCK = 1000
+
 _META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+_SET = "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 
 def ensure_meta(conn: sqlite3.Connection) -> None:
@@ -14,29 +26,57 @@ def ensure_meta(conn: sqlite3.Connection) -> None:
     conn.execute(_META_DDL)
 
 
-def next_seq(conn: sqlite3.Connection) -> int:
-    """Increment and return the device's seq counter.
-
-    Call it inside the caller's transaction so that taking a seq and storing the message that carries it are one
-    atomic step: a crash can then never leave a gap (a seq taken but never stored).
-    """
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES('seq', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
-    )
-    return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
-
-
-def last_seq(conn: sqlite3.Connection) -> int:
-    """The last seq handed out (0 if none yet)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+def _meta(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return int(row[0]) if row else 0
 
 
-class SeqCounter:
-    """A stand-alone persisted seq counter for sinks without an outbox (e.g. stdout).
+class SeqBlock:
+    """Hands out seqs from memory, reserving them on disk a block at a time.
 
-    It uses the same ``meta`` table as :class:`edge.runtime.publish.outbox.Outbox`, so pointing both at the same database file
-    keeps one sequence whichever sink a run uses.
+    Not thread-safe on its own: the caller holds its lock (the outbox's, or :class:`SeqCounter`'s).
+
+    Args:
+        conn: The open outbox database (autocommit mode; the caller issues BEGIN/COMMIT).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        ensure_meta(conn)
+        self.last = max(_meta(conn, "seq"), _meta(conn, "seq_reserved"))
+        self._reserved = self.last
+
+    def take(self, reserve: bool = True) -> int:
+        """The next seq. With ``reserve``, another block is reserved on disk when the reservation is used up
+        (inside the caller's transaction if one is open, else in one of its own); without, the caller stores the
+        seq exactly (:meth:`mark_stored`) in its own transaction."""
+        self.last += 1
+        if reserve and self.last > self._reserved:
+            self._reserved = self.last + BLOCK - 1
+            self._conn.execute(_SET, ("seq_reserved", self._reserved))  # autocommit unless in a transaction
+        return self.last
+
+    def give_back(self, seq: int) -> None:
+        """Undo the last :meth:`take` (the message that was to carry ``seq`` could not be built)."""
+        if seq == self.last:
+            self.last -= 1
+
+    def mark_stored(self, seq: int) -> None:
+        """Record ``seq`` as the exact last one (call inside the transaction that stores its message)."""
+        self._conn.execute(_SET, ("seq", seq))
+
+    def close(self) -> None:
+        """Write the exact last seq and shrink the reservation to it, so the next run continues without a gap."""
+        self._conn.execute(_SET, ("seq", self.last))
+        self._conn.execute(_SET, ("seq_reserved", self.last))
+        self._reserved = self.last
+
+
+class SeqCounter:
+    """A stand-alone persisted seq counter for sinks without an outbox (stdout).
+
+    It uses the same ``meta`` table as :class:`edge.runtime.publish.outbox.Outbox`, so pointing both at the same
+    database file keeps one sequence whichever sink a run uses.
 
     Args:
         db_path: SQLite file, created if missing; ``None`` keeps the counter in memory only.
@@ -48,28 +88,21 @@ class SeqCounter:
         if db_path is not None:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves so each increment is one durable transaction.
             self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=10)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            ensure_meta(self._conn)
+            self._block = SeqBlock(self._conn)
         except sqlite3.DatabaseError as exc:  # e.g. a file damaged by a power cut on an SD card
             raise OSError(
                 f"cannot open the sequence database {db_path}: {exc}; move the file away to start the seq at 1 again"
             ) from None
 
     def next(self) -> int:
-        """Increment, persist and return the next seq."""
+        """The next seq (a disk write only once per :data:`BLOCK`)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                seq = next_seq(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return seq
+            return self._block.take()
 
     def close(self) -> None:
-        """Close the database."""
+        """Persist the exact last seq and close the database."""
         with self._lock:
+            self._block.close()
             self._conn.close()

@@ -121,8 +121,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        held = recorder.recording.count()
         recorder.stop()
-    print(f"stored {recorder.stored} new messages ({recorder.duplicates} duplicates dropped) in {args.db}", file=sys.stderr)
+    print(f"stored {recorder.stored} new messages ({recorder.duplicates} duplicates dropped, {recorder.ignored} not "
+          f"of the contract ignored) in {args.db}, which now holds {held}", file=sys.stderr)
     return 0
 
 
