@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args)
     _setup_logging(cfg.device.log_level, args.verbose)
-    from edge.runtime.capture.base import SourceError
+    from edge.runtime.capture.base import SourceError, SourceFatal
     from edge.runtime.daemon import Daemon
     from edge.runtime.publish import choose_sink
     from edge.runtime.publish.base import SinkError
@@ -125,6 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = cfg.source.uri
     try:
         daemon.source.open_now()
+    except SourceFatal:
+        daemon.close()
+        raise
     except SourceError as exc:
         if uri not in DEVICE_SOURCES and not uri.isdigit() and "://" not in uri:
             daemon.close()
@@ -154,6 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         sink.close()
     log.info("processed %d frames", frames)
+    if daemon.source.state == "failed":  # e.g. the camera stack went away: systemd should show the unit failed
+        print(f"error: source {uri}: {daemon.source.error}", file=sys.stderr)
+        return 1
     return 0
 
 

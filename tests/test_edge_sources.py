@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -427,3 +431,33 @@ def test_picamera2_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_picamera)
     with pytest.raises(SourceError, match="python3-picamera2"):
         open_source("picamera2")
+
+
+def test_a_source_that_can_never_work_is_not_retried(monkeypatch):
+    """picamera2 missing: the managed source fails for good (systemd then shows the unit failed) instead of
+    retrying with backoff forever; a transient failure still retries."""
+    import builtins
+
+    from edge.runtime.capture.base import SourceFatal
+
+    real_import = builtins.__import__
+
+    def no_picamera(name, *args, **kwargs):
+        if name == "picamera2":
+            raise ImportError("No module named 'picamera2'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_picamera)
+    src = ManagedSource(lambda: open_source("picamera2"), "picamera2", retry_initial_s=0.01)
+    with pytest.raises(SourceFatal):
+        src.open_now()
+    assert src.state == "failed" and src.finished and "python3-picamera2" in src.error
+    assert src.poll(0.01) is None and src.retries == 0
+
+
+def test_the_daemon_exits_non_zero_when_picamera2_cannot_exist(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edge", "run", "--source", "picamera2", "--stdout", "--max-frames", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+                       env={**os.environ, "STATE_DIRECTORY": str(tmp_path)})
+    assert r.returncode == 2 and "python3-picamera2" in r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr

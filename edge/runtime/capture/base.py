@@ -18,6 +18,11 @@ class SourceError(Exception):
     """A frame source cannot be opened or read; the message says which and why."""
 
 
+class SourceFatal(SourceError):
+    """A source that can never work on this system (e.g. picamera2 is not installed): retrying is pointless, so
+    the daemon exits with an error instead and systemd shows the unit failed."""
+
+
 @dataclass
 class Frame:
     """One captured frame.

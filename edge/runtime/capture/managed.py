@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.runtime.backoff import backoff_delay
-from edge.runtime.capture.base import Frame, Source, SourceError
+from edge.runtime.capture.base import Frame, Source, SourceError, SourceFatal
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class ManagedSource:
         """Open the source at once; raise :class:`SourceError` if it cannot be (used to fail fast at start-up)."""
         try:
             self._src = self._opener()
+        except SourceFatal as exc:
+            self.state, self.error, self.finished = "failed", str(exc), True
+            raise
         except SourceError:
             raise
         except Exception as exc:  # a driver or permission failure is an unusable source too, not a crash
@@ -115,6 +118,9 @@ class ManagedSource:
             try:
                 self.open_now()
                 log.info("source %s opened", self.uri)
+            except SourceFatal as exc:
+                log.error("source %s can never open here: %s", self.uri, exc)
+                return None
             except SourceError as exc:
                 self.schedule_retry(str(exc))
                 return None

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.runtime.capture.base import Frame, SourceError
+from edge.runtime.capture.base import Frame, SourceError, SourceFatal
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def _default_camera_factory() -> Any:
     try:
         from picamera2 import Picamera2
     except ImportError as exc:
-        raise SourceError(
+        raise SourceFatal(
             f"picamera2 is not importable ({exc}); on Raspberry Pi OS run 'apt install python3-picamera2' and "
             "create the venv with --system-site-packages"
         ) from None

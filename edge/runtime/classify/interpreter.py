@@ -54,5 +54,6 @@ def make_interpreter(
             raise ValueError(f"{name} cannot load the model ({exc}); the file is corrupt or not a TFLite model") from None
         return interp, name
     raise RuntimeMissing(
-        "no TFLite runtime found (" + ", ".join(errors) + "); install one with: pip install ai-edge-litert"
+        "no TFLite runtime found (" + ", ".join(errors) + "); install one with: pip install ai-edge-litert "
+        "(wheels exist for 64-bit Linux only: on a Raspberry Pi that means the 64-bit Raspberry Pi OS, aarch64)"
     )
