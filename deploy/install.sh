@@ -27,7 +27,7 @@
 #   --mqtt-host HOST   broker written into a NEW config (default: none, i.e. localhost if one answers)
 #   --device-id ID     device id written into a NEW config (default: the host name)
 #   --with-mediapipe   also install MediaPipe (detector.backend = "mediapipe"; the default BlazeFace detector runs
-#                      in LiteRT without it; MediaPipe needs libegl1 and adds about 190 MB)
+#                      in LiteRT without it; MediaPipe needs libegl1 and libgles2 and adds about 190 MB)
 #   --no-start         install and enable, but do not (re)start the service
 #   --skip-apt         do not install apt packages
 #   --skip-user        do not create the user
@@ -150,8 +150,8 @@ py="$(command -v python3 || true)"
 # ---- 1. apt packages ------------------------------------------------------------------------------------------
 if [[ $DO_APT -eq 1 ]]; then
     pkgs=(python3 python3-venv python3-pip mosquitto-clients)
-    # MediaPipe 1.x loads libEGL even headless; the default BlazeFace-in-LiteRT detector does not need it.
-    [[ $WITH_MEDIAPIPE -eq 1 ]] && pkgs+=(libegl1)
+    # MediaPipe 1.x loads libEGL and libGLESv2 even headless; the default BlazeFace-in-LiteRT detector needs neither.
+    [[ $WITH_MEDIAPIPE -eq 1 ]] && pkgs+=(libegl1 libgles2)
     # python3-picamera2 exists only in Raspberry Pi OS's archive; elsewhere the daemon uses OpenCV sources.
     if apt-cache show python3-picamera2 >/dev/null 2>&1; then
         pkgs+=(python3-picamera2)

@@ -28,7 +28,7 @@ def _run(script: Path, *args: str, etc: Path | None = None, extra_env: dict | No
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("script", [INSTALL, UNINSTALL, REPO / "deploy" / "check_unit.sh"])
+@pytest.mark.parametrize("script", [INSTALL, UNINSTALL, REPO / "deploy" / "check_unit.sh", REPO / "deploy" / "pi_check.sh"])
 def test_scripts_parse_and_pass_shellcheck(script):
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     if shutil.which("shellcheck") is None:
