@@ -1,20 +1,26 @@
-"""Per-stage latency, fps and peak RSS of the on-device pipeline on 640x480 frames with 1 and 3 faces.
+"""The device frame loop against the ``fer`` package's pipeline, on the same 640x480 frames, in one run.
 
-Rows (each configuration runs in its own fresh process, so peak RSS is that configuration's alone):
+Each configuration runs in its own fresh process (so its peak RSS is its own), on the same frames:
 
-* **daemon**: the real :class:`edge.runtime.daemon.Daemon` frame loop (capture → detect → classify → track → publish)
-  with a :class:`edge.runtime.publish.stdout.StdoutSink` writing its JSON lines to ``/dev/null`` (``--sink stdout``), or the
-  MQTT sink's SQLite outbox with no broker (``--sink outbox``: every message is written to disk, the realistic
-  cost while a broker is away);
-* **floor**: detector + classifier alone on the same frames (no tracking, no payloads);
-* **fer**: the ``fer`` package's own pipeline, ``FER().detect_emotions(frame)`` (Haar + its mini-Xception TFLite),
-  run with the interpreter given by ``--fer-python`` (a venv with fer; see benchmarks/README.md).
+* **demo**: the demo source's public-domain faces (``DemoSource(faces=N, vanish=False)``), 1 and 3 faces;
+* **folder**: 640x480 JPEG files in a folder, read by the daemon's folder source: ``--folder DIR``, else made
+  here from the first 100 FER2013 validation faces (``--data``), each upsampled 4x onto a 640x480 canvas the way
+  ``benchmarks/crop_calibration.py`` places them (the files are written to a temporary folder, not kept).
 
-Frames are the demo's public-domain faces (``edge.runtime.capture.demo.DemoSource(faces=N, vanish=False)``), rendered on the
-fly (not kept in memory, so peak RSS is the pipeline's): "capture" is the demo's render, about one 640x480 frame
-copy, comparable to taking a frame from a camera buffer. Run::
+Rows:
 
-    nice -n 10 python3 benchmarks/edge_pipeline.py --model BUNDLE_DIR [--frames 300] [--fer-python /tmp/fervenv/bin/python]
+* **daemon**: the real :class:`edge.runtime.daemon.Daemon` frame loop with the default BlazeFace detector (or
+  Haar), publishing through the real MQTT sink to a real Mosquitto on loopback (``mqtt``: the deployed path,
+  messages acknowledged in memory) or through the stdout sink into ``/dev/null`` (``stdout``). "loop" is the
+  loop's own stages per frame: detect + classify + track + publish, without the capture (the demo's render or the
+  folder's JPEG decode, which the ``fer`` row does not pay either);
+* **floor**: detector + classifier alone (no tracking, no payloads);
+* **fer**: ``FER().detect_emotions(frame)`` of the ``fer`` package (Haar + its mini-Xception TFLite), on the same
+  decoded frames, run with ``--fer-python`` (a venv with fer: see benchmarks/README.md).
+
+The last line gives fer's ms per frame over our loop's, per frame set. Run::
+
+    nice -n 10 python3 benchmarks/edge_pipeline.py [--frames 300] [--fer-python /tmp/fervenv/bin/python]
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 STAGES = ("capture", "detect", "classify", "track", "publish")
+LOOP = ("detect", "classify", "track", "publish")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
 
 
 def peak_rss_mb() -> float:
@@ -40,31 +49,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class Frames:
-    """640x480 BGR demo frames with ``faces`` moving faces, rendered when asked (frame ``i`` is deterministic)."""
+def _opener(args: argparse.Namespace):
+    """A zero-argument function that opens this configuration's frame source."""
+    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.capture.folder import FolderSource
 
-    def __init__(self, faces: int) -> None:
-        from edge.runtime.capture.demo import DemoSource
-
-        self.demo = DemoSource(faces=faces, vanish=False)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.demo.render(i)
+    if args.frames_from == "demo":
+        return lambda: DemoSource(faces=args.faces, vanish=False)
+    return lambda: FolderSource(args.frames_from)
 
 
-def _summary(samples: dict[str, list[float]], wall_s: float, frames: int) -> dict:
-    out = {k: {"mean": float(np.mean(v)), "p50": float(np.median(v)), "p90": float(np.percentile(v, 90))}
-           for k, v in samples.items()}
-    out["fps"] = frames / wall_s
-    out["ms_per_frame"] = 1000.0 * wall_s / frames
-    out["rss_mb"] = peak_rss_mb()
+def _frames(args: argparse.Namespace, n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of the configuration, decoded (for the rows that do not time the capture)."""
+    src = _opener(args)()
+    out = []
+    while len(out) < n:
+        frame = src.read()
+        if frame is None:
+            src = _opener(args)()
+            continue
+        out.append(frame.image)
     return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"p50": float(np.median(values)), "p90": float(np.percentile(values, 90)), "mean": float(np.mean(values))}
 
 
 def worker_daemon(args: argparse.Namespace) -> dict:
     """The full frame loop, frame by frame, recording each stage."""
     from edge.config import Config
-    from edge.runtime.capture.demo import DemoSource
     from edge.runtime.capture.managed import ManagedSource
     from edge.runtime.daemon import Daemon
 
@@ -72,124 +86,127 @@ def worker_daemon(args: argparse.Namespace) -> dict:
     cfg = Config.model_validate({
         "device": {"id": "bench", "state_dir": state},
         "source": {"max_fps": 0},
-        "detector": {"backend": args.detector, "max_faces": 5},
+        "detector": {"backend": args.detector},
         "classifier": {"model": args.model, "threads": 1},
-        "mqtt": {"host": "127.0.0.1", "port": 9, "status_interval_s": 10, "summary_interval_s": 10},
+        "mqtt": {"host": "127.0.0.1", "port": args.mqtt_port or 9},
+        "homeassistant": {"enabled": False},
     })
-    if args.sink == "outbox":
+    if args.sink == "mqtt":
         from edge.runtime.publish.mqtt import MqttSink
 
-        sink = MqttSink(cfg)  # nothing listens on port 9: every message stays in the SQLite outbox
+        sink = MqttSink(cfg)
+        if not sink.wait_connected(10):
+            raise SystemExit("no broker")
     else:
         from edge.runtime.publish.stdout import StdoutSink
 
         sink = StdoutSink("bench", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
     daemon = Daemon(cfg, sink)
-    daemon.source = ManagedSource(lambda: DemoSource(faces=args.faces, vanish=False), "demo")
-    samples: dict[str, list[float]] = {k: [] for k in STAGES}
+    daemon.source = ManagedSource(_opener(args), "bench")
+    samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "loop")}
     found = []
     for _ in range(args.warmup):
         daemon.process_frame(daemon.source.poll())
     t0 = time.perf_counter()
     for _ in range(args.frames):
         frame = daemon.source.poll()
+        if frame is None:  # a folder restarting: its reopen is not a frame
+            frame = daemon.source.poll()
         found.append(len(daemon.process_frame(frame)))
         for k in STAGES:
             samples[k].append(daemon.last_ms[k])
+        samples["loop"].append(sum(daemon.last_ms[k] for k in LOOP))
     wall = time.perf_counter() - t0
-    out = _summary(samples, wall, args.frames)
-    out["faces_seen"] = float(np.mean(found))
-    out["runtime"] = daemon.classifier.runtime
+    out = {k: _stats(v) for k, v in samples.items()}
+    out.update(ms_per_frame=1000 * wall / args.frames, rss_mb=peak_rss_mb(), faces_seen=float(np.mean(found)),
+               detector=daemon.detector.name)
+    if args.sink == "mqtt":
+        out["flushed"] = sink.flush(10)
+        sink.close(2)
     daemon.close()
     return out
 
 
 def worker_floor(args: argparse.Namespace) -> dict:
-    """Detector + classifier only."""
+    """Detector + classifier only, on decoded frames."""
     from edge.runtime.classify.classifier import Classifier
     from edge.runtime.detect import make_detector
 
-    frames = Frames(args.faces)
-    det = make_detector(args.detector, max_faces=5)
+    frames = _frames(args, args.frames + args.warmup)
+    det = make_detector(args.detector)
     clf = Classifier(args.model, threads=1)
-    samples: dict[str, list[float]] = {"detect": [], "classify": []}
-    found = []
-    wall = 0.0
-    for i in range(args.warmup):
-        clf.classify(frames[i], [d.box for d in det.detect(frames[i])])
-    for i in range(args.frames):
-        frame = frames[i]  # rendering is not part of the floor
+    loop, found = [], []
+    for i, frame in enumerate(frames):
         a = time.perf_counter()
         dets = det.detect(frame)
-        b = time.perf_counter()
         clf.classify(frame, [d.box for d in dets])
-        c = time.perf_counter()
-        wall += c - a
-        samples["detect"].append((b - a) * 1000)
-        samples["classify"].append((c - b) * 1000)
-        found.append(len(dets))
-    out = _summary(samples, wall, args.frames)
-    out["faces_seen"] = float(np.mean(found))
+        if i >= args.warmup:
+            loop.append((time.perf_counter() - a) * 1000)
+            found.append(len(dets))
     det.close()
-    return out
+    return {"loop": _stats(loop), "rss_mb": peak_rss_mb(), "faces_seen": float(np.mean(found))}
 
 
 def worker_fer(args: argparse.Namespace) -> dict:
-    """The fer package's own pipeline: FER().detect_emotions(frame) (Haar cascade + its TFLite model)."""
+    """The fer package's own pipeline on decoded frames: FER().detect_emotions(frame)."""
     import cv2
     from fer.fer import FER
 
-    frames = Frames(args.faces)
+    n = min(args.frames, args.fer_frames)
+    frames = _frames(args, n + 5)
     try:
         fer = FER()
-    except Exception:
-        # OpenCV builds without Haar data: hand fer the cascade it bundles.
+    except Exception:  # OpenCV builds without Haar data: hand fer the cascade it bundles
         import fer as fer_pkg
 
-        cascade = Path(fer_pkg.__file__).parent / "data" / "haarcascade_frontalface_default.xml"
-        fer = FER(cascade_file=str(cascade))
-    found = []
-    for i in range(min(args.warmup, 10)):
-        fer.detect_emotions(frames[i])
-    n = min(args.frames, args.fer_frames)
-    samples: dict[str, list[float]] = {"frame": []}
-    wall = 0.0
-    for i in range(n):
-        frame = frames[i]
+        fer = FER(cascade_file=str(Path(fer_pkg.__file__).parent / "data" / "haarcascade_frontalface_default.xml"))
+    loop, found = [], []
+    for i, frame in enumerate(frames):
         a = time.perf_counter()
-        found.append(len(fer.detect_emotions(frame)))
-        wall += time.perf_counter() - a
-        samples["frame"].append((time.perf_counter() - a) * 1000)
-    out = _summary(samples, wall, n)
-    out["faces_seen"] = float(np.mean(found))
-    out["runtime"] = f"fer (OpenCV {cv2.__version__} Haar)"
-    return out
+        faces = fer.detect_emotions(frame)
+        if i >= 5:
+            loop.append((time.perf_counter() - a) * 1000)
+            found.append(len(faces))
+    return {"loop": _stats(loop), "rss_mb": peak_rss_mb(), "faces_seen": float(np.mean(found)),
+            "detector": f"fer (OpenCV {cv2.__version__} Haar)"}
 
 
 WORKERS = {"daemon": worker_daemon, "floor": worker_floor, "fer": worker_fer}
 
 
-def run_worker(python: str, kind: str, faces: int, args: argparse.Namespace, **extra) -> dict | None:
+def run_worker(python: str, kind: str, args: argparse.Namespace, **extra: object) -> dict | None:
     """Run one configuration in a fresh process; return its JSON result (None if it failed)."""
-    cmd = [python, __file__, "--worker", kind, "--faces", str(faces), "--frames", str(args.frames),
-           "--warmup", str(args.warmup), "--model", str(args.model), "--fer-frames", str(args.fer_frames)]
+    cmd = [python, __file__, "--worker", kind, "--frames", str(args.frames), "--warmup", str(args.warmup),
+           "--model", str(args.model), "--fer-frames", str(args.fer_frames)]
     for key, value in extra.items():
-        cmd += [f"--{key}", str(value)]
-    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"  {kind} ({faces} faces) failed: {tail}", file=sys.stderr)
+        print(f"  {kind} {extra} failed: {tail}", file=sys.stderr)
         return None
     return json.loads(lines[-1])
 
 
-def fmt(res: dict | None, key: str) -> str:
-    """One table cell: ``res[key]`` formatted, or a dash when it was not measured."""
-    if res is None or key not in res:
-        return "–"
-    return f"{res[key]['p50']:.2f}"
+def fer_folder(data: Path, out: Path, n: int = 100) -> Path:
+    """640x480 JPEGs of the first ``n`` faces of ``data``, each upsampled 4x onto a canvas (crop_calibration)."""
+    import cv2
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from crop_calibration import place
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, face in enumerate(np.load(data)["x"][:n]):
+        canvas, _ = place(face, 4)
+        cv2.imwrite(str(out / f"f{i:03d}.jpg"), cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return out
+
+
+def cell(res: dict | None, key: str) -> str:
+    """A table cell: the p50 of ``key``, or a dash."""
+    return "–" if res is None or key not in res else f"{res[key]['p50']:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,50 +215,75 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "edge" / "models" / "default"), help="Model bundle folder.")
     ap.add_argument("--frames", type=int, default=300, help="Timed frames per configuration.")
     ap.add_argument("--warmup", type=int, default=30, help="Untimed frames first.")
+    ap.add_argument("--folder", type=Path, help="A folder of 640x480 images to use as the 'folder' frames.")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 .npz for the default folder frames.")
     ap.add_argument("--fer-python", default="/tmp/fervenv/bin/python", help="Python with the fer package ('' to skip).")
     ap.add_argument("--fer-frames", type=int, default=100, help="Timed frames for fer (it is slow).")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--faces", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--detector", default="mediapipe", help=argparse.SUPPRESS)
+    ap.add_argument("--frames-from", default="demo", help=argparse.SUPPRESS)
+    ap.add_argument("--detector", default="blazeface", help=argparse.SUPPRESS)
     ap.add_argument("--sink", default="stdout", help=argparse.SUPPRESS)
+    ap.add_argument("--mqtt-port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
 
     from edge.bundle import BundleError, load_bundle
+    from tests.broker import Broker, mosquitto_available
 
     try:
         manifest, _ = load_bundle(args.model)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"model {manifest.model_id} ({args.model}); {args.frames} timed frames after {args.warmup} warm-up; "
-          f"640x480 demo frames; 1 classifier thread; p50 ms per frame\n")
-    print("| faces | pipeline | capture | detect | classify | track | publish | ms/frame (wall) | fps | peak RSS MB | faces found |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = [
-        ("daemon, MediaPipe, stdout sink", "daemon", {"detector": "mediapipe", "sink": "stdout"}),
-        ("daemon, MediaPipe, MQTT outbox (no broker)", "daemon", {"detector": "mediapipe", "sink": "outbox"}),
-        ("floor: MediaPipe + classifier", "floor", {"detector": "mediapipe"}),
-        ("daemon, Haar, stdout sink", "daemon", {"detector": "opencv", "sink": "stdout"}),
-        ("floor: Haar + classifier", "floor", {"detector": "opencv"}),
-    ]
-    for faces in (1, 3):
-        for label, kind, extra in rows:
-            res = run_worker(sys.executable, kind, faces, args, **extra)
-            if res is None:
-                continue
-            print(f"| {faces} | {label} | {fmt(res, 'capture')} | {fmt(res, 'detect')} | {fmt(res, 'classify')} | "
-                  f"{fmt(res, 'track')} | {fmt(res, 'publish')} | {res['ms_per_frame']:.2f} | {res['fps']:.0f} | "
-                  f"{res['rss_mb']:.0f} | {res['faces_seen']:.2f} |", flush=True)
-        if args.fer_python and Path(args.fer_python).exists():
-            res = run_worker(args.fer_python, "fer", faces, args)
-            if res is not None:
-                print(f"| {faces} | fer package: FER().detect_emotions (Haar + TFLite) | – | – | – | – | – | "
-                      f"{res['ms_per_frame']:.2f} | {res['fps']:.0f} | {res['rss_mb']:.0f} | {res['faces_seen']:.2f} |",
-                      flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="edge-pipeline-"))
+    sets = [("demo, 1 face", "demo", 1), ("demo, 3 faces", "demo", 3)]
+    if args.folder is not None:
+        sets.append((f"folder {args.folder}", str(args.folder), 1))
+    elif args.data.is_file():
+        sets.append(("folder: 100 FER val faces x4 on 640x480 JPEG", str(fer_folder(args.data, tmp / "fer")), 1))
+    broker = Broker(tmp / "mosquitto").start() if mosquitto_available() else None
+    print(f"model {manifest.model_id}; {args.frames} timed frames after {args.warmup} warm-up (fer: "
+          f"{min(args.frames, args.fer_frames)}); 640x480; 1 classifier thread; p50 ms per frame; "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| frames | pipeline | detect | classify | track | publish | loop (no capture) | capture | peak RSS MB | faces |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ratios = []
+    try:
+        for label, frames_from, faces in sets:
+            common = {"faces": faces, "frames_from": frames_from}
+            rows = [("daemon, BlazeFace, MQTT to Mosquitto", "daemon",
+                     {"detector": "blazeface", "sink": "mqtt", "mqtt_port": broker.port} if broker else None),
+                    ("daemon, BlazeFace, stdout sink", "daemon", {"detector": "blazeface", "sink": "stdout"}),
+                    ("floor: BlazeFace + classifier", "floor", {"detector": "blazeface"}),
+                    ("daemon, Haar, stdout sink", "daemon", {"detector": "opencv", "sink": "stdout"})]
+            ours = None
+            for name, kind, extra in rows:
+                if extra is None:
+                    continue
+                res = run_worker(sys.executable, kind, args, **common, **extra)
+                if res is None:
+                    continue
+                if name.startswith("daemon, BlazeFace, MQTT"):
+                    ours = res
+                print(f"| {label} | {name} | {cell(res, 'detect')} | {cell(res, 'classify')} | {cell(res, 'track')} | "
+                      f"{cell(res, 'publish')} | {cell(res, 'loop')} | {cell(res, 'capture')} | {res['rss_mb']:.0f} | "
+                      f"{res['faces_seen']:.2f} |", flush=True)
+            if args.fer_python and Path(args.fer_python).exists():
+                res = run_worker(args.fer_python, "fer", args, **common)
+                if res is not None:
+                    print(f"| {label} | fer: FER().detect_emotions | – | – | – | – | {cell(res, 'loop')} | – | "
+                          f"{res['rss_mb']:.0f} | {res['faces_seen']:.2f} |", flush=True)
+                    if ours is not None:
+                        ratios.append(f"{label}: {res['loop']['p50'] / ours['loop']['p50']:.1f}x")
+    finally:
+        if broker is not None:
+            broker.stop()
+    if ratios:
+        print("\nfer's pipeline / our loop (p50, same frames, decode excluded): " + "; ".join(ratios))
+    print(f"\ncommand: {' '.join(['python3', 'benchmarks/edge_pipeline.py', *(argv or sys.argv[1:])])}")
     return 0
 
 

@@ -156,10 +156,24 @@ def test_a_kill_loses_only_what_waited_in_memory(tmp_path):
 
 def test_the_file_shrinks_back_once_a_backlog_is_delivered(tmp_path):
     box = Outbox(tmp_path / "o.db")
-    seqs = [box.add("faces", "t", lambda s: b"x" * 4000) for _ in range(500)]
+    seqs = [box.add("events", "t", lambda s: b"x" * 4000) for _ in range(500)]
     box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     big = (tmp_path / "o.db").stat().st_size
     box.ack(seqs)
     box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     small = (tmp_path / "o.db").stat().st_size
     assert big > 1_500_000 and small < big / 10, (big, small)
+
+
+def test_without_a_session_faces_updates_are_group_committed_and_the_rest_written_at_once(tmp_path):
+    clock = _Clock()
+    box = Outbox(tmp_path / "o.db", memory_s=2.0, clock=clock)  # memory_ok: no session
+    faces = [_add(box, "faces") for _ in range(5)]
+    assert box.on_disk() == 0 and box.pending() == 5, "per-frame updates wait for a group commit"
+    clock.t += 0.5
+    assert box.spill_stale() == 0
+    clock.t += 0.6  # older than OFFLINE_BATCH_S (1 s): one transaction for all five
+    assert box.spill_stale() == 5 and box.on_disk() == 5
+    more = [_add(box, "faces") for _ in range(2)]
+    event = _add(box, "events")  # an event is on disk before add() returns, with the faces before it
+    assert box.on_disk() == 8 and [m.seq for m in box.peek(0, 20)] == faces + more + [event]

@@ -16,15 +16,21 @@ import argparse
 import dataclasses
 import logging
 import os
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING
 
 from edge.config import MqttConfig, TlsConfig, load_config, parse_config, resolve_secret
 
+if TYPE_CHECKING:  # paho and ssl load only where a client is made: `run --stdout` and the CLI's parser skip them
+    import ssl
+
+    import paho.mqtt.client as mqtt
+
 log = logging.getLogger(__name__)
+
+#: paho's protocol numbers (``mqtt.MQTTv311``, ``mqtt.MQTTv5``), usable without importing paho.
+MQTT_V311, MQTT_V5 = 4, 5
 
 #: The password variable of workstation tools before they shared the daemon's; still read, with a warning.
 LEGACY_PASSWORD_ENV = "EMOTION_PUSH_MQTT_PASSWORD"
@@ -69,6 +75,8 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
         if path is not None and not Path(path).is_file():
             raise BrokerError(f"mqtt.tls: cannot load the {what} {path}: it does not exist; check mqtt.tls.{key}"
                               + (" or --mqtt-ca" if key == "ca_file" else ""))
+    import ssl
+
     try:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
         if tls.cert_file:
@@ -85,7 +93,7 @@ def make_client(
     settings: BrokerSettings,
     client_id: str = "",
     *,
-    protocol: int = mqtt.MQTTv5,
+    protocol: int = MQTT_V5,
     manual_ack: bool = False,
     will: tuple[str, str] | None = None,
     reconnect_on_failure: bool = True,
@@ -105,7 +113,9 @@ def make_client(
     Raises:
         BrokerError: The TLS files cannot be loaded.
     """
-    kwargs = {"clean_session": True} if protocol != mqtt.MQTTv5 else {}
+    import paho.mqtt.client as mqtt
+
+    kwargs = {"clean_session": True} if protocol != MQTT_V5 else {}
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=protocol, manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
     if will is not None:

@@ -77,11 +77,15 @@ class DemoSource:
         if min(p.shape[0] for p in self._patches) < MIN_FACE_SIDE:
             raise SourceError(f"demo frame {width}x{height} is too small for {faces} face(s) of at least "
                               f"{MIN_FACE_SIDE} px; use at least 320x240")
-        # A soft static background (vertical gradient plus a little texture) so the detector sees a scene.
-        yy = np.linspace(70, 150, height, dtype=np.float32)[:, None, None]
+        # A soft static background (vertical gradient plus a little texture) so the detector sees a scene. Built
+        # one float32 plane at a time: float64 frame-sized temporaries would leave megabytes in the heap of a Pi.
         rng = np.random.default_rng(7)
-        bg = yy + rng.normal(0, 6, (height, width, 1)).astype(np.float32)
-        self._background = np.clip(np.concatenate([bg * 0.9, bg, bg * 1.1], axis=2), 0, 255).astype(np.uint8)
+        gray = rng.standard_normal((height, width), dtype=np.float32)
+        gray *= 6.0
+        gray += np.linspace(70, 150, height, dtype=np.float32)[:, None]
+        self._background = np.empty((height, width, 3), np.uint8)
+        for channel, gain in enumerate((0.9, 1.0, 1.1)):
+            self._background[..., channel] = np.clip(gray * gain, 0, 255)
         self._index = 0
 
     def positions(self, index: int) -> list[tuple[int, int, int] | None]:

@@ -11,8 +11,7 @@ import socket
 from typing import TextIO
 
 from edge.config import Config
-from edge.runtime.publish.mqtt import MqttSink
-from edge.runtime.publish.stdout import StdoutSink
+from edge.runtime.publish.base import Sink
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,16 @@ def broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def choose_sink(config: Config, stream: TextIO | None = None) -> MqttSink | StdoutSink:
+def choose_sink(config: Config, stream: TextIO | None = None) -> Sink:
     """The sink for this configuration.
 
     ``mqtt.enabled = false`` gives stdout; a configured ``mqtt.host`` gives MQTT (it is retried until it
     answers); with no host, MQTT to ``localhost`` if a broker answers there, else stdout, saying so.
     """
+    # Imported here: the MQTT sink brings paho and ssl (about 9 MB), which a stdout run does not need.
+    from edge.runtime.publish.mqtt import MqttSink
+    from edge.runtime.publish.stdout import StdoutSink
+
     m = config.mqtt
     if not m.enabled:
         log.info("mqtt.enabled is false: printing the JSON time series to stdout")

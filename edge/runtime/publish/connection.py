@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge.protocol.broker import BrokerSettings, make_client
+from edge.protocol.broker import MQTT_V311, BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class MqttConnection:
     # ----------------------------------------------------------------------------------------- internals
 
     def _make_client(self) -> mqtt.Client:
-        client = make_client(self.settings, self.client_id, protocol=mqtt.MQTTv311, reconnect_on_failure=False,
+        client = make_client(self.settings, self.client_id, protocol=MQTT_V311, reconnect_on_failure=False,
                              will=(self.availability_topic, "offline"), context=self._tls_context)
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)

@@ -11,11 +11,13 @@ is about 18 GB a day). So:
   transaction (a group commit), oldest first. A healthy session writes nothing but a seq reservation once per
   1000 messages (:mod:`edge.runtime.publish.seq`).
 * While there is no session (broker restarting, unreachable, not yet connected), every message is written to
-  disk before :meth:`Outbox.add` returns, as are those still in memory: a kill -9 or a power cut then loses
-  nothing that was published.
+  disk before :meth:`Outbox.add` returns, as are those still in memory; except per-frame ``faces`` updates,
+  which are written in groups at most :data:`OFFLINE_BATCH_S` old (ten a second would otherwise be ten commits
+  a second for as long as the broker is away).
 
 The durability window is therefore: a kill -9 or power cut while connected loses at most the messages of the
-last ``memory_s`` seconds that the broker had not yet acknowledged; nothing else. Messages keep their seq and
+last ``memory_s`` seconds that the broker had not yet acknowledged; while disconnected, at most the ``faces``
+updates of the last :data:`OFFLINE_BATCH_S` seconds (events, summaries and status: nothing). Messages keep their seq and
 their order wherever they are: every message on disk is older than every message in memory.
 
 Durability on disk: WAL with ``synchronous=NORMAL`` survives a killed process (committed transactions are in the
@@ -42,8 +44,10 @@ from edge.runtime.publish.seq import SeqBlock
 
 log = logging.getLogger(__name__)
 
-#: Message kind dropped first when the outbox is full.
+#: Message kind dropped first when the outbox is full, and batched while there is no session.
 DROP_FIRST_KIND = "faces"
+#: While there is no session, ``faces`` updates wait at most this long in memory before a group commit.
+OFFLINE_BATCH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ class Outbox:
         Returns:
             The seq of the stored message.
         """
-        in_memory = self.memory_ok()
+        in_memory = self.memory_ok() or kind == DROP_FIRST_KIND
         with self._lock:
             if in_memory:
                 seq = self._seq.take()
@@ -219,20 +223,17 @@ class Outbox:
         self._dropped += dropped
 
     def spill_stale(self) -> int:
-        """Write to disk the messages that waited in memory longer than ``memory_s``, or all of them when no
-        session is up any more; return how many. Called periodically (the sink's flusher thread)."""
+        """Write to disk the messages that waited in memory longer than ``memory_s`` (:data:`OFFLINE_BATCH_S` when
+        no session is up); return how many. Called periodically (the sink's flusher thread)."""
         with self._lock:
             if not self._memory:
                 return 0
-            if not self.memory_ok():
-                n = len(self._memory)
-            else:
-                cutoff = self._clock() - self.memory_s
-                n = 0
-                for m in self._memory:
-                    if m.added > cutoff:
-                        break
-                    n += 1
+            cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
+            n = 0
+            for m in self._memory:
+                if m.added > cutoff:
+                    break
+                n += 1
             if n:
                 self._spill(n)
             return n

@@ -53,7 +53,7 @@ class OutboxPump:
 
     def reset(self) -> None:
         """The session ended: what was in flight is resent, in order, by the next one, and what waited in memory
-        goes to disk now (no broker will acknowledge it soon)."""
+        long enough goes to disk now (no broker will acknowledge it soon; the flusher takes the rest)."""
         self.in_flight.clear()
         self._cursor = 0
         self.outbox.spill_stale()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from edge.config import ConfigError
 from edge.protocol.broker import BrokerError, add_broker_flags, settings_from_args
-from edge.tools.subscribe import client as sub_client
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +157,13 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     whichever CLI dispatches it."""
 
     def run(args: argparse.Namespace) -> int:
+        from edge.tools.subscribe.client import SubscribeError
         from edge.tools.subscribe.plot import PlotError
         from edge.tools.subscribe.store import StoreError
 
         try:
             return int(fn(args) or 0)
-        except (sub_client.SubscribeError, BrokerError, ConfigError, StoreError, PlotError) as exc:
+        except (SubscribeError, BrokerError, ConfigError, StoreError, PlotError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:  # an export or plot path that cannot be written
