@@ -13,7 +13,8 @@
 # What it does:
 #   1. apt: python3-venv, python3-pip, python3-picamera2 (camera stack; only from apt), mosquitto-clients
 #   2. a static system user 'emotion-edge' in group 'video'
-#   3. a venv at /opt/emotion-edge with --system-site-packages (so apt's picamera2/libcamera are importable),
+#   3. a venv at /opt/emotion-edge with --system-site-packages (so apt's picamera2/libcamera are importable) and
+#      without pip of its own (the system's pip installs into it),
 #      then pip install '<source>[edge]' (with --with-mediapipe also the optional MediaPipe detector backend:
 #      [mediapipe-deps] and mediapipe --no-deps, whose 1.x wheels would pull the GUI opencv-contrib-python)
 #   4. /etc/emotion-edge/config.toml (only if missing), mqtt_password (empty, 0600, only if missing), keys/
@@ -194,10 +195,12 @@ fi
 if [[ -x "$PREFIX/bin/python" ]]; then
     say "venv $PREFIX exists; updating the package in it"
 else
-    say "creating venv $PREFIX (with system site packages, for apt's picamera2)"
-    run python3 -m venv --system-site-packages "$PREFIX"
+    say "creating venv $PREFIX (with system site packages, for apt's picamera2; without pip: the system's pip installs into it)"
+    run python3 -m venv --system-site-packages --without-pip "$PREFIX"
 fi
-pip=("$PREFIX/bin/python" -m pip --disable-pip-version-check)
+# The system's pip (apt's python3-pip) installs into the venv (pip >= 22.3: --python), so the venv carries only
+# what the daemon runs: a venv's own pip and setuptools would be another 23 MB on the SD card.
+pip=(python3 -m pip --disable-pip-version-check --python "$PREFIX/bin/python")
 # shellcheck disable=SC2206  # PIP_ARGS is split on purpose
 extra=($PIP_ARGS)
 # Bookworm's apt numpy (1.x) is what python3-picamera2's compiled parts are built against; a numpy 2 in the

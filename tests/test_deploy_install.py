@@ -44,7 +44,8 @@ def test_install_dry_run_shows_every_step_and_changes_nothing(tmp_path):
              extra_env={"EMOTION_EDGE_UNIT_DIR": str(units)})
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "python3 -m venv --system-site-packages /opt/emotion-edge" in out or "venv /opt/emotion-edge exists" in out
+    assert "python3 -m venv --system-site-packages --without-pip /opt/emotion-edge" in out or "venv /opt/emotion-edge exists" in out
+    assert "python3 -m pip --disable-pip-version-check --python /opt/emotion-edge/bin/python install" in out
     assert "[edge\\]" in out and "mediapipe" not in out  # the default detector runs in LiteRT: no MediaPipe
     assert f"+ write {etc}/config.toml" in out and 'id = "kitchen-pi"' in out and 'host = "broker.lan"' in out
     assert f"+ write {etc}/mqtt_password (mode 0600)" in out

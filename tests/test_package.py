@@ -9,6 +9,7 @@ def test_the_wheel_holds_the_default_model_assets_and_schema(built_wheel):
     names = set(zipfile.ZipFile(built_wheel).namelist())
     for needed in ("edge/models/default/model.tflite", "edge/models/default/manifest.json",
                    "edge/models/default/README.md", "edge/assets/face_detection_short_range.tflite",
+                   "edge/assets/demo/astronaut.jpg", "edge/assets/demo/grace_hopper.jpg",
                    "edge/protocol/payloads.schema.json", "edge/modelctl.py", "edge/runtime/daemon.py",
                    "train_export/cli.py"):
         assert needed in names, needed
