@@ -15,7 +15,13 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from edge.config import parse_config
-from edge.runtime.homeassistant import DAEMON_STATES, STATE_FILE, HomeAssistantDiscovery, attach, discovery_message
+from edge.runtime.homeassistant import (
+    DAEMON_STATES,
+    STATE_FILE,
+    HomeAssistantDiscovery,
+    attach,
+    discovery_message,
+)
 from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import LABELS, Collector, sink_config, status_body, summary_body, validator
 

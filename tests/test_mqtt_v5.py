@@ -4,6 +4,7 @@ request/response (response topic, correlation data)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -159,10 +160,8 @@ class V311OnlyBroker:
                 pass
             finally:
                 for s in (a, b):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
         threading.Thread(target=pipe, args=(up, conn), daemon=True).start()

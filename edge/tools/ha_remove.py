@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-
 from typing import Any
 
 from edge.protocol.broker import BrokerSettings
