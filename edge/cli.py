@@ -122,6 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.publish.base import SinkError
 
     daemon = Daemon(cfg)  # load model, detector before touching the network
+    from edge.runtime import metrics
+
+    try:
+        metrics.attach(daemon, cfg)  # before the camera opens: a missing package fails the start cleanly
+    except metrics.MetricsUnavailable as exc:
+        daemon.close()
+        raise ConfigError(str(exc)) from None
     uri = cfg.source.uri
     try:
         daemon.source.open_now()
@@ -180,6 +187,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  model push: {'on' if cfg.model_push.enabled else 'off'}; HA discovery: "
           f"{'on' if cfg.homeassistant.enabled else 'off'}")
     print(f"  preview:    {cfg.privacy.debug_preview_dir or 'off'}")
+    print(f"  metrics:    {f'http://{cfg.metrics.host}:{cfg.metrics.port}/metrics' if cfg.metrics.enabled else 'off'}")
     return 0
 
 

@@ -175,6 +175,12 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(60.0, description="Longest wait between reconnect attempts (exponential backoff).", gt=0)
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk outbox settings.")
+    faces_expiry_s: int = Field(
+        10, description="MQTT 5 message expiry of each 'faces' message: the broker discards one that no subscriber "
+        "took within this many seconds, so stale per-frame updates do not pile up for absent subscribers "
+        "(0 = never; ignored on an MQTT 3.1.1 broker). Summaries, events and status never expire.",
+        ge=0, le=86400,
+    )
 
 
 class HomeAssistantConfig(_Section):
@@ -185,7 +191,7 @@ class HomeAssistantConfig(_Section):
         "homeassistant", description="Home Assistant discovery prefix (no MQTT wildcards).", pattern=r"^[^#+]+$"
     )
     support_url: str | None = Field(
-        None, description="Link shown as the discovery 'origin' support URL; default: the package's project URL."
+        None, description="Link shown as the discovery 'origin' support URL; none is sent when unset."
     )
 
 
@@ -216,6 +222,16 @@ class PrivacyConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: the optional Prometheus endpoint (the figures of the status message)."""
+
+    enabled: bool = Field(False, description="Serve Prometheus metrics over HTTP (needs the prometheus-client "
+                          "package, part of the [edge] extra).")
+    host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 keeps the endpoint on this machine "
+                      "(0.0.0.0 exposes it to the network, unauthenticated).")
+    port: int = Field(9312, description="TCP port of the endpoint (http://HOST:PORT/metrics).", ge=1, le=65535)
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -228,6 +244,7 @@ class Config(_Section):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig, description="HA discovery.")
     model_push: ModelPushConfig = Field(default_factory=ModelPushConfig, description="Fleet model updates.")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Privacy switches.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics endpoint.")
 
     def state_dir(self) -> Path:
         """The state folder (see DeviceConfig.state_dir), created if missing; ConfigError if it cannot be."""

@@ -13,7 +13,8 @@ import jsonschema
 import paho.mqtt.client as mqtt
 
 from edge.config import Config, parse_config
-from edge.protocol.envelope import load_schema
+from edge.protocol.envelope import KINDS, load_schema
+from edge.protocol.topics import parse_topic
 from tests.broker import Broker
 
 _VALIDATOR: jsonschema.Draft202012Validator | None = None
@@ -89,7 +90,8 @@ class Collector:
             msgs = list(self.messages)
         out = []
         for t, payload, _ in msgs:
-            if t.endswith("/availability") or not t.startswith("emotion/"):
+            parsed = parse_topic(t, "emotion")
+            if parsed is None or parsed[1] not in KINDS:  # availability and the plain state/... topics
                 continue
             env = json.loads(payload)
             if kind is None or env["kind"] == kind:

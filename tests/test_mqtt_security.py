@@ -167,7 +167,7 @@ def test_the_right_password_from_the_environment_works(password_broker, tmp_path
         assert sink.wait_connected(5)
         seq = sink.publish("events", event_body(1))
         assert col.wait_for(lambda c: c.unique_seqs() == [seq])
-        assert sink.connection_state() == {"connected": True, "refused": False, "error": None}
+        assert sink.connection_state() == {"connected": True, "refused": False, "error": None, "protocol": "5"}
     finally:
         sink.close()
         col.stop()

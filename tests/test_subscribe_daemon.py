@@ -14,6 +14,7 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from edge.protocol.broker import BrokerSettings
+from edge.protocol.envelope import KINDS
 from edge.tools.subscribe.plot import plot_recording
 from edge.tools.subscribe.record import Recorder
 from edge.tools.subscribe.watch import WatchState
@@ -71,39 +72,59 @@ def test_discovery_state_topics_and_template_fields_match_what_the_daemon_publis
     configs = {t: json.loads(p[-1]) for t, p in topics.items() if t.startswith("homeassistant/") and p[-1]}
     status = json.loads(topics[f"emotion/{DEVICE}/status"][-1])
     labels = status["model"]["labels"]
-    assert set(configs) == {f"homeassistant/sensor/{DEVICE}_{o}/config"
-                            for o in ["dominant_emotion", "face_count", *(f"prob_{lab}" for lab in labels)]}
+    assert list(configs) == [f"homeassistant/device/emotion_edge_{DEVICE}/config"]
+    [device_config] = configs.values()
+    assert device_config["dev"]["sw"] == status["version"] and device_config["dev"]["name"] == "Hallway"
+    avail = device_config["avty"][0]
+    seen = {p.decode() for p in topics[avail["topic"]]}
+    assert seen == {avail["payload_available"], avail["payload_not_available"]}  # online, then offline at stop
+    cmps = device_config["cmps"]
+    assert {c for c in cmps if "_prob_" in c} == {f"emotion_edge_{DEVICE}_prob_{lab}" for lab in labels}
     env = SandboxedEnvironment()
-    for topic, cfg in configs.items():
-        assert cfg["device"]["sw_version"] == status["version"] and cfg["device"]["model_id"] == status["model_id"]
-        assert cfg["device"]["name"] == "Hallway"
-        avail = cfg["availability"][0]
-        seen = {p.decode() for p in topics[avail["topic"]]}
-        assert seen == {avail["payload_available"], avail["payload_not_available"]}  # online, then offline at stop
+    for cid, cfg in cmps.items():
+        if "state_topic" not in cfg:
+            continue  # buttons only send
         states = topics.get(cfg["state_topic"], [])
-        assert len(states) >= 2, f"{topic}: nothing arrived on its state topic {cfg['state_topic']}"
+        assert len(states) >= 2, f"{cid}: nothing arrived on its state topic {cfg['state_topic']}"
+        if cfg["platform"] in ("binary_sensor", "switch"):  # plain ON/OFF topics
+            on, off = (cfg["payload_on"], cfg["payload_off"]) if cfg["platform"] == "binary_sensor" else \
+                (cfg["state_on"], cfg["state_off"])
+            assert {p.decode() for p in states} <= {on, off}
+            continue
         fields = set(re.findall(r"value_json\.(\w+)", cfg["value_template"] + cfg.get("json_attributes_template", "")))
         assert fields
         for raw in states:
             msg = json.loads(raw)
-            assert fields <= set(msg), f"{topic}: template reads {fields - set(msg)} that the daemon does not send"
+            if cfg["platform"] == "event":
+                value = env.from_string(cfg["value_template"]).render(value_json=msg).strip()
+                if msg["event"] in cfg["event_types"]:
+                    assert json.loads(value)["event_type"] == msg["event"]
+                else:
+                    assert value == ""
+                continue
+            # Fields that only some messages of a kind carry are read with a default (duration_s and the like).
+            assert fields <= set(msg), f"{cid}: template reads {fields - set(msg)} that the daemon does not send"
             value = env.from_string(cfg["value_template"]).render(value_json=msg).strip()
             if cfg.get("device_class") == "enum":
                 assert value in cfg["options"]
+            if cid.endswith("_dominant_emotion"):
                 assert value == (msg["dominant_emotion"] or "none")
-            elif topic.endswith("_face_count/config"):
+            elif cid.endswith("_face_count"):
                 assert int(value) == msg["faces_max"]
-            else:
-                label = topic.rsplit("_prob_", 1)[1].removesuffix("/config")
+            elif "_prob_" in cid:
+                label = cid.rsplit("_prob_", 1)[1]
                 assert float(value) == pytest.approx(100 * msg["mean_probs"].get(label, 0.0), abs=0.051)
+            elif cid.endswith("_state"):
+                assert value == msg["state"]
     # The demo has faces: at least one window must name a dominant emotion, so the enum is really exercised.
     assert any(json.loads(p)["dominant_emotion"] for p in topics[f"emotion/{DEVICE}/summary"])
+    assert b"ON" in topics[f"emotion/{DEVICE}/state/presence"]
 
 
 def test_recorder_stored_every_daemon_message_once_and_plot_reads_them(daemon_run, tmp_path):
     _, collector, db = daemon_run
     sent = {json.loads(p)["seq"] for t, p, _ in collector.messages
-            if t.startswith(f"emotion/{DEVICE}/") and not t.endswith("/availability")}
+            if t.startswith(f"emotion/{DEVICE}/") and t.rsplit("/", 1)[1] in KINDS}
     from edge.tools.subscribe.store import Recording
 
     rec = Recording(db, readonly=True)

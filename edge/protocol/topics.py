@@ -3,7 +3,9 @@
 ``<prefix>/<device>/<kind>`` carries the JSON payloads (:data:`edge.protocol.envelope.KINDS`);
 ``<prefix>/<device>/availability`` the retained plain string ``online``/``offline`` (Last Will);
 ``<prefix>/<device>/command`` the JSON commands a device accepts; ``<prefix>/<device>/model/push`` and
-``<prefix>/group/<group>/model/push`` signed model pushes (:mod:`edge.protocol.push`).
+``<prefix>/group/<group>/model/push`` signed model pushes (:mod:`edge.protocol.push`); and
+``<prefix>/<device>/state/<name>`` the retained plain-value topics (:data:`STATE_TOPICS`) for consumers that do
+not parse JSON (see ``TOPICS.md`` beside this module).
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from edge.protocol.envelope import KINDS
 AVAILABILITY = "availability"
 #: Where a device listens for JSON commands.
 COMMAND = "command"
+
+#: Retained plain-value topics, ``<prefix>/<device>/state/<name>`` (QoS 1, the latest value only):
+#: ``emotion`` the dominant emotion of the last summary window or ``none``; ``face_count`` the faces tracked right
+#: now (an integer); ``presence`` ``ON`` while at least one face is tracked, else ``OFF``; ``paused`` ``ON`` while
+#: the privacy pause holds the camera off, else ``OFF``.
+STATE_EMOTION = "state/emotion"
+STATE_FACE_COUNT = "state/face_count"
+STATE_PRESENCE = "state/presence"
+STATE_PAUSED = "state/paused"
+STATE_TOPICS = (STATE_EMOTION, STATE_FACE_COUNT, STATE_PRESENCE, STATE_PAUSED)
+#: The value of ``state/emotion`` when nobody was seen in the window (also while paused).
+NO_EMOTION = "none"
 
 
 def topic(prefix: str, device_id: str, leaf: str) -> str:

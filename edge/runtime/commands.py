@@ -3,6 +3,9 @@
 Commands: ``publish_status`` (a fresh retained status now) and ``reload_model`` (load the model store's
 ``current`` bundle, or reload the running one). The command topic carries no signature, so a command can never
 point the daemon at other files (see :meth:`edge.runtime.models.active.ActiveModel.reload_target`).
+
+Privacy: ``pause`` stops capture and releases the camera until ``resume``, across restarts; no other command
+turns capture back on (see :meth:`edge.runtime.daemon.Daemon.set_paused`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from edge.runtime.models.active import ActiveModel
 log = logging.getLogger(__name__)
 
 #: The commands a device accepts.
-COMMANDS = ("publish_status", "reload_model")
+COMMANDS = ("publish_status", "reload_model", "pause", "resume")
+
+#: Pauses (True) or resumes (False) capture; returns ``(ok, detail)`` for the answer.
+SetPaused = Callable[[bool], "tuple[bool, str]"]
 
 
 class DeviceCommands:
@@ -29,18 +35,20 @@ class DeviceCommands:
         swap_model: Swaps a bundle in (the daemon's, so its status and extensions follow).
         publish_status: Asks for a status message at the next loop iteration.
         publish_event: Publishes an ``events`` body.
+        set_paused: The privacy pause (``pause``/``resume``); None answers those commands as unavailable.
     """
 
     def __init__(self, models: ActiveModel, swap_model: Callable[[Path], None], publish_status: Callable[[], None],
-                 publish_event: Callable[[dict[str, Any]], None]) -> None:
+                 publish_event: Callable[[dict[str, Any]], None], set_paused: SetPaused | None = None) -> None:
         self._models = models
         self._swap_model = swap_model
         self._publish_status = publish_status
         self._publish_event = publish_event
+        self._set_paused = set_paused
 
-    def handle(self, cmd: dict[str, Any]) -> None:
-        """Execute a command dict and publish the result as an ``events`` message with event ``command``.
-        Runs on the caller's thread; never raises."""
+    def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Execute a command dict and publish the result as an ``events`` message with event ``command``; return
+        that event's body (the MQTT 5 response). Runs on the caller's thread; never raises."""
         name = cmd.get("command")
         ok, detail = True, None
         try:
@@ -57,10 +65,17 @@ class DeviceCommands:
                 else:
                     self._swap_model(target)
                     detail = f"running {self._models.classifier.model_id}"
+            elif name in ("pause", "resume"):
+                if self._set_paused is None:
+                    ok, detail = False, "this device has no privacy pause"
+                else:
+                    ok, detail = self._set_paused(name == "pause")
             else:
                 ok, detail = False, f"unknown command {name!r}; use {' or '.join(repr(c) for c in COMMANDS)}"
         except Exception as exc:  # BundleError, RuntimeMissing, OSError: reported, never raised to the sink
             ok, detail = False, f"{name} failed: {exc}"
         if not ok:
             log.warning("command %s: %s", name, detail)
-        self._publish_event(command_event(name, ok, detail, cmd))
+        body = command_event(name, ok, detail, cmd)
+        self._publish_event(body)
+        return body

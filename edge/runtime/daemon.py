@@ -1,9 +1,10 @@
 """The frame loop: source -> detection -> classification -> tracking -> payloads through a Sink.
 
 One thread runs :meth:`Daemon.run`. Other threads (MQTT command worker, model push worker, signal handlers)
-only call :meth:`Daemon.stop`, :meth:`Daemon.swap_model`, :meth:`Daemon.handle_command` and
-:meth:`Daemon.publish_status`, which are safe to call from any thread: a model swap replaces the classifier
-reference between frames (:mod:`edge.runtime.models.active`). The payload bodies are built by
+only call :meth:`Daemon.stop`, :meth:`Daemon.swap_model`, :meth:`Daemon.handle_command`,
+:meth:`Daemon.set_paused` and :meth:`Daemon.publish_status`, which are safe to call from any thread: a model
+swap replaces the classifier reference between frames (:mod:`edge.runtime.models.active`), and a pause waits
+for the frame in progress, then closes the source (:mod:`edge.runtime.pause`). The payload bodies are built by
 :mod:`edge.runtime.report`; no image or face crop is ever handed to the sink, only numbers and labels.
 """
 
@@ -25,6 +26,7 @@ from edge.runtime.commands import DeviceCommands
 from edge.runtime.detect import make_detector
 from edge.runtime.detect.base import FaceDetector
 from edge.runtime.models.active import ActiveModel
+from edge.runtime.pause import PauseFile
 from edge.runtime.preview import PreviewWriter
 from edge.runtime.publish.base import Sink
 from edge.runtime.report import (
@@ -35,6 +37,7 @@ from edge.runtime.report import (
     track_start_event,
 )
 from edge.runtime.sdnotify import Notifier
+from edge.runtime.state_topics import PlainState
 from edge.runtime.track import Track, Tracker
 from edge.version import package_version
 
@@ -87,8 +90,15 @@ class Daemon:
             lambda: open_source(s.uri, s), s.uri, s.max_fps, s.loop, s.retry_initial_s, s.retry_max_s
         )
         self.notifier = notifier or Notifier()
+        # Held by the frame loop around each iteration, so a pause from another thread never closes the source
+        # in the middle of a read.
+        self._loop_lock = threading.RLock()
+        self.pause = PauseFile(config.state_dir())
+        if self.pause.paused:
+            self.source.pause()  # before anyone (the CLI's open_now) can open the camera
+        self._plain = PlainState(self._publish_state)
         self.commands = DeviceCommands(self.models, self.swap_model, self.publish_status,
-                                       lambda body: self._publish("events", body))
+                                       lambda body: self._publish("events", body), self.set_paused)
         self._tracker = self._new_tracker(classifier)
         self._tracker_model = classifier
         self._extensions: list[Any] = []
@@ -155,9 +165,38 @@ class Daemon:
         self.models.swap(bundle_dir)
         self.publish_status()
 
-    def handle_command(self, cmd: dict) -> None:
-        """Execute a command dict (:mod:`edge.runtime.commands`) and publish its ``command`` event."""
-        self.commands.handle(cmd)
+    def handle_command(self, cmd: dict) -> dict[str, Any]:
+        """Execute a command dict (:mod:`edge.runtime.commands`), publish its ``command`` event, return its body."""
+        return self.commands.handle(cmd)
+
+    @property
+    def face_count(self) -> int:
+        """Faces tracked right now (tracks that have not ended)."""
+        return len(self._tracker.tracks)
+
+    def set_paused(self, paused: bool) -> tuple[bool, str]:
+        """The privacy pause (any thread): pausing waits for the frame in progress, ends the tracks and the
+        summary window, closes the source (the camera is released) and persists the pause; only resuming
+        (``paused`` False) opens it again. Returns ``(ok, detail)`` for the command's answer."""
+        with self._loop_lock:
+            if paused == self.pause.paused:
+                return True, "already paused" if paused else "not paused"
+            problem = self.pause.set(paused)
+            if paused:
+                self.source.pause()
+                self._end_tracks(self._tracker.close_all(), self._tracker.labels)
+                self._send_summary(time.monotonic())
+                self._set_state("paused")
+            else:
+                self.source.resume()
+                self._set_state("running")
+            self._plain.paused(paused)
+        if paused:
+            detail = "capture paused, camera released"
+            if problem:
+                return False, f"{detail}, but the pause would not survive a restart: {problem}"
+            return True, detail
+        return True, "capture resumed" + (f" (but {problem}: a restart comes back paused)" if problem else "")
 
     def status_body(self) -> dict[str, Any]:
         """The ``status`` payload body (see the MQTT contract)."""
@@ -169,6 +208,7 @@ class Daemon:
                 push = ext.last_result
         return {
             "state": self.state,
+            "paused": self.pause.paused,
             "model_id": clf.model_id,
             "model": {"id": clf.model_id, "runtime": clf.runtime, "labels": clf.labels},
             "detector": getattr(self.detector, "name", None),
@@ -198,25 +238,37 @@ class Daemon:
         for ext in self._extensions:
             if hasattr(ext, "start"):
                 ext.start()
-        self._set_state("running")
-        self.notifier.ready(f"running model {self.model_id}")
+        self._set_state("paused" if self.pause.paused else "running")
+        self._plain.refresh(None, 0, self.pause.paused)
+        self.notifier.ready(f"{'paused' if self.pause.paused else 'running'}, model {self.model_id}")
         try:
             while not self._stop.is_set():
                 self.notifier.watchdog()
-                self._periodic()
-                if max_frames is not None and self.frames >= max_frames:
+                if not self._iterate(max_frames):
                     break
-                frame = self.source.poll(max_wait=0.5)
-                if frame is None:
-                    if self.source.finished:
-                        break
-                    self._set_state("degraded" if self.source.state == "retrying" else "running")
-                    continue
-                self._set_state("running")
-                self.process_frame(frame)
         finally:
             self._shutdown()
         return self.frames
+
+    def _iterate(self, max_frames: int | None) -> bool:
+        """One loop iteration; False ends the loop. While paused it only keeps status and summaries going."""
+        with self._loop_lock:
+            self._periodic()
+            if max_frames is not None and self.frames >= max_frames:
+                return False
+            paused = self.pause.paused
+            if not paused:
+                frame = self.source.poll(max_wait=0.5)
+                if frame is None:
+                    if self.source.finished:
+                        return False
+                    self._set_state("degraded" if self.source.state == "retrying" else "running")
+                else:
+                    self._set_state("running")
+                    self.process_frame(frame)
+        if paused:
+            self._stop.wait(0.5)  # outside the lock, so a resume does not wait for it
+        return True
 
     # ---------------------------------------------------------------------------------------------- internals
 
@@ -232,6 +284,13 @@ class Daemon:
             self.sink.publish(kind, body)
         except Exception as exc:  # a closed or broken sink must not kill the frame loop
             log.error("cannot publish %s: %s", kind, exc)
+
+    def _publish_state(self, leaf: str, value: str) -> None:
+        if self.sink is not None:
+            try:
+                self.sink.publish_state(leaf, value)
+            except Exception as exc:  # like _publish: a broken sink must not kill the frame loop
+                log.error("cannot publish %s: %s", leaf, exc)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -253,8 +312,10 @@ class Daemon:
 
     def _send_summary(self, now: float) -> None:
         end = time.time()
-        self._publish("summary", self._window.body(self._tracker.labels, end, now))
+        body = self._window.body(self._tracker.labels, end, now)
+        self._publish("summary", body)
         self._window = SummaryWindow(end, now)
+        self._plain.refresh(body["dominant_emotion"], self.face_count, self.pause.paused)
 
     def _end_tracks(self, tracks: list[Track], labels: list[str]) -> None:
         for t in tracks:
@@ -298,6 +359,7 @@ class Daemon:
         for t in update.started:
             self._publish("events", track_start_event(t))
         self._end_tracks(update.ended, labels)
+        self._plain.faces(self.face_count)
         now = time.monotonic()
         if update.observed and now - self._last_faces >= self.config.mqtt.faces_interval_s:
             self._last_faces = now
@@ -320,6 +382,7 @@ class Daemon:
         log.info("stopping after %d frames", self.frames)
         self.notifier.stopping()
         self._end_tracks(self._tracker.close_all(), self._tracker.labels)
+        self._plain.faces(0)  # retained: a stopped device must not keep saying someone is there
         if self._window.frames:
             self._send_summary(time.monotonic())
         self.state = "stopping"

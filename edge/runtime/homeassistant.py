@@ -1,57 +1,57 @@
-"""Home Assistant MQTT discovery: the device announces its own sensors.
+"""Home Assistant MQTT discovery: the device announces itself, with all its entities, in one retained message.
 
-Published retained by the daemon through the sink (``sink.publish_raw``), re-published after every
-reconnect and whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and
-again when a pushed model changes the labels. Turned off with ``[homeassistant] enabled = false``.
+Device-based discovery (Home Assistant 2024.11 and later): one retained config on
+``<discovery_prefix>/device/emotion_edge_<device>/config`` with the device (``dev``), the origin (``o``) and its
+components (``cmps``), published through the sink (``sink.publish_raw``) once per start (on the first connect),
+whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
+changes the labels (a component left out of an update is removed by Home Assistant). Turned off with
+``[homeassistant] enabled = false``. Every component's key, ``unique_id`` and ``object_id`` are the same
+(``emotion_edge_<device>_<name>``; ``default_entity_id`` is ``<platform>.`` that), and all of them follow
+``<prefix>/<device>/availability`` (the daemon's Last Will sets ``offline``). What :func:`components` builds:
 
-Sensors (``<discovery_prefix>/sensor/<device>_<object>/config``), all reading the device's ``summary``
-messages (one per ``mqtt.summary_interval_s`` window, so Home Assistant's history stays small), all marked
-unavailable through ``<prefix>/<device>/availability`` (the daemon's Last Will sets ``offline``):
+- From ``summary`` (one per ``mqtt.summary_interval_s``, so Home Assistant's history stays small), with
+  ``expire_after`` three windows: ``dominant_emotion`` (``enum``: the model's labels plus ``none``),
+  ``face_count`` (most faces in one frame of the window), ``prob_<label>`` (mean probability, %).
+- From ``state/presence``: ``presence``, an ``occupancy`` binary sensor (``expire_after`` three windows).
+- From ``status`` (``entity_category: diagnostic``, ``expire_after`` three status intervals): ``fps``,
+  ``cpu_temperature``, ``state``, ``outbox_pending``, ``model``.
+- ``privacy``: a switch that sends ``pause``/``resume`` and reads ``state/paused``.
+- Buttons ``publish_status`` (diagnostic) and ``reload_model`` (config) that send those commands.
+- ``track``: an event entity firing ``track_start``/``track_end`` from ``events``.
 
-- ``dominant_emotion``: ``device_class: enum``; options are the model's labels plus ``none`` (nobody seen in
-  the window). The template maps anything else to ``none``, so the state is always a declared option.
-- ``face_count``: the most faces seen in one frame of the window (``faces_max``).
-- ``prob_<label>``: mean probability of each emotion over all face observations of the window, in %
-  (0 when nobody was seen).
-
-Removing a device: :func:`edge.tools.ha_remove.remove_device_from_broker` (``python -m edge ha-remove``) publishes empty retained
-payloads on its config topics, which makes Home Assistant delete the entities.
+Earlier versions published one config per entity (``<discovery_prefix>/sensor/<device>_<object>/config``); the
+state file (``ha_discovery_topics.json``) lists them, and they are cleared before the device config goes out.
+Removing a device: :func:`edge.tools.ha_remove.remove_device_from_broker` (``python -m edge ha-remove``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edge.config import Config
+from edge.protocol.topics import AVAILABILITY, COMMAND, STATE_PAUSED, STATE_PRESENCE, topic
 from edge.runtime.publish.base import Sink
 from edge.version import package_version
 
 log = logging.getLogger(__name__)
 
 ORIGIN_NAME = "emotion-edge"
-_FALLBACK_SUPPORT_URL = "https://pypi.org/project/emotion-edge/"
-
-
-def support_url(config: Config) -> str:
-    """``homeassistant.support_url``, else the package's project URL, else its PyPI page."""
-    if config.homeassistant.support_url:
-        return config.homeassistant.support_url
-    try:
-        urls = metadata.metadata("emotion-edge").get_all("Project-URL") or []
-    except metadata.PackageNotFoundError:
-        urls = []
-    for entry in urls:  # "Homepage, https://..."
-        _, _, url = entry.partition(",")
-        if url.strip().startswith("http"):
-            return url.strip()
-    return _FALLBACK_SUPPORT_URL
+#: What ``status.state`` can be (the ``state`` sensor's options).
+DAEMON_STATES = ("starting", "running", "degraded", "paused", "stopping", "offline")
+#: Sensors fed by a periodic message go unavailable after this many missed periods (a hung daemon whose
+#: availability still says online).
+EXPIRE_PERIODS = 3
+#: Pause between clearing the old per-entity configs and publishing the device config, so Home Assistant has
+#: removed the old entities before new ones with the same unique ids arrive.
+MIGRATION_GAP_S = 2.0
 
 
 def _object_id(text: str) -> str:
@@ -60,83 +60,99 @@ def _object_id(text: str) -> str:
 
 
 def device_identifier(device_id: str) -> str:
-    """The identifier of the device in Home Assistant's device registry."""
+    """The identifier of the device in Home Assistant's device registry (also its discovery topic's object id)."""
     return f"emotion_edge_{device_id}"
 
 
-def config_topic(config: Config, object_name: str) -> str:
-    """``<discovery_prefix>/sensor/<device>_<object>/config``."""
-    return f"{config.homeassistant.discovery_prefix}/sensor/{_object_id(config.device.id)}_{_object_id(object_name)}/config"
+def device_config_topic(config: Config) -> str:
+    """``<discovery_prefix>/device/emotion_edge_<device>/config``."""
+    return f"{config.homeassistant.discovery_prefix}/device/{_object_id(device_identifier(config.device.id))}/config"
 
 
 def _jinja_str(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def discovery_messages(
-    config: Config, labels: Sequence[str], model_id: str, version: str | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """The ``(config topic, payload)`` pairs for one device, its model's labels and the software version."""
+def _expire(period_s: float) -> int:
+    return max(1, math.ceil(EXPIRE_PERIODS * period_s))
+
+
+def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The ``cmps`` of the device config: ``{unique_id: component config}`` for the model's ``labels``."""
     dev = config.device.id
-    version = version or package_version()
     base = f"{config.mqtt.topic_prefix}/{dev}"
-    summary_topic = f"{base}/summary"
-    common: dict[str, Any] = {
-        "availability": [{"topic": f"{base}/availability", "payload_available": "online",
-                          "payload_not_available": "offline"}],
-        "availability_mode": "all",
-        "device": {
-            "identifiers": [device_identifier(dev)],
-            "name": config.device.name or dev,
-            "manufacturer": "emotion-edge",
-            "model": "Edge emotion monitor",
-            "model_id": model_id,
-            "sw_version": version,
-        },
-        "origin": {"name": ORIGIN_NAME, "sw_version": version, "support_url": support_url(config)},
-        "has_entity_name": True,
-        "qos": 1,
-    }
+    summary, status, events = f"{base}/summary", f"{base}/status", f"{base}/events"
+    command = topic(config.mqtt.topic_prefix, dev, COMMAND)
+    per_summary = _expire(config.mqtt.summary_interval_s)
+    per_status = _expire(config.mqtt.status_interval_s)
     label_list = "[" + ", ".join(_jinja_str(lab) for lab in labels) + "]"
-    msgs: list[tuple[str, dict[str, Any]]] = [
-        (config_topic(config, "dominant_emotion"), {
-            "name": "Dominant emotion",
-            "unique_id": f"{device_identifier(dev)}_dominant_emotion",
-            "state_topic": summary_topic,
-            "value_template": "{% set d = value_json.dominant_emotion %}"
-                              f"{{{{ d if d in {label_list} else 'none' }}}}",
-            "device_class": "enum",
-            "options": [*labels, "none"],
-            "icon": "mdi:emoticon-outline",
-            "json_attributes_topic": summary_topic,
-            "json_attributes_template": "{{ {'window_s': value_json.window_s, 'frames': value_json.frames, "
-                                        "'faces_mean': value_json.faces_mean} | tojson }}",
-            **common,
-        }),
-        (config_topic(config, "face_count"), {
-            "name": "Faces",
-            "unique_id": f"{device_identifier(dev)}_face_count",
-            "state_topic": summary_topic,
-            "value_template": "{{ value_json.faces_max | int(0) }}",
-            "state_class": "measurement",
-            "unit_of_measurement": "faces",
-            "icon": "mdi:account-group",
-            **common,
-        }),
-    ]
+    state_list = "[" + ", ".join(_jinja_str(s) for s in DAEMON_STATES) + "]"
+    diagnostic = {"state_topic": status, "entity_category": "diagnostic", "expire_after": per_status}
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(platform: str, key: str, **options: Any) -> None:
+        uid = f"{device_identifier(dev)}_{_object_id(key)}"
+        out[uid] = {"platform": platform, "unique_id": uid, "object_id": uid,
+                    "default_entity_id": f"{platform}.{uid}", "qos": 1, **options}
+
+    add("sensor", "dominant_emotion", name="Dominant emotion", state_topic=summary,
+        value_template="{% set d = value_json.dominant_emotion %}" f"{{{{ d if d in {label_list} else 'none' }}}}",
+        device_class="enum", options=[*labels, "none"], icon="mdi:emoticon-outline", expire_after=per_summary,
+        json_attributes_topic=summary,
+        json_attributes_template="{{ {'window_s': value_json.window_s, 'frames': value_json.frames, "
+                                 "'faces_mean': value_json.faces_mean} | tojson }}")
+    add("sensor", "face_count", name="Faces", state_topic=summary, value_template="{{ value_json.faces_max | int(0) }}",
+        state_class="measurement", unit_of_measurement="faces", icon="mdi:account-group", expire_after=per_summary)
     for lab in labels:
-        msgs.append((config_topic(config, f"prob_{lab}"), {
-            "name": f"{lab.capitalize()} probability",
-            "unique_id": f"{device_identifier(dev)}_prob_{_object_id(lab)}",
-            "state_topic": summary_topic,
-            "value_template": f"{{{{ ((value_json.mean_probs[{_jinja_str(lab)}] | default(0)) * 100) | round(1) }}}}",
-            "state_class": "measurement",
-            "unit_of_measurement": "%",
-            "suggested_display_precision": 1,
-            "icon": "mdi:emoticon",
-            **common,
-        }))
-    return msgs
+        add("sensor", f"prob_{lab}", name=f"{lab.capitalize()} probability", state_topic=summary,
+            value_template=f"{{{{ ((value_json.mean_probs[{_jinja_str(lab)}] | default(0)) * 100) | round(1) }}}}",
+            state_class="measurement", unit_of_measurement="%", suggested_display_precision=1, icon="mdi:emoticon",
+            expire_after=per_summary)
+    add("binary_sensor", "presence", name="Presence", state_topic=f"{base}/{STATE_PRESENCE}", payload_on="ON",
+        payload_off="OFF", device_class="occupancy", expire_after=per_summary)
+    add("switch", "privacy", name="Privacy pause", command_topic=command, payload_on='{"command":"pause"}',
+        payload_off='{"command":"resume"}', state_topic=f"{base}/{STATE_PAUSED}", state_on="ON", state_off="OFF",
+        retain=False, icon="mdi:cctv-off")
+    add("button", "publish_status", name="Publish status", command_topic=command,
+        payload_press='{"command":"publish_status"}', retain=False, entity_category="diagnostic", icon="mdi:refresh")
+    add("button", "reload_model", name="Reload model", command_topic=command, payload_press='{"command":"reload_model"}',
+        retain=False, entity_category="config", icon="mdi:reload")
+    add("event", "track", name="Track", state_topic=events, event_types=["track_start", "track_end"], icon="mdi:face-recognition",
+        # Command and model-push events render empty, which Home Assistant ignores.
+        value_template="{% if value_json.event in ['track_start', 'track_end'] %}{{ {'event_type': value_json.event, "
+                       "'track_id': value_json.track_id, 'duration_s': value_json.duration_s | default(none), "
+                       "'dominant_emotion': value_json.dominant_emotion | default(none)} | tojson }}{% endif %}")
+    add("sensor", "fps", name="Frame rate", value_template="{{ value_json.fps }}", state_class="measurement",
+        unit_of_measurement="fps", suggested_display_precision=1, icon="mdi:speedometer", **diagnostic)
+    add("sensor", "cpu_temperature", name="CPU temperature", device_class="temperature", state_class="measurement",
+        unit_of_measurement="°C", icon="mdi:thermometer", **diagnostic,
+        # 'None' is what Home Assistant reads as unknown (a machine without a thermal zone).
+        value_template="{{ value_json.cpu_temp_c if value_json.cpu_temp_c is not none else 'None' }}")
+    add("sensor", "state", name="State", device_class="enum", options=list(DAEMON_STATES), icon="mdi:state-machine",
+        value_template=f"{{% set s = value_json.state %}}{{{{ s if s in {state_list} else 'None' }}}}", **diagnostic)
+    add("sensor", "outbox_pending", name="Outbox backlog", value_template="{{ value_json.outbox.pending | int(0) }}",
+        state_class="measurement", unit_of_measurement="messages", icon="mdi:tray-full", **diagnostic)
+    add("sensor", "model", name="Model", value_template="{{ value_json.model_id if value_json.model_id else 'None' }}",
+        icon="mdi:brain", **diagnostic)
+    return out
+
+
+def discovery_message(config: Config, labels: Sequence[str], version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The device config ``(topic, payload)`` for the model's ``labels`` and the software version."""
+    version = version or package_version()
+    dev = config.device.id
+    origin: dict[str, Any] = {"name": ORIGIN_NAME, "sw": version}
+    if config.homeassistant.support_url:
+        origin["url"] = config.homeassistant.support_url
+    payload = {
+        "dev": {"ids": [device_identifier(dev)], "name": config.device.name or dev, "mf": "emotion-edge",
+                "mdl": "Edge emotion monitor", "sw": version},
+        "o": origin,
+        "avty": [{"topic": topic(config.mqtt.topic_prefix, dev, AVAILABILITY), "payload_available": "online",
+                  "payload_not_available": "offline"}],
+        "cmps": components(config, labels),
+    }
+    return device_config_topic(config), payload
 
 
 def model_info_from_daemon(daemon: Any) -> tuple[str, list[str]]:
@@ -165,46 +181,52 @@ STATE_FILE = "ha_discovery_topics.json"
 
 
 class HomeAssistantDiscovery:
-    """Daemon extension that keeps the device's discovery configs published.
+    """Daemon extension that keeps the device config published.
 
     Args:
         config: The daemon config (device id, topic prefix, discovery prefix).
         sink: An MQTT sink with ``publish_raw``, ``subscribe`` and ``add_connect_hook``.
         model_info: Returns ``(model_id, labels)`` of the model in use; called on every publish.
         check_interval_s: How often to look for a model change (a hot swap may change the labels).
+        migration_gap_s: Wait between clearing old per-entity configs and publishing the device config.
     """
 
     def __init__(self, config: Config, sink: Sink, model_info: Callable[[], tuple[str, list[str]]],
-                 check_interval_s: float = 5.0) -> None:
+                 check_interval_s: float = 5.0, migration_gap_s: float = MIGRATION_GAP_S) -> None:
         self.config = config
         self.sink = sink
         self.model_info = model_info
         self.check_interval_s = check_interval_s
-        # Persisted, so a restart with another model (a rollback while stopped) still clears the old labels'
-        # configs, which would otherwise stay in Home Assistant as sensors stuck at 0 %.
+        self.migration_gap_s = migration_gap_s
+        # Persisted, so configs an earlier version (or run) published are still cleared after a restart.
         self._state_file = config.state_dir() / STATE_FILE
         self.published: set[str] = self._load_published()
         self._last: tuple[str, tuple[str, ...]] | None = None
+        self._announced = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def publish(self) -> list[str]:
-        """Publish all configs retained, clear configs of labels the model no longer has; return the topics."""
+    def publish(self) -> str:
+        """Clear configs published before that are not the device config (the per-entity configs of earlier
+        versions), then publish the device config retained; return its topic."""
         model_id, labels = self.model_info()
-        msgs = discovery_messages(self.config, labels, model_id)
+        device_topic, payload = discovery_message(self.config, labels)
         with self._lock:
-            topics = []
-            for topic, payload in msgs:
-                self.sink.publish_raw(topic, json.dumps(payload, separators=(",", ":")), retain=True, qos=1)
-                topics.append(topic)
-            for stale in sorted(self.published - set(topics)):
-                self.sink.publish_raw(stale, b"", retain=True, qos=1)  # empty retained = entity removed
-            self.published = set(topics)
+            stale = sorted(self.published - {device_topic})
+            for old in stale:
+                self.sink.publish_raw(old, b"", retain=True, qos=1)  # empty retained = entity removed
+            if stale:
+                log.info("cleared %d Home Assistant discovery configs of an earlier version", len(stale))
+                time.sleep(self.migration_gap_s)
+            self.sink.publish_raw(device_topic, json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+                                  retain=True, qos=1)
+            self.published = {device_topic}
             self._last = (model_id, tuple(labels))
             self._save_published()
-        log.info("published %d Home Assistant discovery configs for model %s", len(topics), model_id)
-        return topics
+        log.info("published the Home Assistant device config (%d entities) for model %s", len(payload["cmps"]),
+                 model_id)
+        return device_topic
 
     def _load_published(self) -> set[str]:
         try:
@@ -212,7 +234,7 @@ class HomeAssistantDiscovery:
         except FileNotFoundError:
             return set()
         except (OSError, ValueError) as exc:
-            log.warning("cannot read %s (%s); stale Home Assistant entities of an earlier model may remain",
+            log.warning("cannot read %s (%s); Home Assistant entities of an earlier version may remain",
                         self._state_file, exc)
             return set()
         prefix = f"{self.config.homeassistant.discovery_prefix}/"
@@ -237,6 +259,13 @@ class HomeAssistantDiscovery:
         except Exception:  # a failed announce must not take the daemon down; the next trigger retries
             log.exception("publishing Home Assistant discovery failed")
 
+    def _on_connect(self) -> None:
+        # Once per start: the config is retained, so later reconnects need not repeat it. Connect hooks run one
+        # at a time on the network thread, so the flag needs no lock (and must not wait for publish()'s).
+        if not self._announced:
+            self._announced = True
+            self._publish_soon()
+
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             log.info("Home Assistant came online: re-publishing discovery")
@@ -254,16 +283,14 @@ class HomeAssistantDiscovery:
                 self._safe_publish()
 
     def start(self) -> None:
-        """Hook into the sink (HA status, reconnects), publish now, and watch for model changes."""
+        """Hook into the sink (the first connect, HA status) and watch for model changes."""
         self.sink.subscribe(f"{self.config.homeassistant.discovery_prefix}/status", self._on_ha_status)
-        self.sink.add_connect_hook(self._publish_soon)
-        if getattr(self.sink, "connected", True):
-            self._safe_publish()
+        self.sink.add_connect_hook(self._on_connect)  # also runs at once when the sink is connected already
         self._thread = threading.Thread(target=self._watch_model, name="ha-model-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching (configs stay retained: Home Assistant shows the device unavailable, not gone)."""
+        """Stop watching (the config stays retained: Home Assistant shows the device unavailable, not gone)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)

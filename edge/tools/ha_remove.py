@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from edge.protocol.broker import BrokerSettings
+from edge.protocol.topics import AVAILABILITY, STATE_TOPICS, topic
 from edge.runtime.homeassistant import device_identifier
 from edge.tools.subscribe.client import Subscriber, decode_json
 
 log = logging.getLogger(__name__)
 
 
+def names_device(body: Any, ident: str) -> bool:
+    """Whether a discovery payload (device-based or per entity, full or abbreviated keys) is of device ``ident``."""
+    if not isinstance(body, dict):
+        return False
+    device = body.get("device") or body.get("dev")
+    if not isinstance(device, dict):
+        return False
+    ids = device.get("identifiers") or device.get("ids") or []
+    return ident in ([ids] if isinstance(ids, str) else ids)
+
+
 def remove_device_from_broker(settings: BrokerSettings, device_id: str, discovery_prefix: str = "homeassistant",
                               purge: bool = False, settle_s: float = 0.5, max_wait_s: float = 5.0) -> list[str]:
     """Clear every retained discovery config of ``device_id`` on the broker (Home Assistant then deletes the
-    entities); with ``purge`` also its retained status and availability. Return the cleared topics.
+    entities); with ``purge`` also its retained status, availability and plain-value ``state/...`` topics. Return
+    the cleared topics.
 
     The configs are found by reading the retained ``<discovery_prefix>/+/+/config`` messages and keeping those
-    whose device identifiers name this device, so labels of any model version are covered.
+    whose device identifiers name this device: the device config (``<discovery_prefix>/device/<id>/config``) and
+    the per-entity configs earlier versions published, for labels of any model version.
 
     """
     ident = device_identifier(device_id)
@@ -28,7 +43,7 @@ def remove_device_from_broker(settings: BrokerSettings, device_id: str, discover
     def on_message(client, msg) -> None:
         last[0] = time.monotonic()
         body = decode_json(msg.payload)
-        if msg.retain and body and ident in ((body.get("device") or {}).get("identifiers") or []):
+        if msg.retain and names_device(body, ident):
             found[msg.topic] = None
 
     sub = Subscriber(settings, [f"{discovery_prefix}/+/+/config"], on_message)
@@ -40,7 +55,7 @@ def remove_device_from_broker(settings: BrokerSettings, device_id: str, discover
             time.sleep(0.05)  # retained messages follow the SUBACK; wait until they stop coming
         topics = list(found)
         if purge:
-            topics += [f"{settings.topic_prefix}/{device_id}/status", f"{settings.topic_prefix}/{device_id}/availability"]
+            topics += [topic(settings.topic_prefix, device_id, leaf) for leaf in ("status", AVAILABILITY, *STATE_TOPICS)]
         infos = [sub.client.publish(t, b"", qos=1, retain=True) for t in topics]
         for info in infos:
             info.wait_for_publish(timeout=max_wait_s)

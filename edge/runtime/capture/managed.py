@@ -1,7 +1,8 @@
 """The retrying, rate-capped wrapper around a source that the frame loop polls.
 
 :class:`ManagedSource` opens a source, caps the frame rate, and on failure or end reopens it with exponential
-backoff, never blocking for long so the frame loop keeps pinging the watchdog and publishing status.
+backoff, never blocking for long so the frame loop keeps pinging the watchdog and publishing status. The privacy
+pause (:meth:`ManagedSource.pause`) closes the source and keeps it closed: while paused nothing opens or reads it.
 """
 
 from __future__ import annotations
@@ -68,13 +69,34 @@ class ManagedSource:
         self.last_read_s = 0.0
         #: Frame slots missed because the loop fell behind ``max_fps`` (overload).
         self.dropped = 0
+        #: The privacy pause: the source stays closed until :meth:`resume`.
+        self.paused = False
 
     def status(self) -> dict:
         """``{uri, state, error, retries}`` for the status payload."""
         return {"uri": self.uri, "state": self.state, "error": self.error, "retries": self.retries}
 
+    def pause(self) -> None:
+        """Close the source (the camera is released) and keep it closed: :meth:`poll` and :meth:`open_now` do
+        nothing until :meth:`resume`. Call it from the thread that polls, or while that thread is held off."""
+        self.paused = True
+        self._close_src()
+        self.state, self.error = "paused", None
+
+    def resume(self) -> None:
+        """End the pause: the next :meth:`poll` opens the source at once (no backoff left from before)."""
+        if not self.paused:
+            return
+        self.paused = False
+        self._fails = 0
+        self._next_attempt = 0.0
+        self.state = "retrying"
+
     def open_now(self) -> None:
-        """Open the source at once; raise :class:`SourceError` if it cannot be (used to fail fast at start-up)."""
+        """Open the source at once; raise :class:`SourceError` if it cannot be (used to fail fast at start-up).
+        Does nothing while paused: a paused device never opens its camera."""
+        if self.paused:
+            return
         try:
             self._src = self._opener()
         except SourceFatal as exc:
@@ -105,8 +127,8 @@ class ManagedSource:
             self._src = None
 
     def poll(self, max_wait: float = 1.0) -> Frame | None:
-        """Return the next frame, or None if none is due within ``max_wait`` s (backoff, rate cap or end)."""
-        if self.finished:
+        """Return the next frame, or None if none is due within ``max_wait`` s (backoff, rate cap, end or pause)."""
+        if self.finished or self.paused:
             return None
         now = self._clock()
         if self._src is None:

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 OUTBOX_FILE = "outbox.db"
 
 MessageCallback = Callable[[str, bytes], None]
-CommandHandler = Callable[[dict[str, Any]], None]
+#: Runs a command; may return the body of its ``command`` event (for an MQTT 5 response topic).
+CommandHandler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 class SinkError(Exception):
@@ -34,6 +35,11 @@ class Sink(Protocol):
 
     def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
         """Publish without envelope or outbox (discovery configs)."""
+        ...
+
+    def publish_state(self, leaf: str, value: str) -> None:
+        """Set the retained plain-value topic ``<prefix>/<device>/<leaf>`` (:data:`edge.protocol.topics.STATE_TOPICS`);
+        only the newest value of each is kept and sent, outside the outbox."""
         ...
 
     def subscribe(self, topic: str, callback: MessageCallback) -> None:

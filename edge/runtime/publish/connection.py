@@ -3,10 +3,15 @@
 :class:`MqttConnection` owns the paho client and every network call: connect (TLS, credentials and the retained
 Last Will ``offline`` on the availability topic, from :func:`edge.protocol.broker.make_client`), publish
 ``online`` on every connect, keep the subscriptions (re-subscribed on every session, their SUBACKs tracked),
-run the connect hooks, send raw (non-outbox) messages, and on a lost or refused connection start a fresh
-session after an exponential backoff (:func:`edge.runtime.backoff.backoff_delay`). What the session publishes
-from the outbox is the :class:`SessionWorker`'s job (:class:`edge.runtime.publish.pump.OutboxPump`), called on
-this thread every loop iteration.
+run the connect hooks, send raw (non-outbox) messages and the retained plain-value topics
+(:mod:`edge.runtime.publish.latest`), and on a lost or refused connection start a fresh session after an
+exponential backoff (:func:`edge.runtime.backoff.backoff_delay`). What the session publishes from the outbox is
+the :class:`SessionWorker`'s job (:class:`edge.runtime.publish.pump.OutboxPump`), called on this thread every loop
+iteration.
+
+It speaks MQTT 5 (message expiry, request/response), and falls back to MQTT 3.1.1 for the rest of the process's
+life when a broker answers the MQTT 5 CONNECT with "unsupported protocol version" (what an MQTT 3.1.1 broker
+must answer, MQTT 3.1.1 section 3.1.2.2); the next start tries MQTT 5 again.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.properties import Properties
 
-from edge.protocol.broker import MQTT_V311, BrokerSettings, make_client
+from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.publish.latest import LatestValues
+from edge.runtime.publish.subscriptions import MessageCallback, PropertiesCallback, Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,11 @@ MAX_RAW_QUEUED = 1000
 #: A session that lasted this long was healthy: the next reconnect starts again from the shortest backoff, so
 #: one broker restart after days of uptime is not waited out with the backoff of earlier failures.
 HEALTHY_SESSION_S = 30.0
-
-MessageCallback = Callable[[str, bytes], None]
+#: CONNACK reason code of a broker that does not speak the protocol version we asked for (MQTT 5 code 0x84; paho
+#: maps an MQTT 3.1.1 broker's return code 1 to it too).
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+#: What :meth:`MqttConnection.state` reports as ``protocol``.
+PROTOCOL_NAMES = {mqtt.MQTTv5: "5", mqtt.MQTTv311: "3.1.1"}
 
 
 class SessionWorker(Protocol):
@@ -108,16 +119,15 @@ class MqttConnection:
         self._session_up = False
         self._close_deadline = 0.0
         # Touched only by the network thread, except the thread-safe queues.
-        self._raw: deque[tuple[str, bytes | str, bool, int]] = deque(maxlen=MAX_RAW_QUEUED)
+        self._raw: deque[tuple[str, bytes | str, bool, int, Properties | None]] = deque(maxlen=MAX_RAW_QUEUED)
+        #: The retained plain-value topics: newest value only, sent again on every session.
+        self.latest = LatestValues()
+        self._protocol = mqtt.MQTTv5
+        self._downgraded_now = False
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._subs: dict[str, MessageCallback] = {}
+        self._subs = Subscriptions()
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        # A Condition, so wait_subscribed() sleeps until a SUBACK arrives instead of polling.
-        self._subs_lock = threading.Condition()
-        # Topics the broker acknowledged (SUBACK) in this session, and the SUBSCRIBEs still waiting for one.
-        self._acked_subs: set[str] = set()
-        self._sub_mids: dict[int, list[str]] = {}
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -136,18 +146,31 @@ class MqttConnection:
         """Whether the last attempt failed (unreachable, refused): closing need not wait for a flush then."""
         return self._error is not None and not self._connected
 
+    @property
+    def protocol(self) -> int:
+        """The MQTT protocol version of the next (or current) session: ``mqtt.MQTTv5`` unless the broker refused it."""
+        return self._protocol
+
     def state(self) -> dict[str, Any]:
-        """``{"connected": bool, "refused": bool, "error": last problem or None}``."""
-        return {"connected": self._connected, "refused": self._refused is not None, "error": self._error}
+        """``{"connected": bool, "refused": bool, "error": last problem or None, "protocol": "5" or "3.1.1"}``."""
+        return {"connected": self._connected, "refused": self._refused is not None, "error": self._error,
+                "protocol": PROTOCOL_NAMES[self._protocol]}
 
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
-        """Publish without envelope or outbox (discovery configs); held in memory while disconnected."""
-        self._raw.append((topic, payload, retain, qos))
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+                    properties: Properties | None = None) -> None:
+        """Publish without envelope or outbox (discovery configs, command responses); held in memory while
+        disconnected. ``properties`` (MQTT 5) are dropped on an MQTT 3.1.1 session."""
+        self._raw.append((topic, payload, retain, qos, properties))
 
-    def subscribe(self, topic: str, callback: MessageCallback) -> None:
-        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
-        with self._subs_lock:
-            self._subs[topic] = callback
+    def publish_state(self, topic: str, payload: bytes | str) -> None:
+        """Set a retained plain-value topic (QoS 1): only its newest value is kept and sent, again on every session."""
+        self.latest.set(topic, payload)
+
+    def subscribe(self, topic: str, callback: MessageCallback | PropertiesCallback, *,
+                  with_properties: bool = False) -> None:
+        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread
+        (``callback(topic, payload, properties)`` with ``with_properties``: the MQTT 5 properties, or None)."""
+        self._subs.add(topic, callback, with_properties)
         self._new_subs.put(topic)
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:
@@ -163,8 +186,7 @@ class MqttConnection:
         """Block until the broker acknowledged every subscription in the current session (True) or ``timeout``
         seconds passed (False). Messages sent to a topic before its SUBACK may be lost, so callers that publish
         to the device right after it connects wait for this first."""
-        with self._subs_lock:
-            return self._subs_lock.wait_for(lambda: self._connected and set(self._subs) <= self._acked_subs, timeout)
+        return self._subs.wait_all_acked(lambda: self._connected, timeout)
 
     def stop(self, deadline: float) -> None:
         """End the session by ``deadline`` (monotonic): availability ``offline``, then a clean DISCONNECT."""
@@ -175,7 +197,7 @@ class MqttConnection:
     # ----------------------------------------------------------------------------------------- internals
 
     def _make_client(self) -> mqtt.Client:
-        client = make_client(self.settings, self.client_id, protocol=MQTT_V311, reconnect_on_failure=False,
+        client = make_client(self.settings, self.client_id, protocol=self._protocol, reconnect_on_failure=False,
                              will=(self.availability_topic, "offline"), context=self._tls_context)
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
@@ -216,6 +238,9 @@ class MqttConnection:
                     self._end_session(client)
             if self._stop.is_set():
                 break
+            if self._downgraded_now:
+                self._downgraded_now = False
+                continue  # the broker answered at once: ask again in MQTT 3.1.1 without waiting
             if self._refused is None and time.monotonic() - started > HEALTHY_SESSION_S:
                 attempt = 0  # the last session was healthy: retry quickly
             attempt += 1
@@ -254,8 +279,11 @@ class MqttConnection:
     def _housekeeping(self, client: mqtt.Client) -> None:
         """Raw messages, new subscriptions and new connect hooks queued by other threads."""
         while self._raw:
-            t, payload, retain, qos = self._raw.popleft()
-            client.publish(t, payload, qos=qos, retain=retain)
+            t, payload, retain, qos, props = self._raw.popleft()
+            client.publish(t, payload, qos=qos, retain=retain,
+                           properties=props if self._protocol == mqtt.MQTTv5 else None)
+        for t, payload in self.latest.take_due():
+            client.publish(t, payload, qos=1, retain=True)
         while not self._new_subs.empty():
             self._subscribe(client, [self._new_subs.get()])
         while not self._new_hooks.empty():
@@ -277,7 +305,7 @@ class MqttConnection:
         was = self._connected
         self._connected = False
         self._connected_evt.clear()
-        self._forget_subs()
+        self._subs.forget_session()
         # Unacknowledged messages die with this session; the next one resends them from the outbox, in order.
         self._worker.reset()
         if was and not self._stop.is_set():
@@ -291,6 +319,13 @@ class MqttConnection:
     # paho callbacks (network thread). paho re-raises callback exceptions into the loop, so guard them.
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure and reason_code.value == UNSUPPORTED_PROTOCOL_VERSION and self._protocol == mqtt.MQTTv5:
+            log.info("MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (no message expiry, no "
+                     "request/response)", self.host, self.port)
+            self._protocol = mqtt.MQTTv311
+            self._refused_now = True
+            self._downgraded_now = True
+            return
         if reason_code.is_failure:
             self._refused = str(reason_code)
             self._refused_now = True
@@ -306,14 +341,14 @@ class MqttConnection:
         self._refused = None
         self._error = None
         self._last_logged = None
-        log.info("connected to MQTT broker %s:%d as %s", self.host, self.port, self.client_id)
+        log.info("connected to MQTT broker %s:%d as %s (MQTT %s)", self.host, self.port, self.client_id,
+                 PROTOCOL_NAMES[self._protocol])
         self._connected_evt.set()
         client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self.latest.all_due()  # this session's broker may not have (all) the newest retained values
         while not self._new_subs.empty():  # covered by the subscription to all topics below
             self._new_subs.get()
-        with self._subs_lock:
-            topics = list(self._subs)
-        self._subscribe(client, topics)
+        self._subscribe(client, self._subs.topics())
         while not self._new_hooks.empty():
             self._hooks.append(self._new_hooks.get())
         for hook in self._hooks:
@@ -329,7 +364,7 @@ class MqttConnection:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected = False
         self._connected_evt.clear()
-        self._forget_subs()
+        self._subs.forget_session()
 
     def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
         """SUBSCRIBE (QoS 1) and remember the message id, so :meth:`_on_subscribe` knows what was granted."""
@@ -337,32 +372,13 @@ class MqttConnection:
             return
         rc, mid = client.subscribe([(t, 1) for t in topics])
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-            with self._subs_lock:
-                self._sub_mids[mid] = topics
-
-    def _forget_subs(self) -> None:
-        with self._subs_lock:
-            self._acked_subs.clear()
-            self._sub_mids.clear()
+            self._subs.sent(mid, topics)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        with self._subs_lock:
-            topics = self._sub_mids.pop(mid, [])
-        for sub, code in zip(topics, reason_codes, strict=False):
-            if code.is_failure:  # an ACL that denies it: the device would silently never hear this topic
-                self._note(logging.ERROR, f"MQTT broker {self.host}:{self.port} refused the subscription to "
-                           f"{sub} ({code}); allow it in the broker's ACL for user {self.settings.username or '(none)'}")
-            else:
-                with self._subs_lock:
-                    self._acked_subs.add(sub)
-                    self._subs_lock.notify_all()
+        for sub, code in self._subs.acknowledged(mid, reason_codes):
+            # An ACL that denies it: the device would silently never hear this topic.
+            self._note(logging.ERROR, f"MQTT broker {self.host}:{self.port} refused the subscription to "
+                       f"{sub} ({code}); allow it in the broker's ACL for user {self.settings.username or '(none)'}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._subs_lock:
-            subs = list(self._subs.items())
-        for sub, callback in subs:
-            if mqtt.topic_matches_sub(sub, msg.topic):
-                try:
-                    callback(msg.topic, msg.payload)
-                except Exception:
-                    log.exception("handler for MQTT topic %s failed", msg.topic)
+        self._subs.dispatch(msg)

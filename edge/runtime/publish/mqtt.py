@@ -7,16 +7,22 @@ PUBACK (:mod:`edge.runtime.publish.pump`), remove a message from the outbox only
 a lost connection start a fresh session that resends from the oldest unacknowledged message. Owning the retries
 (instead of paho's in-memory resend) is what keeps the order intact: paho would resend its held messages after
 ``on_connect`` returns, racing newer ones. A duplicate after a reconnect or restart carries the same ``seq``.
-Commands arriving on the device's command topic go through :mod:`edge.runtime.publish.command_channel`.
+Commands arriving on the device's command topic go through :mod:`edge.runtime.publish.command_channel`. The
+retained plain-value topics (``<prefix>/<device>/state/...``) bypass the outbox: only their newest value matters
+(:mod:`edge.runtime.publish.latest`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class MqttSink:
-    """Publishes payloads over MQTT (paho-mqtt 2.x, MQTT 3.1.1) through the disk outbox.
+    """Publishes payloads over MQTT (paho-mqtt 2.x, MQTT 5 with a fallback to 3.1.1) through the disk outbox.
 
     Topics: ``<prefix>/<device>/<kind>`` for the four payload kinds (``status`` retained), the retained
     ``<prefix>/<device>/availability`` ("online" on every connect, "offline" by the Last Will or on close), and
@@ -84,16 +90,17 @@ class MqttSink:
         self._closed = False
         self._last_status: dict[str, Any] | None = None
         self._status_lock = threading.Lock()
-        self.pump = OutboxPump(self.outbox, m.max_inflight)
+        self.pump = OutboxPump(self.outbox, m.max_inflight, {"faces": m.faces_expiry_s})
         self.connection = MqttConnection(
             settings, self.client_id, topic(m.topic_prefix, self.device_id, AVAILABILITY), self.pump,
             max_inflight=m.max_inflight, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
             credentials_hint=f"${m.password_env} or credential {m.password_credential}", tls_context=context,
             backoff_wait=backoff_wait,
         )
-        self.commands = CommandChannel(self._publish_event)
+        self.commands = CommandChannel(self._publish_event, self._publish_reply,
+                                       (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/"))
         self.commands.handler = on_command
-        self.connection.subscribe(self.command_topic, self.commands.on_message)
+        self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
@@ -114,6 +121,15 @@ class MqttSink:
         # A command answered while the sink closes is dropped: there is no session left to send it on.
         if not self._closed:
             self.publish("events", body)
+
+    def _publish_reply(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+        """The MQTT 5 response to a command: its event body, to the requester's topic, not through the outbox
+        (it takes no seq: subscribers of the device's topics never see a gap for it)."""
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        payload = json.dumps({"device_id": self.device_id, **body}, separators=(",", ":"))
+        self.connection.publish_raw(topic, payload, retain=False, qos=1, properties=props)
 
     # ----------------------------------------------------------------------------------------- the Sink
 
@@ -147,6 +163,11 @@ class MqttSink:
     def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
         """Publish without envelope or outbox (discovery configs); held in memory while disconnected."""
         self.connection.publish_raw(topic, payload, retain, qos)
+
+    def publish_state(self, leaf: str, value: str) -> None:
+        """Set the retained plain-value topic ``<prefix>/<device>/<leaf>`` (QoS 1); only the newest value is kept."""
+        if not self._closed:
+            self.connection.publish_state(topic(self._cfg.topic_prefix, self.device_id, leaf), value)
 
     def subscribe(self, topic: str, callback: MessageCallback) -> None:
         """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""

@@ -2,15 +2,21 @@
 the outbox only once its PUBACK arrived.
 
 It runs on the connection's network thread (:class:`edge.runtime.publish.connection.MqttConnection` calls it as
-its session worker), so it needs no lock of its own: the outbox is thread-safe.
+its session worker), so it needs no lock of its own: the outbox is thread-safe. On an MQTT 5 session a message
+of a kind with an expiry (``faces``: ``mqtt.faces_expiry_s``) carries the Message Expiry Interval, so the broker
+discards it for subscribers that do not take it in time; the outbox still hands every message to the broker in
+order.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.runtime.publish.outbox import Outbox
 
@@ -21,11 +27,19 @@ class OutboxPump:
     Args:
         outbox: The disk outbox.
         max_inflight: Messages sent and awaiting their PUBACK at once (keeps order and memory bounded).
+        expiry_s: MQTT 5 message expiry in seconds per payload kind (kinds not named, or 0, never expire).
     """
 
-    def __init__(self, outbox: Outbox, max_inflight: int) -> None:
+    def __init__(self, outbox: Outbox, max_inflight: int, expiry_s: Mapping[str, int] | None = None) -> None:
         self.outbox = outbox
         self.max_inflight = max_inflight
+        # Built once: paho packs the properties at each publish, so one object serves every message of a kind.
+        self._expiry: dict[str, Properties] = {}
+        for kind, seconds in (expiry_s or {}).items():
+            if seconds > 0:
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = int(seconds)
+                self._expiry[kind] = props
         #: seq -> paho's handle of each message sent in this session and not yet acknowledged.
         self.in_flight: OrderedDict[int, mqtt.MQTTMessageInfo] = OrderedDict()
         self._cursor = 0
@@ -36,8 +50,10 @@ class OutboxPump:
         room = self.max_inflight - len(self.in_flight)
         if room <= 0:
             return
+        v5 = client.protocol == mqtt.MQTTv5
         for msg in self.outbox.peek(self._cursor, room):
-            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                                  properties=self._expiry.get(msg.kind) if v5 else None)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break  # the connection is going down; the next session resends from the outbox
             self.in_flight[msg.seq] = info

@@ -76,6 +76,9 @@ class StdoutSink:
         """Ignored (no broker); logged at debug level."""
         log.debug("stdout sink: not publishing raw message to %s", topic)
 
+    def publish_state(self, leaf: str, value: str) -> None:
+        """Ignored: the plain-value topics exist only on a broker (the JSON lines carry the same figures)."""
+
     def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
         """Ignored: nothing ever arrives on stdout."""
         log.debug("stdout sink: subscription to %s has no effect", topic)
