@@ -60,7 +60,7 @@ def test_group_push_to_20_devices_every_answer_counts_and_a_refusal_fails_the_co
         # Expecting more devices than the group has: every one answers, the missing count fails the command.
         again = restamped_signed_copy(tiny_bundle, tmp_path / "b3", release, "2100-01-03T00:00:00+00:00")
         r = subprocess.run([sys.executable, "-m", "edge", "push-mqtt", str(again), "--group", "good", "--expect", str(N),
-                            "--wait", "8", "--settle", "0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
+                            "--wait", "5", "--settle", "0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and f"only {N - 1} of {N} expected device(s) answered" in r.stderr, r.stderr
         assert f"1 of {N} expected did not answer" in r.stdout

@@ -11,5 +11,8 @@ from edge.tools.subscribe.store.base import (
     is_database_url,
     is_number,
 )
+from edge.tools.subscribe.store.postgres import PostgresRecording
+from edge.tools.subscribe.store.sqlite import SqliteRecording
 
-__all__ = ["EXPORT_TABLES", "SCHEMA_VERSION", "Recording", "StoreError", "is_database_url", "is_number"]
+__all__ = ["EXPORT_TABLES", "SCHEMA_VERSION", "PostgresRecording", "Recording", "SqliteRecording", "StoreError",
+           "is_database_url", "is_number"]

@@ -67,16 +67,22 @@ class Recording:
     _db: Any
     _lock: threading.Lock
 
+    #: The backends, in the order they are asked whether they handle a target (each subclass adds itself).
+    _backends: list[type[Recording]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Recording._backends.append(cls)
+
+    @classmethod
+    def handles(cls, target: Path | str) -> bool:
+        """Whether this backend opens ``target``."""
+        raise NotImplementedError
+
     def __new__(cls, target: Path | str, readonly: bool = False) -> Recording:
         if cls is Recording:
-            if is_database_url(target):
-                from edge.tools.subscribe.store.postgres import PostgresRecording
-
-                cls = PostgresRecording
-            else:
-                from edge.tools.subscribe.store.sqlite import SqliteRecording
-
-                cls = SqliteRecording
+            # The backends register when edge.tools.subscribe.store (the package) imports them.
+            cls = next(b for b in Recording._backends if b.handles(target))
         return super().__new__(cls)
 
     # -- what a backend provides ---------------------------------------------------------------------

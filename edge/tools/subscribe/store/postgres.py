@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from edge.tools.subscribe.store.base import SCHEMA_VERSION, Recording, StoreError
+from edge.tools.subscribe.store.base import SCHEMA_VERSION, Recording, StoreError, is_database_url
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ class PostgresRecording(Recording):
         StoreError: psycopg is not installed, the server cannot be reached or refuses us, or the database holds
             no recording (read-only) or one of another schema.
     """
+
+    @classmethod
+    def handles(cls, target: Path | str) -> bool:
+        """``postgresql://`` and ``postgres://`` URLs."""
+        return is_database_url(target)
 
     def __init__(self, target: str, readonly: bool = False) -> None:
         try:

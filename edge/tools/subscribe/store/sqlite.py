@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from edge.tools.subscribe.store.base import SCHEMA_VERSION, Recording, StoreError
+from edge.tools.subscribe.store.base import SCHEMA_VERSION, Recording, StoreError, is_database_url
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class SqliteRecording(Recording):
         target: The SQLite file.
         readonly: Open an existing file without writing (plot, export).
     """
+
+    @classmethod
+    def handles(cls, target: Path | str) -> bool:
+        """Anything that is not a database URL is a SQLite file."""
+        return not is_database_url(target)
 
     def __init__(self, target: Path | str, readonly: bool = False) -> None:
         self.path = Path(target)
