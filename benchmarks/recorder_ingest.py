@@ -3,7 +3,7 @@
 Each configuration runs the real CLI recorders (``python -m edge record``, one process each; several as one
 MQTT 5 shared subscription, ``--share``) against a private Mosquitto (``max_queued_messages 0``, so the broker
 queues everything) and measures how fast they drain a backlog: the recorders subscribe once and stop (their
-persistent sessions stay on the broker), ``--messages`` ``faces`` messages (1 face, 7 labels, ≈ 800 bytes, from
+persistent sessions stay on the broker), ``--messages`` ``faces`` messages (1 face, 7 labels, ≈ 600 bytes, from
 10 device ids) are published at QoS 1, then the recorders start again and the rate is the number of rows over
 the time between the first and the last row's receive time (so process start-up is not counted). Every row is
 committed before its PUBACK (one transaction per message): SQLite with WAL and ``synchronous=FULL``, PostgreSQL
@@ -134,7 +134,7 @@ def main() -> int:
                     pg.stop()
         finally:
             broker.stop()
-    print(f"\n{args.messages} faces messages (≈ 800 bytes) per configuration, one commit per message before its PUBACK\n")
+    print(f"\n{args.messages} faces messages (≈ 600 bytes) per configuration, one commit per message before its PUBACK\n")
     print("| recording | recorders | messages/s committed |")
     print("|---|---:|---:|")
     for what, m, rate in rows:
