@@ -1,12 +1,15 @@
-"""Shared fixtures: a real Mosquitto broker and a real (tiny, untrained) int8 model bundle."""
+"""Shared fixtures: a real Mosquitto broker, a real PostgreSQL server and a real (tiny, untrained) int8 model bundle."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 from pathlib import Path
 
 import pytest
 
 from tests.broker import Broker, mosquitto_available
+from tests.postgres import PgServer, postgres_available
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013"
 
@@ -36,6 +39,27 @@ def broker_factory(tmp_path):
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (apt ``postgresql``, driver ``psycopg``), skipped where missing."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install -e '.[dev]')")
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+_DB_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.create_database(f"test_{next(_DB_NUMBERS)}")
 
 
 @pytest.fixture(scope="session")

@@ -213,3 +213,13 @@ def summary_body() -> dict[str, Any]:
 def event_body(i: int) -> dict[str, Any]:
     """A track_start event for track ``i``."""
     return {"event": "track_start", "track_id": i}
+
+
+def publish_mixed(sink: Any, start: int, n: int) -> None:
+    """``n`` contract messages of every kind through a sink, as the daemon would send them (2 faces, then a
+    summary, an event and a status, repeating)."""
+    for i in range(start, start + n):
+        kind = ("faces", "faces", "summary", "events", "status")[i % 5]
+        body = {"faces": faces_body(i, 1 + i % 3), "summary": summary_body(), "events": event_body(i),
+                "status": status_body(frames=i)}[kind]
+        sink.publish(kind, body)

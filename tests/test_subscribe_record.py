@@ -19,18 +19,9 @@ from edge.protocol.broker import BrokerSettings
 from edge.runtime.publish.mqtt import MqttSink
 from edge.tools.subscribe.record import Recorder
 from edge.tools.subscribe.store import Recording, StoreError
-from tests.mqtt_support import event_body, faces_body, sink_config, status_body, summary_body
+from tests.mqtt_support import faces_body, publish_mixed, sink_config, summary_body
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _publish_mixed(sink: MqttSink, start: int, n: int) -> None:
-    """``n`` contract messages of every kind, as the daemon would send them."""
-    for i in range(start, start + n):
-        kind = ("faces", "faces", "summary", "events", "status")[i % 5]
-        body = {"faces": faces_body(i, 1 + i % 3), "summary": summary_body(), "events": event_body(i),
-                "status": status_body(frames=i)}[kind]
-        sink.publish(kind, body)
 
 
 def _wait(predicate, timeout: float = 20.0) -> bool:
@@ -60,11 +51,11 @@ def test_recorder_restart_in_the_middle_stores_each_message_exactly_once(broker,
     recorder.start()
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     try:
-        _publish_mixed(sink, 0, 60)
+        publish_mixed(sink, 0, 60)
         assert _wait(lambda: recorder.stored == 60), recorder.stored
         recorder.stop()  # the recorder goes away; the broker keeps its session and queues for it
 
-        _publish_mixed(sink, 60, n - 60)
+        publish_mixed(sink, 60, n - 60)
         assert sink.flush(20), "the publisher did not get all PUBACKs"
 
         # Replay a few already-delivered messages as they were, as a reconnecting daemon would.
@@ -112,12 +103,12 @@ def test_a_device_whose_seq_restarted_and_foreign_messages_lose_nothing(broker, 
         other.disconnect()
         other.loop_stop()
         first = MqttSink(sink_config(tmp_path / "state-a", broker))
-        _publish_mixed(first, 0, 10)
+        publish_mixed(first, 0, 10)
         assert first.flush(20)
         first.close(2)
         time.sleep(0.05)
         again = MqttSink(sink_config(tmp_path / "state-b", broker))  # a wiped state folder: seq 1 again
-        _publish_mixed(again, 10, 5)
+        publish_mixed(again, 10, 5)
         assert again.flush(20)
         again.close(2)
         assert _wait(lambda: recorder.stored >= 15 + 2), recorder.stored  # + the two offline statuses at close
@@ -193,11 +184,11 @@ def test_cli_recorder_killed_with_sigkill_loses_nothing(broker, tmp_path):
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     try:
         _wait_subscribed(proc)
-        _publish_mixed(sink, 0, 50)
+        publish_mixed(sink, 0, 50)
         assert _wait(lambda: _count(db) >= 20)
         proc.kill()  # kill -9: no clean disconnect, maybe a message received but not acknowledged
         proc.wait(10)
-        _publish_mixed(sink, 50, n - 50)
+        publish_mixed(sink, 50, n - 50)
         assert sink.flush(20)
 
         proc = _start_cli_recorder(broker, db)
@@ -328,10 +319,10 @@ def test_recorder_survives_a_broker_restart(broker, tmp_path):
     recorder.start()
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     try:
-        _publish_mixed(sink, 0, 40)
+        publish_mixed(sink, 0, 40)
         assert _wait(lambda: recorder.stored == 40)
         broker.restart()  # persistence keeps the recorder's session; both clients reconnect by themselves
-        _publish_mixed(sink, 40, n - 40)
+        publish_mixed(sink, 40, n - 40)
         assert _wait(lambda: recorder.recording.count() >= n, timeout=30)
         assert recorder.recording.seqs("dev1") == list(range(1, n + 1))
     finally:

@@ -208,14 +208,16 @@ def _cmd_push_mqtt(args: argparse.Namespace) -> int:
     outcome = publish_push(args.bundle, PushTarget(broker.topic_prefix, args.device, args.group), broker,
                            sign_key=args.key, wait_s=args.wait, expect=args.expect, retain=args.retain,
                            settle_s=args.settle)
-    print(format_results(outcome))
+    need = args.expect if args.expect is not None else 1
+    print(format_results(outcome, need if args.wait > 0 else None))
     if args.wait <= 0:
         return 0
-    need = args.expect if args.expect is not None else 1
+    failed = sorted(d for d, r in outcome.results.items() if not r.get("ok"))
     if len(outcome.results) < need:
         print(f"only {len(outcome.results)} of {need} expected device(s) answered within {args.wait:g} s", file=sys.stderr)
-        return 1
-    return 0 if all(r.get("ok") for r in outcome.results.values()) else 1
+    if failed:
+        print(f"{len(failed)} of {len(outcome.results)} device(s) did not take the model: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or len(outcome.results) < need else 0
 
 
 def _cmd_push_ssh(args: argparse.Namespace) -> int:

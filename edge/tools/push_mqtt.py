@@ -160,17 +160,31 @@ def publish_push(
     return outcome
 
 
-def format_results(outcome: PushOutcome) -> str:
-    """A small table of per-device results for the terminal."""
+def result_status(result: dict[str, Any]) -> str:
+    """``ok``, ``rolled back`` (swapped in, failed, the old model runs again) or ``refused`` (not installed)."""
+    if result.get("ok"):
+        return "ok"
+    return "rolled back" if result.get("rolled_back") else "refused"
+
+
+def format_results(outcome: PushOutcome, expect: int | None = None) -> str:
+    """A small table of per-device results for the terminal, and a count line (with ``expect``: how many of the
+    expected devices did not answer)."""
     lines = [f"push {outcome.push_id} -> {outcome.topic} ({outcome.payload_bytes} bytes)"]
     if not outcome.results:
         lines.append("no device answered (offline, model push disabled, or not in that group)")
         return "\n".join(lines)
     width = max(len(d) for d in outcome.results)
-    lines.append(f"{'device':<{width}}  result  model                     reason")
+    lines.append(f"{'device':<{width}}  {'result':<11}  {'code':<15}  {'model':<24}  reason")
+    counts: dict[str, int] = {}
     for dev, r in sorted(outcome.results.items()):
-        status = "ok" if r.get("ok") else "FAILED"
-        lines.append(f"{dev:<{width}}  {status:<6}  {str(r.get('model_id') or '-'):<24}  {r.get('reason', '')}")
+        status = result_status(r)
+        counts[status] = counts.get(status, 0) + 1
+        lines.append(f"{dev:<{width}}  {status.upper() if status != 'ok' else status:<11}  {str(r.get('code') or '-'):<15}  "
+                     f"{str(r.get('model_id') or '-'):<24}  {r.get('reason', '')}")
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("ok", "refused", "rolled back") if counts.get(s))
+    missing = f", {expect - len(outcome.results)} of {expect} expected did not answer" if expect and expect > len(outcome.results) else ""
+    lines.append(f"{len(outcome.results)} answered: {summary}{missing}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,13 @@ def _time_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is neither UNIX seconds nor an ISO date/time like 2026-11-23T14:00") from None
 
 
+def _db_arg(text: str) -> Path | str:
+    """A SQLite file, or a ``postgresql://`` URL kept as text (a Path would fold its ``//``)."""
+    from edge.tools.subscribe.store import is_database_url
+
+    return text if is_database_url(text) else Path(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``watch``, ``record``, ``plot`` and ``ha-remove`` sub-commands."""
     p = subparsers.add_parser("watch", help="Live terminal view of one or many devices.",
@@ -42,15 +49,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refresh", type=float, default=0.5, help="Seconds between redraws (default 0.5).")
     p.set_defaults(func=_guarded(cmd_watch))
 
-    p = subparsers.add_parser("record", help="Record the feeds to SQLite (export to CSV/Parquet).",
+    p = subparsers.add_parser("record", help="Record the feeds to SQLite or PostgreSQL (export to CSV/Parquet).",
                               description="Record every status/faces/summary/events message once per (device, seq, ts) "
-                              "into a SQLite file, with a persistent MQTT session so nothing sent while the recorder "
-                              "is briefly down is lost. Re-run with the same --db to resume. With --export, write "
-                              "a table of an existing recording to CSV or Parquet and exit.")
+                              "into a SQLite file or a PostgreSQL database, with a persistent MQTT session so nothing "
+                              "sent while the recorder is briefly down is lost. Re-run with the same --db to resume. "
+                              "With --export, write a table of an existing recording to CSV or Parquet and exit.")
     add_broker_flags(p)
-    p.add_argument("--db", type=Path, default=Path("emotion-recording.sqlite"), help="Recording file (default %(default)s).")
+    p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
+                   help="Recording: a SQLite file (default %(default)s) or postgresql://user@host:port/dbname "
+                   "(password from $PGPASSWORD or ~/.pgpass; needs pip install 'emotion-edge[postgres]').")
     p.add_argument("--device", action="append", help="Device id to record (repeatable); default: all ('+').")
-    p.add_argument("--client-id", help="MQTT client id of the persistent session (default: stored in the recording).")
+    p.add_argument("--client-id", help="MQTT client id of the persistent session (default: stored in the recording; "
+                   "with --share, one per host and group: give each member on one host its own).")
+    p.add_argument("--share", metavar="GROUP", help="Split the feed with the other recorders of GROUP (MQTT 5 shared "
+                   "subscription $share/GROUP/...): the broker gives each message to one member; all write to one "
+                   "PostgreSQL --db.")
     p.add_argument("--session-expiry", type=int, default=7 * 24 * 3600,
                    help="Seconds the broker keeps queueing for the recorder while it is away (default 7 days).")
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
@@ -62,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plot", help="PNG timelines and a per-hour chart from a recording.",
                               description="From a recording, write timeline_<device>.png (stacked emotion "
                               "probabilities, dominant-emotion band, face count) and hourly.png.")
-    p.add_argument("--db", type=Path, default=Path("emotion-recording.sqlite"), help="Recording file (default %(default)s).")
+    p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
+                   help="Recording: SQLite file (default %(default)s) or postgresql:// URL.")
     p.add_argument("--out", type=Path, default=Path("plots"), help="Output folder (default %(default)s).")
     p.add_argument("--device", action="append", help="Device to plot (repeatable); default: every device.")
     p.add_argument("--since", type=_time_arg, help="Start (UNIX seconds or ISO date/time).")
@@ -111,11 +125,13 @@ def cmd_record(args: argparse.Namespace) -> int:
         print(f"wrote {n} {args.table} rows to {args.export}")
         return 0
     settings = settings_from_args(args)
-    recorder = Recorder(settings, args.db, _devices(args), args.client_id, args.session_expiry)
+    recorder = Recorder(settings, args.db, _devices(args), args.client_id, args.session_expiry, share=args.share)
+    where = recorder.recording.where
     try:
         recorder.start()
+        shared = f" as a member of shared group {args.share}" if args.share else ""
         print(f"recording {settings.topic_prefix}/{'|'.join(_devices(args))}/* from {settings.describe()} to "
-              f"{args.db} (client id {recorder.client_id}); Ctrl-C to stop", file=sys.stderr)
+              f"{where}{shared} (client id {recorder.client_id}); Ctrl-C to stop", file=sys.stderr)
         recorder.run(args.duration)
     except KeyboardInterrupt:
         pass
@@ -123,7 +139,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         held = recorder.recording.count()
         recorder.stop()
     print(f"stored {recorder.stored} new messages ({recorder.duplicates} duplicates dropped, {recorder.ignored} not "
-          f"of the contract ignored) in {args.db}, which now holds {held}", file=sys.stderr)
+          f"of the contract ignored) in {where}, which now holds {held}", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,12 @@
-"""The recording file: one SQLite database holding every received message once per ``(device, seq, ts)``.
+"""What every recording backend shares: the tables, the dedupe key, the queries and the exports.
 
-Why SQLite: a single file that survives a crash (WAL, one transaction per message, committed before the
-broker gets its PUBACK), readable by any tool, and a ``UNIQUE(device, seq, ts)`` constraint does the dedupe of
-MQTT's at-least-once redeliveries for free. ``ts`` is part of the key because a device whose state folder was
-wiped starts again at seq 1: its new messages have old seq numbers but newer timestamps, while a redelivery is
-the very same message. Exports to CSV (stdlib) and Parquet (pyarrow, optional).
+A recording holds every received contract message once per ``(device, seq, ts)``: the ``UNIQUE`` constraint of
+the ``messages`` table drops MQTT's at-least-once redeliveries (``INSERT ... ON CONFLICT DO NOTHING``, which
+SQLite and PostgreSQL both speak). ``ts`` is part of the key because a device whose state folder was wiped
+starts again at seq 1: its new messages have old seq numbers but newer timestamps, while a redelivery is the
+very same message. The queries below are written once with ``?`` placeholders; a backend whose driver uses
+another style translates them (:meth:`Recording._sql`). Exports go to CSV (stdlib) and Parquet (pyarrow,
+optional) from either backend.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -23,50 +24,21 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
-# The columns and the dedupe key of the messages table (version 2).
-_MESSAGES_TABLE = """(
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_ts REAL NOT NULL,
-    topic TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    UNIQUE (device, seq, ts)
-)"""
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages {_MESSAGES_TABLE};
-CREATE INDEX IF NOT EXISTS messages_device_kind_ts ON messages (device, kind, ts);
-CREATE TABLE IF NOT EXISTS availability (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    received_ts REAL NOT NULL,
-    state TEXT NOT NULL
-);
-"""
-
-# Version 1 keyed messages on (device, seq) alone; SQLite cannot change a constraint in place.
-_MIGRATE_1_TO_2 = f"""
-BEGIN;
-CREATE TABLE messages_v2 {_MESSAGES_TABLE};
-INSERT INTO messages_v2 SELECT id, device, seq, kind, ts, received_ts, topic, payload FROM messages;
-DROP TABLE messages;
-ALTER TABLE messages_v2 RENAME TO messages;
-CREATE INDEX IF NOT EXISTS messages_device_kind_ts ON messages (device, kind, ts);
-UPDATE meta SET value = '2' WHERE key = 'schema_version';
-COMMIT;
-"""
-
 #: Tables that :meth:`Recording.export` can write.
 EXPORT_TABLES = ("messages", "faces", "summary")
+
+#: URL schemes of a PostgreSQL (or TimescaleDB, same wire protocol) recording.
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 def is_number(value: Any) -> bool:
     """Whether a JSON value is a number (``True``/``False`` are not, although Python counts them as ints)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_database_url(target: str | Path) -> bool:
+    """Whether a ``--db`` value names a PostgreSQL database (``postgresql://...``) rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(DATABASE_URL_SCHEMES)
 
 
 def _dicts(value: Any) -> list[dict]:
@@ -75,93 +47,129 @@ def _dicts(value: Any) -> list[dict]:
 
 
 class StoreError(Exception):
-    """The recording file cannot be used; one line saying what to do."""
+    """The recording cannot be used; one line saying what to do."""
 
 
 class Recording:
-    """An open recording database (created on first use, resumed afterwards). Thread-safe.
+    """An open recording (created on first use, resumed afterwards). Thread-safe.
+
+    ``Recording(target)`` opens the backend that ``target`` names, as :class:`pathlib.Path` picks its flavour:
+    a ``postgresql://user@host:port/dbname`` URL opens :class:`~.postgres.PostgresRecording`, anything else is
+    a SQLite file (:class:`~.sqlite.SqliteRecording`).
 
     Args:
-        path: The SQLite file.
-        readonly: Open an existing file without writing (plot, export).
+        target: The SQLite file, or the PostgreSQL URL (password from ``$PGPASSWORD`` or ``~/.pgpass``).
+        readonly: Open an existing recording without writing (plot, export).
     """
 
-    def __init__(self, path: Path | str, readonly: bool = False) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        if readonly and not self.path.is_file():
-            raise StoreError(f"{self.path}: no such recording; record one with `python -m edge record --db {self.path}`")
+    #: Where the recording is, for messages (a path, or the URL without its password).
+    where: str
+    _db: Any
+    _lock: threading.Lock
+
+    #: The backends, in the order they are asked whether they handle a target (each subclass adds itself).
+    _backends: list[type[Recording]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Recording._backends.append(cls)
+
+    @classmethod
+    def handles(cls, target: Path | str) -> bool:
+        """Whether this backend opens ``target``."""
+        raise NotImplementedError
+
+    def __new__(cls, target: Path | str, readonly: bool = False) -> Recording:
+        if cls is Recording:
+            # The backends register when edge.tools.subscribe.store (the package) imports them.
+            cls = next(b for b in Recording._backends if b.handles(target))
+        return super().__new__(cls)
+
+    # -- what a backend provides ---------------------------------------------------------------------
+    def _sql(self, query: str) -> str:
+        """``query`` in the driver's placeholder style (written with ``?``)."""
+        return query
+
+    def _exec(self, query: str, args: tuple | list = ()) -> Any:
+        """Run one statement on the connection (the caller holds the lock); return the driver's cursor.
+
+        Raises:
+            StoreError: the database failed (disk full, server gone), with the backend's one-line reason.
+        """
         try:
-            if readonly:
-                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                # FULL: a message is on disk before it is acknowledged to the broker.
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(_SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                self._db.commit()
-                if self.meta("schema_version") == "1":
-                    log.info("%s: upgrading the recording from schema 1 to 2", self.path)
-                    try:
-                        self._db.executescript(_MIGRATE_1_TO_2)
-                    except sqlite3.OperationalError as exc:  # e.g. locked by a recorder of the old version
-                        self._db.rollback()
-                        self._db.close()
-                        raise StoreError(f"{self.path}: cannot upgrade the recording ({exc}); is another recorder "
-                                         "using it? stop it and run this again") from None
-            version = self.meta("schema_version")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable recording database ({exc})") from None
-        # Read-only use (plot, export) reads both versions: only the dedupe key differs.
-        if version is None or int(version) not in ((1, SCHEMA_VERSION) if readonly else (SCHEMA_VERSION,)):
-            raise StoreError(f"{self.path}: recording schema {version}, this tool reads {SCHEMA_VERSION}; use a new --db file")
+            return self._db.execute(self._sql(query), args)
+        except self._driver_errors() as exc:
+            self._rollback()
+            raise StoreError(f"{self.where}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        try:
+            self._db.rollback()
+        except self._driver_errors():
+            pass  # the connection is gone; the error that got us here is what gets reported
+
+    def _commit(self) -> None:
+        try:
+            self._db.commit()
+        except self._driver_errors() as exc:
+            self._rollback()
+            raise StoreError(f"{self.where}: cannot commit ({exc})") from None
 
     # -- meta ----------------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
         """A value from the meta table."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._exec("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta_default(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless one is there; return the stored value."""
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
-            self._db.commit()
+            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value))
+            self._commit()
         return self.meta(key) or value
 
     # -- writing -------------------------------------------------------------------------------------
     def add_message(self, device: str, topic: str, msg: dict[str, Any], received_ts: float | None = None) -> bool:
-        """Store one contract message (needs ``seq``, ``kind``, ``ts``); ``False`` if ``(device, seq, ts)`` exists."""
+        """Store one contract message (needs ``seq``, ``kind``, ``ts``) and commit; ``False`` if ``(device, seq,
+        ts)`` is already stored.
+
+        Raises:
+            StoreError: the database failed; nothing was stored.
+        """
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO messages (device, seq, kind, ts, received_ts, topic, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cur = self._exec(
+                "INSERT INTO messages (device, seq, kind, ts, received_ts, topic, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq, ts) DO NOTHING",
                 (device, int(msg["seq"]), str(msg["kind"]), float(msg["ts"]),
                  received_ts if received_ts is not None else time.time(), topic, json.dumps(msg, separators=(",", ":"))),
             )
-            self._db.commit()
+            self._commit()
             return cur.rowcount == 1
 
     def add_availability(self, device: str, state: str, received_ts: float | None = None) -> bool:
         """Store an online/offline change; repeats of the current state (retained re-deliveries) are skipped."""
         with self._lock:
-            row = self._db.execute(
+            row = self._exec(
                 "SELECT state FROM availability WHERE device = ? ORDER BY id DESC LIMIT 1", (device,)
             ).fetchone()
             if row and row[0] == state:
                 return False
-            self._db.execute(
+            self._exec(
                 "INSERT INTO availability (device, received_ts, state) VALUES (?, ?, ?)",
                 (device, received_ts if received_ts is not None else time.time(), state),
             )
-            self._db.commit()
+            self._commit()
             return True
 
     # -- reading -------------------------------------------------------------------------------------
+    def _rows(self, query: str, args: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self._exec(query, args).fetchall()
+
     def count(self, device: str | None = None, kind: str | None = None) -> int:
         """Number of stored messages, optionally for one device and/or kind."""
         sql, args = "SELECT COUNT(*) FROM messages WHERE 1=1", []
@@ -169,19 +177,15 @@ class Recording:
             sql, args = sql + " AND device = ?", [*args, device]
         if kind is not None:
             sql, args = sql + " AND kind = ?", [*args, kind]
-        with self._lock:
-            return int(self._db.execute(sql, args).fetchone()[0])
+        return int(self._rows(sql, args)[0][0])
 
     def devices(self) -> list[str]:
         """Devices that have messages, sorted."""
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM messages ORDER BY device")]
+        return [r[0] for r in self._rows("SELECT DISTINCT device FROM messages ORDER BY device")]
 
     def seqs(self, device: str) -> list[int]:
         """Stored seq numbers of one device in message time order (ascending, unless its seq restarted)."""
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT seq FROM messages WHERE device = ? ORDER BY ts, seq", (device,))]
+        return [r[0] for r in self._rows("SELECT seq FROM messages WHERE device = ? ORDER BY ts, seq", (device,))]
 
     def iter_messages(
         self, device: str | None = None, kind: str | None = None, since: float | None = None, until: float | None = None
@@ -192,10 +196,7 @@ class Recording:
             if val is not None:
                 sql += f" AND {col} {op} ?"
                 args.append(val)
-        sql += " ORDER BY device, ts, seq"
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        for (payload,) in rows:
+        for (payload,) in self._rows(sql + " ORDER BY device, ts, seq", args):
             yield json.loads(payload)
 
     def labels(self, device: str | None = None) -> list[str]:
@@ -234,8 +235,7 @@ class Recording:
             sql, args = "SELECT device, seq, kind, ts, received_ts, topic, payload FROM messages", []
             if device:
                 sql, args = sql + " WHERE device = ?", [device]
-            with self._lock:
-                rows = [list(r) for r in self._db.execute(sql + " ORDER BY device, ts, seq", args)]
+            rows = [list(r) for r in self._rows(sql + " ORDER BY device, ts, seq", args)]
             return ["device", "seq", "kind", "ts", "received_ts", "topic", "payload"], rows
         labels = self.labels(device)
         p_cols = [f"p_{lab}" for lab in labels]
