@@ -113,7 +113,6 @@ def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``: build everything, run until a signal or ``--max-frames``, close the sink (flush + offline)."""
     from edge.config import ConfigError
-
     from edge.runtime.preflight import check_state_dir
 
     cfg = load_run_config(args)

@@ -90,6 +90,7 @@ def make_client(
     will: tuple[str, str] | None = None,
     reconnect_on_failure: bool = True,
     context: ssl.SSLContext | None = None,
+    client_class: type[mqtt.Client] = mqtt.Client,
 ) -> mqtt.Client:
     """A paho 2.x client set up with the settings' credentials and TLS, not yet connected.
 
@@ -101,13 +102,14 @@ def make_client(
         will: ``(topic, payload)`` of a retained QoS 1 Last Will.
         reconnect_on_failure: Let paho's ``loop_start`` thread reconnect by itself.
         context: A TLS context built once by the caller (:func:`tls_context`); built here when None.
+        client_class: The paho client class, or a subclass (the device's bounds incoming message sizes).
 
     Raises:
         BrokerError: The TLS files cannot be loaded.
     """
     kwargs = {"clean_session": True} if protocol != mqtt.MQTTv5 else {}
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=protocol, manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
+    client = client_class(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                          protocol=protocol, manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     if settings.username:

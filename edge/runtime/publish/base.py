@@ -9,6 +9,8 @@ from typing import Any, Protocol
 OUTBOX_FILE = "outbox.db"
 
 MessageCallback = Callable[[str, bytes], None]
+#: ``on_oversized(topic, size)``: a message above the subscription's ``max_bytes`` was dropped unread.
+OversizedCallback = Callable[[str, int], None]
 CommandHandler = Callable[[dict[str, Any]], None]
 
 
@@ -36,8 +38,11 @@ class Sink(Protocol):
         """Publish without envelope or outbox (discovery configs)."""
         ...
 
-    def subscribe(self, topic: str, callback: MessageCallback) -> None:
-        """Subscribe now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
+    def subscribe(self, topic: str, callback: MessageCallback, max_bytes: int | None = None,
+                  on_oversized: OversizedCallback | None = None) -> None:
+        """Subscribe now and after every reconnect; ``callback(topic, payload)`` runs on the network thread. A
+        payload above ``max_bytes`` (default: ``mqtt.max_command_bytes``) is dropped unread and reported to
+        ``on_oversized(topic, size)`` instead."""
         ...
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:

@@ -26,6 +26,8 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.publish.base import OversizedCallback
+from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class MqttConnection:
         credentials_hint: Where the password comes from, for the message when the broker refuses us.
         tls_context: A TLS context built once (checked at construction, so bad files fail the start).
         backoff_wait: ``wait(seconds)`` for the backoff (default: until it passes or :meth:`stop`); a test seam.
+        max_message_bytes: Largest incoming payload on a subscription that sets no ``max_bytes`` of its own.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class MqttConnection:
         credentials_hint: str = "",
         tls_context: ssl.SSLContext | None = None,
         backoff_wait: Callable[[float], Any] | None = None,
+        max_message_bytes: int = 64 * 1024,
     ) -> None:
         self.settings = settings
         self.host, self.port = settings.host, settings.port
@@ -111,6 +115,7 @@ class MqttConnection:
         self._raw: deque[tuple[str, bytes | str, bool, int]] = deque(maxlen=MAX_RAW_QUEUED)
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._subs: dict[str, MessageCallback] = {}
+        self._caps = SizeCaps(max_message_bytes)
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         # A Condition, so wait_subscribed() sleeps until a SUBACK arrives instead of polling.
@@ -144,10 +149,16 @@ class MqttConnection:
         """Publish without envelope or outbox (discovery configs); held in memory while disconnected."""
         self._raw.append((topic, payload, retain, qos))
 
-    def subscribe(self, topic: str, callback: MessageCallback) -> None:
-        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
+    def subscribe(self, topic: str, callback: MessageCallback, max_bytes: int | None = None,
+                  on_oversized: OversizedCallback | None = None) -> None:
+        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread.
+
+        A message with a payload above ``max_bytes`` (default: ``max_message_bytes``) is never read into memory:
+        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning).
+        """
         with self._subs_lock:
             self._subs[topic] = callback
+        self._caps.add(topic, max_bytes, on_oversized)
         self._new_subs.put(topic)
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:
@@ -176,7 +187,9 @@ class MqttConnection:
 
     def _make_client(self) -> mqtt.Client:
         client = make_client(self.settings, self.client_id, protocol=mqtt.MQTTv311, reconnect_on_failure=False,
-                             will=(self.availability_topic, "offline"), context=self._tls_context)
+                             will=(self.availability_topic, "offline"), context=self._tls_context,
+                             client_class=BoundedClient)
+        self._caps.attach(client)
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
         client.on_connect = self._on_connect
@@ -206,7 +219,7 @@ class MqttConnection:
                            "check mqtt.tls.ca_file (the CA that signed the broker) and the host name; retrying")
             except OSError as exc:
                 self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
-                           f"retrying with backoff, messages wait in the outbox")
+                           f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
             else:
                 try:
                     self._session(client)
@@ -220,6 +233,14 @@ class MqttConnection:
                 attempt = 0  # the last session was healthy: retry quickly
             attempt += 1
             self._backoff_wait(backoff_delay(attempt, *self._reconnect))
+
+    def _tls_hint(self, exc: OSError) -> str:
+        # A TLS client at a plain MQTT listener sends a ClientHello the broker takes for a broken CONNECT: it drops
+        # the connection, which reads as a reset (or an EOF inside the handshake), not as a TLS error.
+        if self._tls_context is None or not isinstance(exc, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return ""
+        return (f"mqtt.tls.enabled is true: is port {self.port} a TLS listener? (1883 is usually plain MQTT, 8883 "
+                "TLS); ")
 
     def _session(self, client: mqtt.Client) -> None:
         """Run one broker connection until it fails or the sink stops."""

@@ -76,7 +76,8 @@ class StdoutSink:
         """Ignored (no broker); logged at debug level."""
         log.debug("stdout sink: not publishing raw message to %s", topic)
 
-    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None], max_bytes: int | None = None,
+                  on_oversized: Callable[[str, int], None] | None = None) -> None:
         """Ignored: nothing ever arrives on stdout."""
         log.debug("stdout sink: subscription to %s has no effect", topic)
 
