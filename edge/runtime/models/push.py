@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 2
 #: Bundles kept in the store (current and previous are never deleted).
 KEEP_MODELS = 3
-#: Push messages looked at per second at most, in bursts of :data:`PUSH_BURST` (a real push comes minutes apart).
-PUSH_RATE = 1.0
-PUSH_BURST = 5
+#: Push messages looked at per second at most, in bursts of :data:`PUSH_BURST` (a real push comes minutes apart;
+#: a fleet tool may retry a few).
+PUSH_RATE = 2.0
+PUSH_BURST = 20
 #: Longest ``reason`` of a result (our text; a field of the payload quoted in it may otherwise be megabytes).
 REASON_CHARS = 400
 #: Result fields that may carry unverified text from the payload (model ids come from the signed manifest).

@@ -216,7 +216,8 @@ class MqttConnection:
                 client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
             except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
                 self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
-                           "check mqtt.tls.ca_file (the CA that signed the broker) and the host name; retrying")
+                           f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
+                           "name; retrying")
             except OSError as exc:
                 self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
                            f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
