@@ -175,7 +175,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from edge.runtime import preflight
 
     cfg = load_config(args.file)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     report = preflight.check(cfg)
     for note in report.notes:

@@ -43,32 +43,43 @@ def _user() -> str:
         return f"uid {os.geteuid()}"
 
 
+def _cannot_write(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (tried with a temporary file, removed at once), or None.
+    Permission bits do not tell: ACLs, read-only mounts, and root, for whom access() says yes to everything."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edge-write-check-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
 def writable_dir_problem(path: Path, key: str) -> str | None:
     """Why the current user cannot write into the folder ``path`` (named by config ``key``), or None.
 
-    An existing folder is tested by creating and deleting a temporary file (permission bits do not tell: ACLs,
-    read-only mounts, root). A missing one needs its nearest existing parent to be a writable folder.
+    An existing folder must take a new file, and the state files already in it must be writable; a missing one
+    needs its nearest existing parent to take one (``run`` creates the folder; this check does not).
     """
+    user = _user()
     if path.exists():
         if not path.is_dir():
             return f"{key}: {path} is not a folder"
-        try:
-            fd, name = tempfile.mkstemp(prefix=".edge-write-check-", dir=path)
-        except OSError as exc:
-            return (f"{key}: {path} is not writable by user {_user()} ({exc.strerror or exc}); fix its owner "
-                    f"(e.g. chown -R {_user()} {path}) or choose another folder")
-        os.close(fd)
-        os.unlink(name)
+        why = _cannot_write(path)
+        if why:
+            return (f"{key}: {path} is not writable by user {user} ({why}); fix its owner "
+                    f"(e.g. chown -R {user} {path}) or choose another folder")
         stuck = [p.name for p in map(path.joinpath, _STATE_FILES) if p.exists() and not os.access(p, os.W_OK)]
         if stuck:
-            return (f"{key}: {', '.join(stuck)} in {path} not writable by user {_user()} (left by a run as "
-                    f"another user?); fix the owner: chown -R {_user()} {path}")
+            return (f"{key}: {', '.join(stuck)} in {path} not writable by user {user} (left by a run as "
+                    f"another user?); fix the owner: chown -R {user} {path}")
         return None
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return f"{key}: {path} does not exist and cannot be created by user {_user()} ({parent} is not writable)"
+    why = _cannot_write(parent) if parent.is_dir() else "not a folder"
+    if why:
+        return f"{key}: {path} does not exist and cannot be created by user {user} ({parent}: {why})"
     return None
 
 

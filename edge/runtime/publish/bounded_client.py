@@ -7,9 +7,11 @@ may be, and streams a larger payload off the socket in small chunks that it thro
 reaches :attr:`BoundedClient.on_oversized` ``(topic, size)`` instead of ``on_message``, and is acknowledged
 as usual, so the broker does not send it again. Memory stays at one chunk whatever the sender sends.
 
-It hooks paho's private ``_sock_recv`` (the one place paho reads the socket) and ``_handle_on_message``; MQTT
-3.1.1 only (an MQTT 5 header also carries properties). paho 2.x is pinned in pyproject.toml; the tests run a
-real broker through this path, so a paho change that breaks it fails them.
+It hooks paho's private ``_sock_recv`` (the one place paho reads the socket) and ``_handle_on_message``. MQTT
+3.1.1 only (an MQTT 5 header also carries properties), QoS 0 and 1 only (the device subscribes with QoS 1, so
+the broker sends nothing at QoS 2, whose delivery paho completes on a later packet). pyproject.toml pins paho
+2.x, and the tests send real oversized messages through a real broker, so a paho change that breaks the hook
+fails them.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from edge.runtime.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-#: Commands waiting for the worker; more are answered "busy" instead of piling up in memory.
+#: Commands waiting for the worker; more are answered "busy" instead of piling up in memory. A parsed command of
+#: max_command_bytes can take some 25 times that as Python objects, so this also bounds what waiting commands hold.
 QUEUE_SIZE = 16
 
 CommandHandler = Callable[[dict[str, Any]], None]
