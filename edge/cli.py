@@ -113,9 +113,13 @@ def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``: build everything, run until a signal or ``--max-frames``, close the sink (flush + offline)."""
     from edge.config import ConfigError
+    from edge.runtime.preflight import check_state_dir
 
     cfg = load_run_config(args)
     _setup_logging(cfg.device.log_level, args.verbose)
+    problem = check_state_dir(cfg)  # said once here, instead of a failed write on every frame
+    if problem:
+        raise ConfigError(problem)
     from edge.runtime.capture.base import SourceError, SourceFatal
     from edge.runtime.daemon import Daemon
     from edge.runtime.publish import choose_sink
@@ -171,17 +175,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """``check-config FILE``: print OK and a summary, or raise ConfigError."""
-    from edge.config import load_config
+    """``check-config FILE``: validate the file, then check what ``run`` will need (source, model with a smoke
+    inference, detector, state folder, TLS files, trusted keys) without starting the pipeline. Prints OK and a
+    summary (exit 0), or every problem, one line each (exit 2)."""
+    from edge.config import ConfigError, load_config
+    from edge.runtime import preflight
 
     cfg = load_config(args.file)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    report = preflight.check(cfg)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if report.errors:
+        raise ConfigError("\n".join(f"{args.file}: {e}" for e in report.errors))
     m = cfg.mqtt
     broker = f"{m.host}:{m.port}" if m.host else f"localhost:{m.port} if it answers, else stdout"
+    checked = dict(report.ok)
     print(f"OK {args.file}")
-    print(f"  device:     {cfg.device.id}")
+    print(f"  device:     {cfg.device.id}; state {checked.get('state dir', '?')}")
     print(f"  source:     {cfg.source.uri} (max {cfg.source.max_fps:g} fps)")
-    print(f"  detector:   {cfg.detector.backend}")
-    print(f"  model:      {cfg.classifier.model or 'default (pushed model, else shipped bundle)'}")
+    print(f"  detector:   {checked.get('detector', cfg.detector.backend)}")
+    print(f"  model:      {checked.get('model', '?')}")
     print(f"  mqtt:       {'off (stdout)' if not m.enabled else broker}{' TLS' if m.tls.enabled else ''}"
           f"{' user ' + m.username if m.username else ''}, prefix '{m.topic_prefix}'")
     print(f"  model push: {'on' if cfg.model_push.enabled else 'off'}; HA discovery: "
@@ -222,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         parser.error(f"unknown command {args.command}")
     except _expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a config with several problems lists each on its own line
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

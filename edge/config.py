@@ -14,7 +14,17 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,8 +36,30 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the key and what to do."""
 
 
+def _not_empty(value: Any) -> Any:
+    # An empty string is never a useful value here: '' as a path means the current folder, as a host or source it
+    # fails later with a confusing message. Leaving the key out gives the documented default.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty; leave the key out to use the default")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    # In Python True == 1, so strict Literal[0, 1] would take `qos = true`.
+    if isinstance(value, bool):
+        raise ValueError("must be the number 0 or 1, not a boolean")
+    return value
+
+
+#: A non-empty string.
+Text = Annotated[str, AfterValidator(_not_empty)]
+#: A path: TOML has no path type, so strings are converted (the one lax type under strict validation); not empty.
+ConfigPath = Annotated[Path, Strict(False), BeforeValidator(_not_empty)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: TOML has real booleans and numbers, so "yes", "off" or "1883" is a mistake to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     def __setattr__(self, name: str, value: object) -> None:
         # pydantic stores an assigned value before the model's after-validators run, so a value that one of them
@@ -50,8 +82,8 @@ class DeviceConfig(_Section):
         description="Device id used in MQTT topics and client id; defaults to the host name.",
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
     )
-    name: str | None = Field(None, description="Human-friendly device name (Home Assistant); defaults to the id.")
-    state_dir: Path | None = Field(
+    name: Text | None = Field(None, description="Human-friendly device name (Home Assistant); defaults to the id.")
+    state_dir: ConfigPath | None = Field(
         None,
         description="Folder for the outbox database, pushed models and the seq counter. Default: $STATE_DIRECTORY "
         "(systemd), else /var/lib/emotion-edge as root, else ~/.local/state/emotion-edge.",
@@ -62,7 +94,7 @@ class DeviceConfig(_Section):
 class SourceConfig(_Section):
     """``[source]``: where frames come from, frame-rate cap and retry backoff."""
 
-    uri: str = Field(
+    uri: Text = Field(
         "demo",
         description="Frame source: 'demo' (bundled public-domain faces), 'picamera2', a camera index such as '0', "
         "a video file, an RTSP/HTTP URL, or an image folder.",
@@ -75,6 +107,12 @@ class SourceConfig(_Section):
     retry_max_s: float = Field(60.0, description="Longest wait between reopen attempts (exponential backoff).", gt=0)
     picamera_lores_width: int = Field(320, description="Picamera2 low-resolution stream width used for detection.", ge=64)
     picamera_lores_height: int = Field(240, description="Picamera2 low-resolution stream height.", ge=48)
+
+    @model_validator(mode="after")
+    def _retry_range(self) -> SourceConfig:
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError(f"retry_initial_s ({self.retry_initial_s:g}) must not exceed retry_max_s ({self.retry_max_s:g})")
+        return self
 
     @model_validator(mode="after")
     def _lores_fits_main(self) -> SourceConfig:
@@ -104,7 +142,7 @@ class DetectorConfig(_Section):
 class ClassifierConfig(_Section):
     """``[classifier]``: model bundle, runtime and threads."""
 
-    model: Path | None = Field(
+    model: ConfigPath | None = Field(
         None,
         description="Model bundle folder. Default: the model store's current model (the last one pushed), else the "
         "bundle shipped with the package. Setting it pins the model: pushed models still install, but a restart "
@@ -130,9 +168,9 @@ class TlsConfig(_Section):
     """``[mqtt.tls]``: TLS to the broker (CA, optional client certificate)."""
 
     enabled: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
-    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ca_file: ConfigPath | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
+    cert_file: ConfigPath | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: ConfigPath | None = Field(None, description="Client private key (PEM) for mutual TLS.")
     insecure: bool = Field(False, description="Skip host name verification (testing only).")
 
 
@@ -153,16 +191,16 @@ class MqttConfig(_Section):
     """``[mqtt]``: broker, credentials, topics, QoS and publishing intervals."""
 
     enabled: bool = Field(True, description="Publish over MQTT; false prints JSON lines to stdout instead.")
-    host: str | None = Field(
+    host: Text | None = Field(
         None, description="Broker host; unset: localhost if a broker answers there, else stdout output."
     )
     port: int = Field(1883, description="Broker port (8883 is usual for TLS).", ge=1, le=65535)
-    username: str | None = Field(None, description="User name; the password comes from the environment or credentials.")
-    password_env: str = Field("EMOTION_EDGE_MQTT_PASSWORD", description="Environment variable holding the password.")
-    password_credential: str = Field("mqtt_password", description="systemd credential name holding the password.")
-    client_id: str | None = Field(None, description="MQTT client id; default 'emotion-edge-<device id>'.")
+    username: Text | None = Field(None, description="User name; the password comes from the environment or credentials.")
+    password_env: Text = Field("EMOTION_EDGE_MQTT_PASSWORD", description="Environment variable holding the password.")
+    password_credential: Text = Field("mqtt_password", description="systemd credential name holding the password.")
+    client_id: Text | None = Field(None, description="MQTT client id; default 'emotion-edge-<device id>'.")
     keepalive_s: int = Field(30, description="MQTT keep-alive; the Last Will fires after 1.5x this.", ge=5)
-    qos: Literal[0, 1] = Field(1, description="QoS of published data.")
+    qos: Annotated[Literal[0, 1], BeforeValidator(_not_bool)] = Field(1, description="QoS of published data.")
     topic_prefix: str = Field("emotion", description="First topic level.", pattern=r"^[^#+]+$")
     faces_interval_s: float = Field(0.0, description="Minimum seconds between 'faces' updates (0 = every frame).", ge=0)
     summary_interval_s: float = Field(10.0, description="Length of the 'summary' window.", gt=0)
@@ -173,6 +211,14 @@ class MqttConfig(_Section):
     )
     reconnect_min_s: float = Field(1.0, description="First wait before reconnecting to the broker.", gt=0)
     reconnect_max_s: float = Field(60.0, description="Longest wait between reconnect attempts (exponential backoff).", gt=0)
+    max_command_bytes: int = Field(
+        64 * 1024, description="Largest accepted message on the command topic; a larger one is dropped unread and "
+        "answered 'oversized' (model pushes have their own cap, model_push.max_bytes).", ge=1024, le=16 * 1024 * 1024,
+    )
+    command_rate: float = Field(
+        10.0, description="Commands answered per second at most (bursts of as many); more are dropped unanswered and "
+        "counted in the log once a minute, so a flood cannot fill the outbox.", gt=0, le=1000,
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk outbox settings.")
     faces_expiry_s: int = Field(
@@ -182,6 +228,13 @@ class MqttConfig(_Section):
         ge=0, le=86400,
     )
 
+    @model_validator(mode="after")
+    def _reconnect_range(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s ({self.reconnect_min_s:g}) must not exceed reconnect_max_s "
+                             f"({self.reconnect_max_s:g})")
+        return self
+
 
 class HomeAssistantConfig(_Section):
     """``[homeassistant]``: MQTT discovery."""
@@ -190,7 +243,7 @@ class HomeAssistantConfig(_Section):
     discovery_prefix: str = Field(
         "homeassistant", description="Home Assistant discovery prefix (no MQTT wildcards).", pattern=r"^[^#+]+$"
     )
-    support_url: str | None = Field(
+    support_url: Text | None = Field(
         None, description="Link shown as the discovery 'origin' support URL; none is sent when unset."
     )
 
@@ -199,7 +252,7 @@ class ModelPushConfig(_Section):
     """``[model_push]``: signed model updates over MQTT."""
 
     enabled: bool = Field(False, description="Accept signed model pushes over MQTT.")
-    trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
+    trusted_keys: list[ConfigPath] = Field(default_factory=list, description="Ed25519 public keys (PEM) that may sign models.")
     groups: list[Annotated[str, StringConstraints(pattern=r"^[^#+/]+$")]] = Field(
         default_factory=list,
         description="Fleet groups this device also listens to (one topic level each: no '/', '#' or '+').",
@@ -215,7 +268,7 @@ class ModelPushConfig(_Section):
 class PrivacyConfig(_Section):
     """``[privacy]``: the local-only debug preview."""
 
-    debug_preview_dir: Path | None = Field(
+    debug_preview_dir: ConfigPath | None = Field(
         None,
         description="Write annotated frames to this local folder for debugging (off by default; never published). "
         "Under the systemd unit only the state folder is writable, so use a folder inside it.",
@@ -246,16 +299,20 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Privacy switches.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics endpoint.")
 
+    def state_dir_path(self) -> Path:
+        """The state folder (see DeviceConfig.state_dir), without creating it."""
+        path = self.device.state_dir
+        if path is not None:
+            return path
+        if os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        if os.geteuid() == 0:
+            return Path("/var/lib/emotion-edge")
+        return Path.home() / ".local" / "state" / "emotion-edge"
+
     def state_dir(self) -> Path:
         """The state folder (see DeviceConfig.state_dir), created if missing; ConfigError if it cannot be."""
-        path = self.device.state_dir
-        if path is None:
-            if os.environ.get("STATE_DIRECTORY"):
-                path = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-            elif os.geteuid() == 0:
-                path = Path("/var/lib/emotion-edge")
-            else:
-                path = Path.home() / ".local" / "state" / "emotion-edge"
+        path = self.state_dir_path()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -265,19 +322,27 @@ class Config(_Section):
         return path
 
 
+#: Strict-mode type errors, where a quoted value is the usual mistake.
+_SCALAR_TYPES = {"bool_type": "true or false", "int_type": "a whole number", "float_type": "a number"}
+
+
 def _format_error(exc: ValidationError, path: Path | None) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    """One line per problem, each naming its key."""
     where = f"{path}: " if path else ""
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see config.example.toml)"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{where}invalid config key '{key}': {msg}{more}"
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config.example.toml)"
+        elif err["type"] in _SCALAR_TYPES and isinstance(err.get("input"), str):
+            msg = f"must be {_SCALAR_TYPES[err['type']]}, not the string {err['input'][:40]!r} (write it without quotes)"
+        lines.append(f"{where}invalid config key '{key}': {msg}")
+    return "\n".join(lines)
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
-    """Validate a config dict; raise :class:`ConfigError` with one line naming the first bad key."""
+    """Validate a config dict; raise :class:`ConfigError` listing every bad key, one line each."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

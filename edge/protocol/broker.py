@@ -98,6 +98,7 @@ def make_client(
     will: tuple[str, str] | None = None,
     reconnect_on_failure: bool = True,
     context: ssl.SSLContext | None = None,
+    client_class: type[mqtt.Client] | None = None,
 ) -> mqtt.Client:
     """A paho 2.x client set up with the settings' credentials and TLS, not yet connected.
 
@@ -109,6 +110,7 @@ def make_client(
         will: ``(topic, payload)`` of a retained QoS 1 Last Will.
         reconnect_on_failure: Let paho's ``loop_start`` thread reconnect by itself.
         context: A TLS context built once by the caller (:func:`tls_context`); built here when None.
+        client_class: A subclass of paho's client (the device's bounds incoming message sizes); None: paho's own.
 
     Raises:
         BrokerError: The TLS files cannot be loaded.
@@ -116,8 +118,9 @@ def make_client(
     import paho.mqtt.client as mqtt
 
     kwargs = {"clean_session": True} if protocol != MQTT_V5 else {}
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=protocol, manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
+    client = (client_class or mqtt.Client)(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+        manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     if settings.username:

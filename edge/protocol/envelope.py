@@ -54,15 +54,36 @@ def make_envelope(kind: str, device_id: str, seq: int, body: dict[str, Any], ts:
     return msg
 
 
-def command_event(command: str | None, ok: bool, detail: str | None, request: Any = None) -> dict[str, Any]:
+#: Longest echo of a sender's text (command name, request id, a field of its payload) in an answer or a log line.
+ECHO_CHARS = 64
+#: Longest ``detail`` of a command answer (our text, with the echoed parts already clipped to ECHO_CHARS).
+DETAIL_CHARS = 512
+#: The ``code`` of a command answer: what a dashboard or script can switch on.
+COMMAND_CODES = ("ok", "oversized", "malformed", "unknown_command", "refused", "busy", "failed")
+
+
+def clip(text: object, limit: int = ECHO_CHARS) -> str:
+    """``text`` (``str()`` of anything else) cut to at most ``limit`` characters, a cut one ending in '…', so a
+    sender's input can be echoed in an answer or a log line without its size."""
+    s = text if isinstance(text, str) else str(text)
+    return s if len(s) <= limit else s[: max(0, limit - 1)] + "…"
+
+
+def command_event(command: str | None, ok: bool, detail: str | None, request: Any = None,
+                  code: str | None = None) -> dict[str, Any]:
     """The body of the ``events`` message that answers a command.
 
-    A ``request_id`` in ``request`` (the command object; a string of 1-64 characters) is echoed, so the
-    sender can tell its own answer from others' and from re-delivered old ones.
+    ``code`` is one of :data:`COMMAND_CODES` (default ``ok`` or ``failed``). The command name is clipped to
+    :data:`ECHO_CHARS` and the detail to :data:`DETAIL_CHARS`. A ``request_id`` in ``request`` (the command
+    object; a string of 1-64 characters) is echoed, so the sender can tell its own answer from others' and
+    from re-delivered old ones.
     """
-    body: dict[str, Any] = {"event": "command", "track_id": None, "command": command, "ok": ok, "detail": detail}
+    body: dict[str, Any] = {
+        "event": "command", "track_id": None, "command": None if command is None else clip(command), "ok": ok,
+        "code": code or ("ok" if ok else "failed"), "detail": None if detail is None else clip(detail, DETAIL_CHARS),
+    }
     rid = request.get("request_id") if isinstance(request, dict) else None
-    if isinstance(rid, str) and 0 < len(rid) <= 64:
+    if isinstance(rid, str) and 0 < len(rid) <= ECHO_CHARS:
         body["request_id"] = rid
     return body
 

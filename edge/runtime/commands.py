@@ -15,10 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.protocol.envelope import command_event
+from edge.protocol.envelope import clip, command_event
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.models.active import ActiveModel
 
 log = logging.getLogger(__name__)
+# Commands come from the network: their failures are logged once per code, then counted (see loglimit).
+_log_limit = LogLimiter(log)
 
 #: The commands a device accepts.
 COMMANDS = ("publish_status", "reload_model", "pause", "resume")
@@ -50,7 +53,7 @@ class DeviceCommands:
         """Execute a command dict and publish the result as an ``events`` message with event ``command``; return
         that event's body (the MQTT 5 response). Runs on the caller's thread; never raises."""
         name = cmd.get("command")
-        ok, detail = True, None
+        ok, detail, code = True, None, "ok"
         try:
             if name == "publish_status":
                 self._publish_status()
@@ -58,7 +61,7 @@ class DeviceCommands:
             elif name == "reload_model":
                 target = self._models.reload_target(cmd.get("bundle_dir"))
                 if target is None:
-                    ok = False
+                    ok, code = False, "refused"
                     detail = (f"bundle_dir must be the model store's current link {self._models.current_link()} "
                               "or the running bundle (an unsigned command may not pick an older model); make a "
                               "model current with a push or 'python -m edge.modelctl rollback' first")
@@ -67,15 +70,17 @@ class DeviceCommands:
                     detail = f"running {self._models.classifier.model_id}"
             elif name in ("pause", "resume"):
                 if self._set_paused is None:
-                    ok, detail = False, "this device has no privacy pause"
+                    ok, detail, code = False, "this device has no privacy pause", "refused"
                 else:
                     ok, detail = self._set_paused(name == "pause")
+                    code = "ok" if ok else "failed"
             else:
-                ok, detail = False, f"unknown command {name!r}; use {' or '.join(repr(c) for c in COMMANDS)}"
+                ok, code = False, "unknown_command"
+                detail = f"unknown command {clip(name)!r}; use {' or '.join(repr(c) for c in COMMANDS)}"
         except Exception as exc:  # BundleError, RuntimeMissing, OSError: reported, never raised to the sink
-            ok, detail = False, f"{name} failed: {exc}"
+            ok, detail, code = False, f"{name} failed: {clip(exc, 300)}", "failed"
+        event = command_event(name, ok, detail, cmd, code)
         if not ok:
-            log.warning("command %s: %s", name, detail)
-        body = command_event(name, ok, detail, cmd)
-        self._publish_event(body)
-        return body
+            _log_limit.warning(f"command {code}", "command %s: %s", event["command"], event["detail"])
+        self._publish_event(event)
+        return event

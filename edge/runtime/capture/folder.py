@@ -7,12 +7,16 @@ import time
 from pathlib import Path
 
 from edge.runtime.capture.base import IMAGE_SUFFIXES, Frame, SourceError
+from edge.runtime.loglimit import LogLimiter
 
 log = logging.getLogger(__name__)
+# A looping folder meets the same bad file on every pass: say so once per file, then count (see loglimit).
+_skipped = LogLimiter(log)
 
 
 class FolderSource:
-    """The images of a folder, in file-name order (unreadable files are skipped with a warning)."""
+    """The images of a folder, in file-name order (an unreadable file is skipped, with a warning the first time
+    and then a count at most once a minute)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -34,7 +38,7 @@ class FolderSource:
             self._pos += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
-                log.warning("skipping %s: not a readable image", path)
+                _skipped.warning(str(path), "skipping %s: not a readable image", str(path))
                 continue
             frame = Frame(image, self._index, time.time())
             self._index += 1

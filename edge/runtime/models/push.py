@@ -11,6 +11,12 @@ rolled back, so the running model and the one a restart would load stay the old 
 Every push ends with a result object, published as an ``events`` message (``event: "model_push"``) and kept
 in :attr:`ModelPushReceiver.last_result` for the ``model_push`` block of the status. MQTT callbacks run on
 paho's network thread, so messages are only queued there and handled by a worker thread.
+
+Whoever may publish on a push topic may send anything, so the receiver is bounded like the command topic: a
+payload above ``model_push.max_bytes`` is never read (answered ``oversized``), at most :data:`PUSH_RATE`
+messages per second are answered (the rest are dropped and counted in the log), every text field of a result
+is clipped (a reason to :data:`REASON_CHARS`, an unverified id to :data:`edge.protocol.envelope.ECHO_CHARS`), and a
+refusal is logged once per code, then counted.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.bundle import MANIFEST_FILE, BundleError, Manifest
+from edge.protocol.envelope import clip
 from edge.protocol.push import PushRejected, parse_push, peek_push_id
 from edge.protocol.signing import SignatureError, load_public_key
 from edge.protocol.topics import push_topics
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.models.check import check_bundle
 from edge.runtime.models.store import ModelStore, parse_created
 from edge.runtime.publish.base import Sink
+from edge.runtime.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,14 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 2
 #: Bundles kept in the store (current and previous are never deleted).
 KEEP_MODELS = 3
+#: Push messages looked at per second at most, in bursts of :data:`PUSH_BURST` (a real push comes minutes apart;
+#: a fleet tool may retry a few).
+PUSH_RATE = 2.0
+PUSH_BURST = 20
+#: Longest ``reason`` of a result (our text; a field of the payload quoted in it may otherwise be megabytes).
+REASON_CHARS = 400
+#: Result fields that may carry unverified text from the payload (model ids come from the signed manifest).
+_ECHOED = ("push_id", "key_id")
 
 
 class _Daemon(Protocol):
@@ -73,6 +90,10 @@ class ModelPushReceiver:
         self._last_applied: tuple[Path, str | None] | None = None
         self._trusted = []
         self._key_errors: list[str] = []
+        self._bucket = TokenBucket(PUSH_RATE, PUSH_BURST)
+        self._log = LogLimiter(log)
+        #: Push messages dropped unanswered by the rate limit since start.
+        self.dropped = 0
 
     # ----- lifecycle -----
     def topics(self) -> list[str]:
@@ -103,7 +124,7 @@ class ModelPushReceiver:
         self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
         self._worker.start()
         for t in self.topics():
-            self.sink.subscribe(t, self._on_message)
+            self.sink.subscribe(t, self._on_message, self.config.model_push.max_bytes, self._on_oversized)
         log.info("model push: listening on %s", ", ".join(self.topics()))
         if self.config.classifier.model is not None:
             log.warning("classifier.model is set (%s): pushed models run until the next restart, which loads that "
@@ -146,9 +167,26 @@ class ModelPushReceiver:
         self._worker.join(timeout=30)
         self._worker = None
 
+    def _admit(self) -> bool:
+        if self._bucket.take():
+            return True
+        self.dropped += 1
+        self._log.warning("rate", "model push: dropping push messages unanswered, more than %g per second (%d "
+                          "dropped since start)", PUSH_RATE, self.dropped)
+        return False
+
+    def _on_oversized(self, topic: str, size: int) -> None:
+        # Network thread: the payload was never read (see edge.runtime.publish.bounded_client).
+        if self._admit():
+            limit = self.config.model_push.max_bytes
+            self._report(topic, None, PushRejected("oversized", f"push is {size} bytes, above model_push.max_bytes = "
+                                                   f"{limit}; it was not read"))
+
     def _on_message(self, topic: str, payload: bytes) -> None:
         # Runs on paho's network thread: never verify or load here, only queue.
         if not payload:  # a zero-length retained message only clears an old retained push: nothing to do
+            return
+        if not self._admit():
             return
         try:
             self._queue.put_nowait((topic, bytes(payload)))
@@ -287,13 +325,19 @@ class ModelPushReceiver:
             "previous_model_id": getattr(self.daemon, "model_id", None),
             "rolled_back": False,
         }
-        log.warning("model push rejected (%s): %s", exc.code, exc.reason)
-        return self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
+        result = self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
+        self._log.warning(f"rejected {exc.code}", "model push rejected (%s): %s", exc.code, result["reason"])
+        return result
 
     def _publish(self, result: dict[str, Any], started: float | None) -> dict[str, Any]:
         if started is not None:
             result["duration_s"] = round(time.monotonic() - started, 3)
         result["running_model_id"] = getattr(self.daemon, "model_id", None)
+        for key in _ECHOED:
+            if result.get(key) is not None:
+                result[key] = clip(result[key])
+        if result.get("reason") is not None:
+            result["reason"] = clip(result["reason"], REASON_CHARS)
         # The status block carries its own time; the event has the envelope's ts.
         self.last_result = {**result, "ts": time.time()}
         body = {"event": "model_push", "track_id": None, **result}

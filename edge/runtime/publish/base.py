@@ -9,6 +9,8 @@ from typing import Any, Protocol
 OUTBOX_FILE = "outbox.db"
 
 MessageCallback = Callable[[str, bytes], None]
+#: ``on_oversized(topic, size)``: a message above the subscription's ``max_bytes`` was dropped unread.
+OversizedCallback = Callable[[str, int], None]
 #: Runs a command; may return the body of its ``command`` event (for an MQTT 5 response topic).
 CommandHandler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -42,8 +44,11 @@ class Sink(Protocol):
         only the newest value of each is kept and sent, outside the outbox."""
         ...
 
-    def subscribe(self, topic: str, callback: MessageCallback) -> None:
-        """Subscribe now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
+    def subscribe(self, topic: str, callback: MessageCallback, max_bytes: int | None = None,
+                  on_oversized: OversizedCallback | None = None) -> None:
+        """Subscribe now and after every reconnect; ``callback(topic, payload)`` runs on the network thread. A
+        payload above ``max_bytes`` (default: ``mqtt.max_command_bytes``) is dropped unread and reported to
+        ``on_oversized(topic, size)`` instead."""
         ...
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:

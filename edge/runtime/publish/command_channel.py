@@ -1,8 +1,18 @@
-"""The command topic: parse what arrives on ``<prefix>/<device>/command`` and run it off the network thread.
+"""The command topic: check what arrives on ``<prefix>/<device>/command`` and run it off the network thread.
 
-Messages are parsed on paho's network thread (cheap) and queued; one worker thread hands each command to the
-handler (:meth:`edge.runtime.daemon.Daemon.handle_command`), so a slow command never stalls the network. A
-payload that is not a command, or a full queue, is answered with a ``command`` event saying so.
+The topic carries no signature, so anyone who may publish there may send anything, and every step is bounded:
+
+- at most ``mqtt.command_rate`` messages per second are looked at (a token bucket); the rest are dropped
+  unanswered and counted in the log once a minute, so a flood can neither fill the outbox with answers nor the
+  log with lines;
+- a payload above ``mqtt.max_command_bytes`` is never read (see
+  :mod:`edge.runtime.publish.bounded_client`) and is answered ``oversized``;
+- deeply nested JSON ("[[[[..."): Python's parser recurses once per level and raises RecursionError at about a
+  thousand; that is caught like any other unreadable payload and answered ``malformed``;
+- answers and log lines echo at most :data:`edge.protocol.envelope.ECHO_CHARS` characters of the input.
+
+Messages are checked on paho's network thread (cheap) and queued; one worker thread hands each command to the
+handler (:meth:`edge.runtime.daemon.Daemon.handle_command`), so a slow command never stalls the network.
 
 MQTT 5 request/response: a command that carries a Response Topic is answered there too (the body of its
 ``command`` event as JSON, not retained, with the command's Correlation Data echoed), besides the ``events``
@@ -21,17 +31,43 @@ from typing import Any
 
 from paho.mqtt.properties import Properties
 
-from edge.protocol.envelope import command_event
+from edge.protocol.envelope import clip, command_event
+from edge.runtime.loglimit import LogLimiter
+from edge.runtime.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-#: Commands waiting for the worker; more are answered "try again later" instead of piling up in memory.
-QUEUE_SIZE = 100
+#: Commands waiting for the worker; more are answered "busy" instead of piling up in memory. A parsed command of
+#: max_command_bytes can take some 25 times that as Python objects, so this also bounds what waiting commands hold.
+QUEUE_SIZE = 16
 
 #: Runs a command; returns the body of its ``command`` event (answered to an MQTT 5 response topic) or None.
 CommandHandler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 #: Publishes ``(response topic, body, correlation data)``.
 ReplyPublisher = Callable[[str, dict[str, Any], "bytes | None"], None]
+Reply = tuple[str, "bytes | None"]
+class CommandRefused(ValueError):
+    """A message that is not a command; ``code`` is ``malformed`` or ``oversized``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """The command object in ``payload``, or :class:`CommandRefused` saying why it is none."""
+    if len(payload) > max_bytes:
+        raise CommandRefused("oversized", f"command is {len(payload)} bytes, above mqtt.max_command_bytes = {max_bytes}")
+    try:
+        cmd = json.loads(payload)
+    except RecursionError:  # the C parser's depth guard: an answer, never a traceback
+        raise CommandRefused("malformed", "command JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError):
+        raise CommandRefused("malformed", "command payload is not JSON; send e.g. {\"command\": \"publish_status\"}") from None
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("command"), str):
+        raise CommandRefused("malformed", "command must be a JSON object with a string field 'command'")
+    return cmd
 
 
 class CommandChannel:
@@ -39,20 +75,28 @@ class CommandChannel:
 
     Args:
         publish_event: Publishes an ``events`` body (the sink's outbox); must not block on the network.
+        max_bytes: Largest accepted payload (``mqtt.max_command_bytes``).
+        rate: Messages handled per second at most (``mqtt.command_rate``), in bursts of as many.
         publish_reply: Answers an MQTT 5 response topic; None answers on ``events`` only.
         reply_forbidden: Topic prefixes a response topic must not start with (the device's tree, discovery).
     """
 
-    def __init__(self, publish_event: Callable[[dict[str, Any]], None], publish_reply: ReplyPublisher | None = None,
+    def __init__(self, publish_event: Callable[[dict[str, Any]], None], max_bytes: int = 64 * 1024,
+                 rate: float = 10.0, publish_reply: ReplyPublisher | None = None,
                  reply_forbidden: tuple[str, ...] = ()) -> None:
         self._publish_event = publish_event
+        self.max_bytes = max_bytes
         self._publish_reply = publish_reply
         self._reply_forbidden = reply_forbidden
         #: Runs each command (on the worker thread); None answers "no command handler".
         self.handler: CommandHandler | None = None
+        #: Messages dropped unanswered by the rate limit since start.
+        self.dropped = 0
+        self._rate = rate
+        self._bucket = TokenBucket(rate)
+        self._log = LogLimiter(log)
         self._closed = False
-        self._queue: queue.Queue[tuple[dict[str, Any], tuple[str, bytes | None] | None] | None] = \
-            queue.Queue(maxsize=QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[dict[str, Any], Reply | None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._worker = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
 
     def start(self) -> None:
@@ -60,30 +104,34 @@ class CommandChannel:
         self._worker.start()
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        """A message on the command topic (network thread): parse and queue it, or answer why not."""
+        """A message on the command topic (network thread): check and queue it, or answer why not."""
+        if not self._admit():
+            return
         reply = self._reply_to(properties)
         try:
-            cmd = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            self._answer(None, False, "command payload is not JSON; send e.g. {\"command\": \"publish_status\"}",
-                         reply=reply)
-            return
-        if not isinstance(cmd, dict) or not isinstance(cmd.get("command"), str):
-            self._answer(None, False, "command must be a JSON object with a string field 'command'", reply=reply)
+            cmd = parse_command(payload, self.max_bytes)
+        except CommandRefused as exc:
+            self._answer(None, False, exc.detail, code=exc.code, reply=reply)
             return
         try:
             self._queue.put_nowait((cmd, reply))
         except queue.Full:
-            self._answer(cmd["command"], False, "too many queued commands; try again later", cmd, reply)
+            self._answer(cmd["command"], False, "too many queued commands; try again later", cmd, "busy", reply)
 
-    def _reply_to(self, properties: Properties | None) -> tuple[str, bytes | None] | None:
+    def on_oversized(self, topic: str, size: int) -> None:
+        """A message above ``max_bytes`` was dropped unread (network thread): answer ``oversized``."""
+        if self._admit():
+            self._answer(None, False, f"command is {size} bytes, above mqtt.max_command_bytes = {self.max_bytes}; "
+                         "it was not read", code="oversized")
+
+    def _reply_to(self, properties: Properties | None) -> Reply | None:
         """``(response topic, correlation data)`` of an MQTT 5 request, None when there is none or it is refused."""
         topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         if not topic or self._publish_reply is None:
             return None
         if topic.startswith("$") or any(topic == p.rstrip("/") or topic.startswith(p) for p in self._reply_forbidden):
-            log.warning("MQTT command: not answering response topic %s (inside %s); answering on events only",
-                        topic, " or ".join(self._reply_forbidden))
+            self._log.warning("reply topic", "MQTT command: not answering response topic %s (inside %s); answering "
+                              "on events only", topic, " or ".join(self._reply_forbidden))
             return None
         return topic, getattr(properties, "CorrelationData", None)
 
@@ -93,16 +141,25 @@ class CommandChannel:
         self._queue.put(None)
         self._worker.join(timeout)
 
-    def _answer(self, command: str | None, ok: bool, detail: str, request: Any = None,
-                reply: tuple[str, bytes | None] | None = None) -> None:
-        if not ok:
-            log.warning("MQTT command %s not done: %s", command, detail)
-        if not self._closed:
-            body = command_event(command, ok, detail, request)
-            self._publish_event(body)
-            self._send_reply(reply, body)
+    def _admit(self) -> bool:
+        if self._bucket.take():
+            return True
+        self.dropped += 1
+        self._log.warning("rate", "dropping commands unanswered: more than mqtt.command_rate = %g per second "
+                          "(%d dropped since start)", self._rate, self.dropped)
+        return False
 
-    def _send_reply(self, reply: tuple[str, bytes | None] | None, body: dict[str, Any] | None) -> None:
+    def _answer(self, command: str | None, ok: bool, detail: str, request: Any = None, code: str | None = None,
+                reply: Reply | None = None) -> None:
+        event = command_event(command, ok, detail, request, code)
+        if not ok:
+            self._log.warning(f"refused {event['code']}", "MQTT command %s not done (%s): %s", event["command"],
+                              event["code"], event["detail"])
+        if not self._closed:
+            self._publish_event(event)
+            self._send_reply(reply, event)
+
+    def _send_reply(self, reply: Reply | None, body: dict[str, Any] | None) -> None:
         if reply is not None and body is not None and self._publish_reply is not None and not self._closed:
             self._publish_reply(reply[0], body, reply[1])
 
@@ -114,10 +171,10 @@ class CommandChannel:
             cmd, reply = item
             handler = self.handler
             if handler is None:
-                self._answer(cmd["command"], False, "this device has no command handler", cmd, reply)
+                self._answer(cmd["command"], False, "this device has no command handler", cmd, reply=reply)
                 continue
             try:
                 self._send_reply(reply, handler(cmd))
             except Exception as exc:
-                log.exception("command %s failed", cmd.get("command"))
-                self._answer(cmd["command"], False, f"command failed: {exc}", cmd, reply)
+                self._log.log(logging.ERROR, "failed", "command %s failed", clip(cmd["command"]), exc_info=True)
+                self._answer(cmd["command"], False, f"command failed: {clip(exc)}", cmd, reply=reply)

@@ -32,6 +32,8 @@ from paho.mqtt.properties import Properties
 
 from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.publish.base import OversizedCallback
+from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
 from edge.runtime.publish.latest import LatestValues
 from edge.runtime.publish.subscriptions import MessageCallback, PropertiesCallback, Subscriptions
 
@@ -83,6 +85,7 @@ class MqttConnection:
         credentials_hint: Where the password comes from, for the message when the broker refuses us.
         tls_context: A TLS context built once (checked at construction, so bad files fail the start).
         backoff_wait: ``wait(seconds)`` for the backoff (default: until it passes or :meth:`stop`); a test seam.
+        max_message_bytes: Largest incoming payload on a subscription that sets no ``max_bytes`` of its own.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class MqttConnection:
         credentials_hint: str = "",
         tls_context: ssl.SSLContext | None = None,
         backoff_wait: Callable[[float], Any] | None = None,
+        max_message_bytes: int = 64 * 1024,
     ) -> None:
         self.settings = settings
         self.host, self.port = settings.host, settings.port
@@ -126,6 +130,7 @@ class MqttConnection:
         self._downgraded_now = False
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._subs = Subscriptions()
+        self._caps = SizeCaps(max_message_bytes)
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
@@ -167,9 +172,15 @@ class MqttConnection:
         self.latest.set(topic, payload)
 
     def subscribe(self, topic: str, callback: MessageCallback | PropertiesCallback, *,
-                  with_properties: bool = False) -> None:
+                  with_properties: bool = False, max_bytes: int | None = None,
+                  on_oversized: OversizedCallback | None = None) -> None:
         """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread
-        (``callback(topic, payload, properties)`` with ``with_properties``: the MQTT 5 properties, or None)."""
+        (``callback(topic, payload, properties)`` with ``with_properties``: the MQTT 5 properties, or None).
+
+        A message with a payload above ``max_bytes`` (default: ``max_message_bytes``) is never read into memory:
+        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning).
+        """
+        self._caps.add(topic, max_bytes, on_oversized)
         self._subs.add(topic, callback, with_properties)
         self._new_subs.put(topic)
 
@@ -198,7 +209,9 @@ class MqttConnection:
 
     def _make_client(self) -> mqtt.Client:
         client = make_client(self.settings, self.client_id, protocol=self._protocol, reconnect_on_failure=False,
-                             will=(self.availability_topic, "offline"), context=self._tls_context)
+                             will=(self.availability_topic, "offline"), context=self._tls_context,
+                             client_class=BoundedClient)
+        self._caps.attach(client)
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
         client.on_connect = self._on_connect
@@ -225,10 +238,11 @@ class MqttConnection:
                 client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
             except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
                 self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
-                           "check mqtt.tls.ca_file (the CA that signed the broker) and the host name; retrying")
+                           f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
+                           "name; retrying")
             except OSError as exc:
                 self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
-                           f"retrying with backoff, messages wait in the outbox")
+                           f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
             else:
                 try:
                     self._session(client)
@@ -245,6 +259,14 @@ class MqttConnection:
                 attempt = 0  # the last session was healthy: retry quickly
             attempt += 1
             self._backoff_wait(backoff_delay(attempt, *self._reconnect))
+
+    def _tls_hint(self, exc: OSError) -> str:
+        # A TLS client at a plain MQTT listener sends a ClientHello the broker takes for a broken CONNECT: it drops
+        # the connection, which reads as a reset (or an EOF inside the handshake), not as a TLS error.
+        if self._tls_context is None or not isinstance(exc, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return ""
+        return (f"mqtt.tls.enabled is true: is port {self.port} a TLS listener? (1883 is usually plain MQTT, 8883 "
+                "TLS); ")
 
     def _session(self, client: mqtt.Client) -> None:
         """Run one broker connection until it fails or the sink stops."""

@@ -28,7 +28,14 @@ from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
 from edge.protocol.envelope import encode, make_envelope
 from edge.protocol.topics import AVAILABILITY, COMMAND, topic
-from edge.runtime.publish.base import OUTBOX_FILE, CommandHandler, MessageCallback, SinkError, offline_copy
+from edge.runtime.publish.base import (
+    OUTBOX_FILE,
+    CommandHandler,
+    MessageCallback,
+    OversizedCallback,
+    SinkError,
+    offline_copy,
+)
 from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.connection import MqttConnection
 from edge.runtime.publish.outbox import Outbox
@@ -95,12 +102,13 @@ class MqttSink:
             settings, self.client_id, topic(m.topic_prefix, self.device_id, AVAILABILITY), self.pump,
             max_inflight=m.max_inflight, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
             credentials_hint=f"${m.password_env} or credential {m.password_credential}", tls_context=context,
-            backoff_wait=backoff_wait,
+            backoff_wait=backoff_wait, max_message_bytes=m.max_command_bytes,
         )
-        self.commands = CommandChannel(self._publish_event, self._publish_reply,
+        self.commands = CommandChannel(self._publish_event, m.max_command_bytes, m.command_rate, self._publish_reply,
                                        (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/"))
         self.commands.handler = on_command
-        self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True)
+        self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True,
+                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
@@ -169,9 +177,12 @@ class MqttSink:
         if not self._closed:
             self.connection.publish_state(topic(self._cfg.topic_prefix, self.device_id, leaf), value)
 
-    def subscribe(self, topic: str, callback: MessageCallback) -> None:
-        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread."""
-        self.connection.subscribe(topic, callback)
+    def subscribe(self, topic: str, callback: MessageCallback, max_bytes: int | None = None,
+                  on_oversized: OversizedCallback | None = None) -> None:
+        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network
+        thread. A payload above ``max_bytes`` (default ``mqtt.max_command_bytes``) is never read into memory:
+        ``on_oversized(topic, size)`` hears of it instead."""
+        self.connection.subscribe(topic, callback, max_bytes=max_bytes, on_oversized=on_oversized)
 
     def add_connect_hook(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` on the network thread after every (re)connect, and at once if connected already."""

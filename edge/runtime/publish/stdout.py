@@ -79,7 +79,8 @@ class StdoutSink:
     def publish_state(self, leaf: str, value: str) -> None:
         """Ignored: the plain-value topics exist only on a broker (the JSON lines carry the same figures)."""
 
-    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None], max_bytes: int | None = None,
+                  on_oversized: Callable[[str, int], None] | None = None) -> None:
         """Ignored: nothing ever arrives on stdout."""
         log.debug("stdout sink: subscription to %s has no effect", topic)
 

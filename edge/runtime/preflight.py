@@ -1,0 +1,214 @@
+"""What ``run`` will need, checked without starting the pipeline (``check-config``), and the state folder check
+that ``run`` itself does first.
+
+Every check returns problems as one line each (what is wrong, what to do) instead of raising at the first, so
+``check-config`` lists them all. Nothing here creates or changes anything on the device: the state folder is
+tested with a temporary file that is removed at once, and a missing one only needs a writable parent (``run``
+creates it). The camera is never opened (a running daemon may hold it): a Pi camera is checked by importing
+its library, a camera index or a stream URL is not checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.config import Config
+
+#: How :func:`_bundle_to_run` names a pushed model: the one choice whose failure ``run`` survives (rollback).
+_PUSHED = "the model store's current (pushed) model"
+#: Files in the state folder that ``run`` writes to when they exist.
+_STATE_FILES = ("outbox.db", "outbox.db-wal", "outbox.db-shm", "models", "ha_discovery_topics.json")
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`check`: ``errors`` make ``run`` fail; ``notes`` are worth knowing but not fatal."""
+
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: What was checked and found usable, as ``(what, detail)`` pairs for the summary.
+    ok: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (tried with a temporary file, removed at once), or None.
+    Permission bits do not tell: ACLs, read-only mounts, and root, for whom access() says yes to everything."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edge-write-check-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def writable_dir_problem(path: Path, key: str) -> str | None:
+    """Why the current user cannot write into the folder ``path`` (named by config ``key``), or None.
+
+    An existing folder must take a new file, and the state files already in it must be writable; a missing one
+    needs its nearest existing parent to take one (``run`` creates the folder; this check does not).
+    """
+    user = _user()
+    if path.exists():
+        if not path.is_dir():
+            return f"{key}: {path} is not a folder"
+        why = _cannot_write(path)
+        if why:
+            return (f"{key}: {path} is not writable by user {user} ({why}); fix its owner "
+                    f"(e.g. chown -R {user} {path}) or choose another folder")
+        stuck = [p.name for p in map(path.joinpath, _STATE_FILES) if p.exists() and not os.access(p, os.W_OK)]
+        if stuck:
+            return (f"{key}: {', '.join(stuck)} in {path} not writable by user {user} (left by a run as "
+                    f"another user?); fix the owner: chown -R {user} {path}")
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    why = _cannot_write(parent) if parent.is_dir() else "not a folder"
+    if why:
+        return f"{key}: {path} does not exist and cannot be created by user {user} ({parent}: {why})"
+    return None
+
+
+def check_state_dir(config: Config) -> str | None:
+    """Why ``run`` could not use the state folder, or None; ``run`` refuses to start on it (one line)."""
+    return writable_dir_problem(config.state_dir_path(), "device.state_dir")
+
+
+def _check_source(config: Config, report: Report) -> None:
+    from edge.runtime.capture import open_source
+    from edge.runtime.capture.base import SourceError
+
+    uri = config.source.uri
+    if uri == "picamera2":
+        if importlib.util.find_spec("picamera2") is None:
+            # A note, not an error: install.sh writes this source on any host and checks the file it wrote.
+            report.notes.append("source.uri = 'picamera2' but picamera2 is not importable here, so run will fail; on "
+                                "Raspberry Pi OS run 'apt install python3-picamera2' and create the venv with "
+                                "--system-site-packages, or use another source")
+        else:
+            report.ok.append(("source", "picamera2 importable (camera not opened)"))
+        return
+    if uri.isdigit() or "://" in uri:
+        report.notes.append(f"source {uri}: cameras and streams are not opened by check-config; run retries them")
+        return
+    if not (uri == "demo" or uri.startswith("demo:")):
+        path = Path(uri)
+        if path.exists() and not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            report.errors.append(f"source.uri: {path} is not readable by user {_user()}")
+            return
+    try:
+        source = open_source(uri, config.source)
+    except SourceError as exc:
+        report.errors.append(f"source.uri: {exc}")
+        return
+    source.close()
+    report.ok.append(("source", uri))
+
+
+def _bundle_to_run(config: Config) -> tuple[Path, str]:
+    """The bundle ``run`` loads first (see :mod:`edge.runtime.models.boot`) and how it was chosen."""
+    from edge.bundle import default_bundle_dir
+    from edge.runtime.models.store import ModelStore
+
+    if config.classifier.model is not None:
+        return config.classifier.model, "classifier.model"
+    try:
+        current = ModelStore.for_state_dir(config.state_dir_path()).current()
+    except OSError:
+        current = None
+    if current is not None:
+        return current, _PUSHED
+    return default_bundle_dir(), "the shipped default"
+
+
+def _check_model(config: Config, report: Report) -> None:
+    from edge.bundle import BundleError
+    from edge.runtime.classify.interpreter import RuntimeMissing
+    from edge.runtime.models.check import check_bundle
+
+    bundle, chosen = _bundle_to_run(config)
+    c = config.classifier
+    try:
+        manifest, runtime = check_bundle(bundle, c.threads, None if c.runtime == "auto" else c.runtime)
+    except (BundleError, RuntimeMissing) as exc:
+        if chosen != _PUSHED:
+            report.errors.append(f"model ({chosen}): {exc}")
+        else:  # a broken pushed model is rolled back at start, so run still starts
+            report.notes.append(f"model ({chosen}, {bundle}) does not load ({exc}); run rolls it back")
+        return
+    report.ok.append(("model", f"{manifest.model_id} ({chosen}; smoke inference on {runtime} passed)"))
+
+
+def _check_detector(config: Config, report: Report) -> None:
+    from edge.runtime.detect import make_detector
+    from edge.runtime.detect.base import DetectorError
+
+    d = config.detector
+    try:
+        det = make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces)
+    except DetectorError as exc:
+        report.errors.append(f"detector.backend = {d.backend!r}: {exc}")
+        return
+    report.ok.append(("detector", f"{d.backend} -> {type(det).__name__}"))
+
+
+def _check_files(config: Config, report: Report) -> None:
+    from edge.protocol.broker import BrokerError, tls_context
+    from edge.protocol.signing import SignatureError, load_public_key
+
+    tls = config.mqtt.tls
+    if config.mqtt.enabled and tls.enabled:
+        try:
+            tls_context(tls)
+        except BrokerError as exc:
+            report.errors.append(str(exc))
+        else:
+            report.ok.append(("tls", "certificate files load"))
+    push = config.model_push
+    if push.enabled:
+        if not push.trusted_keys:
+            report.errors.append("model_push.enabled is true but model_push.trusted_keys is empty: every push would "
+                                 "be refused; add the signer's .pub file")
+        for i, path in enumerate(push.trusted_keys):
+            try:
+                load_public_key(path)
+            except SignatureError as exc:
+                report.errors.append(f"model_push.trusted_keys.{i}: {exc}")
+        if push.trusted_keys:
+            report.ok.append(("push keys", f"{len(push.trusted_keys)} configured"))
+
+
+def check(config: Config) -> Report:
+    """Every check of what ``run`` needs: state folder, source, model (with a smoke inference), detector, TLS
+    files and trusted keys, and the debug preview folder."""
+    report = Report()
+    problem = check_state_dir(config)
+    if problem:
+        report.errors.append(problem)
+    else:
+        path = config.state_dir_path()
+        report.ok.append(("state dir", f"{path} {'writable' if path.exists() else 'can be created'} by {_user()}"))
+    _check_source(config, report)
+    _check_model(config, report)
+    _check_detector(config, report)
+    _check_files(config, report)
+    preview = config.privacy.debug_preview_dir
+    if preview is not None:
+        problem = writable_dir_problem(preview, "privacy.debug_preview_dir")
+        if problem:
+            report.errors.append(problem)
+    return report
