@@ -3,7 +3,7 @@
 Faces (``edge/assets/demo/``, provenance and licence in ``edge/assets/README.md``): the astronaut Eileen Collins
 (NASA portrait; the model reads her smile as happy) and Commodore Grace Hopper (US Navy portrait; read as
 neutral), both public domain, shipped with the package so the demo needs no network, no camera and no image
-library. Up to three faces: the astronaut, Hopper, and the astronaut again mirrored and desaturated. The faces
+library. Up to three faces: the astronaut, Hopper, and the astronaut again, mirrored. The faces
 drift along slow Lissajous paths, and the second one leaves the picture for a while every cycle, so tracking has
 ids to keep and tracks to start and end. Frames are a pure function of the frame index (deterministic).
 """
@@ -22,12 +22,12 @@ from edge.runtime.detect.base import ASSETS
 DEMO_FACES = ASSETS / "demo"
 #: (patch file, horizontal mirror, drawn side in px, grayscale). A patch drawn at 176-184 px holds a face of
 #: 117-124 px, which both BlazeFace and the Haar cascade find in every frame (Hopper's neutral reading is the
-#: weaker one and drops below the tracker's 0.4 "uncertain" threshold under about 117 px; desaturated, her face
-#: is missed often, so the grey third face is the astronaut's).
+#: weaker one and drops below the tracker's 0.4 "uncertain" threshold under about 117 px; desaturated faces are
+#: missed by BlazeFace in a few frames, so all three stay in colour).
 _FACES = (
     ("astronaut.jpg", False, 184, False),
     ("grace_hopper.jpg", False, 176, False),
-    ("astronaut.jpg", True, 176, True),
+    ("astronaut.jpg", True, 176, False),
 )
 #: Frames in one motion cycle; with ``vanish`` the second face is absent for the last fifth of each cycle.
 CYCLE = 200
