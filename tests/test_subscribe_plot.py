@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.tools.subscribe.plot import LABEL_COLORS, PlotError, Series, bin_series, choose_bin, plot_recording
+from edge.tools.subscribe.plot import plot_recording
+from edge.tools.subscribe.plotdata import PlotError, Series, bin_series, choose_bin
 from edge.tools.subscribe.store import Recording
+from edge.tools.subscribe.view import LABEL_COLORS
 from tests.mqtt_support import LABELS, faces_body, status_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +152,7 @@ def test_plot_cli(tmp_path):
 
 def test_a_summary_is_placed_in_the_middle_of_its_window(tmp_path):
     """The envelope ts is the window's end: an hour-long window must count for the hour it covers."""
-    from edge.tools.subscribe.plot import load_series
+    from edge.tools.subscribe.plotdata import load_series
 
     rec = Recording(tmp_path / "r.sqlite")
     hour = 3600 * (int(T0) // 3600)
