@@ -62,7 +62,7 @@ function makeCard(device) {
   const chart = el("div", "chart");
   const foot = el("div", "foot");
   root.append(head, health, figs, el("div", "section", "faces in view"), faces, mixTitle, mix,
-              el("div", "section", "last minutes: probability per emotion, faces (right axis)"), chart, foot);
+              el("div", "section", "last minutes (black: faces, right axis)"), chart, foot);
   Object.assign(fields, {faces, mixTitle, mix, chart, foot});
   return {el: root, fields, chart: null, labels: null, rows: []};
 }
