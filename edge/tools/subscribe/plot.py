@@ -73,18 +73,16 @@ def _row_spacing(s: Series) -> float:
     return float(np.median(np.diff(s.ts))) if len(s.ts) > 1 and s.source == "summary" else 0.0
 
 
-def plot_timeline(s: Series, device: str, out: Path, width: int = 1600, height: int = 900, dpi: int = 100,
-                  max_bins: int = 600, tz: tzinfo = timezone.utc) -> Path:
-    """Timeline PNG: stacked probabilities, dominant-emotion band, and face count over time, bin for bin."""
-    fig = timeline_figure(s, device, width, height, dpi, max_bins, tz)
+def save(fig, out: Path) -> Path:
+    """Write ``fig`` as a PNG of its exact size (no bbox='tight'), creating the folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    fig.savefig(out, dpi=fig.dpi)
     return out
 
 
 def timeline_figure(s: Series, device: str, width: int = 1600, height: int = 900, dpi: int = 100,
                     max_bins: int = 600, tz: tzinfo = timezone.utc):
-    """The Figure of :func:`plot_timeline`."""
+    """Timeline: stacked probabilities, dominant-emotion band, and face count over time, bin for bin."""
     from matplotlib.patches import Patch
 
     fig = figure(width, height, dpi)
@@ -95,8 +93,9 @@ def timeline_figure(s: Series, device: str, width: int = 1600, height: int = 900
     ax_p, ax_d, ax_f = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [5, 0.6, 2]})
     stacked = np.nan_to_num(b.probs, nan=0.0)
     # step="post" over the edges: bin i is flat from its start to its end, like its cell in the band below.
-    ax_p.stackplot(edges, np.vstack([stacked, stacked[-1:]]).T, labels=s.labels, colors=colors, step="post",
-                   linewidth=0)
+    if s.labels:  # a device that never saw anybody has no labels, and nothing to stack
+        ax_p.stackplot(edges, np.vstack([stacked, stacked[-1:]]).T, labels=s.labels, colors=colors, step="post",
+                       linewidth=0)
     ax_p.set_ylim(0, 1)
     ax_p.set_ylabel("mean probability")
     ax_p.set_title(f"{device}: emotions over time ({s.source} data, {b.width_s:g} s bins)")
@@ -125,9 +124,9 @@ def _legend_below(fig, handles: list, names: list[str]) -> None:
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10), fontsize="small", frameon=False)
 
 
-def plot_hourly(series: dict[str, Series], out: Path, width: int = 1600, height: int = 900, dpi: int = 100,
-                tz: tzinfo = timezone.utc) -> Path:
-    """Per-hour summary PNG: per device, a stacked bar of mean probabilities per clock hour of ``tz`` and the
+def hourly_figure(series: dict[str, Series], width: int = 1600, height: int = 900, dpi: int = 100,
+                  tz: tzinfo = timezone.utc):
+    """Per-hour summary: per device, a stacked bar of mean probabilities per clock hour of ``tz`` and the
     mean face count (markers, on a second axis). One panel per device in a column; from :data:`GRID_FROM`
     devices on, a grid of small panels, so 20 devices stay readable. One legend names every colour and marker."""
     from matplotlib.lines import Line2D
@@ -170,14 +169,12 @@ def plot_hourly(series: dict[str, Series], out: Path, width: int = 1600, height:
     fig.supxlabel(xlabel, y=0.055, fontsize="small")
     fig.subplots_adjust(left=0.07, right=0.94, top=0.95, bottom=0.14, hspace=0.55 if cols > 1 else 0.45,
                         wspace=0.35)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return fig
 
 
-def plot_overview(series: dict[str, Series], out: Path, width: int = 1600, height: int = 900, dpi: int = 100,
-                  max_bins: int = 600, tz: tzinfo = timezone.utc) -> Path:
-    """Fleet overview PNG: one row per device with its dominant emotion per time bin (white: nobody seen), on
+def overview_figure(series: dict[str, Series], width: int = 1600, height: int = 900, dpi: int = 100,
+                    max_bins: int = 600, tz: tzinfo = timezone.utc):
+    """Fleet overview: one row per device with its dominant emotion per time bin (white: nobody seen), on
     one shared time axis, and below it the faces in view over all devices."""
     from matplotlib.patches import Patch
 
@@ -212,9 +209,7 @@ def plot_overview(series: dict[str, Series], out: Path, width: int = 1600, heigh
     handles = [Patch(color=c) for c in legend.values()] + [Patch(facecolor=EMPTY_COLOR, edgecolor="#999999")]
     _legend_below(fig, handles, [*legend, "nobody seen"])
     fig.subplots_adjust(left=0.12, right=0.97, top=0.94, bottom=0.14, hspace=0.08)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return fig
 
 
 def plot_recording(db: Path, out_dir: Path, devices: list[str] | None = None, since: float | None = None,
@@ -247,10 +242,10 @@ def plot_recording(db: Path, out_dir: Path, devices: list[str] | None = None, si
     paths = []
     for dev, s in series.items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dev)
-        paths.append(plot_timeline(s, dev, out_dir / f"timeline_{safe}.png", width, height, dpi, max_bins, tz))
-    paths.append(plot_hourly(series, out_dir / "hourly.png", width, height, dpi, tz))
+        paths.append(save(timeline_figure(s, dev, width, height, dpi, max_bins, tz), out_dir / f"timeline_{safe}.png"))
+    paths.append(save(hourly_figure(series, width, height, dpi, tz), out_dir / "hourly.png"))
     if len(series) > 1:
-        paths.append(plot_overview(series, out_dir / "overview.png", width, height, dpi, max_bins, tz))
+        paths.append(save(overview_figure(series, width, height, dpi, max_bins, tz), out_dir / "overview.png"))
     return paths
 
 
