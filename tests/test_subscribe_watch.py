@@ -65,8 +65,8 @@ def test_view_shows_devices_tracks_bars_and_drops_redeliveries():
     assert "pi1  [online]  state=running  age 1.0s  fps=9.5  faces=2" in text
     assert "pi2  [offline]  age -" in text and "(offline)" in text
     # The status figures, on the line under the device.
-    assert ("model tiny-test-0 · mediapipe · up 12s · cpu 51.5°C · frames 120 (0 dropped) · outbox 2 pending · "
-            "latency 1.9 ms") in text
+    assert ("up 12s · cpu 51.5°C · frames 120 (0 dropped) · outbox 2 pending · latency 1.9 ms · "
+            "model tiny-test-0 · mediapipe") in text
     assert "track 0: happy (0.60)" in text and "track 1: sad (0.60)" in text
     happy = next(line for line in text.splitlines() if line.strip().startswith("happy "))
     assert happy.rstrip().endswith("33.3%")  # (0.6 + 0.0667) / 2 over the two tracks

@@ -124,7 +124,7 @@ class WatchView:
         """One line over the table: how many devices, how many of them online or in trouble, faces in view."""
         levels = [health(v, now, self.stale_after_s)[0] for v in views]
         faces = sum(len(live_tracks(v, now, self.state.stale_s)) for v in views)
-        line = Text(f"{len(views)} devices · ", style="bold")
+        line = Text(f"{len(views)} device{'s' if len(views) != 1 else ''} · ", style="bold")
         line.append(f"{sum(v.availability == 'online' for v in views)} online", style="green")
         for level in ("warn", "bad"):
             if level in levels:
@@ -163,14 +163,14 @@ class WatchView:
         lines = [self._head(v, now, live)]
         fig = status_figures(v)
         if v.model_id or v.status:
-            parts = [f"model {v.model_id or '-'}"]
+            # The figures first: on a narrow terminal the line is cut at the model's (long) id.
+            parts = [f"up {format_age(fig['uptime_s'])}" if fig["uptime_s"] is not None else "up -",
+                     f"cpu {_num(fig['cpu_temp_c'], '.1f', '°C')}",
+                     f"frames {_num(fig['frames'], '.0f')} ({_num(fig['dropped_frames'], '.0f')} dropped)",
+                     f"outbox {_num(fig['outbox_pending'], '.0f')} pending",
+                     f"latency {_num(fig['latency_ms'], '.1f', ' ms')}", f"model {v.model_id or '-'}"]
             if fig["detector"]:
                 parts.append(str(fig["detector"]))
-            parts += [f"up {format_age(fig['uptime_s'])}" if fig["uptime_s"] is not None else "up -",
-                      f"cpu {_num(fig['cpu_temp_c'], '.1f', '°C')}",
-                      f"frames {_num(fig['frames'], '.0f')} ({_num(fig['dropped_frames'], '.0f')} dropped)",
-                      f"outbox {_num(fig['outbox_pending'], '.0f')} pending",
-                      f"latency {_num(fig['latency_ms'], '.1f', ' ms')}"]
             lines.append(Text("  " + " · ".join(parts), style="dim"))
         colors = _colors(v)
         for t in live:
