@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
 from edge.bundle import load_bundle
 from edge.protocol.envelope import KINDS, load_schema, make_envelope
 from tests.broker import free_port
-from tests.mqtt_support import faces_body, sink_config, status_body, summary_body, validator
+from tests.mqtt_support import Collector, faces_body, sink_config, status_body, summary_body, validator
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "integrations"
@@ -125,6 +125,7 @@ def test_node_red_flow_runs_against_the_broker(broker, tmp_path):
     proc = subprocess.Popen([_node_red(), "--userDir", str(tmp_path), "--settings", str(settings)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     sink = MqttSink(sink_config(tmp_path / "state", broker, device_id="hallway"))
+    collector = Collector(broker, topic="emotion/hallway/summary").start()
     try:
         deadline = time.monotonic() + 60
         while "Connected to broker" not in log.read_text() and time.monotonic() < deadline:
@@ -138,11 +139,19 @@ def test_node_red_flow_runs_against_the_broker(broker, tmp_path):
                                                                              "[debug:online]")):
             time.sleep(0.1)
             out = log.read_text()
+        # A redelivery (the same message again, as QoS 1 may deliver it) is dropped by the flow.
+        assert collector.wait_for(lambda c: c.raw("emotion/hallway/summary"))
+        (sent,) = collector.raw("emotion/hallway/summary")
+        collector.client.publish("emotion/hallway/summary", sent, qos=1).wait_for_publish(10)
+        assert collector.wait_for(lambda c: len(c.raw("emotion/hallway/summary")) == 2)
+        time.sleep(1.0)
     finally:
+        collector.stop()
         sink.close(2)
         proc.terminate()
         proc.wait(20)
     out = log.read_text()
+    assert out.count("[debug:mood]") == 1, out
     # Node-RED prints each debug message with util.inspect: the device's numbers as the flow made them.
     mood = out.split("[debug:mood]", 1)[1].split("[debug:", 1)[0]
     assert "device: 'hallway'" in mood and "dominant_emotion: 'happy'" in mood and "happy: 0.6" in mood, mood
