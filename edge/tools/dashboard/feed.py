@@ -125,8 +125,14 @@ class DashboardFeed:
         self._generation = 0
         self._changed = threading.Condition()
 
-    def _message(self, now: float, last: int | None) -> dict[str, Any]:
-        views = self.state.snapshot()
+    @property
+    def generation(self) -> int:
+        """How many updates were published so far (a client that got a snapshot waits for the next one)."""
+        with self._changed:
+            return self._generation
+
+    def _message(self, now: float, last: int | None, views: list[DeviceView] | None = None) -> dict[str, Any]:
+        views = self.state.snapshot() if views is None else views
         return {"now": round(now, 2), "prefix": self.state.prefix, "broker": self.broker,
                 "window_s": self.timeline.window_s,
                 "devices": [device_json(v, now, self.state.stale_s, self.stale_after_s) for v in views],
@@ -135,8 +141,9 @@ class DashboardFeed:
     def tick(self, now: float | None = None) -> None:
         """Take one sample and publish the update to every waiting client."""
         now = time.time() if now is None else now
-        self.timeline.sample(self.state.snapshot(), now, self.state.stale_s)
-        update = json.dumps(self._message(now, OVERLAP_ROWS), separators=(",", ":"))
+        views = self.state.snapshot()
+        self.timeline.sample(views, now, self.state.stale_s)
+        update = json.dumps(self._message(now, OVERLAP_ROWS, views), separators=(",", ":"))
         with self._changed:
             self._update = update
             self._generation += 1

@@ -84,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        generation = 0
+        generation = feed.generation  # the snapshot holds everything up to now: then each newer update
         try:
             self.wfile.write(f"retry: 2000\nevent: snapshot\ndata: {feed.snapshot()}\n\n".encode())
             self.wfile.flush()
