@@ -119,6 +119,14 @@ def test_watch_cli_once_shows_retained_status(broker, tmp_path):
         sink.close(2)
 
 
+def test_watch_without_rich_says_what_to_install():
+    """rich is in the [subscribe] extra, not in a device install: one line saying so, no traceback."""
+    code = ("import sys; sys.modules['rich'] = None; from edge.cli import main; "
+            "sys.exit(main(['watch', '--once', '--mqtt-port', '1']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == "error: watch needs rich: pip install 'emotion-edge[subscribe]'\n", r.stderr
+
+
 def test_watch_rejects_multi_level_device_filter():
     r = subprocess.run([sys.executable, "-m", "edge", "watch", "--once", "--device", "#"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -129,7 +129,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         from edge.tools.subscribe.watch import Watcher
     except ImportError as exc:  # rich is in the [subscribe] extra, not on a device by default
-        raise sub_client.SubscribeError(f"watch needs {exc.name}: pip install 'emotion-edge[subscribe]'") from None
+        missing = (exc.name or "rich").split(".")[0]
+        raise sub_client.SubscribeError(f"watch needs {missing}: pip install 'emotion-edge[subscribe]'") from None
 
     settings = settings_from_args(args)
     duration = args.duration if args.duration is not None else (3.0 if args.once else None)
