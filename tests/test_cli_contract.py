@@ -16,8 +16,8 @@ from edge.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 EDGE_COMMANDS = {"run", "check-config", "keygen", "sign", "verify-bundle", "install-bundle", "rollback", "models",
-                 "push-mqtt", "push-ssh", "watch", "record", "plot", "ha-remove"}
-BROKER_COMMANDS = {"run", "push-mqtt", "watch", "record", "ha-remove"}
+                 "push-mqtt", "push-ssh", "watch", "record", "plot", "dashboard", "ha-remove"}
+BROKER_COMMANDS = {"run", "push-mqtt", "watch", "record", "dashboard", "ha-remove"}
 BROKER_FLAGS = {"--config", "--mqtt-host", "--mqtt-port", "--mqtt-username", "--mqtt-ca", "--topic-prefix"}
 TRAIN_COMMANDS = {"train", "soft-labels", "soup", "evaluate", "export", "predict", "explain"}
 

@@ -17,7 +17,8 @@ from edge.protocol.broker import BrokerSettings
 from edge.protocol.envelope import KINDS
 from edge.tools.subscribe.plot import plot_recording
 from edge.tools.subscribe.record import Recorder
-from edge.tools.subscribe.watch import WatchState
+from edge.tools.subscribe.view import FeedState
+from edge.tools.subscribe.watch import WatchView, to_text
 from tests.broker import Broker, mosquitto_available
 from tests.mqtt_support import Collector
 
@@ -140,14 +141,14 @@ def test_recorder_stored_every_daemon_message_once_and_plot_reads_them(daemon_ru
 
 def test_watch_view_of_the_daemon_messages(daemon_run):
     _, collector, _ = daemon_run
-    st = WatchState("emotion", stale_s=1e9)
+    st = FeedState("emotion", stale_s=1e9)
     last_faces_ts = 0.0
     for topic, payload, _ in collector.messages:
         st.update(topic, payload, now=0.0)
         if topic.endswith("/faces"):
             last_faces_ts = json.loads(payload)["ts"]
     assert last_faces_ts
-    text = "\n".join(st.render(now=0.0))
+    text = to_text(WatchView(st).render(now=0.0))
     assert f"{DEVICE}  [offline]  state=offline" in text
     assert re.search(r"track \d+: \w+ \(\d\.\d\d\)", text)
     assert "summary: dominant=" in text

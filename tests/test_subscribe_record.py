@@ -6,10 +6,12 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -207,6 +209,29 @@ def test_cli_recorder_killed_with_sigkill_loses_nothing(broker, tmp_path):
         sink.close(2)
 
 
+def test_cli_recorder_shows_a_running_count_on_stderr(broker, tmp_path):
+    db = tmp_path / "rec.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "record", "--db", str(db), "--mqtt-host", broker.host, "--mqtt-port",
+         str(broker.port), "--progress", "0.3", "--duration", "4"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    try:
+        _wait_subscribed(proc)
+        publish_mixed(sink, 0, 30)
+        assert sink.flush(10)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sink.close(2)
+    assert proc.returncode == 0, err
+    counts = [int(m) for m in re.findall(r"^recording: (\d+) new messages \([\d.]+/s\), \d+ duplicates, \d+ ignored$",
+                                         err, re.M)]
+    assert len(counts) >= 5 and counts == sorted(counts) and counts[-1] == 30, err  # a log: one line each time
+    assert "\r" not in err and "stored 30 new messages" in err
+
+
 def test_record_without_broker_is_one_clear_line(tmp_path):
     from tests.broker import free_port
 
@@ -252,6 +277,14 @@ def test_export_csv_tables(tmp_path):
         msgs = list(csv.DictReader(fh))
     assert [int(r["seq"]) for r in msgs] == [1, 2, 3, 4, 5]
     assert json.loads(msgs[-1]["payload"])["dominant_emotion"] == "happy"
+    # Every UNIX time has its ISO 8601 (UTC) twin right beside it.
+    assert list(msgs[0])[3:7] == ["ts", "ts_iso", "received_ts", "received_ts_iso"]
+    assert (msgs[0]["ts"], msgs[0]["ts_iso"]) == ("1000.0", "1970-01-01T00:16:40.000+00:00")
+    assert datetime.fromisoformat(msgs[0]["received_ts_iso"]).timestamp() == pytest.approx(
+        float(msgs[0]["received_ts"]), abs=1e-3)
+    assert rows[0]["ts_iso"] == "1970-01-01T00:16:40.000+00:00"
+    with (tmp_path / "s.csv").open() as fh:
+        assert next(csv.DictReader(fh))["ts_iso"] == "1970-01-01T00:16:50.000+00:00"
 
 
 def test_export_to_an_unwritable_path_is_one_line(tmp_path):

@@ -397,10 +397,12 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
             HParams(mixed_precision=bad)
     hp = HParams(mixed_precision="bfloat16", jit_compile=True)
     assert hp.execution_only() == {"mixed_precision": "bfloat16", "jit_compile": True}
-    from train_export.cli import _hparams_from_args, build_parser
+    from train_export.cli import build_parser
+    from train_export.hparam_flags import hparams_from_args
 
     def parsed(*flags: str) -> tuple[object, object]:
-        hp = _hparams_from_args(build_parser().parse_args(["train", "--run-dir", "r", *flags]))
+        hp = hparams_from_args(build_parser().parse_args(["train", "--run-dir", "r", "--train", "t.npz",
+                                                          "--val", "v.npz", *flags]))
         return hp.mixed_precision, hp.jit_compile
 
     assert parsed() == (True, "auto")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
 
-from train_export.hparams import HParams
+from train_export.hparam_flags import add_hparam_flags, hparams_from_args
 
 log = logging.getLogger("train_export")
 
@@ -17,34 +16,19 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "d
 SOFT_LABELS_TEMPERATURE = 2.0
 
 
-def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--name`` flag per :class:`HParams` field (default None = keep the config/default value)."""
-    group = parser.add_argument_group("hyper-parameters (see train_export/hparams.py for meanings)")
-    for f in dataclasses.fields(HParams):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "list[str]":
-            group.add_argument(flag, type=lambda s: [p.strip() for p in s.split(",") if p.strip()], default=None,
-                               help="comma-separated label names in output order" if f.name == "labels"
-                               else "comma-separated .keras paths")
-        elif f.type in ("bool", bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif f.type in ("int", int):
-            group.add_argument(flag, type=int, default=None)
-        elif f.type in ("float", float):
-            group.add_argument(flag, type=float, default=None)
-        elif f.type == "str | bool":  # jit_compile, mixed_precision: true, false or a named choice
-            choices = {"mixed_precision": "true, false, bfloat16 or float16", "jit_compile": "true, false or auto"}
-            group.add_argument(flag, type=lambda s: {"true": True, "false": False}.get(s.lower(), s), default=None,
-                               help=choices.get(f.name))
-            group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
-                               help=f"the same as {flag} false")
-        else:
-            group.add_argument(flag, type=str, default=None)
+def data_path_flag(parser: argparse.ArgumentParser, flag: str, name: str, help_text: str) -> None:
+    """A data flag whose default is ``name`` in the checkout's shared data folder when that file exists (a
+    development checkout); elsewhere, e.g. after a pip install, the flag is required and no path is shown."""
+    path = DEFAULT_DATA_DIR / name
+    if path.is_file():
+        parser.add_argument(flag, default=str(path), help=f"{help_text} (default: %(default)s)")
+    else:
+        parser.add_argument(flag, required=True, help=help_text)
 
 
-def _hparams_from_args(args: argparse.Namespace) -> HParams:
-    base = HParams.load(args.hparams) if args.hparams else HParams()
-    return base.override(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HParams)})
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars on stderr (they show only on a terminal anyway)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -52,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from train_export.data.load import DataError, load_dataset
     from train_export.training.loop import train
 
-    hp = _hparams_from_args(args)
+    hp = hparams_from_args(args)
     run_dir = Path(args.run_dir)
     train_data = load_dataset(args.train, labels=hp.labels, split="train", strict=args.strict, input_size=hp.input_size)
     val_data = load_dataset(args.val, labels=hp.labels, split="val", strict=args.strict, input_size=hp.input_size)
@@ -253,10 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or resume) a model", description="Train or resume a run; "
                        "re-running the same command after an interruption resumes from the last epoch.")
-    p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
-                   help="training data: .npz, FER2013 CSV, or image folder (default: %(default)s)")
-    p.add_argument("--val", default=str(DEFAULT_DATA_DIR / "val.npz"),
-                   help="validation data: .npz, FER2013 CSV (PublicTest rows), or image folder")
+    data_path_flag(p, "--train", "train.npz", "training data: .npz, FER2013 CSV, or image folder")
+    data_path_flag(p, "--val", "val.npz", "validation data: .npz, FER2013 CSV (PublicTest rows), or image folder")
     p.add_argument("--run-dir", required=True, help="folder for checkpoints, logs and curves")
     p.add_argument("--hparams", help="JSON file of hyper-parameters (flags override it)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
@@ -264,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the cosine schedule (at most --epochs) into this many minutes, e.g. on a GPU lent "
                         "for a while; such a run cannot be resumed")
-    _add_hparam_flags(p)
+    add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("soft-labels", help="teacher-ensemble soft labels of the training faces (distillation)",
@@ -278,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", action="append", default=[], metavar="FILE",
                    help="soft labels of more teachers from an earlier soft-labels run (e.g. a lent GPU's), averaged "
                    "in with a weight of its number of teachers; same temperature and flip (repeat)")
-    p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
-                   help="the training data the student will use (default: %(default)s)")
+    data_path_flag(p, "--train", "train.npz", "the training data the student will use")
     p.add_argument("--val", help="validation data: report the teachers and their ensemble on it")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.add_argument("--temperature", type=float, default=SOFT_LABELS_TEMPERATURE,
@@ -304,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "models on labelled faces. Several --model values are reported side by side.")
     p.add_argument("--model", action="append", required=True,
                    help="bundle folder, .tflite or .keras (repeat to compare; the first is the report's top level)")
-    p.add_argument("--data", default=str(DEFAULT_DATA_DIR / "val.npz"),
-                   help=".npz, FER2013 CSV or image folder (default: %(default)s)")
+    data_path_flag(p, "--data", "val.npz", ".npz, FER2013 CSV or image folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="CSV Usage rows / sub-folder to use (default: %(default)s)")
     p.add_argument("--json", required=True, help="report JSON to write")
@@ -314,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
+    _progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
@@ -322,10 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "int8 is more than --margin-pp below float, else write the bundle and reports.")
     p.add_argument("--model", required=True, help="trained model, e.g. runs/X/best.keras")
     p.add_argument("--out", required=True, help="bundle folder to write (model.tflite + manifest.json)")
-    p.add_argument("--train", default=str(DEFAULT_DATA_DIR / "train.npz"),
-                   help="training data for the representative set (default: %(default)s)")
-    p.add_argument("--val", default=str(DEFAULT_DATA_DIR / "val.npz"),
-                   help="validation data for the metrics and the int8 check (default: %(default)s)")
+    data_path_flag(p, "--train", "train.npz", "training data for the representative set")
+    data_path_flag(p, "--val", "val.npz", "validation data for the metrics and the int8 check")
     p.add_argument("--margin-pp", type=float, default=1.0,
                    help="largest allowed int8 accuracy loss against float, in points (default: %(default)s)")
     p.add_argument("--rep-size", type=int, default=300,
@@ -337,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.protocol.signing")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
-    p.add_argument("--seed", type=int, default=0, help="seed of the representative sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of the representative sample (default: %(default)s)")
+    _progress_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="classify faces in an image folder or video into a CSV",
@@ -353,17 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "opencv"],
                    help="face detector backend (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
+    _progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM overlays of validation faces per class as one PNG",
                        description="Draw Grad-CAM heat maps over a seeded sample of faces per true class.")
     p.add_argument("--model", required=True, help="trained .keras model")
-    p.add_argument("--data", default=str(DEFAULT_DATA_DIR / "val.npz"), help="faces (default: %(default)s)")
+    data_path_flag(p, "--data", "val.npz", "faces: .npz, FER2013 CSV or image folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="CSV/folder split")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--per-class", type=int, default=6, help="faces per class (default: %(default)s)")
     p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
-    p.add_argument("--seed", type=int, default=0, help="sample seed")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
+    _progress_flag(p)
     p.set_defaults(func=cmd_explain)
     return parser
 
@@ -371,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emotion-train`` console script."""
     args = build_parser().parse_args(argv)
+    if not getattr(args, "progress", True):
+        from train_export.progress import set_enabled
+
+        set_enabled(False)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,1 +1,2 @@
-"""Workstation and operator commands: model keys, signing and pushes (MQTT, SSH), and the subscriber tools."""
+"""Workstation and operator commands: model keys, signing and pushes (MQTT, SSH), the subscriber tools and
+the live dashboard."""

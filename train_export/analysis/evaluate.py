@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.bundle import FER_LABELS, MANIFEST_FILE
 from edge.preprocess import Preprocessing, normalize
+from train_export import progress
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,28 @@ def load_any(path: Path | str, labels: list[str] | None = None, num_threads: int
     raise ValueError(f"{path}: unknown model type; give a bundle folder, a .tflite or a .keras file")
 
 
+def predict_in_chunks(predict: Predictor, faces: np.ndarray, desc: str, chunk: int = 512) -> np.ndarray:
+    """``predict(faces)`` a chunk at a time, with a progress bar (on a terminal) of the faces scored."""
+    if len(faces) <= chunk:
+        return predict(faces)
+    out = []
+    with progress.bar(total=len(faces), desc=desc, unit="face", leave=False) as bar:
+        for start in range(0, len(faces), chunk):
+            out.append(predict(faces[start:start + chunk]))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
+
+
 def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray, tta: bool = False) -> dict[str, Any]:
     """Report of one model on faces ``faces`` (N x S x S uint8) with labels ``y`` in ``model.labels`` order."""
-    probs = model.predict(faces)
+    name = Path(model.path).name
+    probs = predict_in_chunks(model.predict, faces, f"scoring {name}")
     report = scores(y, probs.argmax(axis=1), model.labels)
     report = {"model": model.path, "kind": model.kind, "runtime": model.runtime, "labels": model.labels, **report}
     if tta:
-        flipped = predict_with_tta(model.predict, faces, flip=True)
+        # The mean over each face and its mirror, as predict_with_tta computes it, reusing the plain pass.
+        mirrored = predict_in_chunks(model.predict, np.ascontiguousarray(faces[:, :, ::-1]), f"scoring {name} mirrored")
+        flipped = (probs + mirrored) / 2.0
         t = scores(y, flipped.argmax(axis=1), model.labels)
         report["tta_flip"] = {"accuracy": t["accuracy"], "macro_f1": t["macro_f1"],
                               "gain_pp": round(100 * (t["accuracy"] - report["accuracy"]), 3)}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import Preprocessing, normalize
+from train_export import progress
 from train_export.data.load import FaceData
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,19 @@ def gradcam(model, faces: np.ndarray, prep: Preprocessing | None = None, layer: 
     return maps.astype(np.float32), probs.numpy()
 
 
+def gradcam_in_chunks(model, faces: np.ndarray, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gradcam` a chunk of faces at a time (each face's map depends on that face alone), with a progress
+    bar on a terminal."""
+    maps, probs = [], []
+    with progress.bar(total=len(faces), desc="Grad-CAM", unit="face") as bar:
+        for start in range(0, len(faces), chunk):
+            m, p = gradcam(model, faces[start:start + chunk])
+            maps.append(m)
+            probs.append(p)
+            bar.update(len(m))
+    return np.concatenate(maps), np.concatenate(probs)
+
+
 def overlay(face: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """RGB image of a grayscale face with a JET-coloured heat map blended over it."""
     import cv2
@@ -98,7 +112,7 @@ def explain_grid(model, data: FaceData, png_path: Path | str, per_class: int = 6
     idx = sample_per_class(data, per_class, seed)
     if len(idx) == 0:
         raise ValueError("no faces to explain")
-    maps, probs = gradcam(model, data.x[idx])
+    maps, probs = gradcam_in_chunks(model, data.x[idx])
     n_rows, n_cols = len(data.labels), per_class
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols + 1.2, 1.75 * n_rows), squeeze=False)
     for ax in axes.ravel():

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import to_gray
+from train_export import progress
 from train_export.data.load import IMAGE_SUFFIXES, center_square_face
 from train_export.export.litert import load_classifier
 
@@ -88,6 +89,32 @@ class FaceFinder:
         self.close()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images under ``folder`` (recursive, sorted).
+
+    Raises:
+        FileNotFoundError: there are none.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return files
+
+
+def frame_total(source: Path, every: int = 1) -> int | None:
+    """How many images or video frames :func:`iter_frames` will yield, for a progress bar; ``None`` if unknown."""
+    if source.is_dir():
+        return len(image_files(source))
+    import cv2
+
+    cap = cv2.VideoCapture(str(source))
+    try:
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return -(-frames // every) if frames > 0 else None
+
+
 def iter_frames(source: Path, every: int = 1) -> Iterator[tuple[str, int, np.ndarray]]:
     """Yield ``(source name, frame index, BGR or gray image)`` from an image folder (recursive, sorted) or a video.
 
@@ -96,10 +123,7 @@ def iter_frames(source: Path, every: int = 1) -> Iterator[tuple[str, int, np.nda
     import cv2
 
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
-        for p in files:
+        for p in image_files(source):
             img = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if img is None:
                 log.warning("skipping %s: not a readable image", p)
@@ -155,10 +179,13 @@ def predict_to_csv(
     rows = frames = faceless = 0
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="", encoding="utf-8") as f, find or contextlib.nullcontext():
+    total = frame_total(source, every) if source.exists() else None
+    with open(out_csv, "w", newline="", encoding="utf-8") as f, find or contextlib.nullcontext(), \
+            progress.bar(total=total, desc="predict", unit="image" if source.is_dir() else "frame") as bar:
         writer = csv.writer(f)
         writer.writerow(csv_columns(labels))
         for name, index, img in iter_frames(source, every):
+            bar.update()
             frames += 1
             gray = to_gray(img)
             if find is None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest
 from edge.preprocess import normalize
+from train_export import progress
 from train_export.analysis.evaluate import (
     evaluate,
     from_classifier,
@@ -138,20 +139,32 @@ def export_model(
     kmodel = keras_predictor(model, labels, str(model_path))
     prep = kmodel.prep
 
-    train = load_dataset(train_source, labels=labels, split="train", strict=strict, input_size=size)
-    val = load_dataset(val_source, labels=labels, split="val", strict=strict, input_size=size)
-    rep = representative_faces(train, rep_size, seed)
-    log.info("converting %s to int8 with %d representative training faces", model_path, len(rep))
-    int8_bytes = convert_int8(model, rep)
-    float_bytes = convert_float(model)
-
-    models = {
-        "int8": from_classifier(classifier_from_bytes(int8_bytes, labels, prep, "candidate-int8"), "model.tflite (int8)"),
-        "float": from_classifier(classifier_from_bytes(float_bytes, labels, prep, "candidate-float"),
-                                 "model_float.tflite"),
-        "keras": kmodel,
-    }
-    reports = {name: evaluate(m, val.x, val.y, tta=tta) for name, m in models.items()}
+    # Steps as a bar on a terminal: the conversions take minutes on a Pi-sized model and print nothing.
+    with progress.bar(total=6, desc="export", unit="step") as steps:
+        steps.set_postfix_str("loading the data")
+        train = load_dataset(train_source, labels=labels, split="train", strict=strict, input_size=size)
+        val = load_dataset(val_source, labels=labels, split="val", strict=strict, input_size=size)
+        rep = representative_faces(train, rep_size, seed)
+        steps.update()
+        steps.set_postfix_str(f"int8 conversion, {len(rep)} calibration faces")
+        log.info("converting %s to int8 with %d representative training faces", model_path, len(rep))
+        int8_bytes = convert_int8(model, rep)
+        steps.update()
+        steps.set_postfix_str("float32 conversion")
+        float_bytes = convert_float(model)
+        steps.update()
+        models = {
+            "int8": from_classifier(classifier_from_bytes(int8_bytes, labels, prep, "candidate-int8"),
+                                    "model.tflite (int8)"),
+            "float": from_classifier(classifier_from_bytes(float_bytes, labels, prep, "candidate-float"),
+                                     "model_float.tflite"),
+            "keras": kmodel,
+        }
+        reports = {}
+        for name, m in models.items():
+            steps.set_postfix_str(f"evaluating {name} on {len(val)} faces")
+            reports[name] = evaluate(m, val.x, val.y, tta=tta)
+            steps.update()
     int8_acc, float_acc = reports["int8"]["accuracy"], reports["float"]["accuracy"]
     gap_pp = 100.0 * (float_acc - int8_acc)
     if gap_pp > margin_pp:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train_export import progress
 from train_export.analysis.evaluate import LoadedModel, predict_with_tta, scores
 from train_export.data.load import DataError, FaceData
 
@@ -48,8 +49,6 @@ def teacher_soft_labels(
     Each teacher comes with the same N faces at its own input size (N x S x S uint8). Faces are scored in
     batches with a progress bar; ``flip`` averages each face with its mirror image first.
     """
-    from tqdm import tqdm
-
     if not teachers:
         raise ValueError("at least one teacher is needed")
     first, faces0 = teachers[0]
@@ -59,7 +58,7 @@ def teacher_soft_labels(
         if len(faces) != len(faces0):
             raise ValueError(f"teacher {t.path} got {len(faces)} faces, {first.path} got {len(faces0)}")
     out = np.zeros((len(faces0), len(first.labels)), dtype=np.float64)
-    with tqdm(total=len(teachers) * len(faces0), unit="face", desc="teachers") as bar:
+    with progress.bar(total=len(teachers) * len(faces0), unit="face", desc="teachers") as bar:
         for t, faces in teachers:
             for start in range(0, len(faces), batch):
                 chunk = faces[start : start + batch]

@@ -1,5 +1,5 @@
-"""Command-line entry points ``watch``, ``record``, ``plot`` (and ``ha-remove``), added to ``python -m edge``
-by :func:`register`.
+"""Command-line entry points ``watch``, ``record``, ``plot``, ``dashboard`` (and ``ha-remove``), added to
+``python -m edge`` by :func:`register`.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import argparse
 import contextlib
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -38,15 +40,22 @@ def _db_arg(text: str) -> Path | str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``watch``, ``record``, ``plot`` and ``ha-remove`` sub-commands."""
+    """Add the ``watch``, ``record``, ``plot``, ``dashboard`` and ``ha-remove`` sub-commands."""
     p = subparsers.add_parser("watch", help="Live terminal view of one or many devices.",
-                              description="Live view of the emotion feeds: per device online/offline, faces, "
-                              "tracks with their emotion and confidence, per-emotion bars, fps.")
+                              description="Live view of the emotion feeds, in colour on a terminal (not with "
+                              "NO_COLOR set): per device online/offline, state, age of the last message, fps, "
+                              "status figures (frames, dropped, CPU temperature, uptime, outbox, latency), tracks "
+                              "with their emotion and confidence, per-emotion bars. When the devices do not fit "
+                              "the terminal, one line per device.")
     add_broker_flags(p)
     p.add_argument("--device", action="append", help="Device id to show (repeatable); default: all ('+').")
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
     p.add_argument("--once", action="store_true", help="Collect for --duration seconds (default 3) and print one snapshot.")
     p.add_argument("--refresh", type=float, default=0.5, help="Seconds between redraws (default 0.5).")
+    p.add_argument("--compact", action="store_true", default=None,
+                   help="One line per device always (default: only when the full view does not fit).")
+    p.add_argument("--stale-after", type=float, default=30.0, metavar="S",
+                   help="A device silent this many seconds shows in red (default %(default)s).")
     p.set_defaults(func=_guarded(cmd_watch))
 
     p = subparsers.add_parser("record", help="Record the feeds to SQLite or PostgreSQL (export to CSV/Parquet).",
@@ -69,12 +78,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
     p.add_argument("--export", type=Path, metavar="FILE", help="Export to FILE (.csv or .parquet) instead of recording.")
     p.add_argument("--table", choices=("messages", "faces", "summary"), default="messages",
-                   help="What --export writes: every message with its JSON, one row per face, or one per summary.")
+                   help="What --export writes: every message with its JSON, one row per face, or one per summary. "
+                   "Each time column comes as UNIX seconds and beside it as ISO 8601 UTC (<column>_iso).")
+    p.add_argument("--progress", type=float, default=5.0, metavar="S",
+                   help="Seconds between running counts on stderr, redrawn in place on a terminal (default "
+                   "%(default)s; 0: none).")
     p.set_defaults(func=_guarded(cmd_record))
 
-    p = subparsers.add_parser("plot", help="PNG timelines and a per-hour chart from a recording.",
+    p = subparsers.add_parser("plot", help="PNG timelines, a per-hour chart and a fleet overview from a recording.",
                               description="From a recording, write timeline_<device>.png (stacked emotion "
-                              "probabilities, dominant-emotion band, face count) and hourly.png.")
+                              "probabilities, dominant-emotion band, face count), hourly.png (one panel per "
+                              "device; a grid of small panels for many devices) and, for two or more devices, "
+                              "overview.png (one row per device).")
     p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
                    help="Recording: SQLite file (default %(default)s) or postgresql:// URL.")
     p.add_argument("--out", type=Path, default=Path("plots"), help="Output folder (default %(default)s).")
@@ -85,7 +100,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=900, help="Image height in pixels (default %(default)s).")
     p.add_argument("--dpi", type=int, default=100, help="Resolution (default %(default)s).")
     p.add_argument("--max-bins", type=int, default=600, help="Most time bins on a timeline (default %(default)s).")
+    p.add_argument("--local-time", action="store_true",
+                   help="Time axes and hour bins in this machine's time zone (TZ) instead of UTC.")
     p.set_defaults(func=_guarded(cmd_plot))
+
+    p = subparsers.add_parser("dashboard", help="Local web page with every device's live numbers.",
+                              description="Serve a web page with every device's live numbers: availability, "
+                              "health, fps, status figures, the emotion and confidence of each face in view, "
+                              "per-emotion bars and a timeline of the last minutes. Numbers only, never an "
+                              "image; the page's scripts ship with the package (no CDN). Listens on this "
+                              "machine only unless --host says otherwise (the page has no login).")
+    add_broker_flags(p)
+    p.add_argument("--device", action="append", help="Device id to show (repeatable); default: all ('+').")
+    p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: "
+                   "every interface, for anyone on the network).")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default %(default)s; 0: any free port).")
+    p.add_argument("--window", type=float, default=300.0, metavar="S",
+                   help="Seconds of history in each timeline (default %(default)s).")
+    p.add_argument("--sample", type=float, default=1.0, metavar="S",
+                   help="Seconds between timeline points and page updates (default %(default)s).")
+    p.add_argument("--stale-after", type=float, default=30.0, metavar="S",
+                   help="A device silent this many seconds shows in trouble (default %(default)s).")
+    p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+    p.set_defaults(func=_guarded(cmd_dashboard))
 
     p = subparsers.add_parser("ha-remove", help="Remove a device's Home Assistant entities (clear retained configs).",
                               description="Publish empty retained messages on every Home Assistant discovery "
@@ -102,13 +139,36 @@ def _devices(args: argparse.Namespace) -> list[str]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run ``watch``."""
-    from edge.tools.subscribe.watch import Watcher
+    from edge.tools.subscribe.client import SubscribeError
+
+    try:
+        from edge.tools.subscribe.watch import Watcher
+    except ImportError as exc:  # rich is in the [subscribe] extra, not on a device by default
+        missing = (exc.name or "rich").split(".")[0]
+        raise SubscribeError(f"watch needs {missing}: pip install 'emotion-edge[subscribe]'") from None
 
     settings = settings_from_args(args)
     duration = args.duration if args.duration is not None else (3.0 if args.once else None)
     with contextlib.suppress(KeyboardInterrupt):
-        Watcher(settings, _devices(args)).run(duration=duration, once=args.once, refresh_s=args.refresh)
+        Watcher(settings, _devices(args), stale_after_s=args.stale_after).run(
+            duration=duration, once=args.once, refresh_s=args.refresh, compact=args.compact)
     return 0
+
+
+def _count_while_recording(recorder, every_s: float, done: threading.Event) -> None:
+    """Print the recorder's running count on stderr every ``every_s`` seconds until ``done``: redrawn in place
+    on a terminal, one line each time otherwise (a log)."""
+    tty = sys.stderr.isatty()
+    start, shown = time.monotonic(), False
+    while not done.wait(every_s):
+        rate = recorder.stored / max(time.monotonic() - start, 1e-9)
+        line = (f"recording: {recorder.stored} new messages ({rate:.1f}/s), {recorder.duplicates} duplicates, "
+                f"{recorder.ignored} ignored")
+        sys.stderr.write(f"\r{line}\x1b[K" if tty else line + "\n")
+        sys.stderr.flush()
+        shown = True
+    if tty and shown:
+        sys.stderr.write("\n")
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -132,7 +192,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         shared = f" as a member of shared group {args.share}" if args.share else ""
         print(f"recording {settings.topic_prefix}/{'|'.join(_devices(args))}/* from {settings.describe()} to "
               f"{where}{shared} (client id {recorder.client_id}); Ctrl-C to stop", file=sys.stderr)
-        recorder.run(args.duration)
+        done = threading.Event()
+        if args.progress > 0:
+            threading.Thread(target=_count_while_recording, args=(recorder, args.progress, done), daemon=True,
+                             name="record-progress").start()
+        try:
+            recorder.run(args.duration)
+        finally:
+            done.set()
     except KeyboardInterrupt:
         pass
     finally:
@@ -148,8 +215,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from edge.tools.subscribe.plot import plot_recording
 
     for path in plot_recording(args.db, args.out, args.device, args.since, args.until, args.width, args.height,
-                               args.dpi, args.max_bins):
+                               args.dpi, args.max_bins, local_time=args.local_time):
         print(path)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Run ``dashboard``."""
+    from edge.tools.dashboard.server import Dashboard
+
+    settings = settings_from_args(args)
+    dash = Dashboard(settings, _devices(args), args.host, args.port, window_s=args.window, sample_s=args.sample,
+                     stale_after_s=args.stale_after)
+    dash.start()
+    print(f"dashboard on {dash.url} for {settings.topic_prefix}/{'|'.join(_devices(args))}/* from "
+          f"{settings.describe()}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        dash.run(args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dash.stop()
     return 0
 
 
@@ -174,7 +260,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
     def run(args: argparse.Namespace) -> int:
         from edge.tools.subscribe.client import SubscribeError
-        from edge.tools.subscribe.plot import PlotError
+        from edge.tools.subscribe.plotdata import PlotError
         from edge.tools.subscribe.store import StoreError
 
         try:

@@ -1,8 +1,11 @@
-"""``watch``: a live terminal view of one or many devices, redrawn in place with ANSI escapes.
+"""``watch``: a live terminal view of one or many devices, in colour (``rich``), redrawn in place.
 
-Per device: online/offline, state, model, fps, face count with a sparkline of its history, each track's
-smoothed emotion and confidence, and one bar per emotion. The view is a pure function of the messages seen
-(:class:`WatchState`), so it is tested without a terminal; ``--once`` prints a single plain snapshot.
+Per device, the full view shows availability, state, the age of the last message, fps, the status figures
+(frames, dropped frames, CPU temperature, uptime, outbox, latency), the face count with a sparkline, each
+track's smoothed emotion and confidence, and one bar per emotion. When that does not fit the terminal (e.g.
+20 devices) or with ``--compact``, it is one line per device. The view is a pure function of the messages seen
+(:class:`~edge.tools.subscribe.view.FeedState`), so it is tested without a terminal; colour appears only on a
+terminal (and not with ``NO_COLOR`` set); ``--once`` prints a single snapshot.
 """
 
 from __future__ import annotations
@@ -10,29 +13,36 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from edge.protocol.broker import BrokerSettings
-from edge.protocol.topics import parse_topic
-from edge.tools.subscribe.client import (
-    Subscriber,
-    decode_json,
-    envelope_ok,
-    subscription_filters,
+from edge.tools.subscribe.client import Subscriber, subscription_filters
+from edge.tools.subscribe.view import (
+    DeviceView,
+    FeedState,
+    age_s,
+    emotion_mix,
+    health,
+    label_colors,
+    labels_of,
+    live_tracks,
+    status_figures,
 )
-from edge.tools.subscribe.store import is_number
 
 log = logging.getLogger(__name__)
 
 _SPARK = "▁▂▃▄▅▆▇█"
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
+_LINK_STYLE = {"online": "bold green", "offline": "bold red"}
+_HEALTH_STYLE = {"ok": "green", "warn": "yellow", "bad": "bold red"}
 
 
 def bar(fraction: float, width: int) -> str:
@@ -54,207 +64,232 @@ def sparkline(values: Sequence[float], top: float | None = None) -> str:
     return "".join(_SPARK[min(len(_SPARK) - 1, int(v / top * (len(_SPARK) - 1) + 0.5))] for v in values)
 
 
-@dataclass
-class DeviceView:
-    """What the watcher knows about one device."""
-
-    device: str
-    availability: str = "?"
-    state: str | None = None
-    model_id: str | None = None
-    labels: list[str] = field(default_factory=list)
-    fps: float | None = None
-    last_seq: int | None = None
-    last_ts: float = float("-inf")
-    last_seen: float = 0.0
-    faces_ts: float = 0.0
-    tracks: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
-    face_history: deque = field(default_factory=lambda: deque(maxlen=30))
-    duplicates: int = 0
+def format_age(seconds: float | None) -> str:
+    """``0.4s``, ``12s``, ``3m05s``, ``2h01m``; ``-`` when nothing arrived yet."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def _probs_ok(v: Any) -> bool:
-    return isinstance(v, dict) and all(is_number(p) for p in v.values())
+def _age_style(seconds: float | None, stale_after_s: float) -> str:
+    if seconds is None or seconds > stale_after_s:
+        return "bold red"
+    return "green" if seconds < 5 else "yellow"
 
 
-def body_ok(kind: str, msg: dict[str, Any]) -> bool:
-    """Whether the fields the view shows have the contract's types (another publisher's JSON may not)."""
-    if kind == "status":
-        model = msg.get("model")
-        return (isinstance(msg.get("state"), (str, type(None))) and (msg.get("fps") is None or is_number(msg["fps"]))
-                and (model is None or (isinstance(model, dict) and isinstance(model.get("labels", []), list)
-                                       and all(isinstance(x, str) for x in model.get("labels", [])))))
-    if kind == "faces":
-        faces = msg.get("faces", [])
-        return isinstance(faces, list) and all(
-            isinstance(f, dict) and _probs_ok(f.get("probs", {})) and (f.get("confidence") is None or is_number(f["confidence"]))
-            for f in faces)
-    if kind == "summary":
-        return (_probs_ok(msg.get("mean_probs", {})) and (msg.get("faces_mean") is None or is_number(msg["faces_mean"]))
-                and isinstance(msg.get("dominant_emotion"), (str, type(None))))
-    return True
+def _num(value: Any, fmt: str, unit: str = "") -> str:
+    return f"{value:{fmt}}{unit}" if isinstance(value, (int, float)) else "-"
 
 
-class WatchState:
-    """Folds contract messages into per-device views and renders them as text.
+def _colors(view: DeviceView) -> dict[str, str]:
+    labels = labels_of(view)
+    return dict(zip(labels, label_colors(labels), strict=True))
+
+
+class WatchView:
+    """Renders a :class:`FeedState` as ``rich`` renderables.
 
     Args:
-        prefix: Topic prefix.
-        stale_s: A device that sent no ``faces`` update for this long shows zero faces (the daemon only
-            publishes ``faces`` for frames with at least one face).
+        state: The folded messages.
+        stale_after_s: A device silent for this long shows as stale (red age, health ``bad``).
     """
 
-    def __init__(self, prefix: str = "emotion", stale_s: float = 2.0) -> None:
-        self.prefix = prefix
-        self.stale_s = stale_s
-        self.devices: dict[str, DeviceView] = {}
-        self._lock = threading.Lock()
+    def __init__(self, state: FeedState, stale_after_s: float = 30.0) -> None:
+        self.state = state
+        self.stale_after_s = stale_after_s
 
-    def update(self, topic: str, payload: bytes, now: float | None = None) -> bool:
-        """Apply one MQTT message; ``False`` if it is not a contract topic or not a valid payload."""
-        parsed = parse_topic(topic, self.prefix)
-        if parsed is None:
-            return False
-        device, kind = parsed
+    def render(self, now: float | None = None, width: int = 100, height: int | None = None,
+               compact: bool | None = None) -> RenderableType:
+        """The whole view: one block per device, or one line per device when ``compact`` is true, or (``None``)
+        when the blocks would be taller than ``height`` lines."""
         now = time.time() if now is None else now
-        with self._lock:
-            view = self.devices.setdefault(device, DeviceView(device))
-            if kind == "availability":
-                text = payload.decode("utf-8", "replace").strip()
-                if text:
-                    view.availability = text
-                return bool(text)
-            msg = decode_json(payload)
-            if msg is None or not envelope_ok(msg) or not body_ok(kind, msg):
-                return False
-            seq, ts = msg["seq"], float(msg["ts"])
-            # A redelivery is an old message: no higher seq and no newer ts. A device whose state folder was
-            # wiped starts again at seq 1, with newer timestamps: that is news, not a redelivery.
-            if view.last_seq is not None and seq <= view.last_seq and ts <= view.last_ts and kind != "status":
-                view.duplicates += 1  # its content is already shown
-                return True
-            view.last_seq = seq if view.last_seq is None or ts > view.last_ts else max(seq, view.last_seq)
-            view.last_ts = max(ts, view.last_ts)
-            view.last_seen = now
-            if kind == "status":
-                view.state = msg.get("state")
-                model = msg.get("model") or {}
-                view.model_id = msg.get("model_id") or model.get("id")
-                view.labels = list(model.get("labels") or view.labels)
-                view.fps = msg.get("fps")
-            elif kind == "faces":
-                view.tracks = list(msg.get("faces") or [])
-                view.faces_ts = now
-                view.face_history.append(len(view.tracks))
-            elif kind == "summary":
-                view.summary = msg
-            return True
+        views = self.state.snapshot()
+        if not views:
+            return Text(f"waiting for devices on {self.state.prefix}/+/... ")
+        if compact is None:
+            blocks = [self._block(v, now, width) for v in views]
+            compact = height is not None and sum(len(b) for b in blocks) > height
+            if not compact:
+                return Group(*(line for b in blocks for line in b))
+        return Group(self._fleet_line(views, now), self._table(views, now))
 
-    def _labels(self, view: DeviceView) -> list[str]:
-        if view.labels:
-            return view.labels
-        seen: dict[str, None] = {}
-        for t in view.tracks:
-            seen.update(dict.fromkeys(t.get("probs") or {}))
-        seen.update(dict.fromkeys((view.summary or {}).get("mean_probs") or {}))
-        return list(seen)
+    def _fleet_line(self, views: list[DeviceView], now: float) -> Text:
+        """One line over the table: how many devices, how many of them online or in trouble, faces in view."""
+        levels = [health(v, now, self.stale_after_s)[0] for v in views]
+        faces = sum(len(live_tracks(v, now, self.state.stale_s)) for v in views)
+        line = Text(f"{len(views)} device{'s' if len(views) != 1 else ''} · ", style="bold")
+        line.append(f"{sum(v.availability == 'online' for v in views)} online", style="green")
+        for level in ("warn", "bad"):
+            if level in levels:
+                line.append(f" · {levels.count(level)} {'warning' if level == 'warn' else 'in trouble'}",
+                            style=_HEALTH_STYLE[level])
+        line.append(f" · {faces} faces in view")
+        return line
 
-    def render(self, now: float | None = None, width: int = 80) -> list[str]:
-        """The current view as lines of text (no escape codes)."""
-        now = time.time() if now is None else now
-        lines: list[str] = []
-        with self._lock:
-            views = [self.devices[k] for k in sorted(self.devices)]
-            if not views:
-                return [f"waiting for devices on {self.prefix}/+/... "]
-            for v in views:
-                try:
-                    lines.extend(self._render_device(v, now, width))
-                except Exception as exc:  # one odd device must not take the whole view down
-                    lines.extend([f"■ {v.device}: cannot show its last messages ({exc.__class__.__name__}: {exc})"[:width], ""])
-        return lines
+    def _block(self, v: DeviceView, now: float, width: int) -> list[Text]:
+        try:
+            return self._device_lines(v, now, width)
+        except Exception as exc:  # one odd device must not take the whole view down
+            return [Text(f"■ {v.device}: cannot show its last messages ({exc.__class__.__name__}: {exc})"), Text("")]
 
-    def _render_device(self, v: DeviceView, now: float, width: int) -> list[str]:
-        """The lines of one device's block."""
-        lines: list[str] = []
-        live = v.tracks if now - v.faces_ts <= self.stale_s else []
-        fps = f"{v.fps:.1f}" if isinstance(v.fps, (int, float)) else "-"
-        head = f"■ {v.device}  [{v.availability}]"
+    def _head(self, v: DeviceView, now: float, live: list[dict[str, Any]]) -> Text:
+        age = age_s(v, now)
+        level, reason = health(v, now, self.stale_after_s)
+        head = Text("■ ", style=_HEALTH_STYLE[level])
+        head.append(v.device, style="bold")
+        head.append("  ")
+        head.append(f"[{v.availability}]", style=_LINK_STYLE.get(v.availability, "yellow"))
         if v.state:
-            head += f"  state={v.state}"
-        head += f"  fps={fps}  faces={len(live)}"
+            head.append(f"  state={v.state}", style="yellow" if v.state != "running" else "")
+        head.append("  age ")
+        head.append(format_age(age), style=_age_style(age, self.stale_after_s))
+        head.append(f"  fps={_num(v.fps, '.1f')}  faces={len(live)}")
         if v.face_history:
-            head += f"  {sparkline(list(v.face_history))}"
-        lines.append(head[:width])
-        if v.model_id:
-            lines.append(f"  model {v.model_id}"[:width])
+            head.append(f"  {sparkline(list(v.face_history))}", style="cyan")
+        if level != "ok":
+            head.append(f"  ({reason})", style=_HEALTH_STYLE[level])
+        return head
+
+    def _device_lines(self, v: DeviceView, now: float, width: int) -> list[Text]:
+        """The lines of one device's block."""
+        live = live_tracks(v, now, self.state.stale_s)
+        lines = [self._head(v, now, live)]
+        fig = status_figures(v)
+        if v.model_id or v.status:
+            # The figures first: on a narrow terminal the line is cut at the model's (long) id.
+            parts = [f"up {format_age(fig['uptime_s'])}" if fig["uptime_s"] is not None else "up -",
+                     f"cpu {_num(fig['cpu_temp_c'], '.1f', '°C')}",
+                     f"frames {_num(fig['frames'], '.0f')} ({_num(fig['dropped_frames'], '.0f')} dropped)",
+                     f"outbox {_num(fig['outbox_pending'], '.0f')} pending",
+                     f"latency {_num(fig['latency_ms'], '.1f', ' ms')}", f"model {v.model_id or '-'}"]
+            if fig["detector"]:
+                parts.append(str(fig["detector"]))
+            lines.append(Text("  " + " · ".join(parts), style="dim"))
+        colors = _colors(v)
         for t in live:
             conf = t.get("confidence")
-            conf_s = f"{conf:.2f}" if isinstance(conf, (int, float)) else "-"
-            lines.append(f"  track {t.get('track_id')}: {t.get('emotion', '?')} ({conf_s})"[:width])
-        labels = self._labels(v)
-        if live:
-            probs = {lab: sum((t.get("probs") or {}).get(lab, 0.0) for t in live) / len(live) for lab in labels}
-            source = "now"
-        elif v.summary and v.summary.get("mean_probs"):
-            probs = {lab: float(v.summary["mean_probs"].get(lab, 0.0)) for lab in labels}
-            source = f"last {v.summary.get('window_s', '?')}s"
-        else:
-            probs, source = {}, ""
+            line = Text(f"  track {t.get('track_id')}: ")
+            emotion = str(t.get("emotion", "?"))
+            line.append(emotion, style=f"bold {colors.get(emotion, '')}".strip())
+            line.append(f" ({_num(conf, '.2f')})")
+            lines.append(line)
+        probs, source = emotion_mix(v, now, self.state.stale_s)
         if probs:
-            name_w = max(len(lab) for lab in labels)
+            name_w = max(len(lab) for lab in probs)
             bar_w = max(5, min(30, width - name_w - 12))
-            lines.append(f"  emotions ({source}):")
-            for lab in labels:
-                p = probs.get(lab, 0.0)
-                lines.append(f"    {lab:<{name_w}} {bar(p, bar_w)} {p * 100:5.1f}%"[:width])
+            lines.append(Text(f"  emotions ({source}):"))
+            for lab, p in probs.items():
+                line = Text(f"    {lab:<{name_w}} ")
+                line.append(bar(p, bar_w), style=colors.get(lab, ""))
+                line.append(f" {p * 100:5.1f}%")
+                lines.append(line)
         if v.summary:
             dom = v.summary.get("dominant_emotion") or "none"
-            lines.append(f"  summary: dominant={dom} faces_mean={v.summary.get('faces_mean') or 0:.2f}"[:width])
-        lines.append("")
-        return lines
+            lines.append(Text(f"  summary: dominant={dom} faces_mean={v.summary.get('faces_mean') or 0:.2f}"))
+        for line in lines:
+            line.truncate(width, overflow="ellipsis")
+        return [*lines, Text("")]
+
+    def _table(self, views: list[DeviceView], now: float) -> Table:
+        """One line per device: what a fleet operator scans for."""
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, padding=(0, 2, 0, 0))
+        for name, justify in (("device", "left"), ("link", "left"), ("state", "left"), ("age", "right"),
+                              ("fps", "right"), ("faces", "right"), ("emotion", "left"), ("confidence", "left"),
+                              ("cpu °C", "right"), ("outbox", "right"), ("dropped", "right"),
+                              ("health", "left")):
+            table.add_column(name, justify=justify, no_wrap=True)
+        for v in views:
+            try:
+                table.add_row(*self._row(v, now))
+            except Exception as exc:  # as in the full view: one odd device keeps its line
+                table.add_row(v.device, Text(f"cannot show ({exc.__class__.__name__})", style="red"))
+        return table
+
+    def _row(self, v: DeviceView, now: float) -> list[Text | str]:
+        live = live_tracks(v, now, self.state.stale_s)
+        probs, _ = emotion_mix(v, now, self.state.stale_s)
+        colors = _colors(v)
+        top = max(probs, key=probs.get) if probs else None
+        conf = probs[top] if top else None
+        age = age_s(v, now)
+        level, reason = health(v, now, self.stale_after_s)
+        fig = status_figures(v)
+        return [
+            Text(v.device, style="bold"),
+            Text(v.availability, style=_LINK_STYLE.get(v.availability, "yellow")),
+            v.state or "-",
+            Text(format_age(age), style=_age_style(age, self.stale_after_s)),
+            _num(v.fps, ".1f"),
+            str(len(live)),
+            Text(top or "-", style=colors.get(top or "", "")),
+            Text(_num(conf, ".2f") + " ").append(bar(conf or 0.0, 6), style=colors.get(top or "", "")),
+            _num(fig["cpu_temp_c"], ".1f"),
+            _num(fig["outbox_pending"], ".0f"),
+            _num(fig["dropped_frames"], ".0f"),
+            Text(reason, style=_HEALTH_STYLE[level]),
+        ]
+
+
+def to_text(renderable: RenderableType, width: int = 100, color: bool = False) -> str:
+    """A renderable as the text a terminal would show (with ANSI colours when ``color``)."""
+    console = Console(width=width, force_terminal=color, color_system="truecolor" if color else None)
+    with console.capture() as cap:
+        console.print(renderable)
+    return cap.get()
 
 
 class Watcher:
-    """Subscribes and feeds a :class:`WatchState`."""
+    """Subscribes and feeds a :class:`FeedState`; draws a :class:`WatchView`."""
 
-    def __init__(self, settings: BrokerSettings, devices: Sequence[str] = ("+",), stale_s: float = 2.0) -> None:
-        self.state = WatchState(settings.topic_prefix, stale_s)
+    def __init__(self, settings: BrokerSettings, devices: Sequence[str] = ("+",), stale_s: float = 2.0,
+                 stale_after_s: float = 30.0) -> None:
+        self.state = FeedState(settings.topic_prefix, stale_s)
+        self.view = WatchView(self.state, stale_after_s)
         self.subscriber = Subscriber(settings, subscription_filters(settings.topic_prefix, devices), self._on_message)
 
     def _on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         self.state.update(msg.topic, msg.payload)
 
-    def run(
-        self, duration: float | None = None, once: bool = False, refresh_s: float = 0.5, out: TextIO | None = None
-    ) -> None:
+    def run(self, duration: float | None = None, once: bool = False, refresh_s: float = 0.5,
+            out: TextIO | None = None, compact: bool | None = None) -> None:
         """Show the view until ``duration`` elapses (or Ctrl-C).
 
-        With ``once``, collect for ``duration`` seconds and print one plain snapshot; otherwise redraw in
-        place on a terminal (alternate screen), or append snapshots when the output is not a terminal.
+        With ``once``, collect for ``duration`` seconds and print one snapshot; otherwise redraw in place on a
+        terminal (alternate screen, so the scrollback stays intact), or append snapshots when the output is not
+        a terminal.
         """
-        out = out or sys.stdout
+        console = Console(file=out or sys.stdout)
+        tty = console.is_terminal and not once
+        if not console.is_terminal:
+            console.width = 120  # a pipe or file: wide enough for the one-line-per-device table
         self.subscriber.start()
         deadline = None if duration is None else time.monotonic() + duration
-        tty = out.isatty() and not once
         try:
             if once:
                 time.sleep(duration or 0)
-                out.write("\n".join(self.state.render()) + "\n")
+                console.print(self.view.render(width=console.width, height=self._height(console), compact=compact))
                 return
-            if tty:
-                out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hidden cursor: the user's scrollback stays intact
-            while deadline is None or time.monotonic() < deadline:
-                lines = self.state.render(width=shutil.get_terminal_size().columns if tty else 100)
-                if tty:
-                    out.write("\x1b[H" + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
-                else:
-                    out.write("\n".join(lines) + "\n")
-                out.flush()
-                time.sleep(refresh_s)
+            if not tty:
+                while deadline is None or time.monotonic() < deadline:
+                    console.print(self.view.render(width=console.width, height=self._height(console), compact=compact))
+                    time.sleep(refresh_s)
+                return
+            with Live(console=console, screen=True, auto_refresh=False) as live:
+                while deadline is None or time.monotonic() < deadline:
+                    size = shutil.get_terminal_size()
+                    live.update(self.view.render(width=size.columns, height=size.lines, compact=compact), refresh=True)
+                    time.sleep(refresh_s)
         finally:
-            if tty:
-                out.write("\x1b[?25h\x1b[?1049l")
-                out.flush()
             self.subscriber.stop()
+
+    @staticmethod
+    def _height(console: Console) -> int:
+        """Lines the snapshot may take before it turns into one line per device (a pipe: a terminal's worth)."""
+        return console.height if console.is_terminal else shutil.get_terminal_size().lines

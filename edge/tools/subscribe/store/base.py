@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,29 @@ SCHEMA_VERSION = 2
 
 #: Tables that :meth:`Recording.export` can write.
 EXPORT_TABLES = ("messages", "faces", "summary")
+#: Export columns in UNIX seconds that get an ISO 8601 UTC twin, ``<name>_iso``, beside them.
+TIME_COLUMNS = ("ts", "received_ts")
+
+
+def with_iso_times(cols: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows with an ISO 8601 UTC text column after each :data:`TIME_COLUMNS` column, for
+    spreadsheets and people; the UNIX seconds stay for programs."""
+    at = {i for i, c in enumerate(cols) if c in TIME_COLUMNS}
+
+    def widen(values: list[Any], extra) -> list[Any]:
+        out: list[Any] = []
+        for i, v in enumerate(values):
+            out.append(v)
+            if i in at:
+                out.append(extra(v))
+        return out
+
+    def iso(v: Any) -> str | None:
+        if not is_number(v):
+            return None
+        return datetime.fromtimestamp(float(v), timezone.utc).isoformat(timespec="milliseconds")
+
+    return widen(cols, lambda c: f"{c}_iso"), [widen(r, iso) for r in rows]
 
 #: URL schemes of a PostgreSQL (or TimescaleDB, same wire protocol) recording.
 DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
@@ -273,7 +297,7 @@ class Recording:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise StoreError("Parquet export needs pyarrow: pip install pyarrow (or export to .csv)") from None
-        cols, rows = self.table_rows(table, device)
+        cols, rows = with_iso_times(*self.table_rows(table, device))
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == ".csv":
             with out.open("w", newline="", encoding="utf-8") as fh:
