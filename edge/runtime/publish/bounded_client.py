@@ -8,8 +8,10 @@ reaches :attr:`BoundedClient.on_oversized` ``(topic, size)`` instead of ``on_mes
 as usual, so the broker does not send it again. Memory stays at one chunk whatever the sender sends.
 
 It hooks paho's private ``_sock_recv`` (the one place paho reads the socket) and ``_handle_on_message``. MQTT
-3.1.1 only (an MQTT 5 header also carries properties), QoS 0 and 1 only (the device subscribes with QoS 1, so
-the broker sends nothing at QoS 2, whose delivery paho completes on a later packet). pyproject.toml pins paho
+3.1.1 and 5: an MQTT 5 header also carries properties, which are counted as part of the payload here (the
+remaining length after topic and packet id) and dropped with it; the bytes paho finally parses stand in as an
+empty property list and a zero payload. QoS 0 and 1 only (the device subscribes with QoS 1, so the broker sends
+nothing at QoS 2, whose delivery paho completes on a later packet). pyproject.toml pins paho
 2.x, and the tests send real oversized messages through a real broker, so a paho change that breaks the hook
 fails them.
 """
@@ -37,7 +39,7 @@ _DROPPED = "edge_dropped"
 
 
 class BoundedClient(mqtt.Client):
-    """:class:`paho.mqtt.client.Client` with a per-topic cap on incoming payloads (MQTT 3.1.1).
+    """:class:`paho.mqtt.client.Client` with a per-topic cap on incoming payloads.
 
     Set :attr:`size_limit` and :attr:`on_oversized` after construction (both None: plain paho).
     """
@@ -49,8 +51,7 @@ class BoundedClient(mqtt.Client):
 
     def _sock_recv(self, bufsize: int) -> bytes:
         packet: dict[str, Any] = self._in_packet
-        if (self.size_limit is None or not packet["have_remaining"]
-                or packet["command"] & 0xF0 != _PUBLISH or self._protocol != mqtt.MQTTv311):
+        if self.size_limit is None or not packet["have_remaining"] or packet["command"] & 0xF0 != _PUBLISH:
             return super()._sock_recv(bufsize)
         if not packet.get(_DECIDED):
             have, header = len(packet["packet"]), self._header_size(packet)
@@ -67,9 +68,10 @@ class BoundedClient(mqtt.Client):
         data = super()._sock_recv(min(bufsize, DISCARD_CHUNK))
         if len(data) <= 1:
             return data  # b"" is paho's "connection lost"
-        # paho appends what this returns and counts it off the packet: count off the rest here, keep one byte.
+        # paho appends what this returns and counts it off the packet: count off the rest here, and hand it one
+        # zero byte instead (MQTT 5: a zero property length first; then payload bytes nobody reads).
         packet["to_process"] -= len(data) - 1
-        return data[-1:]
+        return b"\x00"
 
     @staticmethod
     def _header_size(packet: dict[str, Any]) -> int:
