@@ -115,6 +115,16 @@ class ClassifierConfig(_Section):
         "auto", description="TFLite runtime: 'ai_edge_litert', 'tflite_runtime', or 'auto' (the first of those two that imports)."
     )
     flip_tta: bool = Field(False, description="Average each face with its mirror image (2x classifier cost).")
+    align_eyes: bool = Field(
+        False, description="Turn each face so its eyes are level before the crop, with the detector's eye "
+        "keypoints (BlazeFace; Haar and MediaPipe give none, so their faces are never turned)."
+    )
+    prior_correction: float = Field(
+        0.0, description="Strength tau of the class-prior correction: each face's probabilities are divided by the "
+        "training set's class frequencies to the power tau (logit adjustment), so rare emotions (disgust, fear) are "
+        "reported more often and right more often, at some cost in overall accuracy. 0 = off; 1 = full correction.",
+        ge=0, le=2,
+    )
 
 
 class TrackingConfig(_Section):
