@@ -5,9 +5,11 @@ JPEG, exposure, contrast, roll, shift, tight and loose crops) each bundle is sco
 
 * ``direct``: the 48x48 variant face straight into the device classifier, as ``robustness.py`` does (the
   current default's numbers);
-* ``device``: the variant face upsampled ``--upscale`` times onto a 640x480 canvas (as
-  ``crop_calibration.py`` does), found by BlazeFace, and cropped by the shared ``crop_face`` from the
-  detector's box, the way the daemon crops;
+* ``FER box``: the variant face upsampled ``--upscale`` times onto a 640x480 canvas (as
+  ``crop_calibration.py`` does) and cut out again by the shared ``crop_face`` from the box that frames it as
+  FER2013 does: what the resampling alone costs;
+* ``device``: the same canvas, the face found by BlazeFace and cropped from the detector's box, the way the
+  daemon crops (against ``FER box``: what the detector's framing costs);
 * ``device + align``: the same crop turned so the detector's two eye keypoints are level;
 * ``+ prior``: with the class-prior correction at the strength that gives the best macro-F1 on the clean faces
   (``prior_correction.py``'s grid, chosen per bundle).
@@ -56,8 +58,10 @@ RARE = ("angry", "disgust", "fear")
 
 @dataclass
 class DeviceFaces:
-    """The device path's crops of one variant: plain and eye-aligned, and which faces BlazeFace found."""
+    """The device path's crops of one variant: from the FER-framed box, from the detector's box plain and
+    eye-aligned, and which faces BlazeFace found."""
 
+    fer_box: np.ndarray
     plain: np.ndarray
     aligned: np.ndarray
     found: np.ndarray
@@ -65,10 +69,15 @@ class DeviceFaces:
 
 
 def device_faces(faces: np.ndarray, detector: BlazeFaceDetector, cropper: Classifier, upscale: int) -> DeviceFaces:
-    """Paste each face on a canvas, detect it, and crop it from the largest detection with and without its eyes."""
-    plain, aligned, found, rolls = [], [], [], []
+    """Paste each face on a canvas; crop it by its FER framing, and from the largest detection with and without
+    its eyes."""
+    fer_box, plain, aligned, found, rolls = [], [], [], [], []
+    scale = cropper.prep.crop_scale
     for face in faces:
-        canvas, _ = place(face, upscale)
+        canvas, (x0, y0, side) = place(face, upscale)
+        # The box whose shared square crop is exactly the pasted face (centred, side / crop_scale).
+        inner = side / scale
+        fer_box.append(cropper.crops(canvas, [(x0 + (side - inner) / 2, y0 + (side - inner) / 2, inner, inner)])[0])
         dets = detector.detect(canvas)
         if not dets:
             plain.append(face)
@@ -81,7 +90,7 @@ def device_faces(faces: np.ndarray, detector: BlazeFaceDetector, cropper: Classi
         found.append(True)
         if d.eyes is not None:
             rolls.append(eye_roll(d.eyes))
-    return DeviceFaces(np.stack(plain), np.stack(aligned), np.array(found), rolls)
+    return DeviceFaces(np.stack(fer_box), np.stack(plain), np.stack(aligned), np.array(found), rolls)
 
 
 @dataclass
@@ -109,6 +118,7 @@ def configurations(b: Bundle, direct: np.ndarray, dev: DeviceFaces) -> dict[str,
     out = {
         f"{b.name} direct": predict(b.plain, direct),
         f"{b.name} direct + prior {b.tau:g}": predict(b.corrected, direct),
+        f"{b.name} FER box": predict(b.plain, dev.fer_box),
         f"{b.name} device": predict(b.plain, dev.plain),
         f"{b.name} device + align": predict(b.plain, dev.aligned),
         f"{b.name} device + align + prior {b.tau:g}": predict(b.corrected, dev.aligned),

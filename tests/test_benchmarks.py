@@ -335,14 +335,16 @@ def test_generalisation_scores_every_configuration_through_the_device_path(monke
     table, tau = result["table"], result["taus"]["tiny-test-0"]
     assert list(table) == ["clean", "roll 30°"] and result["found"]["clean"] == 1.0 and len(result["rolls"]) == len(x)
     assert [c.split(" ", 1)[1] for c in table["clean"]] == [
-        "direct", f"direct + prior {tau:g}", "device", "device + align", f"device + align + prior {tau:g}"]
+        "direct", f"direct + prior {tau:g}", "FER box", "device", "device + align", f"device + align + prior {tau:g}"]
     clf, cropper = Classifier(bundle), Classifier(bundle, align_eyes=True)
     rolled = robustness.corrupt(x, "roll 30°")
     dev = gen.device_faces(rolled, det, cropper, 4)
-    for config, faces_in in (("direct", rolled), ("device", dev.plain), ("device + align", dev.aligned)):
+    for config, faces_in in (("direct", rolled), ("FER box", dev.fer_box), ("device", dev.plain),
+                             ("device + align", dev.aligned)):
         want = np.mean(clf.classify_faces(faces_in).argmax(axis=1) == y)
         assert table["roll 30°"][f"tiny-test-0 {config}"]["accuracy"] == pytest.approx(want), config
     assert not np.array_equal(dev.plain, dev.aligned)  # the rolled faces were turned back
+    assert np.abs(dev.fer_box.astype(int) - rolled.astype(int)).mean() < 3  # up x4 and down again: the same face
     assert "eye-line roll on" in out and "| roll 30° |" in out
     assert gen.main(["--model", str(tmp_path / "absent"), "--data", str(tmp_path / "faces.npz")]) == 2
     assert capsys.readouterr().err.startswith("error:")
