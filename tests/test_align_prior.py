@@ -83,7 +83,7 @@ def test_a_tilted_face_comes_out_level_and_like_the_upright_one(angle):
 
 def test_classifier_aligns_only_when_asked_and_checks_the_eye_list(tiny_bundle):
     tilted, box, eyes = _face_frame(25.0)
-    off, on = Classifier(tiny_bundle), Classifier(tiny_bundle, align_eyes=True)
+    off, on = Classifier(tiny_bundle, align_eyes=False), Classifier(tiny_bundle)  # on unless switched off
     np.testing.assert_array_equal(off.crops(tilted, [box], [eyes]), off.crops(tilted, [box]))
     np.testing.assert_array_equal(on.crops(tilted, [box], [eyes]), crop_face(tilted, box, PREP, eyes)[None])
     np.testing.assert_array_equal(on.crops(tilted, [box], [None]), off.crops(tilted, [box]))  # Haar: no keypoints
@@ -140,9 +140,10 @@ def test_the_shipped_model_records_its_training_prior():
 def test_config_options_are_validated_and_reach_the_classifier(tmp_path):
     from edge.runtime.models.boot import configured_classifier
 
-    c = parse_config({"classifier": {"align_eyes": True, "prior_correction": 0.5}}).classifier
+    assert parse_config({}).classifier.align_eyes is True and parse_config({}).classifier.prior_correction == 0.0
+    c = parse_config({"classifier": {"align_eyes": False, "prior_correction": 0.5}}).classifier
     clf = configured_classifier(None, c)
-    assert clf.align_eyes is True and clf.prior_correction == 0.5
+    assert clf.align_eyes is False and clf.prior_correction == 0.5
     for bad, key in (({"prior_correction": -0.1}, "prior_correction"), ({"prior_correction": 3}, "prior_correction"),
                      ({"align_eyes": "maybe"}, "align_eyes")):
         with pytest.raises(ConfigError, match=f"classifier.{key}") as err:
@@ -159,7 +160,7 @@ def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny
     config = Config.model_validate({
         "device": {"id": "t", "state_dir": str(tmp_path / "state")},
         "detector": {"backend": "blazeface"},
-        "classifier": {"model": str(tiny_bundle), "align_eyes": True},
+        "classifier": {"model": str(tiny_bundle)},  # align_eyes is on by default
     })
     d = Daemon(config, StdoutSink("t", stream=io.StringIO()))
     seen = []

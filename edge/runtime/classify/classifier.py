@@ -35,7 +35,7 @@ class Classifier:
         threads: Interpreter threads.
         runtime: ``"auto"`` or one runtime name of :data:`edge.runtime.classify.interpreter.RUNTIMES`.
         flip_tta: Average each face with its horizontal mirror (doubles the classifier cost).
-        align_eyes: Turn each face whose eyes are given so they are level before the crop.
+        align_eyes: Turn each face whose eyes are given (:meth:`crops`) so they are level before the crop.
         prior_correction: Strength ``tau`` of the class-prior correction; 0 leaves the model's probabilities as
             they are, 1 divides them by the training set's class frequencies.
 
@@ -51,7 +51,7 @@ class Classifier:
         threads: int = 1,
         runtime: str = "auto",
         flip_tta: bool = False,
-        align_eyes: bool = False,
+        align_eyes: bool = True,
         prior_correction: float = 0.0,
     ) -> None:
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
