@@ -126,16 +126,24 @@ CORRUPTIONS: dict[str, Corruption] = {
     "bright ×1.6": exposure(1.6),
     "contrast ×0.5": contrast(0.5),
     "roll 15°": roll(15.0),
+    "roll 30°": roll(30.0),
     "shift 8 %": shift(0.08),
     "tight crop ×1.15": zoom(1.15),
     "loose crop ×0.85": zoom(0.85),
+    "tight crop ×1.3": zoom(1.3),
+    "loose crop ×0.7": zoom(0.7),
 }
+
+#: Each variant's random draws are seeded by its place in this list: the first 14 in the sorted order of the
+#: original table (so adding a variant redraws none of the earlier ones), later additions appended.
+SEED_ORDER = (*sorted(set(CORRUPTIONS) - {"roll 30°", "tight crop ×1.3", "loose crop ×0.7"}),
+              "roll 30°", "tight crop ×1.3", "loose crop ×0.7")
 
 
 def corrupt(faces: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
     """``faces`` (N x S x S uint8) under corruption ``name``; the same seed gives the same faces."""
     fn = CORRUPTIONS[name]
-    rng = np.random.default_rng([seed, sorted(CORRUPTIONS).index(name)])
+    rng = np.random.default_rng([seed, SEED_ORDER.index(name)])
     return np.stack([fn(f, rng) for f in faces]) if len(faces) else faces.copy()
 
 

@@ -100,6 +100,21 @@ class Manifest(_Strict):
         """The preprocessing parameters as an object (checked by :func:`validate_manifest`)."""
         return Preprocessing.from_dict(self.preprocessing)
 
+    def class_prior(self) -> list[float] | None:
+        """The training set's class frequencies in label order, from ``training.train_data.class_counts``.
+
+        None when the manifest does not record them for every label (a bundle not made by train_export).
+        """
+        data = self.training.get("train_data")
+        counts = data.get("class_counts") if isinstance(data, dict) else None
+        if not isinstance(counts, dict):
+            return None
+        values = [counts.get(label) for label in self.labels]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            return None
+        total = sum(values)
+        return [v / total for v in values]
+
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""

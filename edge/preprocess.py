@@ -2,7 +2,9 @@
 
 Training (``train_export``) feeds FER2013-style 48x48 crops through :func:`resize_face` and
 :func:`normalize`; the device feeds detector boxes through :func:`crop_face` (which ends in the same
-:func:`resize_face`) and the same :func:`normalize`. The manifest of a model bundle names this code by
+:func:`resize_face`) and the same :func:`normalize`. Given the detector's two eye keypoints, :func:`crop_face`
+first turns the face so that the eyes are level (:func:`eye_roll`): a tilted head is framed the way FER2013
+frames a face, and with level eyes the crop is pixel for pixel the unaligned one. The manifest of a model bundle names this code by
 :data:`PREPROCESSING_ID` and records its parameters, so a bundle made for another preprocessing is refused
 at load time.
 
@@ -11,6 +13,7 @@ Only numpy and OpenCV are used here: this module runs on a Raspberry Pi.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -105,13 +108,33 @@ def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=interp)
 
 
+Point = tuple[float, float]
+
+
+def eye_roll(eyes: tuple[Point, Point]) -> float:
+    """The roll of the eye line in degrees, in (-90, 90]: positive when the eye on the image's right is lower.
+
+    ``eyes`` are the two eye centres (x, y) in pixels, in either order, so a mirrored (selfie) frame, which
+    swaps the subject's right and left in the image, gives the same roll.
+    """
+    (ax, ay), (bx, by) = eyes
+    if bx < ax or (bx == ax and by < ay):
+        ax, ay, bx, by = bx, by, ax, ay
+    return math.degrees(math.atan2(by - ay, bx - ax))
+
+
 def crop_face(
-    gray: np.ndarray, box: tuple[float, float, float, float], prep: Preprocessing | None = None
+    gray: np.ndarray,
+    box: tuple[float, float, float, float],
+    prep: Preprocessing | None = None,
+    eyes: tuple[Point, Point] | None = None,
 ) -> np.ndarray:
     """Cut the face in ``box`` (x, y, w, h in pixels) out of a grayscale frame as a model-sized uint8 square.
 
     Parts of the square crop outside the frame are filled by replicating the border, as a detector box near
-    the frame edge is common and a black band would look like no FER2013 face.
+    the frame edge is common and a black band would look like no FER2013 face. With ``eyes`` (the two eye
+    centres, pixels of the same frame) the square is turned about its centre by the eyes' roll first, so the
+    eyes come out level (:func:`eye_roll`); without them, or with level eyes, nothing is turned.
     """
     import cv2
 
@@ -119,11 +142,21 @@ def crop_face(
     x0, y0, side = square_box(box, prep.crop_scale, prep.crop_shift)
     h, w = gray.shape[:2]
     x1, y1 = x0 + side, y0 + side
-    pad_l, pad_t = max(0, -x0), max(0, -y0)
-    pad_r, pad_b = max(0, x1 - w), max(0, y1 - h)
     crop = gray[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
     if crop.size == 0:
         raise ValueError(f"face box {box} lies outside the {w}x{h} frame")
+    roll = eye_roll(eyes) if eyes is not None else 0.0
+    if roll != 0.0:
+        # Sample the turned square straight from the frame (one interpolation at the frame's resolution, then the
+        # same area resize as every crop). The centre is the crop's middle pixel, so a zero turn would give the
+        # plain crop below, border replication included.
+        centre = (x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0)
+        m = cv2.getRotationMatrix2D(centre, roll, 1.0)
+        m[:, 2] -= (x0, y0)
+        crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return resize_face(crop, prep.input_size)
+    pad_l, pad_t = max(0, -x0), max(0, -y0)
+    pad_r, pad_b = max(0, x1 - w), max(0, y1 - h)
     if pad_l or pad_t or pad_r or pad_b:
         crop = cv2.copyMakeBorder(crop, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
     return resize_face(crop, prep.input_size)

@@ -149,8 +149,11 @@ def test_corruptions_are_seeded_keep_the_face_format_and_change_it(robustness):
         assert np.array_equal(a, faces) == (name == "clean"), name
     # Geometric variants replicate the border: a flat face stays flat, so no black band reaches the model.
     flat = np.full((1, 48, 48), 120, np.uint8)
-    for name in ("roll 15°", "shift 8 %", "loose crop ×0.85", "blur σ2", "16 px face"):
+    for name in ("roll 15°", "roll 30°", "shift 8 %", "loose crop ×0.85", "loose crop ×0.7", "blur σ2", "16 px face"):
         np.testing.assert_array_equal(robustness.corrupt(flat, name), flat, err_msg=name)
+    # Every variant has its own seed, and the 14 of the first table keep theirs (their faces are not redrawn).
+    assert sorted(robustness.SEED_ORDER) == sorted(robustness.CORRUPTIONS)
+    assert list(robustness.SEED_ORDER[:14]) == sorted(set(robustness.CORRUPTIONS) - set(robustness.SEED_ORDER[14:]))
     noisy = robustness.corrupt(flat, "noise σ10", seed=1).astype(float)
     assert 8 < noisy.std() < 12 and abs(noisy.mean() - 120) < 1
 
@@ -260,3 +263,88 @@ def test_teacher_speed_times_float32_and_the_mixed_policy_on_teachers_loaded_as_
     assert teacher_speed.main(["--teacher", str(tmp_path / "missing.keras")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def _with_counts(tiny_bundle, dst):
+    """A copy of the tiny bundle whose manifest records training class counts (FER2013's), as train_export writes."""
+    import shutil
+
+    shutil.copytree(tiny_bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]
+    manifest["training"] = {"train_data": {"class_counts": dict(zip(FER_LABELS, counts, strict=True))}}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_prior_correction_scores_and_chooses_tau_by_macro_f1(monkeypatch, tiny_bundle, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import prior_correction as pc
+
+    y = np.array([0, 0, 1, 1, 2])
+    s = pc.scores(y, np.array([0, 1, 1, 1, 0]), 4)
+    assert s["accuracy"] == pytest.approx(0.6) and s["recall"][:3] == [0.5, 1.0, 0.0] and np.isnan(s["recall"][3])
+    preds = {0.0: np.array([0, 0, 0, 0, 2]), 0.5: np.array([0, 0, 1, 1, 2]), 1.0: np.array([0, 0, 1, 1, 2])}
+    assert pc.best_tau(y, preds) == 0.5  # the better macro-F1; of two equal ones, the weaker correction
+    rng = np.random.default_rng(2)
+    x, labels = rng.integers(0, 256, (24, 48, 48), dtype=np.uint8), rng.integers(0, 7, 24)
+    np.savez(tmp_path / "faces.npz", x=x, y=labels)
+    bundle = _with_counts(tiny_bundle, tmp_path / "b")
+    assert pc.main(["--model", str(bundle), "--data", str(tmp_path / "faces.npz"), "--taus", "0.5,1",
+                    "--json", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert list(result["table"]) == ["0", "0.5", "1"] and result["cross_check"]["splits"] == 20
+    from edge.runtime.classify.classifier import Classifier
+
+    for tau in ("0", "1"):  # the device classifier with that correction, nothing recomputed on the side
+        pred = Classifier(bundle, prior_correction=float(tau)).classify_faces(x).argmax(axis=1)
+        assert result["table"][tau]["accuracy"] == pytest.approx(np.mean(pred == labels))
+    assert "| disgust |" in out and "Held-out check" in out
+    assert pc.main(["--model", str(tiny_bundle), "--data", str(tmp_path / "faces.npz")]) == 2  # no class counts
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "class counts" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generalisation_scores_every_configuration_through_the_device_path(monkeypatch, tiny_bundle, tmp_path,
+                                                                          capsys):
+    """Real faces (the demo's, cropped by BlazeFace), the tiny bundle: every configuration, paired device crops."""
+    import cv2
+
+    from edge.preprocess import crop_face
+    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.classify.classifier import Classifier
+    from edge.runtime.detect.blazeface import BlazeFaceDetector
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import generalisation as gen
+    import robustness
+
+    frame = cv2.cvtColor(DemoSource(faces=2).render(0), cv2.COLOR_BGR2GRAY)
+    det = BlazeFaceDetector(min_face_size=20)
+    faces = [crop_face(frame, d.box) for d in det.detect(frame)]
+    x = np.stack(faces + [f[:, ::-1].copy() for f in faces])
+    y = np.arange(len(x)) % 7
+    np.savez(tmp_path / "faces.npz", x=x, y=y)
+    bundle = _with_counts(tiny_bundle, tmp_path / "b")
+    rc = gen.main(["--model", str(bundle), "--data", str(tmp_path / "faces.npz"), "--only", "roll 30°",
+                   "--json", str(tmp_path / "g.json")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    result = json.loads((tmp_path / "g.json").read_text())
+    table, tau = result["table"], result["taus"]["tiny-test-0"]
+    assert list(table) == ["clean", "roll 30°"] and result["found"]["clean"] == 1.0 and len(result["rolls"]) == len(x)
+    assert [c.split(" ", 1)[1] for c in table["clean"]] == [
+        "direct", f"direct + prior {tau:g}", "FER box", "device", "device + align", f"device + align + prior {tau:g}"]
+    clf, cropper = Classifier(bundle), Classifier(bundle, align_eyes=True)
+    rolled = robustness.corrupt(x, "roll 30°")
+    dev = gen.device_faces(rolled, det, cropper, 4)
+    for config, faces_in in (("direct", rolled), ("FER box", dev.fer_box), ("device", dev.plain),
+                             ("device + align", dev.aligned)):
+        want = np.mean(clf.classify_faces(faces_in).argmax(axis=1) == y)
+        assert table["roll 30°"][f"tiny-test-0 {config}"]["accuracy"] == pytest.approx(want), config
+    assert not np.array_equal(dev.plain, dev.aligned)  # the rolled faces were turned back
+    assert np.abs(dev.fer_box.astype(int) - rolled.astype(int)).mean() < 3  # up x4 and down again: the same face
+    assert "eye-line roll on" in out and "| roll 30° |" in out
+    assert gen.main(["--model", str(tmp_path / "absent"), "--data", str(tmp_path / "faces.npz")]) == 2
+    assert capsys.readouterr().err.startswith("error:")

@@ -6,6 +6,8 @@ device's path (:func:`edge.preprocess.crop_face`) is pixel for pixel what traini
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -42,8 +44,8 @@ def test_augmenter_is_seeded_and_keeps_shapes():
 def test_augmenter_can_be_switched_off_and_is_identity_at_inference():
     from train_export.data.augment import build_augmenter
 
-    hp = HParams(flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0, erasing_prob=0,
-                 camera_prob=0, noise=0)
+    hp = HParams(flip=False, rotation=0, translation=0, zoom=0, framing_prob=0, brightness=0, contrast=0,
+                 erasing_prob=0, camera_prob=0, noise=0)
     assert build_augmenter(hp).layers == []
     x = normalize(_faces(4))[..., None]
     out = keras.ops.convert_to_numpy(build_augmenter(HParams())(x, training=False))
@@ -70,6 +72,41 @@ def test_camera_degradation_blurs_shrinks_and_adds_noise_within_range():
     assert isinstance(build_augmenter(HParams()).layers[-1], CameraDegrade)  # on by default
     assert isinstance(build_augmenter(HParams(camera_prob=0, noise=0.02)).layers[-1], CameraDegrade)
     assert not any(isinstance(lay, CameraDegrade) for lay in build_augmenter(HParams(camera_prob=0, noise=0)).layers)
+
+
+def test_reframe_magnifies_and_moves_faces_within_the_detector_range(monkeypatch):
+    """A detector's framing: a centred square comes out x0.7 to x1.3 as wide and off-centre by <= 10 %."""
+    from train_export.data import augment
+    from train_export.data.augment import Reframe, build_augmenter
+
+    x = np.zeros((64, 48, 48, 1), np.float32)
+    x[:, 19:29, 19:29] = 1.0  # a 10 px square about the centre
+    out = keras.ops.convert_to_numpy(Reframe(1.0, seed=1)(x, training=True))
+    widths = np.sqrt((out > 0.5).sum(axis=(1, 2, 3)) / 100.0)
+    assert widths.min() >= 0.65 and widths.max() <= 1.35 and widths.max() - widths.min() > 0.4  # both ways
+    for face in out[:, :, :, 0]:
+        ys, xs = np.nonzero(face > 0.5)
+        assert abs(ys.mean() - 23.5) <= 0.1 * 48 * 1.3 + 1 and abs(xs.mean() - 23.5) <= 0.1 * 48 * 1.3 + 1
+    flat = np.full((8, 48, 48, 1), 0.5, np.float32)  # the border is replicated: no black band creeps in
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Reframe(1.0, seed=2)(flat, training=True)), flat)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Reframe(1.0, seed=2)(x, training=False)), x)
+    monkeypatch.setattr(augment, "FRAMING_SCALES", (1.0, 1.0))
+    monkeypatch.setattr(augment, "FRAMING_SHIFT", 0.0)
+    rand = normalize(_faces(4))[..., None]  # scale 1 and no shift is the identity, so the geometry is centred
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Reframe(1.0, seed=2)(rand, training=True)), rand, atol=1e-5)
+    assert any(isinstance(lay, Reframe) for lay in build_augmenter(HParams()).layers)  # on by default
+    assert not any(isinstance(lay, Reframe) for lay in build_augmenter(HParams(framing_prob=0)).layers)
+
+
+def test_hparams_records_without_framing_read_as_trained_without_it(tmp_path):
+    old = HParams().to_dict()
+    del old["framing_prob"]  # a run saved before the field existed
+    (tmp_path / "hparams.json").write_text(json.dumps(old))
+    assert HParams.load(tmp_path / "hparams.json").framing_prob == 0.0
+    (tmp_path / "base.json").write_text(json.dumps({"width": 1.5}))  # a partial --hparams base: the default
+    assert HParams.load(tmp_path / "base.json").framing_prob == 0.3
+    with pytest.raises(ValueError, match="framing_prob"):
+        HParams(framing_prob=1.5)
 
 
 def test_hparams_refuse_out_of_range_camera_degradation():
@@ -210,6 +247,10 @@ def test_device_crop_equals_training_face(tmp_path, zoom):
         trained = load_dataset(tmp_path / source).x[0]
         assert np.abs(device.astype(int) - trained.astype(int)).max() <= 1, source
     np.testing.assert_array_equal(device, face)
+    # Eye-level alignment is part of the shared crop: with the eyes level it turns nothing, so the aligned device
+    # path gives training's face too (tests/test_align_prior.py turns tilted faces).
+    level = ((x0 + 0.3 * side, y0 + 0.4 * side), (x0 + 0.7 * side, y0 + 0.4 * side))
+    np.testing.assert_array_equal(crop_face(to_gray(bgr), box, prep, level), face)
     from train_export.data.batches import FaceSequence
 
     x, _, _ = FaceSequence(load_dataset(tmp_path / "faces.npz"), HParams(), prep, training=False)[0]
@@ -456,8 +497,8 @@ def test_the_augmenter_is_in_the_model_on_tensorflow_only():
         assert aug is None and trainer is not core and any(layer.name == "augment" for layer in trainer.layers)
     else:
         assert trainer is core and aug is not None and aug.layers
-    off = HParams(width=0.25, flip=False, rotation=0, translation=0, zoom=0, brightness=0, contrast=0,
-                  erasing_prob=0, camera_prob=0, noise=0)
+    off = HParams(width=0.25, flip=False, rotation=0, translation=0, zoom=0, framing_prob=0, brightness=0,
+                  contrast=0, erasing_prob=0, camera_prob=0, noise=0)
     trainer, core, aug = build_training_model(off)
     assert trainer is core and aug is None
 

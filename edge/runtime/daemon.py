@@ -75,13 +75,13 @@ class Daemon:
     ) -> None:
         self.config = config
         self.sink: Sink | None = None
+        from edge.runtime.models.boot import configured_classifier, startup_classifier
+
         if classifier is None:
             # The configured model, else a pushed one (rolled back if it no longer loads), else the shipped one.
-            from edge.runtime.models.boot import startup_classifier
-
             classifier = startup_classifier(config)
         c = config.classifier
-        self.models = ActiveModel(classifier, lambda b: Classifier(b, c.threads, c.runtime, c.flip_tta),
+        self.models = ActiveModel(classifier, lambda b: configured_classifier(b, c),
                                   (config.state_dir() / "models").resolve(), self._rolled_back)
         d = config.detector
         self.detector = detector or make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces)
@@ -343,7 +343,7 @@ class Daemon:
         det_img = frame.detect_image if frame.detect_image is not None else frame.image
         dets = self.detector.detect(det_img, scale=frame.detect_scale)
         t1 = p()
-        clf, probs = self.models.classify(frame.image, [d.box for d in dets])
+        clf, probs = self.models.classify(frame.image, [d.box for d in dets], [d.eyes for d in dets])
         t2 = p()
         if clf is not self._tracker_model:
             # New labels or new calibration: old smoothed probabilities mean nothing to the new model, and the

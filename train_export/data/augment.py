@@ -16,6 +16,12 @@ from train_export.model.spec import dtype_policy
 #: Blur strengths (Gaussian sigma, pixels at 48 px) and face sizes (pixels) that ``camera_prob`` draws from.
 BLUR_SIGMAS = (0.6, 1.0, 1.5)
 LOW_RES_SIDES = (16, 20, 24, 32)
+#: The range of face scales (content magnification against FER2013's framing: > 1 tighter, < 1 looser) and the
+#: largest centre offset (fraction of the side, each axis) that ``framing_prob`` draws from uniformly. BlazeFace's
+#: framing of the first 600 FER2013 val faces (``benchmarks/crop_calibration.py``'s canvas, after its calibrated
+#: box correction) spans about x0.73 to x1.32 (5th to 95th percentile) in scale and +-0.1 of the side vertically.
+FRAMING_SCALES = (0.7, 1.3)
+FRAMING_SHIFT = 0.1
 
 
 def _gauss_kernel(sigma: float) -> np.ndarray:
@@ -94,6 +100,50 @@ class CameraDegrade(layers.Layer):
         return {**super().get_config(), "prob": self.prob, "noise": self.noise, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="train_export")
+class Reframe(layers.Layer):
+    """The framing a face detector gives, applied while training only: with probability ``prob`` per face, the
+    face is magnified by a factor drawn uniformly from :data:`FRAMING_SCALES` (a tighter or a looser crop) and
+    moved off-centre by up to :data:`FRAMING_SHIFT` of its side on each axis, the border replicated (as the
+    device's crop of a box near the frame edge). Wider than the everyday ``zoom`` and ``translation`` jitter:
+    their +-10 % and +-8 % cover half of a detector's framings, this the rest.
+
+    Args:
+        prob: Per-face probability of a re-framing.
+        seed: Seed of the random choices.
+    """
+
+    def __init__(self, prob: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.prob, self.seed = float(prob), seed
+        self._rng = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.prob <= 0:
+            return x
+        n = ops.shape(x)[0]
+        side = ops.cast(ops.shape(x)[1], x.dtype)
+        lo, hi = FRAMING_SCALES
+        s = keras.random.uniform((n, 1), lo, hi, seed=self._rng, dtype=x.dtype)
+        d = keras.random.uniform((n, 2), -FRAMING_SHIFT, FRAMING_SHIFT, seed=self._rng, dtype=x.dtype) * side
+        # Output pixel p samples input pixel (p - c - d) / s + c: magnified by s about the centre c, moved by d.
+        c = (side - 1.0) / 2.0
+        zero = ops.zeros((n, 1), x.dtype)
+        inv = 1.0 / s
+        tx = c - (c + d[:, :1]) * inv
+        ty = c - (c + d[:, 1:]) * inv
+        transform = ops.concatenate([inv, zero, tx, zero, inv, ty, zero, zero], axis=1)
+        moved = ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+        use = keras.random.uniform((n, 1, 1, 1), seed=self._rng) < self.prob
+        return ops.where(use, moved, x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "prob": self.prob, "seed": self.seed}
+
+
 class BatchAugmenter:
     """Apply an augmenter (in training mode) to numpy batches, outside the model's training step.
 
@@ -122,8 +172,8 @@ class BatchAugmenter:
 
 
 def build_augmenter(hp: HParams, camera: bool = True) -> keras.Sequential:
-    """Random flip, rotation, translation, zoom, brightness/contrast jitter, erasing and camera
-    degradation (blur, small faces, sensor noise: :class:`CameraDegrade`), as configured.
+    """Random flip, rotation, zoom, translation, a detector's framing (:class:`Reframe`), brightness/contrast
+    jitter, erasing and camera degradation (blur, small faces, sensor noise: :class:`CameraDegrade`), as configured.
 
     ``camera=False`` leaves the camera degradation out, for a caller that applies :func:`camera_degrader` later
     (online distillation's teachers see the face before it, :mod:`train_export.training.online_distill`).
@@ -156,6 +206,8 @@ def _augment_layers(hp: HParams, camera: bool = True) -> list[layers.Layer]:
         aug.append(layers.RandomZoom((-hp.zoom, hp.zoom), fill_mode="nearest", seed=seed + 2))
     if hp.translation > 0:
         aug.append(layers.RandomTranslation(hp.translation, hp.translation, fill_mode="nearest", seed=seed + 3))
+    if hp.framing_prob > 0:
+        aug.append(Reframe(hp.framing_prob, seed=seed + 8))
     if hp.brightness > 0:
         aug.append(layers.RandomBrightness(hp.brightness, value_range=(0.0, 1.0), seed=seed + 4))
     if hp.contrast > 0:

@@ -3,7 +3,10 @@
 The interpreter is created once per bundle (hot reload creates a new :class:`Classifier`). Faces are cropped
 with the shared :func:`edge.preprocess.crop_face`, quantized with :func:`edge.preprocess.quantize_input` from
 the interpreter's own input quantization, and run as one batch (the input tensor is resized to N; runtimes
-that refuse the resize fall back to one face at a time).
+that refuse the resize fall back to one face at a time). Two options change what a face gives: eye-level
+alignment (the crop is turned so the detector's two eye keypoints are level, :func:`edge.preprocess.crop_face`)
+and the class-prior correction (logit adjustment: ``log p(y|x) - tau * log prior(y)``, with the training set's
+class frequencies from the manifest), which trades overall accuracy for the recall of rare classes.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
-from edge.preprocess import Preprocessing, crop_face, quantize_input, to_gray
+from edge.preprocess import Point, Preprocessing, crop_face, quantize_input, to_gray
 from edge.runtime.classify.interpreter import make_interpreter
 
 log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
+#: The two eye centres (x, y) of a face, in the frame's pixels; None where the detector gives none.
+Eyes = tuple[Point, Point] | None
 
 
 class Classifier:
@@ -30,20 +35,33 @@ class Classifier:
         threads: Interpreter threads.
         runtime: ``"auto"`` or one runtime name of :data:`edge.runtime.classify.interpreter.RUNTIMES`.
         flip_tta: Average each face with its horizontal mirror (doubles the classifier cost).
+        align_eyes: Turn each face whose eyes are given (:meth:`crops`) so they are level before the crop.
+        prior_correction: Strength ``tau`` of the class-prior correction; 0 leaves the model's probabilities as
+            they are, 1 divides them by the training set's class frequencies.
 
     Raises:
-        BundleError: The bundle is missing, invalid, or its model does not match its manifest.
+        BundleError: The bundle is missing, invalid, or its model does not match its manifest, or a prior
+            correction is asked of a bundle that records no training class counts.
         RuntimeMissing: No TFLite runtime is installed.
     """
 
     def __init__(
-        self, bundle_dir: Path | str | None = None, threads: int = 1, runtime: str = "auto", flip_tta: bool = False
+        self,
+        bundle_dir: Path | str | None = None,
+        threads: int = 1,
+        runtime: str = "auto",
+        flip_tta: bool = False,
+        align_eyes: bool = True,
+        prior_correction: float = 0.0,
     ) -> None:
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
         self.manifest: Manifest
         self.manifest, model_path = load_bundle(self.bundle_dir)
         self.prep: Preprocessing = self.manifest.prep()
         self.flip_tta = flip_tta
+        self.align_eyes = align_eyes
+        self.prior_correction = float(prior_correction)
+        self._prior_weights = self._prior_weights_for(self.prior_correction)
         try:
             self._interp, self.runtime = make_interpreter(
                 str(model_path), num_threads=threads, prefer=None if runtime == "auto" else runtime
@@ -58,8 +76,10 @@ class Classifier:
         self._can_resize = True
         self._smoke_test()
         log.info(
-            "classifier: model %s (%d labels) on %s, %d thread(s)%s",
+            "classifier: model %s (%d labels) on %s, %d thread(s)%s%s%s",
             self.model_id, len(self.labels), self.runtime, threads, ", flip TTA" if flip_tta else "",
+            ", eye alignment" if align_eyes else "",
+            f", prior correction {self.prior_correction:g}" if self._prior_weights is not None else "",
         )
 
     @property
@@ -71,6 +91,20 @@ class Classifier:
     def labels(self) -> list[str]:
         """Class labels in output order."""
         return list(self.manifest.labels)
+
+    def _prior_weights_for(self, tau: float) -> np.ndarray | None:
+        """``prior ** -tau`` per class (softmax of ``log p - tau log prior`` is ``p * prior ** -tau``, renormalised)."""
+        if tau < 0:
+            raise ValueError(f"prior_correction must be >= 0, got {tau}")
+        if tau == 0:
+            return None
+        prior = self.manifest.class_prior()
+        if prior is None:
+            raise BundleError(
+                f"model {self.model_id} records no training class counts (manifest training.train_data.class_counts), "
+                "so its prior cannot be corrected; set classifier.prior_correction = 0 or use a bundle made by train_export"
+            )
+        return np.asarray(prior, dtype=np.float64) ** -tau
 
     def _check_tensors(self) -> None:
         """Refuse a model whose real tensors disagree with its manifest (a mislabeled or swapped file)."""
@@ -165,15 +199,25 @@ class Classifier:
         probs = self._dequantize(self._invoke(self._quantize(faces)))
         if self.flip_tta:
             probs = (probs[:n] + probs[n:]) / 2.0
+        if self._prior_weights is not None:
+            probs = probs * self._prior_weights
+            probs /= probs.sum(axis=1, keepdims=True)
         return probs
 
-    def crops(self, frame: np.ndarray, boxes: list[Box]) -> np.ndarray:
-        """The model-sized grayscale crops (N x S x S uint8) of ``boxes`` in ``frame`` (gray or BGR)."""
+    def crops(self, frame: np.ndarray, boxes: list[Box], eyes: list[Eyes] | None = None) -> np.ndarray:
+        """The model-sized grayscale crops (N x S x S uint8) of ``boxes`` in ``frame`` (gray or BGR).
+
+        ``eyes`` (one entry per box, None for a face without keypoints) level the faces when ``align_eyes`` is on.
+        """
         gray = to_gray(frame)
         if not boxes:
             return np.zeros((0, self.prep.input_size, self.prep.input_size), np.uint8)
-        return np.stack([crop_face(gray, b, self.prep) for b in boxes])
+        if eyes is not None and len(eyes) != len(boxes):
+            raise ValueError(f"{len(eyes)} eye pairs for {len(boxes)} boxes; give one entry (or None) per box")
+        if not self.align_eyes or eyes is None:
+            eyes = [None] * len(boxes)
+        return np.stack([crop_face(gray, b, self.prep, e) for b, e in zip(boxes, eyes, strict=True)])
 
-    def classify(self, frame: np.ndarray, boxes: list[Box]) -> np.ndarray:
-        """Probabilities (N x C) for the faces at ``boxes`` (x, y, w, h pixels) in ``frame``."""
-        return self.classify_faces(self.crops(frame, boxes))
+    def classify(self, frame: np.ndarray, boxes: list[Box], eyes: list[Eyes] | None = None) -> np.ndarray:
+        """Probabilities (N x C) for the faces at ``boxes`` (x, y, w, h pixels) in ``frame``; ``eyes`` see :meth:`crops`."""
+        return self.classify_faces(self.crops(frame, boxes, eyes))

@@ -82,6 +82,11 @@ class Detection:
     raw_box: tuple[float, float, float, float]
     keypoints: tuple[tuple[float, float], ...] = ()
 
+    @property
+    def eyes(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """The two eye centres (the first two keypoints: right eye, left eye), or None without keypoints."""
+        return (self.keypoints[0], self.keypoints[1]) if len(self.keypoints) >= 2 else None
+
 
 class FaceDetector(Protocol):
     """What the frame loop needs from a detector."""

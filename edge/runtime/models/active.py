@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime.classify.classifier import Box, Classifier
+from edge.runtime.classify.classifier import Box, Classifier, Eyes
 from edge.runtime.models.store import CURRENT
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,16 @@ class ActiveModel:
         log.info("model swapped: now running %s from %s", new.model_id, new.bundle_dir)
         return new
 
-    def classify(self, image: np.ndarray, boxes: list[Box]) -> tuple[Classifier, np.ndarray]:
-        """Probabilities of the faces at ``boxes``, and the classifier that produced them.
+    def classify(self, image: np.ndarray, boxes: list[Box], eyes: list[Eyes] | None = None) -> tuple[Classifier, np.ndarray]:
+        """Probabilities of the faces at ``boxes`` (with their ``eyes``, see :meth:`Classifier.crops`), and the
+        classifier that produced them.
 
         A freshly swapped model that fails here is replaced by the one before it, which classifies the frame
         instead; any other failure is raised.
         """
         clf = self._current
         try:
-            return clf, clf.classify(image, boxes)
+            return clf, clf.classify(image, boxes, eyes)
         except Exception as exc:
             with self._lock:
                 prev = self._previous
@@ -77,7 +78,7 @@ class ActiveModel:
                 self._current, self._previous = prev, None
             if self.on_rollback is not None:
                 self.on_rollback(clf.bundle_dir, clf.model_id, prev.bundle_dir, str(exc))
-            return prev, prev.classify(image, boxes)
+            return prev, prev.classify(image, boxes, eyes)
 
     def current_link(self) -> Path:
         """The model store's ``current`` link (what a push or ``modelctl rollback`` makes current)."""

@@ -24,13 +24,18 @@ log = logging.getLogger(__name__)
 last_boot_rollback: dict[str, Any] | None = None
 
 
+def configured_classifier(bundle_dir: Any, c: Any) -> Classifier:
+    """A :class:`Classifier` of ``bundle_dir`` (None: the shipped one) with the options of a ``[classifier]`` section."""
+    return Classifier(bundle_dir, c.threads, c.runtime, c.flip_tta, c.align_eyes, c.prior_correction)
+
+
 def startup_classifier(config: Any) -> Classifier:
     """The classifier the daemon starts with; see the module docstring for the order and the rollback."""
     global last_boot_rollback
     c = config.classifier
 
     def load(bundle_dir):
-        return Classifier(bundle_dir, c.threads, c.runtime, c.flip_tta)
+        return configured_classifier(bundle_dir, c)
 
     if c.model is not None:
         return load(c.model)  # an explicitly configured model: its errors are the user's to see
