@@ -23,6 +23,9 @@ from edge.runtime.detect.blazeface_decode import decode, ssd_anchors, weighted_n
 from edge.runtime.native import quiet_native_stderr
 from tests.conftest import SHARED_DATA
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from crop_calibration import place  # noqa: E402  (the FER-face canvas of the calibration, not a copy of it)
+
 REPO = Path(__file__).resolve().parent.parent
 FER_VAL = SHARED_DATA / "val.npz"
 
@@ -277,16 +280,6 @@ def test_same_faces_as_mediapipe_on_demo_frames(ours, mp_tasks, faces, index):
     # The Pi's lores path: a 320x240 gray plane (fractional sampling step 2.5, bilinear like MediaPipe).
     lores = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (320, 240), interpolation=cv2.INTER_AREA)
     compare(ours, mp_tasks, lores, f"lores faces={faces} index={index}")
-
-
-def place(face: np.ndarray, upscale: int, canvas_wh=(640, 480)) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """benchmarks/crop_calibration.py's place(): upsample ``face``, centre it, replicate the border outward."""
-    side = face.shape[0] * upscale
-    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-    cw, ch = canvas_wh
-    x0, y0 = (cw - side) // 2, (ch - side) // 2
-    canvas = cv2.copyMakeBorder(big, y0, ch - side - y0, x0, cw - side - x0, cv2.BORDER_REPLICATE)
-    return canvas, (x0, y0, side)
 
 
 def test_same_faces_as_mediapipe_on_fer_faces(ours, mp_tasks):
