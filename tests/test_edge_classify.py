@@ -117,3 +117,20 @@ def test_manifest_labels_that_disagree_with_the_model_are_refused(tiny_bundle, t
 def test_missing_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         Classifier(tmp_path / "nope")
+
+
+def test_a_crop_from_the_bgr_frame_is_the_crop_of_the_whole_gray_frame():
+    """crop_face converts only the part of a BGR frame it reads: pixel for pixel what converting the whole frame
+    first gives, turned or not, inside the frame or across its edge."""
+    import cv2
+
+    from edge.preprocess import crop_face, to_gray
+
+    rng = np.random.default_rng(3)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (5, 5), 2)
+    gray = to_gray(bgr)
+    boxes = [(300.0, 200.0, 90.0, 110.0), (-30.0, 400.0, 120.0, 120.0), (600.0, -20.0, 80.0, 70.0), (5.0, 5.0, 300.0, 300.0)]
+    for box in boxes:
+        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 3
+        for eyes in (None, ((cx - 20, cy - 9), (cx + 20, cy + 9)), ((cx - 20, cy + 14), (cx + 20, cy - 14))):
+            np.testing.assert_array_equal(crop_face(bgr, box, eyes=eyes), crop_face(gray, box, eyes=eyes))

@@ -84,7 +84,7 @@ class Daemon:
         self.models = ActiveModel(classifier, lambda b: configured_classifier(b, c),
                                   (config.state_dir() / "models").resolve(), self._rolled_back)
         d = config.detector
-        self.detector = detector or make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces)
+        self.detector = detector or make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
         s = config.source
         self.source = source or ManagedSource(
             lambda: open_source(s.uri, s), s.uri, s.max_fps, s.loop, s.retry_initial_s, s.retry_max_s

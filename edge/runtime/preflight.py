@@ -159,7 +159,7 @@ def _check_detector(config: Config, report: Report) -> None:
 
     d = config.detector
     try:
-        det = make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces)
+        det = make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
     except DetectorError as exc:
         report.errors.append(f"detector.backend = {d.backend!r}: {exc}")
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
-from edge.preprocess import Point, Preprocessing, crop_face, quantize_input, to_gray
+from edge.preprocess import Point, Preprocessing, crop_face, quantize_input
 from edge.runtime.classify.interpreter import make_interpreter
 
 log = logging.getLogger(__name__)
@@ -209,14 +209,13 @@ class Classifier:
 
         ``eyes`` (one entry per box, None for a face without keypoints) level the faces when ``align_eyes`` is on.
         """
-        gray = to_gray(frame)
         if not boxes:
             return np.zeros((0, self.prep.input_size, self.prep.input_size), np.uint8)
         if eyes is not None and len(eyes) != len(boxes):
             raise ValueError(f"{len(eyes)} eye pairs for {len(boxes)} boxes; give one entry (or None) per box")
         if not self.align_eyes or eyes is None:
             eyes = [None] * len(boxes)
-        return np.stack([crop_face(gray, b, self.prep, e) for b, e in zip(boxes, eyes, strict=True)])
+        return np.stack([crop_face(frame, b, self.prep, e) for b, e in zip(boxes, eyes, strict=True)])
 
     def classify(self, frame: np.ndarray, boxes: list[Box], eyes: list[Eyes] | None = None) -> np.ndarray:
         """Probabilities (N x C) for the faces at ``boxes`` (x, y, w, h pixels) in ``frame``; ``eyes`` see :meth:`crops`."""

@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 BACKENDS = ("blazeface", "mediapipe", "opencv")
 
 
-def _create(backend: str, min_confidence: float, min_face_size: int, max_faces: int) -> FaceDetector:
+def _create(backend: str, min_confidence: float, min_face_size: int, max_faces: int, threads: int) -> FaceDetector:
     if backend == "blazeface":
         from edge.runtime.detect.blazeface import BlazeFaceDetector
 
-        return BlazeFaceDetector(min_confidence, min_face_size, max_faces)
+        return BlazeFaceDetector(min_confidence, min_face_size, max_faces, threads=threads)
     if backend == "mediapipe":
         from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
 
@@ -42,7 +42,7 @@ _DESCRIPTION = {
 
 
 def make_detector(
-    backend: str = "auto", min_confidence: float = 0.5, min_face_size: int = 40, max_faces: int = 5
+    backend: str = "auto", min_confidence: float = 0.5, min_face_size: int = 40, max_faces: int = 5, threads: int = 1
 ) -> FaceDetector:
     """Create the configured detector.
 
@@ -51,14 +51,14 @@ def make_detector(
     and, only if that cannot load, the Haar cascade; it logs which one it chose and why.
     """
     if backend != "auto":
-        det = _create(backend, min_confidence, min_face_size, max_faces)
+        det = _create(backend, min_confidence, min_face_size, max_faces, threads)
         log.info("face detector: %s (detector.backend = %r)", _DESCRIPTION[backend], backend)
         return det
     try:
-        det = _create("blazeface", min_confidence, min_face_size, max_faces)
+        det = _create("blazeface", min_confidence, min_face_size, max_faces, threads)
     except DetectorError as exc:
         log.warning("face detector: %s, because BlazeFace cannot load (%s); it is about 5x slower and finds "
                     "fewer faces: install ai-edge-litert to get BlazeFace back", _DESCRIPTION["opencv"], exc)
-        return _create("opencv", min_confidence, min_face_size, max_faces)
+        return _create("opencv", min_confidence, min_face_size, max_faces, threads)
     log.info("face detector: %s (detector.backend = 'auto': the default)", _DESCRIPTION["blazeface"])
     return det
