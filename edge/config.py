@@ -199,7 +199,8 @@ class OutboxConfig(_Section):
     memory_s: float = Field(
         2.0, description="While connected, a message waits this long in memory for the broker's acknowledgement "
         "before it is written to disk: a kill -9 or power cut loses at most the unacknowledged messages of this "
-        "window (while disconnected every message is written to disk at once). Smaller: safer, more SD-card writes.",
+        "window (checked every quarter of it; while disconnected every message is written to disk at once, per-frame "
+        "'faces' updates in groups at most 1 s old). Smaller: safer, more SD-card writes.",
         gt=0, le=60,
     )
 

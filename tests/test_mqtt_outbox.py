@@ -177,3 +177,31 @@ def test_without_a_session_faces_updates_are_group_committed_and_the_rest_writte
     more = [_add(box, "faces") for _ in range(2)]
     event = _add(box, "events")  # an event is on disk before add() returns, with the faces before it
     assert box.on_disk() == 8 and [m.seq for m in box.peek(0, 20)] == faces + more + [event]
+
+
+def test_the_file_gets_incremental_auto_vacuum_whichever_sink_made_it(tmp_path):
+    import sqlite3
+
+    from edge.runtime.publish.seq import SeqCounter
+
+    counter = SeqCounter(tmp_path / "a.db")  # the stdout sink makes the file first
+    counter.next()
+    counter.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # a file made without it
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    for name in ("a.db", "old.db"):
+        Outbox(tmp_path / name).close()
+        with sqlite3.connect(tmp_path / name) as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2, name
+
+
+def test_a_full_outbox_drops_in_batches_not_a_commit_per_message(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=2000)
+    for _ in range(2000):
+        _add(box, "faces")
+    assert box.pending() == 2000 and box.dropped() == 0
+    _add(box, "faces")  # one over: the oldest faces go, 2 more (0.1 % of the bound) to make room for the next ones
+    assert box.pending() == 1998 and box.dropped() == 3
+    _add(box, "faces")
+    _add(box, "faces")
+    assert box.pending() == 2000 and box.dropped() == 3, "room was made in advance: no drop for these two"

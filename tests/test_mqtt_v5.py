@@ -235,3 +235,23 @@ def test_commands_answer_the_response_topic_with_the_correlation_data(broker, tm
         replies.stop()
         events.stop()
         sink.close(2)
+
+
+def test_a_wildcard_response_topic_is_not_answered_and_keeps_the_session(broker, tmp_path):
+    """paho refuses to publish to a topic with '+' or '#': such a response topic is refused up front, so it can
+    neither raise in the network loop nor cost the session."""
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    sink.set_command_handler(lambda cmd: {"event": "command", "track_id": None, "command": cmd["command"],
+                                          "ok": True, "detail": "done"})
+    replies = V5Subscriber(broker, "requester/#", "requester-w").start()
+    try:
+        assert sink.wait_subscribed(10)
+        _request(replies.client, '{"command": "publish_status"}', "requester/+/x", b"c1")
+        _request(replies.client, '{"command": "publish_status"}', "requester/#", b"c2")
+        _request(replies.client, '{"command": "publish_status"}', "requester/ok", b"c3")
+        assert wait_until(lambda: any(m.topic == "requester/ok" for m in replies.messages))
+        assert sink.connected and sink.connection_state()["error"] is None
+        assert {m.topic for m in replies.messages} == {"requester/ok"}
+    finally:
+        replies.stop()
+        sink.close(2)

@@ -136,3 +136,21 @@ def test_state_files_left_by_another_user_are_named(tmp_path):
     (state / "outbox.db").chmod(0o444)
     problem = preflight.check_state_dir(parse_config({"device": {"state_dir": str(state)}}))
     assert problem and problem.startswith("device.state_dir: outbox.db in ") and "chown" in problem, problem
+
+
+def test_options_that_run_would_refuse_are_errors_here_too(tmp_path):
+    """The class-prior correction needs the bundle's training class counts; metrics need prometheus-client."""
+    import json
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_dir(), bundle, ignore=shutil.ignore_patterns("training", "*.png"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["training"].pop("train_data", None)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    cfg = parse_config({"device": {"state_dir": str(tmp_path / "state")},
+                        "classifier": {"model": str(bundle), "prior_correction": 0.3}})
+    report = preflight.check(cfg)
+    assert any("prior_correction" in e and "class counts" in e for e in report.errors), report.errors
+    cfg = parse_config({"device": {"state_dir": str(tmp_path / "state")}, "classifier": {"model": str(bundle)},
+                        "metrics": {"enabled": True}})
+    assert preflight.check(cfg).errors == []  # prometheus-client is installed here, and no prior asked

@@ -204,6 +204,8 @@ class HomeAssistantDiscovery:
         self._last: tuple[str, tuple[str, ...]] | None = None
         self._announced = False
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -250,10 +252,18 @@ class HomeAssistantDiscovery:
             log.warning("cannot write %s (%s)", self._state_file, exc)
 
     def _publish_soon(self) -> None:
-        # Called on paho's network thread: do the publishing on a short-lived thread instead.
+        # Called on paho's network thread: do the publishing on a short-lived thread instead. At most one waits:
+        # anyone may publish "online" on homeassistant/status, and a flood of it must not become a flood of
+        # threads and retained configs (one publish after the flood answers all of it).
+        with self._pending_lock:
+            if self._pending:
+                return
+            self._pending = True
         threading.Thread(target=self._safe_publish, name="ha-discovery", daemon=True).start()
 
     def _safe_publish(self) -> None:
+        with self._pending_lock:
+            self._pending = False
         try:
             self.publish()
         except Exception:  # a failed announce must not take the daemon down; the next trigger retries

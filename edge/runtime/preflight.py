@@ -144,6 +144,9 @@ def _check_model(config: Config, report: Report) -> None:
     c = config.classifier
     try:
         manifest, runtime = check_bundle(bundle, c.threads, None if c.runtime == "auto" else c.runtime)
+        if c.prior_correction > 0 and manifest.class_prior() is None:  # run refuses such a bundle
+            raise BundleError(f"model {manifest.model_id} records no training class counts, so "
+                              "classifier.prior_correction cannot apply; set it to 0 or use a bundle made by train_export")
     except (BundleError, RuntimeMissing) as exc:
         if chosen != _PUSHED:
             report.errors.append(f"model ({chosen}): {exc}")
@@ -206,6 +209,12 @@ def check(config: Config) -> Report:
     _check_model(config, report)
     _check_detector(config, report)
     _check_files(config, report)
+    if config.metrics.enabled:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            report.errors.append("metrics.enabled = true needs the prometheus-client package: pip install "
+                                 "'emotion-edge[edge]' (or prometheus-client), or set metrics.enabled = false")
     preview = config.privacy.debug_preview_dir
     if preview is not None:
         problem = writable_dir_problem(preview, "privacy.debug_preview_dir")

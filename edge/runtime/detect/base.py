@@ -93,8 +93,9 @@ class FaceDetector(Protocol):
 
     name: str
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces in a grayscale (HxW) or BGR (HxWx3) uint8 image, in that image's pixel coordinates."""
+    def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:
+        """Faces in a grayscale (HxW) or BGR (HxWx3) uint8 image; ``scale`` maps its pixels to the main image's
+        (Picamera2's lores stream)."""
         ...
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from edge.protocol.envelope import clip, command_event
 from edge.runtime.loglimit import LogLimiter
+from edge.runtime.publish.base import CommandHandler
 from edge.runtime.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 #: max_command_bytes can take some 25 times that as Python objects, so this also bounds what waiting commands hold.
 QUEUE_SIZE = 16
 
-#: Runs a command; returns the body of its ``command`` event (answered to an MQTT 5 response topic) or None.
-CommandHandler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 #: Publishes ``(response topic, body, correlation data)``.
 ReplyPublisher = Callable[[str, dict[str, Any], "bytes | None"], None]
 Reply = tuple[str, "bytes | None"]
@@ -129,9 +128,10 @@ class CommandChannel:
         topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         if not topic or self._publish_reply is None:
             return None
-        if topic.startswith("$") or any(topic == p.rstrip("/") or topic.startswith(p) for p in self._reply_forbidden):
-            self._log.warning("reply topic", "MQTT command: not answering response topic %s (inside %s); answering "
-                              "on events only", topic, " or ".join(self._reply_forbidden))
+        if (topic.startswith("$") or any(c in topic for c in "+#\0")
+                or any(topic == p.rstrip("/") or topic.startswith(p) for p in self._reply_forbidden)):
+            self._log.warning("reply topic", "MQTT command: not answering response topic %s (a wildcard, or inside "
+                              "%s); answering on events only", clip(topic), " or ".join(self._reply_forbidden))
             return None
         return topic, getattr(properties, "CorrelationData", None)
 

@@ -302,8 +302,11 @@ class MqttConnection:
         """Raw messages, new subscriptions and new connect hooks queued by other threads."""
         while self._raw:
             t, payload, retain, qos, props = self._raw.popleft()
-            client.publish(t, payload, qos=qos, retain=retain,
-                           properties=props if self._protocol == mqtt.MQTTv5 else None)
+            try:
+                client.publish(t, payload, qos=qos, retain=retain,
+                               properties=props if self._protocol == mqtt.MQTTv5 else None)
+            except ValueError as exc:  # paho refuses the topic (a wildcard, a bad length): drop this one only
+                log.warning("not publishing to %r: %s", t[:64], exc)
         for t, payload in self.latest.take_due():
             client.publish(t, payload, qos=1, retain=True)
         while not self._new_subs.empty():

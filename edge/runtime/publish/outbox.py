@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.runtime.publish.seq import SeqBlock
+from edge.runtime.publish.seq import SeqBlock, meta_value
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ class Outbox:
             raise OSError(
                 f"cannot open the outbox database {self.path}: {exc}; move the file away to start with an empty outbox"
             ) from None
-        self._dropped = self._meta("dropped")
-
-    def _meta(self, key: str) -> int:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else 0
+        self._dropped = meta_value(self._conn, "dropped")
+        if self._disk == 0 and int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 0:
+            # A file made before incremental auto-vacuum (or by a tool that did not set it): convert it once, while
+            # it is empty and the rewrite costs nothing.
+            self._conn.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
 
     # ------------------------------------------------------------------------------------------- adding
 
@@ -143,7 +143,10 @@ class Outbox:
                     raise
                 self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
                 if len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
-                    self._spill(len(self._memory))
+                    try:
+                        self._spill(len(self._memory))
+                    except sqlite3.Error as exc:  # a full or failing disk: the message is kept, the flusher retries
+                        log.warning("cannot write waiting messages to the outbox on disk (%s); they wait in memory", exc)
                 return seq
             return self._add_to_disk(kind, topic, build, qos, retain)
 
@@ -184,9 +187,14 @@ class Outbox:
         return len(messages)
 
     def _enforce_bound(self, on_disk: int, in_memory: int) -> int:
-        """Drop disk messages until ``on_disk`` + ``in_memory`` fit the bound; return how many went."""
+        """Drop disk messages until ``on_disk`` + ``in_memory`` fit the bound, and 0.1 % of the bound more (100 at the
+        default bound), so a full outbox does not pay a commit for every message it takes; return how many went."""
+        over = on_disk + in_memory - self.max_messages
+        if over <= 0:
+            return 0
+        target = min(on_disk, over + self.max_messages // 1000)
         dropped = 0
-        while on_disk - dropped + in_memory > self.max_messages and on_disk - dropped > 0:
+        while dropped < target:
             self._drop_one()
             dropped += 1
         if dropped:

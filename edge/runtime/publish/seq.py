@@ -26,7 +26,8 @@ def ensure_meta(conn: sqlite3.Connection) -> None:
     conn.execute(_META_DDL)
 
 
-def _meta(conn: sqlite3.Connection, key: str) -> int:
+def meta_value(conn: sqlite3.Connection, key: str) -> int:
+    """An integer of the ``meta`` table (0 when the key is not there yet)."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return int(row[0]) if row else 0
 
@@ -42,8 +43,11 @@ class SeqBlock:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        # Whichever sink creates the file first, it gets incremental auto-vacuum (it must be set before the first
+        # table exists), so the outbox can give its pages back after a backlog.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         ensure_meta(conn)
-        self.last = max(_meta(conn, "seq"), _meta(conn, "seq_reserved"))
+        self.last = max(meta_value(conn, "seq"), meta_value(conn, "seq_reserved"))
         self._reserved = self.last
 
     def take(self, reserve: bool = True) -> int:
@@ -53,8 +57,22 @@ class SeqBlock:
         self.last += 1
         if reserve and self.last > self._reserved:
             self._reserved = self.last + BLOCK - 1
-            self._conn.execute(_SET, ("seq_reserved", self._reserved))  # autocommit unless in a transaction
+            self._write_reservation()
         return self.last
+
+    def _write_reservation(self) -> None:
+        # Seqs of this block may be acknowledged by the broker before the next commit: the reservation must reach
+        # the disk even through a power cut, or a reboot would hand them out again. Once per BLOCK seqs, so a full
+        # sync costs nothing; outside a transaction only (PRAGMA synchronous cannot change inside one).
+        if self._conn.in_transaction:
+            self._conn.execute(_SET, ("seq_reserved", self._reserved))
+            return
+        previous = self._conn.execute("PRAGMA synchronous").fetchone()[0]
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self._conn.execute(_SET, ("seq_reserved", self._reserved))
+        finally:
+            self._conn.execute(f"PRAGMA synchronous={int(previous)}")
 
     def give_back(self, seq: int) -> None:
         """Undo the last :meth:`take` (the message that was to carry ``seq`` could not be built)."""

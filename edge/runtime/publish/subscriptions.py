@@ -14,9 +14,10 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
+from edge.runtime.publish.base import MessageCallback
+
 log = logging.getLogger(__name__)
 
-MessageCallback = Callable[[str, bytes], None]
 #: A callback that also gets the message's MQTT 5 properties (None on MQTT 3.1.1).
 PropertiesCallback = Callable[[str, bytes, Properties | None], None]
 
