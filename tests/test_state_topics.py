@@ -43,7 +43,10 @@ def test_only_the_newest_value_goes_out_after_an_outage_and_json_order_holds(bro
         assert col.wait_for(lambda c: b"5" in c.raw("emotion/dev1/state/face_count"))
         time.sleep(0.3)
         live = [p for t, p, retained in col.messages if t == "emotion/dev1/state/face_count" and not retained]
-        assert live == [b"1", b"5"], "only the newest value after the outage"
+        # The broker may redeliver "1" to the subscriber after its restart (QoS 1: at least once); what must never
+        # go out are the values that were replaced while it was away.
+        deduped = [v for i, v in enumerate(live) if i == 0 or v != live[i - 1]]
+        assert deduped == [b"1", b"5"], f"only the newest value after the outage: {live}"
         assert_in_order_without_gaps(col.unique_seqs(), range(first, first + 5))
     finally:
         sink.close(2)
