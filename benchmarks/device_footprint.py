@@ -30,15 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from tests.hostile_support import proc_mb  # noqa: E402  (after the sys.path entries above)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
-
-
-def _status(pid: int, key: str) -> float:
-    """A VmXXX field of /proc/PID/status in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _write_bytes(pid: int) -> int:
@@ -62,7 +56,7 @@ def run_daemon(args: argparse.Namespace, source: str, port: int | None, stop_bro
         w0, t0 = _write_bytes(proc.pid), time.monotonic()
         time.sleep(args.seconds)
         w1, t1 = _write_bytes(proc.pid), time.monotonic()
-        peak = _status(proc.pid, "VmHWM")
+        peak = proc_mb(proc.pid, "VmHWM")
     finally:
         proc.terminate()
         proc.wait(30)

@@ -418,7 +418,9 @@ def test_picamera2_uses_the_sizes_libcamera_configured_and_a_stalled_sensor_is_a
     src.close()
 
 
-def test_picamera2_missing_is_a_clear_error(monkeypatch):
+@pytest.fixture
+def no_picamera2(monkeypatch):
+    """An interpreter where ``import picamera2`` fails, as on any machine without apt's python3-picamera2."""
     import builtins
 
     real_import = builtins.__import__
@@ -429,25 +431,18 @@ def test_picamera2_missing_is_a_clear_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_picamera)
+
+
+def test_picamera2_missing_is_a_clear_error(no_picamera2):
     with pytest.raises(SourceError, match="python3-picamera2"):
         open_source("picamera2")
 
 
-def test_a_source_that_can_never_work_is_not_retried(monkeypatch):
+def test_a_source_that_can_never_work_is_not_retried(no_picamera2):
     """picamera2 missing: the managed source fails for good (systemd then shows the unit failed) instead of
     retrying with backoff forever; a transient failure still retries."""
-    import builtins
-
     from edge.runtime.capture.base import SourceFatal
 
-    real_import = builtins.__import__
-
-    def no_picamera(name, *args, **kwargs):
-        if name == "picamera2":
-            raise ImportError("No module named 'picamera2'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_picamera)
     src = ManagedSource(lambda: open_source("picamera2"), "picamera2", retry_initial_s=0.01)
     with pytest.raises(SourceFatal):
         src.open_now()

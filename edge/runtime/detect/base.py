@@ -104,20 +104,24 @@ class FaceDetector(Protocol):
 
 
 def _finish(
-    raw: list[tuple[tuple[float, float, float, float], float]],
+    raw: list[tuple],
     adjust: BoxAdjust,
     min_face_size: int,
     max_faces: int,
     scale: tuple[float, float] = (1.0, 1.0),
 ) -> list[Detection]:
-    """Filter by size, keep the largest ``max_faces``, map to main-image pixels, apply the FER correction."""
+    """Filter by size, keep the largest ``max_faces``, map to main-image pixels, apply the FER correction.
+
+    Each raw entry is ``(box, score)`` or ``(box, score, keypoints)``, in the detection image's pixels.
+    """
     sx, sy = scale
     out = []
-    for (x, y, w, h), score in raw:
+    for (x, y, w, h), score, *rest in raw:
         rb = (x * sx, y * sy, w * sx, h * sy)
         if max(rb[2], rb[3]) < min_face_size:
             continue
-        out.append(Detection(adjust.apply(rb), float(score), rb))
+        points = tuple((px * sx, py * sy) for px, py in rest[0]) if rest else ()
+        out.append(Detection(adjust.apply(rb), float(score), rb, points))
     out.sort(key=lambda d: -(d.raw_box[2] * d.raw_box[3]))
     return out[:max_faces]
 

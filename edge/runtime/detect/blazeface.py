@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from edge.runtime.classify.interpreter import make_interpreter
-from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, verify_model
+from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, _finish, verify_model
 from edge.runtime.detect.blazeface_decode import (
     NMS_THRESHOLD,
     NUM_KEYPOINTS,
@@ -185,19 +185,12 @@ class BlazeFaceDetector:
         boxes, scores, kps = decode(self._it.get_tensor(self._boxes_index), raw_scores, self.anchors, self.min_confidence)
         boxes, scores, kps = weighted_nms(boxes, scores, kps, self.nms_threshold)
         tw, th = self._tensor_wh
-        # Tensor-normalised -> image pixels (projection matrix = letterbox removal), then -> main image.
-        sx, sy = scale
-        ax, bx = kx * tw * sx, ox * sx
-        ay, by = ky * th * sy, oy * sy
-        out = []
-        for (x0, y0, x1, y1), score, kp in zip(boxes.tolist(), scores.tolist(), kps.tolist(), strict=True):
-            rb = (x0 * ax + bx, y0 * ay + by, (x1 - x0) * ax, (y1 - y0) * ay)
-            if max(rb[2], rb[3]) < self.min_face_size:
-                continue
-            points = tuple((px * ax + bx, py * ay + by) for px, py in kp)
-            out.append(Detection(self.adjust.apply(rb), float(score), rb, points))
-        out.sort(key=lambda d: -(d.raw_box[2] * d.raw_box[3]))
-        return out[: self.max_faces]
+        # Tensor-normalised -> image pixels (projection matrix = letterbox removal); _finish maps to the main image.
+        ax, ay = kx * tw, ky * th
+        raw = [((x0 * ax + ox, y0 * ay + oy, (x1 - x0) * ax, (y1 - y0) * ay), score,
+                [(px * ax + ox, py * ay + oy) for px, py in kp])
+               for (x0, y0, x1, y1), score, kp in zip(boxes.tolist(), scores.tolist(), kps.tolist(), strict=True)]
+        return _finish(raw, self.adjust, self.min_face_size, self.max_faces, scale)
 
     def close(self) -> None:
         """Release the interpreter."""
