@@ -73,6 +73,15 @@ class OutputSpec(_Strict):
     activation: Literal["softmax"] = Field("softmax", description="What the outputs are.")
 
 
+class Calibration(_Strict):
+    """The ``calibration`` block of a manifest: how the device turns the model's probabilities into calibrated ones."""
+
+    method: Literal["temperature"] = Field("temperature", description="Temperature scaling of the probabilities.")
+    temperature: float = Field(description="p ** (1 / T), renormalised (softmax of logits / T); 1 changes nothing.",
+                               gt=0, le=100)
+    fitted_on: str = Field("", description="The faces and labels the temperature was fitted on (provenance).")
+
+
 class Manifest(_Strict):
     """``manifest.json`` of a model bundle."""
 
@@ -88,6 +97,7 @@ class Manifest(_Strict):
     training: dict[str, Any] = Field(default_factory=dict, description="Training configuration and data.")
     created: str = Field(description="ISO-8601 UTC creation time.")
     architecture: dict[str, Any] = Field(default_factory=dict, description="Model family, params, MACs.")
+    calibration: Calibration | None = Field(None, description="Calibration the device applies; null: none.")
 
     @field_validator("format_version")
     @classmethod

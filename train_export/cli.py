@@ -44,10 +44,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DataError(f"--train and --val both read every face of {train_data.source} (it has no Usage column "
                         "or train/val folders), so validation would score faces the model trained on; pass a "
                         "separate --val")
+    if hp.label_source == "ferplus":
+        from train_export.data.ferplus import with_majority_labels, with_vote_targets
+
+        votes = args.ferplus or ferplus_path(args.train)
+        train_data = with_vote_targets(train_data, votes, "train")
+        val_data = with_majority_labels(val_data, votes, "val")
     budget = args.time_budget * 60 if args.time_budget is not None else None
     best = train(hp, train_data, val_data, run_dir, verbose=2 if args.log_lines else 1, time_budget_s=budget)
     print(f"best model: {best}")
     return 0
+
+
+def ferplus_path(data: str) -> str:
+    """``ferplus.npz`` beside a FER2013 archive; a one-line error when there is none."""
+    from train_export.data.ferplus import FERPLUS_FILE, ferplus_beside
+    from train_export.data.load import DataError
+
+    found = ferplus_beside(data)
+    if found is None:
+        raise DataError(f"no {FERPLUS_FILE} beside {data}: pass --ferplus PATH (the FER+ votes of these faces)")
+    return str(found)
 
 
 def positive_int(s: str) -> int:
@@ -81,18 +98,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_confusion,
         write_report,
     )
+    from train_export.data.ferplus import truths_for
     from train_export.data.load import load_dataset
 
     reports = []
-    cache: dict[tuple, object] = {}
+    cache: dict[tuple, tuple] = {}
     for path in args.model:
         model = load_any(path, args.labels, num_threads=args.threads)
         key = (tuple(model.labels), model.prep.input_size)
         if key not in cache:
-            cache[key] = load_dataset(args.data, labels=model.labels, split=args.split, strict=args.strict,
-                                      input_size=model.prep.input_size)
-        data = cache[key]
-        report = evaluate(model, data.x, data.y, tta=args.tta)
+            data = load_dataset(args.data, labels=model.labels, split=args.split, strict=args.strict,
+                                input_size=model.prep.input_size)
+            cache[key] = (data, truths_for(data, args.split, args.ferplus))
+        data, truths = cache[key]
+        report = evaluate(model, data.x, truths, tta=args.tta)
         report["data"] = data.describe()
         reports.append(report)
     out = dict(reports[0])
@@ -116,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_model(
             args.model, args.out, args.train, args.val, margin_pp=args.margin_pp, rep_size=args.rep_size,
             labels=args.labels, reports_dir=args.reports, model_id=args.model_id, sign_key=args.sign_key,
-            tta=args.tta, strict=args.strict, seed=args.seed,
+            tta=args.tta, strict=args.strict, seed=args.seed, ferplus=args.ferplus,
         )
     except ExportRefused as exc:
         if exc.reports:
@@ -125,8 +144,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(markdown_table(list(result.report["models"].values())))
     m = result.manifest.metrics
     print(f"bundle {result.bundle_dir} ({result.report['bundle_bytes']} bytes): int8 accuracy "
-          f"{100 * m['accuracy']:.2f}%, float {100 * m['float_accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}; "
-          f"reports in {result.reports_dir}")
+          f"{100 * m['accuracy']:.2f}%, float {100 * m['float_accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f} "
+          f"({m['truth']}); calibration: temperature {m['temperature']:.3f}, ECE {m['ece_uncalibrated']:.4f} -> "
+          f"{m['ece']:.4f} (cross-fitted {m['ece_crossfit']:.4f}); reports in {result.reports_dir}")
     return 0
 
 
@@ -240,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_path_flag(p, "--train", "train.npz", "training data: .npz, FER2013 CSV, or image folder")
     data_path_flag(p, "--val", "val.npz", "validation data: .npz, FER2013 CSV (PublicTest rows), or image folder")
     p.add_argument("--run-dir", required=True, help="folder for checkpoints, logs and curves")
+    p.add_argument("--ferplus", help="FER+ votes of the --train/--val rows for --label-source ferplus "
+                                     "(default: ferplus.npz beside --train)")
     p.add_argument("--hparams", help="JSON file of hyper-parameters (flags override it)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
     p.add_argument("--log-lines", action="store_true", help="one line per epoch instead of a progress bar")
@@ -288,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_path_flag(p, "--data", "val.npz", ".npz, FER2013 CSV or image folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="CSV Usage rows / sub-folder to use (default: %(default)s)")
+    p.add_argument("--ferplus", help="FER+ votes of the --data rows (default: ferplus.npz beside --data, when "
+                                     "there is one): the report's figures are then against the FER+ majority, "
+                                     "with the data's own labels beside them")
     p.add_argument("--json", required=True, help="report JSON to write")
     p.add_argument("--png", help="confusion matrix PNG (counts and row-normalised) of the first model")
     p.add_argument("--labels", type=_labels_arg, help="labels of a bare .tflite/.keras without a run folder")
@@ -304,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="trained model, e.g. runs/X/best.keras")
     p.add_argument("--out", required=True, help="bundle folder to write (model.tflite + manifest.json)")
     data_path_flag(p, "--train", "train.npz", "training data for the representative set")
-    data_path_flag(p, "--val", "val.npz", "validation data for the metrics and the int8 check")
+    data_path_flag(p, "--val", "val.npz", "validation data for the metrics, the int8 check and the calibration")
+    p.add_argument("--ferplus", help="FER+ votes of the --val rows (default: ferplus.npz beside --val, when there "
+                                     "is one): metrics, int8 check and calibration are then against their majority")
     p.add_argument("--margin-pp", type=float, default=1.0,
                    help="largest allowed int8 accuracy loss against float, in points (default: %(default)s)")
     p.add_argument("--rep-size", type=int, default=300,

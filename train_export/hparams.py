@@ -49,6 +49,9 @@ class HParams:
             (a stride-1 model can start a stride-2 run with ``init_weights``), at 15–22 % less time per face
             (``benchmarks/arch_latency.py``).
         labels: Class labels, in model output order.
+        label_source: What the training faces are labelled by: "fer2013" (the archive's single-tagger ``y``) or
+            "ferplus" (the shares of the ten FER+ taggers' votes, ``ferplus.npz`` beside the data; the best epoch
+            is then chosen on the FER+ majority of the val faces: :mod:`train_export.data.ferplus`).
         epochs: Total epochs of the schedule (resuming continues the same schedule).
         batch_size: Faces per step.
         optimizer: "adam" (AdamW with ``weight_decay``) or "sgd" (SGD with Nesterov momentum).
@@ -118,6 +121,7 @@ class HParams:
     se: bool = True
     stem_stride: int = 1
     labels: list[str] = field(default_factory=lambda: list(FER_LABELS))
+    label_source: str = "fer2013"
     epochs: int = 60
     batch_size: int = 64
     optimizer: str = "adam"
@@ -157,6 +161,7 @@ class HParams:
     def __post_init__(self) -> None:
         self._check_types()
         choices = {
+            "label_source": ("fer2013", "ferplus"),
             "optimizer": ("adam", "sgd"),
             "schedule": ("cosine", "plateau"),
             "loss": ("ce", "focal"),

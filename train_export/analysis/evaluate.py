@@ -1,4 +1,8 @@
-"""Evaluate emotion models on labelled faces: accuracy, macro-F1, per-class scores, confusion matrices.
+"""Evaluate emotion models on labelled faces: accuracy, macro-F1, per-class scores, confusion matrices, calibration.
+
+One set of faces can carry several label sets (:class:`Truth`): FER2013's single tagger and the FER+ crowd's
+majority (:func:`train_export.data.ferplus.truths_for`). The model scores each face once; the first truth gives
+the report's top-level figures, the others a ``label_sets`` block each.
 
 The same report is produced for a Keras model (``.keras``), a bare ``.tflite`` file and a model bundle; the
 TFLite ones run in the device's classifier (:class:`edge.runtime.classify.classifier.Classifier`, LiteRT). Optional
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import numpy as np
 from edge.bundle import FER_LABELS, MANIFEST_FILE
 from edge.preprocess import Preprocessing, normalize
 from train_export import progress
+from train_export.analysis.calibration import ECE_BINS, expected_calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,26 @@ class LoadedModel:
     kind: str
     path: str
     runtime: str
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One label set for (some of) the faces of an evaluation.
+
+    Attributes:
+        name: What the labels are ("fer2013", "ferplus_majority", ...), as reports name them.
+        rows: Indices of the faces this label set labels.
+        y: Their labels, in the model's label order.
+    """
+
+    name: str
+    rows: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def every(cls, y: np.ndarray, name: str = "labels") -> Truth:
+        """A label for every face."""
+        return cls(name, np.arange(len(y)), np.asarray(y))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -168,21 +193,43 @@ def predict_in_chunks(predict: Predictor, faces: np.ndarray, desc: str, chunk: i
     return np.concatenate(out)
 
 
-def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray, tta: bool = False) -> dict[str, Any]:
-    """Report of one model on faces ``faces`` (N x S x S uint8) with labels ``y`` in ``model.labels`` order."""
+def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray | Sequence[Truth], tta: bool = False
+             ) -> dict[str, Any]:
+    """Report of one model on ``faces`` (N x S x S uint8), scored once.
+
+    ``y`` is a label per face (``model.labels`` order), or a list of :class:`Truth`: the first gives the top-level
+    figures, each one a ``label_sets[name]`` block. Every block has the expected calibration error (``ece``,
+    15 equal-width bins of top-1 confidence) beside accuracy and macro-F1.
+    """
+    truths = [Truth.every(y)] if isinstance(y, np.ndarray) else list(y)
     name = Path(model.path).name
     probs = predict_in_chunks(model.predict, faces, f"scoring {name}")
-    report = scores(y, probs.argmax(axis=1), model.labels)
-    report = {"model": model.path, "kind": model.kind, "runtime": model.runtime, "labels": model.labels, **report}
+    flipped = None
     if tta:
         # The mean over each face and its mirror, as predict_with_tta computes it, reusing the plain pass.
         mirrored = predict_in_chunks(model.predict, np.ascontiguousarray(faces[:, :, ::-1]), f"scoring {name} mirrored")
         flipped = (probs + mirrored) / 2.0
-        t = scores(y, flipped.argmax(axis=1), model.labels)
+    blocks = {t.name: score_probs(probs[t.rows], t.y, model.labels, None if flipped is None else flipped[t.rows])
+              for t in truths}
+    report = {"model": model.path, "kind": model.kind, "runtime": model.runtime, "labels": model.labels,
+              "truth": truths[0].name, **blocks[truths[0].name]}
+    if len(truths) > 1:
+        report["label_sets"] = {k: {f: v[f] for f in ("accuracy", "macro_f1", "ece", "n", "per_class")}
+                                for k, v in blocks.items()}
+    log.info("%s (%s): accuracy %.4f, macro-F1 %.4f, ECE %.4f on %d faces (%s)", model.path, model.kind,
+             report["accuracy"], report["macro_f1"], report["ece"], report["n"], truths[0].name)
+    return report
+
+
+def score_probs(probs: np.ndarray, y: np.ndarray, labels: list[str], flipped: np.ndarray | None = None
+                ) -> dict[str, Any]:
+    """:func:`scores` of ``probs``' top-1 against ``y``, with the ECE and, given ``flipped``, the flip-TTA block."""
+    report = {**scores(y, probs.argmax(axis=1), labels), "ece": expected_calibration_error(probs, y),
+              "ece_bins": ECE_BINS}
+    if flipped is not None:
+        t = scores(y, flipped.argmax(axis=1), labels)
         report["tta_flip"] = {"accuracy": t["accuracy"], "macro_f1": t["macro_f1"],
                               "gain_pp": round(100 * (t["accuracy"] - report["accuracy"]), 3)}
-    log.info("%s (%s): accuracy %.4f, macro-F1 %.4f on %d faces", model.path, model.kind, report["accuracy"],
-             report["macro_f1"], report["n"])
     return report
 
 
@@ -219,13 +266,17 @@ def plot_confusion(cm: np.ndarray | list, labels: list[str], png_path: Path | st
 
 def markdown_table(reports: list[dict[str, Any]]) -> str:
     """Side-by-side summary of several reports as a markdown table."""
-    lines = ["| model | kind | runtime | n | accuracy | macro-F1 | flip-TTA accuracy |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | kind | runtime | labels | n | accuracy | macro-F1 | ECE | flip-TTA accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         tta = r.get("tta_flip", {}).get("accuracy")
-        lines.append(
-            f"| {r['model']} | {r['kind']} | {r['runtime']} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-            + (f"{tta:.4f} |" if tta is not None else "- |")
-        )
+        sets = r.get("label_sets") or {r.get("truth", "labels"): r}
+        for i, (name, b) in enumerate(sets.items()):
+            head = f"| {r['model']} | {r['kind']} | {r['runtime']} |" if i == 0 else "| | | |"
+            lines.append(
+                f"{head} {name} | {b['n']} | {b['accuracy']:.4f} | {b['macro_f1']:.4f} | {b.get('ece', float('nan')):.4f} | "
+                + (f"{tta:.4f} |" if tta is not None and i == 0 else "- |")
+            )
     return "\n".join(lines)
 
 

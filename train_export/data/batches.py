@@ -1,7 +1,7 @@
 """Batches for Keras ``fit``: normalised faces, soft labels, per-face class weights, mixup and CutMix.
 
-Training targets are one-hot labels, or with teacher soft labels (:mod:`train_export.training.distill`) their blend
-``(1 - distill_alpha) * one_hot + distill_alpha * teacher``; the loss applies ``label_smoothing`` on top.
+Training targets are one-hot labels or the data's own target distributions (FER+ vote shares), or with teacher soft labels (:mod:`train_export.training.distill`) their blend
+``(1 - distill_alpha) * target + distill_alpha * teacher``; the loss applies ``label_smoothing`` on top.
 
 Built on :class:`keras.utils.PyDataset` so the same loop runs on the TensorFlow, JAX and PyTorch backends.
 Mixing is done here in numpy (it needs the labels). The per-face augmentation (:mod:`train_export.data.augment`)
@@ -63,6 +63,8 @@ class FaceSequence(keras.utils.PyDataset):
         self.soft = soft if training else None
         self.x = data.x
         self.y = data.y
+        # Crowd vote shares (FER+) replace the one-hot labels as training targets; validation scores the labels.
+        self.targets = data.targets if training else None
         self.n_classes = len(data.labels)
         self.hp = hp
         self.prep = prep
@@ -91,7 +93,7 @@ class FaceSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         idx = self.order[index * self.hp.batch_size : (index + 1) * self.hp.batch_size]
         x = normalize(self.x[idx], self.prep)[..., None]
-        y = np.eye(self.n_classes, dtype=np.float32)[self.y[idx]]
+        y = self.targets[idx] if self.targets is not None else np.eye(self.n_classes, dtype=np.float32)[self.y[idx]]
         if self.soft is not None:
             y = (1.0 - self.hp.distill_alpha) * y + self.hp.distill_alpha * self.soft[idx]
         w = self.weights[self.y[idx]]

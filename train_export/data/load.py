@@ -35,13 +35,18 @@ class DataError(Exception):
 
 @dataclass
 class FaceData:
-    """Faces ``x`` (N x S x S uint8) with labels ``y`` (N int64) named by ``labels``."""
+    """Faces ``x`` (N x S x S uint8) with labels ``y`` (N int64) named by ``labels``.
+
+    ``targets`` (N x labels float32, rows summing to 1), where present, are what training learns instead of the
+    one-hot ``y``: the FER+ crowd's vote shares (:mod:`train_export.data.ferplus`).
+    """
 
     x: np.ndarray
     y: np.ndarray
     labels: list[str]
     source: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)

@@ -46,11 +46,13 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     architecture: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write ``model.tflite`` and a validated ``manifest.json`` into ``out_dir``; return the manifest.
 
     The manifest is validated by :func:`edge.bundle.validate_manifest` before anything is written, so a
-    bundle that ``edge`` would refuse is never produced.
+    bundle that ``edge`` would refuse is never produced. ``calibration`` is the manifest's block of that name
+    (:class:`edge.bundle.Calibration`), which the device applies to every face.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +73,8 @@ def write_bundle(
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "architecture": architecture or {},
     }
+    if calibration is not None:
+        manifest["calibration"] = calibration
     validate_manifest(manifest)
     # A signature from an earlier export into this folder covers another manifest: it would never verify.
     (out_dir / SIGNATURE_FILE).unlink(missing_ok=True)

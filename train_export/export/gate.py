@@ -2,9 +2,13 @@
 
 Steps: convert to full-integer int8 (representative faces drawn from the training data) and to float32
 TFLite; evaluate both in the device's interpreter on validation faces (and the Keras model beside them);
-refuse when int8 accuracy is more than ``margin_pp`` percentage points below float; otherwise write the
-bundle (``model.tflite`` + ``manifest.json`` with metrics, training config and architecture), a reports
-folder beside it (``evaluation.json``, ``confusion.png``, ``model_float.tflite``) and, when asked, sign it.
+refuse when int8 accuracy is more than ``margin_pp`` percentage points below float; fit the temperature that
+calibrates the int8 model's probabilities on the validation faces; otherwise write the bundle (``model.tflite``
++ ``manifest.json`` with the calibration, metrics, training config and architecture), a reports folder beside it
+(``evaluation.json``, ``confusion.png``, ``model_float.tflite``) and, when asked, sign it.
+
+Where FER+ votes exist for the validation faces (:func:`train_export.data.ferplus.truths_for`), every figure is
+against the FER+ majority, with the FER2013 labels' figures beside them.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ import numpy as np
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest
 from edge.preprocess import normalize
+from edge.runtime.classify.calibration import temperature_scale
 from train_export import progress
+from train_export.analysis.calibration import crossfit_ece, expected_calibration_error, fit_temperature
 from train_export.analysis.evaluate import (
+    LoadedModel,
+    Truth,
     evaluate,
     from_classifier,
     keras_labels,
@@ -31,6 +39,7 @@ from train_export.analysis.evaluate import (
     run_hparams,
     write_report,
 )
+from train_export.data.ferplus import truths_for
 from train_export.data.load import FaceData, load_dataset
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,27 @@ def representative_faces(data: FaceData, n: int, seed: int = 0) -> np.ndarray:
     return normalize(data.x[np.sort(idx)])[..., None]
 
 
+def calibrate(model: LoadedModel, faces: np.ndarray, truth: Truth) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fit the temperature of ``model``'s probabilities on the ``truth`` faces.
+
+    Returns the manifest's ``calibration`` block and the figures: the ECE before, after (fitted and scored on
+    the same faces, as shipped), and cross-fitted (each half scaled by a temperature fitted on the other half:
+    what a face the temperature never saw can expect).
+    """
+    probs = model.predict(faces[truth.rows])
+    temperature = fit_temperature(probs, truth.y)
+    figures = {
+        "temperature": round(temperature, 4),
+        "ece_uncalibrated": expected_calibration_error(probs, truth.y),
+        "ece": expected_calibration_error(temperature_scale(probs, temperature), truth.y),
+        "ece_crossfit": crossfit_ece(probs, truth.y),
+    }
+    log.info("calibration: temperature %.3f, ECE %.4f -> %.4f (cross-fitted %.4f) on %d faces (%s)", temperature,
+             figures["ece_uncalibrated"], figures["ece"], figures["ece_crossfit"], len(truth.y), truth.name)
+    return {"method": "temperature", "temperature": round(temperature, 4),
+            "fitted_on": f"{len(truth.y)} validation faces, {truth.name}"}, figures
+
+
 def default_reports_dir(bundle_dir: Path) -> Path:
     """``<bundle>.reports`` beside the bundle folder, so the bundle holds only what the device loads."""
     return bundle_dir.parent / f"{bundle_dir.name}.reports"
@@ -109,8 +139,11 @@ def export_model(
     tta: bool = False,
     strict: bool = False,
     seed: int = 0,
+    ferplus: Path | str | None = None,
 ) -> ExportResult:
-    """Convert, evaluate, gate and package a ``.keras`` model; see the module docstring.
+    """Convert, evaluate, gate, calibrate and package a ``.keras`` model; see the module docstring.
+
+    ``ferplus`` names the FER+ votes of the validation rows (default: ``ferplus.npz`` beside ``val_source``).
 
     Raises:
         ExportRefused: int8 accuracy is more than ``margin_pp`` points below float (nothing is written).
@@ -144,6 +177,7 @@ def export_model(
         steps.set_postfix_str("loading the data")
         train = load_dataset(train_source, labels=labels, split="train", strict=strict, input_size=size)
         val = load_dataset(val_source, labels=labels, split="val", strict=strict, input_size=size)
+        truths = truths_for(val, "val", ferplus)
         rep = representative_faces(train, rep_size, seed)
         steps.update()
         steps.set_postfix_str(f"int8 conversion, {len(rep)} calibration faces")
@@ -163,18 +197,20 @@ def export_model(
         reports = {}
         for name, m in models.items():
             steps.set_postfix_str(f"evaluating {name} on {len(val)} faces")
-            reports[name] = evaluate(m, val.x, val.y, tta=tta)
+            reports[name] = evaluate(m, val.x, truths, tta=tta)
             steps.update()
     int8_acc, float_acc = reports["int8"]["accuracy"], reports["float"]["accuracy"]
     gap_pp = 100.0 * (float_acc - int8_acc)
     if gap_pp > margin_pp:
         raise ExportRefused(
             f"int8 accuracy {100 * int8_acc:.2f}% is {gap_pp:.2f} pp below float {100 * float_acc:.2f}% on "
-            f"{val.source} ({len(val)} faces), more than the allowed {margin_pp} pp; nothing written "
+            f"{val.source} ({reports['int8']['n']} faces, {truths[0].name}), more than the allowed {margin_pp} pp; "
+            "nothing written "
             "(retrain, e.g. with ReLU6 or more calibration faces via --rep-size, or raise --margin-pp)",
             reports,
         )
 
+    calibration, calibrated = calibrate(models["int8"], val.x, truths[0])
     r8 = reports["int8"]
     metrics: dict[str, Any] = {
         "accuracy": r8["accuracy"],
@@ -186,7 +222,12 @@ def export_model(
         "keras_accuracy": reports["keras"]["accuracy"],
         "int8_gap_pp": round(gap_pp, 3),
         "data": val.source,
+        "truth": truths[0].name,
+        **calibrated,
     }
+    if "label_sets" in r8:
+        metrics["label_sets"] = {k: {f: v[f] for f in ("accuracy", "macro_f1", "n")}
+                                 for k, v in r8["label_sets"].items()}
     if tta:
         metrics["tta_flip_accuracy"] = r8["tta_flip"]["accuracy"]
     best_json = model_path.parent / "best.json"
@@ -202,7 +243,7 @@ def export_model(
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     model_id = model_id or f"{hparams.get('model', model.name)}-w{hparams.get('width', 1)}-{stamp}"
     manifest = write_bundle(out_dir, int8_bytes, labels, prep, model_id, metrics=metrics, training=training,
-                            architecture=architecture)
+                            architecture=architecture, calibration=calibration)
     load_bundle(out_dir)  # what the device will do: fail here rather than on the Pi
     # The bundle's own files only: the folder may also hold a README, reports or a confusion matrix.
     bundle_bytes = sum((out_dir / n).stat().st_size for n in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
@@ -216,7 +257,8 @@ def export_model(
     report = {**{k: r8[k] for k in ("accuracy", "macro_f1", "n", "per_class", "confusion", "labels")},
               "model_id": model_id, "bundle": str(out_dir), "bundle_bytes": bundle_bytes,
               "model_bytes": (out_dir / MODEL_FILE).stat().st_size, "float_model_bytes": len(float_bytes),
-              "int8_gap_pp": round(gap_pp, 3), "margin_pp": margin_pp, "data": val.describe(), "models": reports}
+              "int8_gap_pp": round(gap_pp, 3), "margin_pp": margin_pp, "data": val.describe(), "models": reports,
+              "truth": truths[0].name, "calibration": {**calibration, **calibrated}}
     write_report(report, reports_dir / "evaluation.json")
     plot_confusion(r8["confusion"], labels, reports_dir / "confusion.png",
                    title=f"{model_id} int8 on {Path(val.source).name}: acc {100 * int8_acc:.1f}%")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.runtime.classify.calibration import temperature_scale
 from train_export import progress
 from train_export.analysis.evaluate import LoadedModel, predict_with_tta, scores
 from train_export.data.load import DataError, FaceData
@@ -32,13 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Re-normalised ``probs ** (1 / T)``, i.e. ``softmax(log(probs) / T)``: T > 1 flattens, T = 1 keeps."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    logp = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    """Re-normalised ``probs ** (1 / T)``, i.e. ``softmax(log(probs) / T)``: T > 1 flattens, T = 1 keeps (float32)."""
+    return temperature_scale(probs, temperature).astype(np.float32)
 
 
 def teacher_soft_labels(

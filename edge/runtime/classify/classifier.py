@@ -6,7 +6,9 @@ the interpreter's own input quantization, and run as one batch (the input tensor
 that refuse the resize fall back to one face at a time). Two options change what a face gives: eye-level
 alignment (the crop is turned so the detector's two eye keypoints are level, :func:`edge.preprocess.crop_face`)
 and the class-prior correction (logit adjustment: ``log p(y|x) - tau * log prior(y)``, with the training set's
-class frequencies from the manifest), which trades overall accuracy for the recall of rare classes.
+class frequencies from the manifest), which trades overall accuracy for the recall of rare classes. A bundle's
+calibration (its manifest's temperature, :mod:`edge.runtime.classify.calibration`) is always applied, so the
+probabilities every consumer sees mean what they say.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
 from edge.preprocess import Point, Preprocessing, crop_face, quantize_input
+from edge.runtime.classify.calibration import temperature_scale
 from edge.runtime.classify.interpreter import make_interpreter
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class Classifier:
         self.manifest, model_path = load_bundle(self.bundle_dir)
         self.prep: Preprocessing = self.manifest.prep()
         self.flip_tta = flip_tta
+        calibration = self.manifest.calibration
+        self.temperature = calibration.temperature if calibration is not None else 1.0
         self.align_eyes = align_eyes
         self.prior_correction = float(prior_correction)
         self._prior_weights = self._prior_weights_for(self.prior_correction)
@@ -76,8 +81,9 @@ class Classifier:
         self._can_resize = True
         self._smoke_test()
         log.info(
-            "classifier: model %s (%d labels) on %s, %d thread(s)%s%s%s",
-            self.model_id, len(self.labels), self.runtime, threads, ", flip TTA" if flip_tta else "",
+            "classifier: model %s (%d labels) on %s, %d thread(s)%s%s%s%s",
+            self.model_id, len(self.labels), self.runtime, threads,
+            f", temperature {self.temperature:g}" if self.temperature != 1.0 else "", ", flip TTA" if flip_tta else "",
             ", eye alignment" if align_eyes else "",
             f", prior correction {self.prior_correction:g}" if self._prior_weights is not None else "",
         )
@@ -199,6 +205,7 @@ class Classifier:
         probs = self._dequantize(self._invoke(self._quantize(faces)))
         if self.flip_tta:
             probs = (probs[:n] + probs[n:]) / 2.0
+        probs = temperature_scale(probs, self.temperature)
         if self._prior_weights is not None:
             probs = probs * self._prior_weights
             probs /= probs.sum(axis=1, keepdims=True)
