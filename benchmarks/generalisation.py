@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from crop_calibration import place
 from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, load_data
+from peer_fer import PeerError, add_truth_flag, load_data
 from prior_correction import DEFAULT_TAUS, best_tau, predict, scores, tau_predictions
 from robustness import CORRUPTIONS, corrupt
 
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the variants' random parts and of --limit")
     p.add_argument("--upscale", type=int, default=4, help="device path: face upsampling onto the canvas (48 -> 192 px)")
     p.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
+    add_truth_flag(p)
     return p
 
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = ["clean", *[n for n in CORRUPTIONS if n != "clean" and (args.only is None or n in args.only)]]
     try:
-        x, y = load_data(args.data, None)
+        x, y = load_data(args.data, None, args.truth)
         if args.limit is not None and args.limit < len(x):
             keep = np.sort(np.random.default_rng(args.seed).permutation(len(x))[: args.limit])
             x, y = x[keep], y[keep]

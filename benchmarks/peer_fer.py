@@ -85,8 +85,17 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(f1.mean())
 
 
-def load_data(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Faces ``x`` (N x 48 x 48 uint8) and labels ``y`` (FER order) from an ``.npz``."""
+#: What ``load_data``'s labels are: ``auto`` is the FER+ majority where ``ferplus.npz`` lies beside the data
+#: (its ``val.npz`` or ``train.npz``), else the archive's own ``y``.
+TRUTHS = ("auto", "ferplus", "fer2013")
+
+
+def load_data(path: Path, limit: int | None, truth: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Faces ``x`` (N x 48 x 48 uint8) and labels ``y`` (FER order) from an ``.npz``.
+
+    With FER+ votes (``truth`` "ferplus", or "auto" where they lie beside the archive) only the faces with a
+    FER+ majority are kept and ``y`` is that majority (:func:`train_export.data.ferplus.majority_labels`).
+    """
     if not path.is_file():
         raise PeerError(f"data file {path} not found; pass --data FILE.npz with arrays x (N x 48 x 48 uint8) and y")
     with np.load(path) as data:
@@ -97,9 +106,32 @@ def load_data(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
         raise PeerError(f"{path}: expected x N x 48 x 48 uint8 and y of the same length, got {x.dtype} {x.shape}, {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= len(FER_LABELS)):
         raise PeerError(f"{path}: labels must be 0..{len(FER_LABELS) - 1} in FER order {FER_LABELS}")
+    if truth != "fer2013":
+        from train_export.data.ferplus import SPLIT_ARRAYS, ferplus_beside, load_votes, majority_labels
+        from train_export.data.load import DataError
+
+        votes_file, split = ferplus_beside(path), path.stem
+        if votes_file is not None and split in SPLIT_ARRAYS:
+            try:
+                majority, keep = majority_labels(load_votes(votes_file, split), list(FER_LABELS))
+            except DataError as exc:
+                raise PeerError(str(exc)) from None
+            if len(majority) != len(y):
+                raise PeerError(f"{votes_file} has votes for {len(majority)} faces, {path} has {len(y)}")
+            x, y = x[keep], majority[keep]
+            log.info("labels: the FER+ majority of %s (%d faces)", votes_file, len(y))
+        elif truth == "ferplus":
+            raise PeerError(f"--truth ferplus needs ferplus.npz beside {path} (and the archive named train.npz or val.npz)")
     if limit:
         x, y = x[:limit], y[:limit]
     return x, y
+
+
+def add_truth_flag(parser: argparse.ArgumentParser) -> None:
+    """``--truth``: which labels score the faces (see :data:`TRUTHS`)."""
+    parser.add_argument("--truth", choices=TRUTHS, default="auto",
+                        help="labels to score against: the FER+ majority where ferplus.npz is beside --data "
+                             "(auto, the default), or FER2013's own (fer2013)")
 
 
 def evaluate(
@@ -248,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-n", type=int, default=MIN_LATENCY_CALLS, help=f"timed single-face calls per model, at least {MIN_LATENCY_CALLS}")
     p.add_argument("--fer", choices=("both", "keras", "tflite", "none"), default="both", help="which fer model(s) to run")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    add_truth_flag(p)
     return p
 
 
@@ -274,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: list[Result] = []
     try:
-        x, y = load_data(args.data, args.limit)
+        x, y = load_data(args.data, args.limit, args.truth)
         bundle = _bundle_or_none(args.model)
         if args.fer != "none":
             hdf5, tflite = fer_files()

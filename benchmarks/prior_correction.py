@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, load_data, macro_f1
+from peer_fer import PeerError, add_truth_flag, load_data, macro_f1
 
 from edge.bundle import FER_LABELS, BundleError, default_bundle_dir
 from edge.runtime.classify.classifier import Classifier
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="comma-separated strengths to try")
     p.add_argument("--limit", type=int, default=None, help="use only the first N faces (val.npz is sorted by class)")
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    add_truth_flag(p)
     return p
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.model or default_bundle_dir()
     try:
         taus = parse_taus(args.taus)
-        x, y = load_data(args.data, args.limit)
+        x, y = load_data(args.data, args.limit, args.truth)
         preds = tau_predictions(bundle, x, taus)
     except (PeerError, BundleError, RuntimeMissing, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

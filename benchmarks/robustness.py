@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, fer_files, fer_input, load_data, macro_f1
+from peer_fer import PeerError, add_truth_flag, fer_files, fer_input, load_data, macro_f1
 
 from edge.bundle import FER_LABELS, BundleError, default_bundle_dir
 from edge.preprocess import resize_face
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random parts (noise, roll side, shift direction)")
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     p.add_argument("--png", type=Path, default=None, help="also draw the accuracies as a bar chart (needs matplotlib)")
+    add_truth_flag(p)
     return p
 
 
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = ["clean", *[n for n in CORRUPTIONS if n != "clean" and (args.only is None or n in args.only)]]
     try:
-        x, y = load_data(args.data, args.limit)
+        x, y = load_data(args.data, args.limit, args.truth)
         models = [bundle_model(b) for b in (args.model or [default_bundle_dir()])]
         if args.fer:
             models.append(fer_tflite_model())

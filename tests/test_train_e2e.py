@@ -111,6 +111,10 @@ def test_export_writes_a_bundle_that_edge_accepts(bundle):
     report = json.loads((reports / "evaluation.json").read_text())
     assert set(report["models"]) == {"int8", "float", "keras"}
     assert report["accuracy"] == m["accuracy"]
+    # Calibrated on the val faces: the device applies the temperature, the metrics say what it did.
+    assert manifest.calibration is not None and manifest.calibration.temperature > 0
+    assert m["truth"] == "labels" and m["temperature"] == manifest.calibration.temperature
+    assert 0 <= m["ece"] <= m["ece_uncalibrated"] + 1e-9 and 0 <= m["ece_crossfit"] <= 1
 
 
 def test_int8_and_float_agree_and_learned(bundle, data):
@@ -482,3 +486,43 @@ def test_soup_averages_two_models_of_one_architecture(workdir, run_dir, data, ca
                "--out", str(shifted_dir)])
     assert rc == 2 and "would overwrite the input model" in capsys.readouterr().err
     assert (shifted_dir / "best.keras").read_bytes() == before  # the input model is untouched
+
+
+def test_training_on_crowd_votes_and_an_export_scored_against_their_majority(workdir):
+    """--label-source ferplus: the vote shares are the targets, the majority picks the best epoch and scores the
+    bundle, and the archive's own labels are reported beside it."""
+    from train_export.data.ferplus import FERPLUS_COLUMNS
+
+    rng = np.random.default_rng(5)
+    folder = workdir / "ferplus_data"
+    folder.mkdir()
+    for split, n in (("train", 20), ("val", 6)):
+        x, y, votes = [], [], []
+        for k, name in enumerate(FER_LABELS):
+            for _ in range(n):
+                face = rng.integers(40, 120, (48, 48)).astype(np.uint8)
+                face[4 + 6 * k : 10 + 6 * k, 8:40] = 230
+                x.append(face)
+                y.append(k)
+                row = np.zeros(len(FERPLUS_COLUMNS), np.uint8)
+                row[FERPLUS_COLUMNS.index(name)] = 7
+                row[rng.integers(len(FERPLUS_COLUMNS))] += 3
+                votes.append(row)
+        np.savez(folder / f"{split}.npz", x=np.stack(x), y=np.array(y))
+        np.save(folder / f"{split}_votes.npy", np.stack(votes))
+    np.savez(folder / "ferplus.npz", train_votes=np.load(folder / "train_votes.npy"),
+             val_votes=np.load(folder / "val_votes.npy"))
+    run = workdir / "ferplus_run"
+    rc = main(["train", "--train", str(folder / "train.npz"), "--val", str(folder / "val.npz"), "--run-dir", str(run),
+               "--log-lines", "--label-source", "ferplus", "--model", "mini_xception", "--width", "0.5", "--epochs", "2",
+               "--batch-size", "8", "--input-size", "24", "--label-smoothing", "0", "--camera-prob", "0"])
+    assert rc == 0 and json.loads((run / "hparams.json").read_text())["label_source"] == "ferplus"
+    out = workdir / "ferplus_bundle"
+    rc = main(["export", "--model", str(run / "best.keras"), "--out", str(out), "--train", str(folder / "train.npz"),
+               "--val", str(folder / "val.npz"), "--rep-size", "32", "--margin-pp", "100"])
+    assert rc == 0
+    manifest, _ = load_bundle(out)
+    m = manifest.metrics
+    assert m["truth"] == "ferplus_majority" and set(m["label_sets"]) == {"ferplus_majority", "fer2013"}
+    assert m["label_sets"]["fer2013"]["n"] == 42 and m["n"] == m["label_sets"]["ferplus_majority"]["n"] <= 42
+    assert manifest.calibration is not None and "ferplus_majority" in manifest.calibration.fitted_on

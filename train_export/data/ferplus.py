@@ -144,10 +144,10 @@ def truths_for(data: FaceData, split: str, votes_path: Path | str | None = None)
     """
     from train_export.analysis.evaluate import Truth
 
-    own = Truth.every(data.y, "fer2013" if Path(data.source).name in ("train.npz", "val.npz") else "labels")
     path = Path(votes_path) if votes_path else ferplus_beside(data.source)
     if path is None or split not in SPLIT_ARRAYS:
-        return [own]
+        return [Truth.every(data.y, "labels")]
+    own = Truth.every(data.y, "fer2013")  # FER+ re-tagged FER2013: the archive's own labels are FER2013's
     votes = load_votes(path, split)
     if len(votes) != len(data):
         log.info("%s: %d faces, %d FER+ vote rows: scoring against the data's own labels only", data.source,
