@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +349,35 @@ def test_generalisation_scores_every_configuration_through_the_device_path(monke
     assert "eye-line roll on" in out and "| roll 30° |" in out
     assert gen.main(["--model", str(tmp_path / "absent"), "--data", str(tmp_path / "faces.npz")]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_calibration_benchmark_reports_the_device_temperature(monkeypatch, tiny_bundle, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import calibration
+
+    from edge.runtime.classify.calibration import temperature_scale
+    from edge.runtime.classify.classifier import Classifier
+
+    bundle = tmp_path / "calibrated"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"] = {"method": "temperature", "temperature": 0.25, "fitted_on": "test"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    rng = np.random.default_rng(4)
+    x, labels = rng.integers(0, 256, (40, 48, 48), dtype=np.uint8), rng.integers(0, 7, 40)
+    np.savez(tmp_path / "faces.npz", x=x, y=labels)
+    assert calibration.main(["--model", str(bundle), "--data", str(tmp_path / "faces.npz"), "--json",
+                             str(tmp_path / "c.json"), "--png", str(tmp_path / "c.png")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())[0]
+    raw = Classifier(tiny_bundle).classify_faces(x)
+    from train_export.analysis.calibration import expected_calibration_error
+
+    assert result["temperature"] == 0.25 and result["n"] == 40
+    assert result["ece_raw"] == pytest.approx(expected_calibration_error(raw, labels))
+    assert result["ece_calibrated"] == pytest.approx(expected_calibration_error(temperature_scale(raw, 0.25), labels))
+    shares = [t["uncertain_share"] for t in result["thresholds"]]
+    assert shares == sorted(shares)  # a higher threshold never names more faces
+    assert "| uncertain_below |" in capsys.readouterr().out and (tmp_path / "c.png").stat().st_size > 1000
+    assert calibration.main(["--data", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1
