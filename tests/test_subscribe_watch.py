@@ -193,7 +193,8 @@ def test_twenty_devices_are_one_line_each_when_they_do_not_fit():
     st = _fleet(20, now)
     text = _text(st, now, width=110, height=40)  # 20 full blocks are ~300 lines
     lines = text.splitlines()
-    assert lines[0] == "20 devices · 19 online · 2 in trouble · 38 faces in view"  # room-03's face is stale
+    # room-03's face is stale, room-07 is offline: neither counts as a face in view.
+    assert lines[0] == "20 devices · 19 online · 2 in trouble · 36 faces in view"
     assert lines[1].split() == ["device", "link", "state", "age", "fps", "faces", "emotion", "confidence", "cpu",
                                 "°C", "outbox", "dropped", "health"]
     rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
@@ -201,6 +202,8 @@ def test_twenty_devices_are_one_line_each_when_they_do_not_fit():
     assert all(len(line) <= 110 for line in lines)
     assert rows["room-05"].split()[:7] == ["room-05", "online", "running", "0.5s", "9.5", "3", "angry"]
     assert rows["room-07"].split()[1] == "offline" and rows["room-07"].rstrip().endswith("offline")
+    # Its retained status still says running at 9.5 fps; the Last Will decides what is shown.
+    assert rows["room-07"].split()[2] == "offline" and rows["room-07"].split()[4:6] == ["0.0", "0"]
     assert rows["room-03"].rstrip().endswith("silent for 60s") and "1m00s" in rows["room-03"]
     assert "45.0" in rows["room-05"] and " 5 " in rows["room-05"]  # CPU temperature, outbox backlog
     # A few devices that fit get the full view; --compact asks for lines anyway.

@@ -400,7 +400,6 @@ class Daemon:
             self._send_summary(time.monotonic())
         # Retained: a stopped device must not keep saying someone is there, or what they felt.
         self._plain.refresh(None, 0, self.pause.paused)
-        self._reset_fps()
         self.emotions.clear()
         self.state = "stopping"
         self._send_status()

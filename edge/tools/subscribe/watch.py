@@ -146,7 +146,7 @@ class WatchView:
         head.append(v.device, style="bold")
         head.append("  ")
         head.append(f"[{v.availability}]", style=_LINK_STYLE.get(v.availability, "yellow"))
-        if v.shown_state:
+        if v.state:  # an offline device's [offline] tag above already says what its state is now
             head.append(f"  state={v.shown_state}", style="yellow" if v.shown_state != "running" else "")
         head.append("  age ")
         head.append(format_age(age), style=_age_style(age, self.stale_after_s))
