@@ -124,7 +124,9 @@ def test_watch_without_rich_says_what_to_install():
     code = ("import sys; sys.modules['rich'] = None; from edge.cli import main; "
             "sys.exit(main(['watch', '--once', '--mqtt-port', '1']))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr == "error: watch needs rich: pip install 'emotion-edge[subscribe]'\n", r.stderr
+    assert r.returncode == 2 and r.stderr == ("error: watch needs rich: from a checkout: pip install -e '.[subscribe]' "
+                                              "(or from a built wheel: pip install "
+                                              "'dist/emotion_edge-VERSION-py3-none-any.whl[subscribe]')\n"), r.stderr
 
 
 def test_watch_rejects_multi_level_device_filter():

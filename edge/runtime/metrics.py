@@ -39,7 +39,7 @@ from edge.protocol.envelope import SCHEMA_VERSION
 from edge.protocol.topics import NO_EMOTION
 from edge.runtime.homeassistant import DAEMON_STATES
 from edge.runtime.track import UNCERTAIN
-from edge.version import package_version
+from edge.version import install_hint, package_version
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,8 @@ class MetricsServer:
             from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
         except ImportError:
             raise MetricsUnavailable(
-                "metrics.enabled = true needs the prometheus-client package: pip install 'emotion-edge[edge]' "
-                "(or pip install prometheus-client), or set metrics.enabled = false") from None
+                f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+                "or pip install prometheus-client; or set metrics.enabled = false") from None
         self.daemon = daemon
         self.host, self.port = config.metrics.host, config.metrics.port
         self.registry = CollectorRegistry()

@@ -10,7 +10,7 @@ Labels are whatever the payloads carry (the model's), never a fixed list. A data
 (``double precision`` times, ``text`` payloads) is converted in place when a recorder opens it. With the
 TimescaleDB extension created in the database, ``messages`` becomes a hypertable on ``ts``. Each message is its
 own transaction (autocommit), so it is committed before the recorder acknowledges it to the broker. Driver: psycopg 3
-(``pip install 'emotion-edge[postgres]'``). The password never goes into the URL on the command line: libpq
+(from a checkout: ``pip install -e '.[postgres]'``). The password never goes into the URL on the command line: libpq
 reads it from ``$PGPASSWORD`` or ``~/.pgpass``.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from edge.tools.subscribe.store.base import SCHEMA_VERSION, Recording, StoreError, is_database_url
+from edge.version import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class PostgresRecording(Recording):
         try:
             import psycopg
         except ImportError:
-            raise StoreError("PostgreSQL recordings need the psycopg driver: pip install 'emotion-edge[postgres]' "
+            raise StoreError(f"PostgreSQL recordings need the psycopg driver: {install_hint('postgres')} "
                              "(or psycopg[binary])") from None
         self._psycopg = psycopg
         self.url = target
