@@ -222,3 +222,14 @@ def test_colour_on_a_terminal_only():
     assert "\x1b[" not in plain and "\x1b[" in coloured
     assert "\x1b[1;32monline" in coloured  # availability in bold green
     assert "38;2;214;39;40m" in coloured  # the emotion in its chart colour (angry #d62728)
+
+
+def test_a_paused_device_shows_fps_0_even_from_an_older_daemons_status():
+    """A status that still carries the last rate while paused (an older daemon's): no frame is processed, so 0."""
+    st = FeedState("emotion", stale_s=5)
+    now = 1000.0
+    st.update("emotion/pi1/availability", b"online", now)
+    st.update("emotion/pi1/status", _msg("status", 1, {**status_body(state="paused"), "paused": True}, ts=now), now)
+    assert status_body()["fps"] > 0
+    text = _text(st, now + 1, width=120)
+    assert "pi1  [online]  state=paused" in text and "fps=0.0" in text, text
