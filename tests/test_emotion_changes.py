@@ -9,7 +9,7 @@ import numpy as np
 
 from edge.protocol.envelope import make_envelope
 from edge.runtime.emotions import MAX_CHANGES_PER_S, MIN_CHANGE_INTERVAL_S, EmotionWatch
-from edge.runtime.track import Tracker
+from edge.runtime.track import Tracker, iou
 from tests.mqtt_support import validator
 
 LABELS = ["calm", "joy", "anger"]  # not the FER labels: nothing may depend on them
@@ -84,3 +84,60 @@ def test_a_new_model_brings_its_labels_and_keeps_the_counters():
     watch.set_labels(["x", "joy"])
     assert watch.labels == ["x", "joy"] and watch.counts["joy"] == 4 and watch.counts["x"] == 0
     assert watch.dominant == "none"
+
+
+def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
+    """The real pipeline (demo frame, BlazeFace, the shipped int8 model): one face, seen first as it is and then
+    with its pixels altered in place (same box, so the same track), gives one schema-valid ``emotion_change``
+    with the emotions the model reported for each frame."""
+    import cv2
+
+    from edge.config import Config
+    from edge.runtime.capture.base import Frame
+    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.daemon import Daemon
+    from tests.test_edge_daemon import ListSink
+
+    def config(uncertain_below: float) -> Config:
+        return Config.model_validate({
+            "device": {"id": "test-dev", "state_dir": str(tmp_path / "state")},
+            "mqtt": {"status_interval_s": 60, "summary_interval_s": 60},
+            "tracking": {"smoothing": 1.0, "uncertain_below": uncertain_below}})
+
+    image = DemoSource(faces=1, vanish=False).read().image
+    variants = [cv2.flip(image, 1), cv2.convertScaleAbs(image, alpha=0.5, beta=60), cv2.GaussianBlur(image, (9, 9), 4),
+                cv2.convertScaleAbs(image, alpha=1.6, beta=-60)]
+    probe = Daemon(config(0.0))
+    try:
+        def top(img):
+            dets = probe.detector.detect(img)
+            assert len(dets) == 1
+            _, probs = probe.models.classify(img, [d.box for d in dets], [d.eyes for d in dets])
+            return dets[0].raw_box, int(np.argmax(probs[0])), float(np.max(probs[0]))
+
+        box, label, conf = top(image)
+        for other in variants:
+            other_box, other_label, other_conf = top(other)
+            same_place = iou(box, other_box) >= config(0.0).tracking.iou_threshold
+            if same_place and (other_label != label or abs(other_conf - conf) > 0.02):
+                break
+        else:
+            raise AssertionError("no variant of the demo face changed the model's answer in place")
+        labels = probe.classifier.labels
+    finally:
+        probe.close()
+    # Either the label differs, or one frame is reported "uncertain": a threshold between the two confidences.
+    threshold = 0.0 if other_label != label else (conf + other_conf) / 2
+    d, sink = Daemon(config(threshold)), ListSink()
+    d.attach_sink(sink)
+    try:
+        for i, img in enumerate((image, image, other, other)):
+            d.process_frame(Frame(img, i, 1000.0 + i))
+    finally:
+        d.close()
+    [event] = sink.of("events", "emotion_change")
+    expected = [labels[label] if conf >= threshold else "uncertain",
+                labels[other_label] if other_conf >= threshold else "uncertain"]
+    assert [event["previous_emotion"], event["emotion"]] == expected
+    assert event["track_id"] == sink.of("events", "track_start")[0]["track_id"]
+    assert abs(event["confidence"] - other_conf) < 1e-3
