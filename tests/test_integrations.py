@@ -164,8 +164,22 @@ def test_node_red_flow_runs_against_the_broker(broker, tmp_path):
 
 
 # --- Telegraf -------------------------------------------------------------------------------------------------
-def _telegraf() -> dict[str, Any]:
-    return tomllib.loads(TELEGRAF.read_text())
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Telegraf's ``${VAR:-default}`` expansion (done before it parses the file)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+
+
+def _telegraf(env: dict[str, str] | None = None) -> dict[str, Any]:
+    return tomllib.loads(_expand(TELEGRAF.read_text(), env or {}))
+
+
+def test_telegraf_reads_the_topic_prefix_from_one_place():
+    text = TELEGRAF.read_text()
+    assert "emotion/" not in re.sub(r"#.*", "", text), "no topic spelled out: all from EMOTION_TOPIC_PREFIX"
+    conf = _telegraf({"EMOTION_TOPIC_PREFIX": "upstairs"})
+    for c in conf["inputs"]["mqtt_consumer"]:
+        (topic,) = c["topics"]
+        assert topic.startswith("upstairs/+/") and c["topic_parsing"][0]["topic"] == topic
 
 
 def telegraf_fields() -> dict[str, set[str]]:
