@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = check_state_dir(cfg)  # said once here, instead of a failed write on every frame
     if problem:
         raise ConfigError(problem)
+    log.info("state folder %s (outbox, seq counter, pause, pushed models)", cfg.state_dir_path())
     from edge.runtime.capture.base import SourceError, SourceFatal
     from edge.runtime.daemon import Daemon
     from edge.runtime.publish import choose_sink

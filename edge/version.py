@@ -14,3 +14,10 @@ def package_version() -> str:
         return metadata.version("emotion-edge")
     except Exception:  # PackageNotFoundError, or broken metadata
         return "0+unknown"
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional dependency group (``extra`` of pyproject.toml): emotion-edge is not on a public
+    package index, so from a checkout or from a wheel built from one."""
+    return (f"from a checkout: pip install -e '.[{extra}]' (or from a built wheel: "
+            f"pip install 'dist/emotion_edge-VERSION-py3-none-any.whl[{extra}]')")

@@ -23,7 +23,7 @@ from edge.tools.dashboard.feed import OVERLAP_ROWS, DashboardFeed, device_json
 from edge.tools.dashboard.server import Dashboard
 from edge.tools.subscribe.view import FeedState
 from tests.browser import Browser, chromium_available
-from tests.mqtt_support import faces_body, sink_config, status_body, summary_body, wait_until
+from tests.mqtt_support import Collector, faces_body, sink_config, status_body, summary_body, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 STATIC = REPO / "edge" / "tools" / "dashboard" / "static"
@@ -216,6 +216,26 @@ def test_page_in_headless_chromium_shows_the_demo_devices_and_their_numbers_chan
             if os.environ.get("DASHBOARD_SCREENSHOT"):  # how docs/dashboard.png is made: a longer timeline first
                 time.sleep(float(os.environ.get("DASHBOARD_SCREENSHOT_WAIT", "60")))
                 page.screenshot(Path(os.environ["DASHBOARD_SCREENSHOT"]))
+            # A crash: the Last Will says offline, and the card says so whatever its retained status still says.
+            kitchen = card.format("kitchen")
+            pauser = Collector(broker, topic="unused/x", client_id="pauser").start()
+            pauser.client.publish("emotion/kitchen/command", '{"command":"publish_status"}', qos=1).wait_for_publish(5)
+            page.wait_for(f"+{kitchen}.querySelector('[data-k=fps]').textContent > 0", timeout=40)
+            daemons[1].kill()
+            page.wait_for(f"{kitchen}.querySelector('[data-k=fps]').textContent === '0.0' && "
+                          f"{kitchen}.innerText.includes('nobody in view')", timeout=40)
+            text = page.evaluate(f"{kitchen}.innerText")
+            assert "offline" in text and "running" not in text, text
+            # Paused with the plain switch: the card shows fps 0.
+            pauser.client.publish("emotion/hallway/paused/set", "ON", qos=1).wait_for_publish(5)
+            pauser.stop()
+            page.wait_for(f"{hall}.querySelector('[data-k=fps]').textContent === '0.0' && "
+                          f"{hall}.innerText.includes('paused')", timeout=40)
+            # The footer's counts agree with the cards: the faces shown, and the updates that showed them.
+            page.wait_for("document.querySelectorAll('.faces .row').length === 0", timeout=40)
+            fleet = page.evaluate("document.getElementById('fleet').textContent")
+            assert fleet.endswith(" 0 faces in view") and "1 in trouble" in fleet, fleet
+            assert int(page.evaluate("document.getElementById('updates').dataset.updates")) > 0
     finally:
         dash.terminate()
         for d in daemons:

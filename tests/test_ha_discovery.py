@@ -107,12 +107,13 @@ def test_the_device_config_follows_home_assistants_rules():
                                 "payload_not_available": "offline"}]
     cmps = payload["cmps"]
     expected = {"dominant_emotion", "face_count", *(f"prob_{lab}" for lab in LABELS), "presence", "privacy",
-                "publish_status", "reload_model", "track", "fps", "cpu_temperature", "state", "outbox_pending",
+                "publish_status", "reload_model", "track", "emotion_change", "fps", "cpu_temperature", "state", "outbox_pending",
                 "model"}
     assert set(cmps) == {f"emotion_edge_kitchen_{name}" for name in expected}
     for cid, comp in cmps.items():
-        # The component key, unique_id and object id are one; default_entity_id is the platform's entity id of it.
-        assert comp["unique_id"] == comp["object_id"] == cid
+        # The component key and unique_id are one; default_entity_id is the platform's entity id of it. No
+        # object_id: deprecated in Home Assistant 2025.10 and no longer honoured from 2026.4.
+        assert comp["unique_id"] == cid and "object_id" not in comp
         assert comp["default_entity_id"] == f"{comp['platform']}.{cid}"
         assert comp["qos"] == 1 and comp["name"]
     # The old unique ids stay, so Home Assistant keeps their entity registry entries.
@@ -130,10 +131,15 @@ def test_the_device_config_follows_home_assistants_rules():
     assert presence["platform"] == "binary_sensor" and presence["device_class"] == "occupancy"
     assert presence["state_topic"] == "emo/kitchen/state/presence"
     privacy = cmps["emotion_edge_kitchen_privacy"]
-    assert privacy["command_topic"] == "emo/kitchen/command" and privacy["state_topic"] == "emo/kitchen/state/paused"
-    assert json.loads(privacy["payload_on"]) == {"command": "pause"}
-    assert json.loads(privacy["payload_off"]) == {"command": "resume"}
+    assert privacy["command_topic"] == "emo/kitchen/paused/set" and privacy["state_topic"] == "emo/kitchen/state/paused"
+    assert (privacy["payload_on"], privacy["payload_off"]) == ("ON", "OFF")
     assert cmps["emotion_edge_kitchen_track"]["event_types"] == ["track_start", "track_end"]
+    assert cmps["emotion_edge_kitchen_emotion_change"]["event_types"] == ["emotion_change"]
+    faces = cmps["emotion_edge_kitchen_face_count"]
+    assert faces["state_topic"] == "emo/kitchen/state/face_count" and "value_template" not in faces
+    # Every label has its probability sensor, disabled until the user enables it; nothing else is disabled.
+    assert {cid for cid, c in cmps.items() if c.get("enabled_by_default") is False} == {
+        f"emotion_edge_kitchen_prob_{lab}" for lab in LABELS}
     assert cmps["emotion_edge_kitchen_state"]["options"] == list(DAEMON_STATES)
     custom = discovery_message(_config(discovery_prefix="ha", support_url="https://example.org/help"), ["a", "b"])
     assert custom[0] == "ha/device/emotion_edge_kitchen/config"
@@ -187,7 +193,6 @@ def test_templates_read_real_messages():
     assert render(tpl("dominant_emotion"), {**busy, "dominant_emotion": "bored"}) == "none"
     assert json.loads(render(tpl("dominant_emotion", "json_attributes_template"), busy)) == {
         "window_s": 10.0, "frames": 100, "faces_mean": 1.0}
-    assert render(tpl("face_count"), busy) == "1" and render(tpl("face_count"), empty) == "0"
     assert render(tpl("prob_happy"), busy) == "60.0" and render(tpl("prob_happy"), empty) == "0"
     assert render(tpl("prob_sad"), busy) == "6.7"
 
@@ -211,6 +216,12 @@ def test_templates_read_real_messages():
     assert json.loads(render(tpl("track"), end)) == {"event_type": "track_end", "track_id": 4, "duration_s": 2.5,
                                                      "dominant_emotion": "sad"}
     assert render(tpl("track"), command) == "", "other events render empty, which Home Assistant ignores"
+    change = _envelope("events", {"event": "emotion_change", "track_id": 4, "previous_emotion": "neutral",
+                                  "emotion": "happy", "confidence": 0.71})
+    assert json.loads(render(tpl("emotion_change"), change)) == {
+        "event_type": "emotion_change", "track_id": 4, "previous_emotion": "neutral", "emotion": "happy",
+        "confidence": 0.71}
+    assert render(tpl("emotion_change"), start) == "" and render(tpl("track"), change) == ""
 
 
 def _retained_configs(broker, prefix: str = "homeassistant", wait: float = 1.0) -> dict[str, dict]:

@@ -100,6 +100,8 @@ def test_node_red_flow_is_well_formed_and_reads_only_schema_fields():
         read |= {f"outbox.{m}" for m in re.findall(r"\boutbox\.(\w+)", code)}
         read |= {f"mean_probs.{m}" for m in re.findall(r"\bprobs\.(\w+)", code)}
         assert len(read) >= 5, read
+        if kind == "summary":  # every probability, whatever the model's labels: none is named in the flow
+            assert "probs: s.mean_probs" in code and not re.findall(r"\bprobs\.(\w+)", code), code
         for path in read:
             assert _schema_has(kind, path), (kind, path)
             _resolve(_sample(kind), path)
@@ -162,8 +164,22 @@ def test_node_red_flow_runs_against_the_broker(broker, tmp_path):
 
 
 # --- Telegraf -------------------------------------------------------------------------------------------------
-def _telegraf() -> dict[str, Any]:
-    return tomllib.loads(TELEGRAF.read_text())
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Telegraf's ``${VAR:-default}`` expansion (done before it parses the file)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+
+
+def _telegraf(env: dict[str, str] | None = None) -> dict[str, Any]:
+    return tomllib.loads(_expand(TELEGRAF.read_text(), env or {}))
+
+
+def test_telegraf_reads_the_topic_prefix_from_one_place():
+    text = TELEGRAF.read_text()
+    assert "emotion/" not in re.sub(r"#.*", "", text), "no topic spelled out: all from EMOTION_TOPIC_PREFIX"
+    conf = _telegraf({"EMOTION_TOPIC_PREFIX": "upstairs"})
+    for c in conf["inputs"]["mqtt_consumer"]:
+        (topic,) = c["topics"]
+        assert topic.startswith("upstairs/+/") and c["topic_parsing"][0]["topic"] == topic
 
 
 def telegraf_fields() -> dict[str, set[str]]:
@@ -210,6 +226,9 @@ def test_telegraf_config_reads_schema_fields_from_each_topic():
     probs = {f["path"].split(".")[1] for c in consumers for j in c.get("json_v2", []) for f in j.get("field", [])
              if f["path"].startswith("mean_probs.")}
     assert probs == set(LABELS)  # a field per label of the shipped model
+    status = next(j for c in consumers for j in c.get("json_v2", []) if j["measurement_name"] == "emotion_status")
+    assert "tag" not in status and {"path": "state", "type": "string"} in [
+        {k: v for k, v in f.items() if k in ("path", "type")} for f in status["field"]], "state is a field, not a tag"
     (enum,) = conf["processors"]["enum"]
     assert enum["mapping"][0]["value_mappings"] == {"online": 1, "offline": 0}
 

@@ -94,5 +94,5 @@ def test_off_by_default_and_local_by_default(tmp_path):
 def test_without_the_package_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
     cfg = Config.model_validate({"metrics": {"enabled": True}})
-    with pytest.raises(MetricsUnavailable, match=r"pip install 'emotion-edge\[edge\]'"):
+    with pytest.raises(MetricsUnavailable, match=r"from a checkout: pip install -e '\.\[edge\]'"):
         MetricsServer(cfg, daemon=None)

@@ -208,10 +208,13 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
         assert sink.wait_connected(10), sink.connection_state()
         assert wait_until(lambda: any("refused the subscription" in r.getMessage() for r in caplog.records))
         assert not sink.wait_subscribed(0.5), "a refused subscription must not count as acknowledged"
+        # Both command topics (JSON commands and the plain pause switch) are refused: one line each.
+        assert wait_until(lambda: len([r for r in caplog.records if "refused the subscription" in r.getMessage()]) == 2)
         lines = [r for r in caplog.records if "refused the subscription" in r.getMessage()]
-        assert len(lines) == 1 and lines[0].levelno == logging.ERROR
-        msg = lines[0].getMessage()
-        assert "emotion/dev1/command" in msg and "ACL" in msg and "\n" not in msg
+        assert all(r.levelno == logging.ERROR for r in lines)
+        for line, topic in zip(sorted(r.getMessage() for r in lines), ("emotion/dev1/command", "emotion/dev1/paused/set"),
+                               strict=True):
+            assert topic in line and "ACL" in line and "\n" not in line
         assert sink.connection_state()["connected"] is True, "publishing still works"
         sink.publish("events", event_body(1))
         assert sink.flush(10)

@@ -32,7 +32,8 @@ def test_only_the_newest_value_goes_out_after_an_outage_and_json_order_holds(bro
         assert sink.wait_connected(10)
         first = sink.publish("events", event_body(0))
         sink.publish_state(STATE_FACE_COUNT, "1")
-        assert col.wait_for(lambda c: c.raw("emotion/dev1/state/face_count") == [b"1"])
+        # "0" first: a new sink says nobody is there until told otherwise (a crashed run's value is corrected).
+        assert col.wait_for(lambda c: c.raw("emotion/dev1/state/face_count") == [b"0", b"1"])
         broker.stop()
         assert wait_until(lambda: not sink.connected)
         for i in range(2, 6):  # the broker is away: values replace each other, JSON messages queue
@@ -46,7 +47,7 @@ def test_only_the_newest_value_goes_out_after_an_outage_and_json_order_holds(bro
         # The broker may redeliver "1" to the subscriber after its restart (QoS 1: at least once); what must never
         # go out are the values that were replaced while it was away.
         deduped = [v for i, v in enumerate(live) if i == 0 or v != live[i - 1]]
-        assert deduped == [b"1", b"5"], f"only the newest value after the outage: {live}"
+        assert deduped == [b"0", b"1", b"5"], f"only the newest value after the outage: {live}"
         assert_in_order_without_gaps(col.unique_seqs(), range(first, first + 5))
     finally:
         sink.close(2)
@@ -91,3 +92,44 @@ def test_the_daemon_on_the_demo_publishes_the_plain_topics(broker, tmp_path):
     assert retained["emotion/plain/state/paused"] == b"OFF"
     labels = set(json.loads((ROOT / "edge/models/default/manifest.json").read_text())["labels"])
     assert retained["emotion/plain/state/emotion"].decode() in labels | {"none"}
+
+
+def test_a_new_sink_corrects_a_crashed_runs_retained_values_before_it_says_online(broker, tmp_path):
+    seeder = Collector(broker, topic="unused/x", client_id="seeder").start()
+    for leaf, value in (("state/emotion", "happy"), ("state/face_count", "2"), ("state/presence", "ON"),
+                        ("availability", "offline")):  # what a crashed run leaves retained (the Will said offline)
+        seeder.client.publish(f"emotion/dev1/{leaf}", value, qos=1, retain=True).wait_for_publish(5)
+    seeder.stop()
+    col = Collector(broker, topic="emotion/dev1/#", client_id="crash-watch").start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker))  # no daemon: the sink alone says it
+    try:
+        assert col.wait_for(lambda c: any(t.endswith("/availability") and not r for t, _, r in c.messages))
+        live = [(t, v) for t, v, r in col.messages if not r]
+        assert live[:4] == [("emotion/dev1/state/emotion", b"none"), ("emotion/dev1/state/face_count", b"0"),
+                            ("emotion/dev1/state/presence", b"OFF"), ("emotion/dev1/availability", b"online")]
+    finally:
+        sink.close(2)
+        col.stop()
+
+
+def test_the_plain_switch_goes_through_the_command_guards(broker, tmp_path):
+    cfg = sink_config(tmp_path / "state", broker, command_rate=2.0, max_command_bytes=1024)
+    ran: list[dict] = []
+    sink = MqttSink(cfg, on_command=lambda cmd: ran.append(cmd) or {"event": "command"})
+    col = Collector(broker, topic="emotion/dev1/events", client_id="guards").start()
+    try:
+        assert sink.wait_subscribed(10)
+        col.client.publish("emotion/dev1/paused/set", " On ", qos=1).wait_for_publish(5)
+        assert wait_until(lambda: ran == [{"command": "pause"}])
+        time.sleep(1.1)  # the bucket refills (2 per second)
+        col.client.publish("emotion/dev1/paused/set", "x" * 2000, qos=1).wait_for_publish(5)
+        assert col.wait_for(lambda c: any(e["code"] == "oversized" for e in c.envelopes("events")))
+        time.sleep(1.1)
+        for _ in range(20):  # a flood: at most the bucket's burst is looked at
+            col.client.publish("emotion/dev1/paused/set", "off", qos=1)
+        assert wait_until(lambda: len(ran) >= 2)
+        time.sleep(1.0)
+        assert 2 <= len(ran) <= 5 and all(c == {"command": "resume"} for c in ran[1:])
+    finally:
+        sink.close(2)
+        col.stop()

@@ -92,6 +92,9 @@ def test_discovery_state_topics_and_template_fields_match_what_the_daemon_publis
                 (cfg["state_on"], cfg["state_off"])
             assert {p.decode() for p in states} <= {on, off}
             continue
+        if "value_template" not in cfg:  # a plain number topic (Faces: state/face_count)
+            assert all(p.decode().isdigit() for p in states), (cid, states)
+            continue
         fields = set(re.findall(r"value_json\.(\w+)", cfg["value_template"] + cfg.get("json_attributes_template", "")))
         assert fields
         for raw in states:
@@ -143,12 +146,17 @@ def test_watch_view_of_the_daemon_messages(daemon_run):
     _, collector, _ = daemon_run
     st = FeedState("emotion", stale_s=1e9)
     last_faces_ts = 0.0
+    live = None
     for topic, payload, _ in collector.messages:
+        going = payload == b"offline" or (topic.endswith("/status") and json.loads(payload)["state"] == "offline")
+        if going and live is None:  # what was shown while the device ran
+            live = to_text(WatchView(st).render(now=0.0))
         st.update(topic, payload, now=0.0)
         if topic.endswith("/faces"):
             last_faces_ts = json.loads(payload)["ts"]
-    assert last_faces_ts
+    assert last_faces_ts and live
+    assert re.search(r"track \d+: \w+ \(\d\.\d\d\)", live)
     text = to_text(WatchView(st).render(now=0.0))
-    assert f"{DEVICE}  [offline]  state=offline" in text
-    assert re.search(r"track \d+: \w+ \(\d\.\d\d\)", text)
+    assert f"{DEVICE}  [offline]  state=offline" in text and "fps=0.0  faces=0" in text
+    assert not re.search(r"track \d+: \w+ \(\d\.\d\d\)", text), "an offline device has nobody in view"
     assert "summary: dominant=" in text

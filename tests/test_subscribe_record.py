@@ -176,6 +176,11 @@ def _wait_subscribed(proc: subprocess.Popen) -> None:
     # The CLI prints its "recording ..." line once the broker acknowledged the subscriptions.
     line = proc.stderr.readline()
     assert line.startswith("recording "), line + (proc.stderr.read() if proc.poll() is not None else "")
+    # What it names are the MQTT filters it subscribed to: valid ones, that a user can paste into mosquitto_sub.
+    filters = line.removeprefix("recording ").split(" from ")[0].split(", ")
+    assert all(not any(c in f for c in "*|") and all(level in ("+", "#") or not set(level) & {"+", "#"}
+                                                      for level in f.split("/")) for f in filters), filters
+    assert any(mqtt.topic_matches_sub(f, "emotion/dev1/status") for f in filters), filters
 
 
 @pytest.mark.slow

@@ -124,7 +124,9 @@ def test_watch_without_rich_says_what_to_install():
     code = ("import sys; sys.modules['rich'] = None; from edge.cli import main; "
             "sys.exit(main(['watch', '--once', '--mqtt-port', '1']))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr == "error: watch needs rich: pip install 'emotion-edge[subscribe]'\n", r.stderr
+    assert r.returncode == 2 and r.stderr == ("error: watch needs rich: from a checkout: pip install -e '.[subscribe]' "
+                                              "(or from a built wheel: pip install "
+                                              "'dist/emotion_edge-VERSION-py3-none-any.whl[subscribe]')\n"), r.stderr
 
 
 def test_watch_rejects_multi_level_device_filter():
@@ -193,7 +195,8 @@ def test_twenty_devices_are_one_line_each_when_they_do_not_fit():
     st = _fleet(20, now)
     text = _text(st, now, width=110, height=40)  # 20 full blocks are ~300 lines
     lines = text.splitlines()
-    assert lines[0] == "20 devices · 19 online · 2 in trouble · 38 faces in view"  # room-03's face is stale
+    # room-03's face is stale, room-07 is offline: neither counts as a face in view.
+    assert lines[0] == "20 devices · 19 online · 2 in trouble · 36 faces in view"
     assert lines[1].split() == ["device", "link", "state", "age", "fps", "faces", "emotion", "confidence", "cpu",
                                 "°C", "outbox", "dropped", "health"]
     rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
@@ -201,6 +204,8 @@ def test_twenty_devices_are_one_line_each_when_they_do_not_fit():
     assert all(len(line) <= 110 for line in lines)
     assert rows["room-05"].split()[:7] == ["room-05", "online", "running", "0.5s", "9.5", "3", "angry"]
     assert rows["room-07"].split()[1] == "offline" and rows["room-07"].rstrip().endswith("offline")
+    # Its retained status still says running at 9.5 fps; the Last Will decides what is shown.
+    assert rows["room-07"].split()[2] == "offline" and rows["room-07"].split()[4:6] == ["0.0", "0"]
     assert rows["room-03"].rstrip().endswith("silent for 60s") and "1m00s" in rows["room-03"]
     assert "45.0" in rows["room-05"] and " 5 " in rows["room-05"]  # CPU temperature, outbox backlog
     # A few devices that fit get the full view; --compact asks for lines anyway.
@@ -217,3 +222,14 @@ def test_colour_on_a_terminal_only():
     assert "\x1b[" not in plain and "\x1b[" in coloured
     assert "\x1b[1;32monline" in coloured  # availability in bold green
     assert "38;2;214;39;40m" in coloured  # the emotion in its chart colour (angry #d62728)
+
+
+def test_a_paused_device_shows_fps_0_even_from_an_older_daemons_status():
+    """A status that still carries the last rate while paused (an older daemon's): no frame is processed, so 0."""
+    st = FeedState("emotion", stale_s=5)
+    now = 1000.0
+    st.update("emotion/pi1/availability", b"online", now)
+    st.update("emotion/pi1/status", _msg("status", 1, {**status_body(state="paused"), "paused": True}, ts=now), now)
+    assert status_body()["fps"] > 0
+    text = _text(st, now + 1, width=120)
+    assert "pi1  [online]  state=paused" in text and "fps=0.0" in text, text

@@ -16,6 +16,8 @@ from edge.protocol.envelope import KINDS
 AVAILABILITY = "availability"
 #: Where a device listens for JSON commands.
 COMMAND = "command"
+#: The plain privacy switch: ``ON`` pauses, ``OFF`` resumes (case-insensitive); its state is :data:`STATE_PAUSED`.
+PAUSED_SET = "paused/set"
 
 #: Retained plain-value topics, ``<prefix>/<device>/state/<name>`` (QoS 1, the latest value only):
 #: ``emotion`` the dominant emotion of the last summary window or ``none``; ``face_count`` the faces tracked right
@@ -28,6 +30,9 @@ STATE_PAUSED = "state/paused"
 STATE_TOPICS = (STATE_EMOTION, STATE_FACE_COUNT, STATE_PRESENCE, STATE_PAUSED)
 #: The value of ``state/emotion`` when nobody was seen in the window (also while paused).
 NO_EMOTION = "none"
+#: What the plain topics say when nobody is seen: set by the MQTT sink before its first connect, so values a
+#: crashed run left retained are corrected before anything else goes out.
+NOBODY_STATE = {STATE_EMOTION: NO_EMOTION, STATE_FACE_COUNT: "0", STATE_PRESENCE: "OFF"}
 
 
 def topic(prefix: str, device_id: str, leaf: str) -> str:

@@ -25,6 +25,7 @@ from edge.runtime.classify.classifier import Classifier
 from edge.runtime.commands import DeviceCommands
 from edge.runtime.detect import make_detector
 from edge.runtime.detect.base import FaceDetector
+from edge.runtime.emotions import EmotionWatch
 from edge.runtime.models.active import ActiveModel
 from edge.runtime.pause import PauseFile
 from edge.runtime.preview import PreviewWriter
@@ -101,6 +102,8 @@ class Daemon:
                                        lambda body: self._publish("events", body), self.set_paused)
         self._tracker = self._new_tracker(classifier)
         self._tracker_model = classifier
+        #: Per-track emotion changes (events) and the per-label figures /metrics serves.
+        self.emotions = EmotionWatch(classifier.labels)
         self._extensions: list[Any] = []
         self._stop = threading.Event()
         self._status_due = threading.Event()
@@ -185,7 +188,9 @@ class Daemon:
             if paused:
                 self.source.pause()
                 self._end_tracks(self._tracker.close_all(), self._tracker.labels)
-                self._send_summary(time.monotonic())
+                self._send_summary(time.monotonic())  # also says emotion none, 0 faces, presence OFF
+                self._reset_fps()  # no frame is processed now: status and metrics must not show the old rate
+                self.emotions.clear()
                 self._set_state("paused")
             else:
                 self.source.resume()
@@ -315,10 +320,16 @@ class Daemon:
         body = self._window.body(self._tracker.labels, end, now)
         self._publish("summary", body)
         self._window = SummaryWindow(end, now)
-        self._plain.refresh(body["dominant_emotion"], self.face_count, self.pause.paused)
+        # While paused nobody is seen, whatever the window (closed by the pause) had.
+        paused = self.pause.paused
+        self._plain.refresh(None if paused else body["dominant_emotion"], self.face_count, paused)
+
+    def _reset_fps(self) -> None:
+        self.fps, self._frame_dt, self._last_frame_t = 0.0, None, None
 
     def _end_tracks(self, tracks: list[Track], labels: list[str]) -> None:
         for t in tracks:
+            self.emotions.forget(t.track_id)
             self._publish("events", track_end_event(t, labels))
 
     def _ema(self, stage: str, seconds: float) -> None:
@@ -352,6 +363,7 @@ class Daemon:
             self._send_summary(time.monotonic())
             # Ids keep counting up so a subscriber never sees one id for two different tracks.
             self._tracker, self._tracker_model = self._new_tracker(clf, self._tracker.next_id), clf
+            self.emotions.set_labels(clf.labels)
         update = self._tracker.update([d.raw_box for d in dets], probs, frame.ts)
         self._window.add(update.observed)
         t3 = p()
@@ -359,6 +371,8 @@ class Daemon:
         for t in update.started:
             self._publish("events", track_start_event(t))
         self._end_tracks(update.ended, labels)
+        for body in self.emotions.observe(update.observed, self._tracker.emotion):
+            self._publish("events", body)
         self._plain.faces(self.face_count)
         now = time.monotonic()
         if update.observed and now - self._last_faces >= self.config.mqtt.faces_interval_s:
@@ -382,9 +396,11 @@ class Daemon:
         log.info("stopping after %d frames", self.frames)
         self.notifier.stopping()
         self._end_tracks(self._tracker.close_all(), self._tracker.labels)
-        self._plain.faces(0)  # retained: a stopped device must not keep saying someone is there
         if self._window.frames:
             self._send_summary(time.monotonic())
+        # Retained: a stopped device must not keep saying someone is there, or what they felt.
+        self._plain.refresh(None, 0, self.pause.paused)
+        self.emotions.clear()
         self.state = "stopping"
         self._send_status()
         for ext in reversed(self._extensions):

@@ -5,19 +5,22 @@ Device-based discovery (Home Assistant 2024.11 and later): one retained config o
 components (``cmps``), published through the sink (``sink.publish_raw``) once per start (on the first connect),
 whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
 changes the labels (a component left out of an update is removed by Home Assistant). Turned off with
-``[homeassistant] enabled = false``. Every component's key, ``unique_id`` and ``object_id`` are the same
-(``emotion_edge_<device>_<name>``; ``default_entity_id`` is ``<platform>.`` that), and all of them follow
-``<prefix>/<device>/availability`` (the daemon's Last Will sets ``offline``). What :func:`components` builds:
+``[homeassistant] enabled = false``. Every component's key and ``unique_id`` are the same
+(``emotion_edge_<device>_<name>``; ``default_entity_id`` is ``<platform>.`` that; no ``object_id``, which Home
+Assistant no longer honours), and all of them follow ``<prefix>/<device>/availability`` (the daemon's Last Will
+sets ``offline``). What :func:`components` builds:
 
 - From ``summary`` (one per ``mqtt.summary_interval_s``, so Home Assistant's history stays small), with
   ``expire_after`` three windows: ``dominant_emotion`` (``enum``: the model's labels plus ``none``),
-  ``face_count`` (most faces in one frame of the window), ``prob_<label>`` (mean probability, %).
-- From ``state/presence``: ``presence``, an ``occupancy`` binary sensor (``expire_after`` three windows).
+  ``prob_<label>`` (mean probability, %; disabled by default: enable the ones you chart).
+- From ``state/face_count``: ``face_count`` (faces tracked now); from ``state/presence``: ``presence``, an
+  ``occupancy`` binary sensor (both ``expire_after`` three windows).
 - From ``status`` (``entity_category: diagnostic``, ``expire_after`` three status intervals): ``fps``,
   ``cpu_temperature``, ``state``, ``outbox_pending``, ``model``.
-- ``privacy``: a switch that sends ``pause``/``resume`` and reads ``state/paused``.
+- ``privacy``: a switch that sends ``ON``/``OFF`` to ``paused/set`` and reads ``state/paused``.
 - Buttons ``publish_status`` (diagnostic) and ``reload_model`` (config) that send those commands.
-- ``track``: an event entity firing ``track_start``/``track_end`` from ``events``.
+- ``track``: an event entity firing ``track_start``/``track_end`` from ``events``; ``emotion_change``: one firing
+  when a tracked face's smoothed emotion changes.
 
 Earlier versions published one config per entity (``<discovery_prefix>/sensor/<device>_<object>/config``); the
 state file (``ha_discovery_topics.json``) lists them, and they are cleared before the device config goes out.
@@ -37,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config
-from edge.protocol.topics import AVAILABILITY, COMMAND, STATE_PAUSED, STATE_PRESENCE, topic
+from edge.protocol.topics import (
+    AVAILABILITY,
+    COMMAND,
+    PAUSED_SET,
+    STATE_FACE_COUNT,
+    STATE_PAUSED,
+    STATE_PRESENCE,
+    topic,
+)
 from edge.runtime.publish.base import Sink
 from edge.version import package_version
 
@@ -92,7 +103,7 @@ def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any
 
     def add(platform: str, key: str, **options: Any) -> None:
         uid = f"{device_identifier(dev)}_{_object_id(key)}"
-        out[uid] = {"platform": platform, "unique_id": uid, "object_id": uid,
+        out[uid] = {"platform": platform, "unique_id": uid,
                     "default_entity_id": f"{platform}.{uid}", "qos": 1, **options}
 
     add("sensor", "dominant_emotion", name="Dominant emotion", state_topic=summary,
@@ -101,17 +112,17 @@ def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any
         json_attributes_topic=summary,
         json_attributes_template="{{ {'window_s': value_json.window_s, 'frames': value_json.frames, "
                                  "'faces_mean': value_json.faces_mean} | tojson }}")
-    add("sensor", "face_count", name="Faces", state_topic=summary, value_template="{{ value_json.faces_max | int(0) }}",
-        state_class="measurement", unit_of_measurement="faces", icon="mdi:account-group", expire_after=per_summary)
+    add("sensor", "face_count", name="Faces", state_topic=f"{base}/{STATE_FACE_COUNT}", state_class="measurement",
+        unit_of_measurement="faces", icon="mdi:account-group", expire_after=per_summary)
     for lab in labels:
         add("sensor", f"prob_{lab}", name=f"{lab.capitalize()} probability", state_topic=summary,
             value_template=f"{{{{ ((value_json.mean_probs[{_jinja_str(lab)}] | default(0)) * 100) | round(1) }}}}",
             state_class="measurement", unit_of_measurement="%", suggested_display_precision=1, icon="mdi:emoticon",
-            expire_after=per_summary)
+            expire_after=per_summary, enabled_by_default=False)
     add("binary_sensor", "presence", name="Presence", state_topic=f"{base}/{STATE_PRESENCE}", payload_on="ON",
         payload_off="OFF", device_class="occupancy", expire_after=per_summary)
-    add("switch", "privacy", name="Privacy pause", command_topic=command, payload_on='{"command":"pause"}',
-        payload_off='{"command":"resume"}', state_topic=f"{base}/{STATE_PAUSED}", state_on="ON", state_off="OFF",
+    add("switch", "privacy", name="Privacy pause", command_topic=f"{base}/{PAUSED_SET}", payload_on="ON",
+        payload_off="OFF", state_topic=f"{base}/{STATE_PAUSED}", state_on="ON", state_off="OFF",
         retain=False, icon="mdi:cctv-off")
     add("button", "publish_status", name="Publish status", command_topic=command,
         payload_press='{"command":"publish_status"}', retain=False, entity_category="diagnostic", icon="mdi:refresh")
@@ -122,6 +133,11 @@ def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any
         value_template="{% if value_json.event in ['track_start', 'track_end'] %}{{ {'event_type': value_json.event, "
                        "'track_id': value_json.track_id, 'duration_s': value_json.duration_s | default(none), "
                        "'dominant_emotion': value_json.dominant_emotion | default(none)} | tojson }}{% endif %}")
+    add("event", "emotion_change", name="Emotion change", state_topic=events, event_types=["emotion_change"],
+        icon="mdi:emoticon-excited-outline",
+        value_template="{% if value_json.event == 'emotion_change' %}{{ {'event_type': value_json.event, "
+                       "'track_id': value_json.track_id, 'previous_emotion': value_json.previous_emotion, "
+                       "'emotion': value_json.emotion, 'confidence': value_json.confidence} | tojson }}{% endif %}")
     add("sensor", "fps", name="Frame rate", value_template="{{ value_json.fps }}", state_class="measurement",
         unit_of_measurement="fps", suggested_display_precision=1, icon="mdi:speedometer", **diagnostic)
     add("sensor", "cpu_temperature", name="CPU temperature", device_class="temperature", state_class="measurement",

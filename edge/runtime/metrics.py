@@ -1,28 +1,53 @@
-"""The optional Prometheus endpoint (``[metrics] enabled = true``): the status message's figures, over HTTP.
+"""The optional local HTTP endpoint (``[metrics] enabled = true``): Prometheus metrics and a small read-only API.
 
-Off by default and bound to 127.0.0.1 by default (the endpoint has no authentication). Served by the
-``prometheus-client`` library on its own thread; the figures are read from the daemon when Prometheus scrapes
-(:class:`DaemonCollector`), so the frame loop does no extra work per frame. Metrics (all prefixed
+Off by default and bound to 127.0.0.1 by default (the endpoint has no authentication). One threaded HTTP server
+(standard library ``wsgiref``) serves, on its own threads:
+
+- ``GET /metrics``: the Prometheus text format (``prometheus-client``); the figures are read from the daemon when
+  Prometheus scrapes (:class:`DaemonCollector`), so the frame loop does no extra work for it;
+- ``GET /api/stats``: the ``status`` body as JSON, with ``device_id``;
+- ``GET /api/version``: device id, software version, payload schema version, model id;
+- ``GET /api/config``: the effective configuration as JSON (:func:`redacted_config`).
+
+Metrics (all prefixed
 ``emotion_edge_``): ``info`` (labels device_id, version, model_id, runtime, detector), ``state`` (one series per
 daemon state, 1 for the current one), ``paused``, ``fps``, ``frames_total``, ``dropped_frames_total``,
 ``stage_latency_seconds`` (label stage: moving averages), ``faces`` (tracked now), ``outbox_pending``,
 ``outbox_dropped_total``, ``mqtt_connected``, ``source_ok``, ``source_retries_total``,
-``cpu_temperature_celsius`` (where the machine has a thermal zone), ``uptime_seconds``; plus the library's
-``process_*`` and ``python_info``.
+``cpu_temperature_celsius`` (where the machine has a thermal zone), ``uptime_seconds``; the emotions (labels from
+the running model's manifest, :mod:`edge.runtime.emotions`): ``emotion_probability`` (label ``emotion``: the mean
+smoothed probability over the faces of the last frame; no samples while nobody is in view),
+``dominant_emotion`` (a state set: 1 for the emotion of that mean, ``uncertain`` under
+``tracking.uncertain_below``, or ``none`` while nobody is in view), ``emotion_observations_total`` (label
+``emotion``: face observations per reported emotion since start); plus the library's ``process_*`` and
+``python_info``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from edge.config import Config
+from edge.protocol.envelope import SCHEMA_VERSION
+from edge.protocol.topics import NO_EMOTION
 from edge.runtime.homeassistant import DAEMON_STATES
+from edge.runtime.track import UNCERTAIN
+from edge.version import install_hint, package_version
 
 log = logging.getLogger(__name__)
 
 PREFIX = "emotion_edge"
+#: Config keys whose values ``/api/config`` never shows (the password itself is never in the config: it comes
+#: from the environment or a systemd credential; these name who connects and with which private key).
+REDACTED_KEYS = frozenset({"username", "key_file", "password_env", "password_credential"})
+REDACTED = "<redacted>"
 
 
 class MetricsUnavailable(Exception):
@@ -79,6 +104,97 @@ class DaemonCollector:
         if s["cpu_temp_c"] is not None:
             yield gauge("cpu_temperature_celsius", "CPU temperature.", s["cpu_temp_c"])
         yield gauge("uptime_seconds", "Seconds since the daemon started.", s["uptime_s"])
+        yield from emotion_families(d.emotions)
+
+
+def emotion_families(watch: Any) -> Iterator[Any]:
+    """The per-emotion metric families of an :class:`edge.runtime.emotions.EmotionWatch` (one frame's values)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    # Each attribute is replaced whole by the frame loop: read each once.
+    mean, labels, dominant, counts = watch.mean_probs, watch.labels, watch.dominant, watch.counts
+    probability = GaugeMetricFamily(f"{PREFIX}_emotion_probability", "Mean smoothed probability of each emotion "
+                                    "over the faces in view (no samples while nobody is).", labels=["emotion"])
+    if mean is not None and len(mean) == len(labels):
+        for label, p in zip(labels, mean, strict=True):
+            probability.add_metric([label], float(p))
+    yield probability
+    states = GaugeMetricFamily(f"{PREFIX}_dominant_emotion", "The emotion of the faces in view: 1 for the current "
+                               "one (uncertain under tracking.uncertain_below, none while nobody is in view).",
+                               labels=["emotion"])
+    for label in [*labels, UNCERTAIN, NO_EMOTION]:
+        states.add_metric([label], 1.0 if label == dominant else 0.0)
+    yield states
+    observations = CounterMetricFamily(f"{PREFIX}_emotion_observations", "Face observations per reported emotion "
+                                       "since start (one per face per processed frame).", labels=["emotion"])
+    for label, n in counts.items():
+        observations.add_metric([label], float(n))
+    yield observations
+
+
+def redacted_config(config: Config) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data, the values of :data:`REDACTED_KEYS` replaced."""
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (REDACTED if k in REDACTED_KEYS and v is not None else scrub(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return scrub(config.model_dump(mode="json"))
+
+
+def api_body(daemon: Any, path: str) -> dict[str, Any] | None:
+    """The JSON body of ``GET <path>`` on the device API, None for an unknown path."""
+    device_id = daemon.config.device.id
+    if path == "/api/stats":
+        return {"device_id": device_id, **daemon.status_body()}
+    if path == "/api/version":
+        return {"device_id": device_id, "version": package_version(), "schema_version": SCHEMA_VERSION,
+                "model_id": daemon.model_id}
+    if path == "/api/config":
+        return redacted_config(daemon.config)
+    return None
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Requests are not logged (a scrape every few seconds would fill the journal)."""
+
+
+StartResponse = Callable[..., Any]
+
+
+def make_app(daemon: Any, metrics_app: Callable[[dict, StartResponse], Iterable[bytes]]) \
+        -> Callable[[dict, StartResponse], Iterable[bytes]]:
+    """The WSGI app: ``/metrics`` to ``metrics_app``, ``/api/...`` to :func:`api_body`, else 404."""
+
+    def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Content-Type", "text/plain"), ("Allow", "GET, HEAD")])
+            return [b"read-only: use GET\n"]
+        try:
+            body = api_body(daemon, path)
+        except Exception:  # a failing read must answer, not kill the server thread
+            log.exception("answering %s failed", path)
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"internal error; see the device log\n"]
+        if body is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics, /api/stats, /api/version or /api/config\n"]
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    return app
 
 
 class MetricsServer:
@@ -97,8 +213,9 @@ class MetricsServer:
             from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
         except ImportError:
             raise MetricsUnavailable(
-                "metrics.enabled = true needs the prometheus-client package: pip install 'emotion-edge[edge]' "
-                "(or pip install prometheus-client), or set metrics.enabled = false") from None
+                f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+                "or pip install prometheus-client; or set metrics.enabled = false") from None
+        self.daemon = daemon
         self.host, self.port = config.metrics.host, config.metrics.port
         self.registry = CollectorRegistry()
         self.registry.register(DaemonCollector(daemon))
@@ -109,15 +226,26 @@ class MetricsServer:
 
     def start(self) -> None:
         """Listen; a port that is taken is logged as an error and the daemon runs on without metrics."""
-        from prometheus_client import start_http_server
+        from prometheus_client import make_wsgi_app
+
+        class Server(_ThreadingServer):
+            pass
 
         try:
-            self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+            # An IPv6 metrics.host needs an IPv6 socket (WSGIServer is IPv4 unless told).
+            family, _, _, _, sockaddr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+            Server.address_family = family
+            self._server = make_server(sockaddr[0], self.port, make_app(self.daemon, make_wsgi_app(self.registry)),
+                                       Server, handler_class=_QuietHandler)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d (%s); check metrics.host and metrics.port; running without "
                       "metrics", self.host, self.port, exc.strerror or exc)
             return
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+        log.info("serving Prometheus metrics on http://%s:%d/metrics and the device API on /api/stats, "
+                 "/api/version, /api/config", self.host, self.port)
 
     def stop(self) -> None:
         """Stop serving and free the port."""

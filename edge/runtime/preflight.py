@@ -195,6 +195,23 @@ def _check_files(config: Config, report: Report) -> None:
             report.ok.append(("push keys", f"{len(push.trusted_keys)} configured"))
 
 
+def _check_broker_host(config: Config, report: Report) -> None:
+    """A note, not an error, when ``mqtt.host`` does not resolve: the network (or the DNS) may come up after the
+    device does, and ``run`` retries the broker with backoff."""
+    m = config.mqtt
+    if not m.enabled or not m.host:
+        return
+    import socket
+
+    try:
+        socket.getaddrinfo(m.host, m.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        report.notes.append(f"mqtt.host {m.host!r} does not resolve here ({getattr(exc, 'strerror', None) or exc});"
+                            " run keeps retrying it, but check the name if the network is up")
+    else:
+        report.ok.append(("broker host", f"{m.host} resolves"))
+
+
 def check(config: Config) -> Report:
     """Every check of what ``run`` needs: state folder, source, model (with a smoke inference), detector, TLS
     files and trusted keys, and the debug preview folder."""
@@ -209,12 +226,15 @@ def check(config: Config) -> Report:
     _check_model(config, report)
     _check_detector(config, report)
     _check_files(config, report)
+    _check_broker_host(config, report)
     if config.metrics.enabled:
         import importlib.util
 
         if importlib.util.find_spec("prometheus_client") is None:
-            report.errors.append("metrics.enabled = true needs the prometheus-client package: pip install "
-                                 "'emotion-edge[edge]' (or prometheus-client), or set metrics.enabled = false")
+            from edge.version import install_hint
+
+            report.errors.append(f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+                                 "or pip install prometheus-client; or set metrics.enabled = false")
     preview = config.privacy.debug_preview_dir
     if preview is not None:
         problem = writable_dir_problem(preview, "privacy.debug_preview_dir")

@@ -37,7 +37,8 @@ def choose_sink(config: Config, stream: TextIO | None = None) -> Sink:
 
     m = config.mqtt
     if not m.enabled:
-        log.info("mqtt.enabled is false: printing the JSON time series to stdout")
+        log.info("MQTT is off (--stdout, or mqtt.enabled = false in the config): printing the JSON time series "
+                 "to stdout")
         return StdoutSink.from_config(config, stream)
     if m.host:
         return MqttSink(config)

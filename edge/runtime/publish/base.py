@@ -72,4 +72,5 @@ def offline_copy(status: dict[str, Any]) -> dict[str, Any]:
     """The last status body with state ``offline``, sent on close (the sink fills in outbox and mqtt afresh)."""
     body = {k: v for k, v in status.items() if k not in ("mqtt", "outbox")}
     body["state"] = "offline"
+    body["fps"] = 0.0  # a stopped device processes nothing
     return body

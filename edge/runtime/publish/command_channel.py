@@ -1,4 +1,5 @@
-"""The command topic: check what arrives on ``<prefix>/<device>/command`` and run it off the network thread.
+"""The command topics: check what arrives on ``<prefix>/<device>/command`` (JSON) and ``<prefix>/<device>/paused/set``
+(the plain pause switch, ``ON``/``OFF``) and run it off the network thread.
 
 The topic carries no signature, so anyone who may publish there may send anything, and every step is bounded:
 
@@ -54,6 +55,22 @@ class CommandRefused(ValueError):
         self.detail = detail
 
 
+#: What the plain switch topic (``<prefix>/<device>/paused/set``) accepts, upper-cased, and the command it means.
+SWITCH_COMMANDS = {"ON": "pause", "OFF": "resume"}
+
+
+def parse_switch(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """The command a plain ``ON``/``OFF`` (any case, surrounding blanks ignored) means, or :class:`CommandRefused`."""
+    if len(payload) > max_bytes:
+        raise CommandRefused("oversized", f"switch payload is {len(payload)} bytes, above mqtt.max_command_bytes = "
+                             f"{max_bytes}")
+    text = payload.decode("utf-8", "replace").strip()
+    name = SWITCH_COMMANDS.get(text.upper())
+    if name is None:
+        raise CommandRefused("malformed", f"the pause switch takes ON or OFF, not {clip(text)!r}")
+    return {"command": name}
+
+
 def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
     """The command object in ``payload``, or :class:`CommandRefused` saying why it is none."""
     if len(payload) > max_bytes:
@@ -104,11 +121,20 @@ class CommandChannel:
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         """A message on the command topic (network thread): check and queue it, or answer why not."""
+        self._receive(parse_command, payload, properties)
+
+    def on_switch(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
+        """A message on the plain pause switch topic (network thread): ``ON``/``OFF`` become ``pause``/``resume``,
+        through the same rate limit, size bound, queue and answers as a JSON command."""
+        self._receive(parse_switch, payload, properties)
+
+    def _receive(self, parse: Callable[[bytes, int], dict[str, Any]], payload: bytes,
+                 properties: Properties | None) -> None:
         if not self._admit():
             return
         reply = self._reply_to(properties)
         try:
-            cmd = parse_command(payload, self.max_bytes)
+            cmd = parse(payload, self.max_bytes)
         except CommandRefused as exc:
             self._answer(None, False, exc.detail, code=exc.code, reply=reply)
             return

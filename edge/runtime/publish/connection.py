@@ -307,14 +307,17 @@ class MqttConnection:
                                properties=props if self._protocol == mqtt.MQTTv5 else None)
             except ValueError as exc:  # paho refuses the topic (a wildcard, a bad length): drop this one only
                 log.warning("not publishing to %r: %s", t[:64], exc)
-        for t, payload in self.latest.take_due():
-            client.publish(t, payload, qos=1, retain=True)
+        self._send_latest(client)
         while not self._new_subs.empty():
             self._subscribe(client, [self._new_subs.get()])
         while not self._new_hooks.empty():
             hook = self._new_hooks.get()
             self._hooks.append(hook)
             self._call_hook(hook)
+
+    def _send_latest(self, client: mqtt.Client) -> None:
+        for t, payload in self.latest.take_due():
+            client.publish(t, payload, qos=1, retain=True)
 
     def _say_goodbye(self, client: mqtt.Client) -> None:
         """On close: retained availability "offline", wait for its PUBACK (bounded), then a clean DISCONNECT."""
@@ -369,8 +372,11 @@ class MqttConnection:
         log.info("connected to MQTT broker %s:%d as %s (MQTT %s)", self.host, self.port, self.client_id,
                  PROTOCOL_NAMES[self._protocol])
         self._connected_evt.set()
+        # This session's broker may not have (all) the newest retained values, or still have a crashed run's:
+        # they go out first, before "online" and anything else.
+        self.latest.all_due()
+        self._send_latest(client)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
-        self.latest.all_due()  # this session's broker may not have (all) the newest retained values
         while not self._new_subs.empty():  # covered by the subscription to all topics below
             self._new_subs.get()
         self._subscribe(client, self._subs.topics())

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
 from edge.protocol.envelope import encode, make_envelope
-from edge.protocol.topics import AVAILABILITY, COMMAND, topic
+from edge.protocol.topics import AVAILABILITY, COMMAND, NOBODY_STATE, PAUSED_SET, topic
 from edge.runtime.publish.base import (
     OUTBOX_FILE,
     CommandHandler,
@@ -109,10 +109,15 @@ class MqttSink:
         self.commands.handler = on_command
         self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True,
                                   max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized)
+        self.connection.subscribe(topic(m.topic_prefix, self.device_id, PAUSED_SET), self.commands.on_switch,
+                                  with_properties=True, max_bytes=m.max_command_bytes,
+                                  on_oversized=self.commands.on_oversized)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_stale, name="outbox-flusher", daemon=True)
+        for leaf, value in NOBODY_STATE.items():  # a crashed run may have left "someone is there" retained
+            self.publish_state(leaf, value)
         self.connection.start()
         self.commands.start()
         self._flusher.start()

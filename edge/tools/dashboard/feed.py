@@ -43,9 +43,9 @@ def device_json(view: DeviceView, now: float, stale_s: float, stale_after_s: flo
     return {
         "device": view.device,
         "availability": view.availability,
-        "state": view.state,
+        "state": view.shown_state,
         "model_id": view.model_id,
-        "fps": _round(view.fps, 2),
+        "fps": _round(view.shown_fps, 2),
         "age_s": _round(age_s(view, now), 2),
         "seq": view.last_seq,
         "messages": view.messages,

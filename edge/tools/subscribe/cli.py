@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge.config import ConfigError
 from edge.protocol.broker import BrokerError, add_broker_flags, settings_from_args
+from edge.version import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_broker_flags(p)
     p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
                    help="Recording: a SQLite file (default %(default)s) or postgresql://user@host:port/dbname "
-                   "(password from $PGPASSWORD or ~/.pgpass; needs pip install 'emotion-edge[postgres]').")
+                   "(password from $PGPASSWORD or ~/.pgpass; needs psycopg: from a checkout, pip install -e '.[postgres]').")
     p.add_argument("--device", action="append", help="Device id to record (repeatable); default: all ('+').")
     p.add_argument("--client-id", help="MQTT client id of the persistent session (default: stored in the recording; "
                    "with --share, one per host and group: give each member on one host its own).")
@@ -145,7 +146,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         from edge.tools.subscribe.watch import Watcher
     except ImportError as exc:  # rich is in the [subscribe] extra, not on a device by default
         missing = (exc.name or "rich").split(".")[0]
-        raise SubscribeError(f"watch needs {missing}: pip install 'emotion-edge[subscribe]'") from None
+        raise SubscribeError(f"watch needs {missing}: {install_hint('subscribe')}") from None
 
     settings = settings_from_args(args)
     duration = args.duration if args.duration is not None else (3.0 if args.once else None)
@@ -190,7 +191,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     try:
         recorder.start()
         shared = f" as a member of shared group {args.share}" if args.share else ""
-        print(f"recording {settings.topic_prefix}/{'|'.join(_devices(args))}/* from {settings.describe()} to "
+        print(f"recording {', '.join(recorder.subscriber.filters)} from {settings.describe()} to "
               f"{where}{shared} (client id {recorder.client_id}); Ctrl-C to stop", file=sys.stderr)
         done = threading.Event()
         if args.progress > 0:
@@ -228,7 +229,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     dash = Dashboard(settings, _devices(args), args.host, args.port, window_s=args.window, sample_s=args.sample,
                      stale_after_s=args.stale_after)
     dash.start()
-    print(f"dashboard on {dash.url} for {settings.topic_prefix}/{'|'.join(_devices(args))}/* from "
+    print(f"dashboard on {dash.url} for {', '.join(dash.subscriber.filters)} from "
           f"{settings.describe()}; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         dash.run(args.duration)

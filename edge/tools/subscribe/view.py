@@ -57,6 +57,22 @@ class DeviceView:
     duplicates: int = 0
     messages: int = 0
 
+    @property
+    def offline(self) -> bool:
+        """Whether the device is off the air: its Last Will (or clean stop) said ``offline``, or its last status did.
+        After a crash the retained status still says what it said before, so availability decides."""
+        return self.availability == "offline" or self.state == "offline"
+
+    @property
+    def shown_state(self) -> str | None:
+        """The state to show: ``offline`` while :attr:`offline`, else the last status's."""
+        return "offline" if self.offline else self.state
+
+    @property
+    def shown_fps(self) -> float | None:
+        """The frame rate to show: 0 while offline or paused (no frame is processed), else the last status's."""
+        return 0.0 if self.offline or self.state == "paused" else self.fps
+
 
 def _probs_ok(v: Any) -> bool:
     return isinstance(v, dict) and all(is_number(p) for p in v.values())
@@ -155,8 +171,9 @@ def labels_of(view: DeviceView) -> list[str]:
 
 
 def live_tracks(view: DeviceView, now: float, stale_s: float) -> list[dict[str, Any]]:
-    """The tracks of the last ``faces`` message, or none when it is older than ``stale_s`` (nobody there)."""
-    return view.tracks if now - view.faces_ts <= stale_s else []
+    """The tracks of the last ``faces`` message, or none when it is older than ``stale_s`` (nobody there) or the
+    device is offline."""
+    return view.tracks if now - view.faces_ts <= stale_s and not view.offline else []
 
 
 def emotion_mix(view: DeviceView, now: float, stale_s: float) -> tuple[dict[str, float], str]:

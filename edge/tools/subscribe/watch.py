@@ -146,11 +146,11 @@ class WatchView:
         head.append(v.device, style="bold")
         head.append("  ")
         head.append(f"[{v.availability}]", style=_LINK_STYLE.get(v.availability, "yellow"))
-        if v.state:
-            head.append(f"  state={v.state}", style="yellow" if v.state != "running" else "")
+        if v.state:  # an offline device's [offline] tag above already says what its state is now
+            head.append(f"  state={v.shown_state}", style="yellow" if v.shown_state != "running" else "")
         head.append("  age ")
         head.append(format_age(age), style=_age_style(age, self.stale_after_s))
-        head.append(f"  fps={_num(v.fps, '.1f')}  faces={len(live)}")
+        head.append(f"  fps={_num(v.shown_fps, '.1f')}  faces={len(live)}")
         if v.face_history:
             head.append(f"  {sparkline(list(v.face_history))}", style="cyan")
         if level != "ok":
@@ -224,9 +224,9 @@ class WatchView:
         return [
             Text(v.device, style="bold"),
             Text(v.availability, style=_LINK_STYLE.get(v.availability, "yellow")),
-            v.state or "-",
+            v.shown_state or "-",
             Text(format_age(age), style=_age_style(age, self.stale_after_s)),
-            _num(v.fps, ".1f"),
+            _num(v.shown_fps, ".1f"),
             str(len(live)),
             Text(top or "-", style=colors.get(top or "", "")),
             Text(_num(conf, ".2f") + " ").append(bar(conf or 0.0, 6), style=colors.get(top or "", "")),

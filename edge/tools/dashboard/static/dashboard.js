@@ -185,6 +185,7 @@ function connect() {
   es.addEventListener("snapshot", ev => {
     conn.textContent = "live";
     conn.dataset.state = "live";
+    updates += 1;  // the snapshot is an update too: the footer's counts then describe the same messages
     apply(JSON.parse(ev.data), true);
   });
   es.addEventListener("update", ev => {

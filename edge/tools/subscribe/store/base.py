@@ -259,7 +259,10 @@ class Recording:
             sql, args = "SELECT device, seq, kind, ts, received_ts, topic, payload FROM messages", []
             if device:
                 sql, args = sql + " WHERE device = ?", [device]
-            rows = [list(r) for r in self._rows(sql + " ORDER BY device, ts, seq", args)]
+            # The payload as compact JSON with sorted keys: the same text from every backend (PostgreSQL's jsonb
+            # keeps no key order or spacing).
+            rows = [[*r[:6], json.dumps(json.loads(r[6]), sort_keys=True, separators=(",", ":"))]
+                    for r in self._rows(sql + " ORDER BY device, ts, seq", args)]
             return ["device", "seq", "kind", "ts", "received_ts", "topic", "payload"], rows
         labels = self.labels(device)
         p_cols = [f"p_{lab}" for lab in labels]
