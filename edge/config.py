@@ -178,7 +178,10 @@ class TrackingConfig(_Section):
     iou_threshold: float = Field(0.3, description="Minimum box overlap to continue a track.", ge=0, le=1)
     max_missed_frames: int = Field(10, description="Frames a track survives without a detection.", ge=0)
     smoothing: float = Field(0.3, description="Exponential smoothing weight of the newest probabilities (1 = none).", gt=0, le=1)
-    uncertain_below: float = Field(0.4, description="Report 'uncertain' when the top smoothed probability is below.", ge=0, le=1)
+    uncertain_below: float = Field(
+        0.5, ge=0, le=1,
+        description="Report 'uncertain' when the top smoothed probability is below. The bundle's probabilities are "
+                    "calibrated, so under 0.5 the model is more likely wrong than right (benchmarks/calibration.py).")
 
 
 class TlsConfig(_Section):

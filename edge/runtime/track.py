@@ -97,7 +97,7 @@ class Tracker:
         iou_threshold: float = 0.3,
         max_missed_frames: int = 10,
         smoothing: float = 0.3,
-        uncertain_below: float = 0.4,
+        uncertain_below: float = 0.5,
         first_id: int = 1,
     ) -> None:
         self.labels = list(labels)
