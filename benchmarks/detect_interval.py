@@ -1,7 +1,7 @@
 """What detecting on one frame in N costs: accuracy of the carried faces and the time to find a face that enters.
 
 FER2013 validation faces (optionally under a ``robustness.py`` corruption) become short clips on a 640x480
-camera-like scene: each face, upsampled ``--upscale`` times, enters after a gap of 2 to 6 empty frames, then
+camera-like scene: each face, upsampled ``--upscale`` times (its border replicated around it), enters after a gap of 2 to 6 empty frames, then
 moves in a straight line at a random speed (up to ``--max-speed`` pixels a frame, bouncing off the edges) for
 ``--clip`` frames, with fresh sensor noise on every frame. One continuous stream per setting, so the detector's
 schedule meets each face at a random phase, as a camera's would. For each ``--every`` N the daemon's own parts run
@@ -59,6 +59,7 @@ def stream(faces: np.ndarray, upscale: int, clip: int, max_speed: float, seed: i
     bg = scene(seed)
     noise = [rng.normal(0, 2.0, (H, W)).astype(np.float32) for _ in range(8)]
     side = 48 * upscale
+    pad = side // 3
     k = 0
 
     def frame(gray: np.ndarray) -> np.ndarray:
@@ -70,20 +71,23 @@ def stream(faces: np.ndarray, upscale: int, clip: int, max_speed: float, seed: i
     for i, face in enumerate(faces):
         for _ in range(int(rng.integers(2, 7))):
             yield frame(bg), -1, None, False
-        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        x, y = rng.uniform(0, W - side), rng.uniform(0, H - side)
+        # The face with its border replicated a third of its side around it, as crop_calibration.py's canvas has:
+        # the device's crop reaches beyond the face square, and FER2013's own framing continues there.
+        big = cv2.copyMakeBorder(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), pad, pad, pad, pad,
+                                 cv2.BORDER_REPLICATE)
+        x, y = rng.uniform(pad, W - side - pad), rng.uniform(pad, H - side - pad)
         angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0, max_speed)
         vx, vy = speed * np.cos(angle), speed * np.sin(angle)
         for j in range(clip):
             g = bg.copy()
             xi, yi = int(round(x)), int(round(y))
-            g[yi : yi + side, xi : xi + side] = big
+            g[yi - pad : yi + side + pad, xi - pad : xi + side + pad] = big
             yield frame(g), i, (float(xi), float(yi), float(side), float(side)), j == 0
             x, y = x + vx, y + vy
-            if not 0 <= x <= W - side:
-                vx, x = -vx, min(max(x, 0), W - side)
-            if not 0 <= y <= H - side:
-                vy, y = -vy, min(max(y, 0), H - side)
+            if not pad <= x <= W - side - pad:
+                vx, x = -vx, min(max(x, pad), W - side - pad)
+            if not pad <= y <= H - side - pad:
+                vy, y = -vy, min(max(y, pad), H - side - pad)
 
 
 def run(every: int, faces: np.ndarray, labels: np.ndarray, clf: Classifier, args: argparse.Namespace) -> dict:
