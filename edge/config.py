@@ -142,8 +142,9 @@ class DetectorConfig(_Section):
     every_n_frames: int = Field(
         5, description="Run the detector on one frame in this many and carry each face in between by matching its "
         "last detected patch near its previous place (the classifier still runs on every frame). The detector also "
-        "runs at once when a carried face no longer matches (min_match). A face that enters is found within this "
-        "many frames; 1 detects on every frame. Measured by benchmarks/detect_interval.py.", ge=1, le=30,
+        "runs at once when a carried face no longer matches (min_match), and on every frame while no face is seen. "
+        "A face that enters beside a carried one is found within this many frames; 1 detects on every frame. "
+        "Measured by benchmarks/detect_interval.py.", ge=1, le=30,
     )
     min_match: float = Field(
         0.6, description="Normalised cross-correlation under which a carried face is detected again at once.",

@@ -114,3 +114,12 @@ def test_the_daemon_detects_on_one_frame_in_every_n_frames(tmp_path, every):
         assert sum(runs) == (8 if every == 1 else 2)
     finally:
         daemon.close()
+
+
+def test_while_no_face_is_seen_every_frame_is_detected(blazeface):
+    det = CarryingDetector(blazeface, 5, min_match=0.6)
+    empty = np.full((480, 640, 3), 120, np.uint8)
+    for _ in range(3):
+        assert det.detect(empty) == [] and det.detected
+    # The first face to enter is found on the frame it enters.
+    assert det.detect(DemoSource(faces=1, vanish=False).read().image) and det.detected

@@ -4,8 +4,9 @@ The detector is most of a frame's work (BlazeFace about 1 ms a frame here, the c
 while a face moves little from one frame to the next. :class:`CarryingDetector` wraps any
 :class:`~edge.runtime.detect.base.FaceDetector` and runs it only
 
-* on the first frame, then every ``every`` frames, whether or not a face is being carried (so a face that enters
-  is found within ``every`` frames, and an empty room costs one detection in ``every`` frames),
+* on every frame while no face is being carried (nothing to carry, and any frame may bring a face: an empty
+  room costs the detector on every frame, as before, and the first face to enter is found at once),
+* every ``every`` frames while faces are carried (so another face that enters is found within ``every`` frames),
 * at once, on the current frame, when any carried face's match falls under ``min_match`` (the face moved too
   far or too fast, turned, was covered or left: the detector then decides whether it is still there).
 
@@ -153,8 +154,8 @@ class CarryingDetector:
 
     def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:
         """The faces in ``image``, detected or carried (see the module docstring)."""
-        if self.every > 1 and self._since < self.every:
-            carried = self._carry(image, scale) if self._carried else []
+        if self.every > 1 and self._since < self.every and self._carried:
+            carried = self._carry(image, scale)
             if carried is not None:
                 self._since += 1
                 self.detected = False
