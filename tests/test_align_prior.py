@@ -159,7 +159,8 @@ def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny
 
     config = Config.model_validate({
         "device": {"id": "t", "state_dir": str(tmp_path / "state")},
-        "detector": {"backend": "blazeface"},
+        # Every frame detected: the second detect() below must see the frame as the loop did, not carry it.
+        "detector": {"backend": "blazeface", "every_n_frames": 1},
         "classifier": {"model": str(tiny_bundle)},  # align_eyes is on by default
     })
     d = Daemon(config, StdoutSink("t", stream=io.StringIO()))

@@ -381,3 +381,24 @@ def test_calibration_benchmark_reports_the_device_temperature(monkeypatch, tiny_
     assert calibration.main(["--data", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_detect_interval_scores_each_interval_on_the_same_stream(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import detect_interval
+    from model_latency import DEFAULT_FACES
+
+    if not DEFAULT_FACES.is_file():
+        pytest.skip("needs the FER2013 validation faces beside the repository")
+    out = tmp_path / "r.json"
+    assert detect_interval.main(["--data", str(DEFAULT_FACES), "--limit", "4", "--clip", "6", "--every", "1", "3",
+                                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["every"] for r in rows] == [1, 3]
+    every1, every3 = rows
+    assert every1["detector_runs_per_frame"] == 1.0
+    # While a face is carried the detector runs on at most one frame in 3 (empty frames run it every time).
+    assert every3["detector_runs_per_frame"] < 1.0
+    for r in rows:
+        assert 0 <= r["acc_seen"] <= 1 and 0 <= r["coverage"] <= 1 and r["found"] > 0
+    assert "| clean | 3 |" in capsys.readouterr().out

@@ -437,7 +437,7 @@ def test_precision_choices_map_to_keras_policies_and_bad_ones_are_refused():
         with pytest.raises(ValueError, match="mixed_precision"):
             HParams(mixed_precision=bad)
     hp = HParams(mixed_precision="bfloat16", jit_compile=True)
-    assert hp.execution_only() == {"mixed_precision": "bfloat16", "jit_compile": True}
+    assert hp.execution_only() == {"mixed_precision": "bfloat16", "jit_compile": True, "data_parallel": "auto"}
     from train_export.cli import build_parser
     from train_export.hparam_flags import hparams_from_args
 

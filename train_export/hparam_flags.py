@@ -13,7 +13,8 @@ import re
 from train_export.hparams import HParams
 
 #: Spelling of the flags whose value is true, false or a named choice.
-_NAMED_CHOICES = {"mixed_precision": "true, false, bfloat16 or float16", "jit_compile": "true, false or auto"}
+_NAMED_CHOICES = {"mixed_precision": "true, false, bfloat16 or float16", "jit_compile": "true, false or auto",
+                  "data_parallel": "auto, true or false"}
 
 
 def field_docs(cls: type = HParams) -> dict[str, str]:

@@ -29,7 +29,7 @@ LEGACY_VALUES: dict[str, tuple[object, str]] = {
 }
 
 #: Fields a resumed run may change (see :meth:`HParams.execution_only`).
-EXECUTION_FIELDS = ("mixed_precision", "jit_compile")
+EXECUTION_FIELDS = ("mixed_precision", "jit_compile", "data_parallel")
 
 
 @dataclass
@@ -111,6 +111,10 @@ class HParams:
             optimizer would restore without the run's optimizer state).
         jit_compile: Keras ``jit_compile``; "auto" is right on CPU, where True was 9x slower in the
             first trial (2026-11-23, not re-measured since).
+        data_parallel: Train on several devices at once (:mod:`train_export.training.distribute`): "auto" = every
+            GPU when more than one is visible; true = every GPU, or the logical CPU devices; false = one device.
+            Each device takes ``batch_size`` faces a step: the global batch and the peak learning rate are
+            multiplied by the number of devices (recorded in the run's ``distribute.json``).
     """
 
     model: str = "sepse"
@@ -157,6 +161,7 @@ class HParams:
     seed: int = 1
     mixed_precision: str | bool = True
     jit_compile: str | bool = "auto"
+    data_parallel: str | bool = "auto"
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -25,6 +25,7 @@ from edge.runtime.classify.classifier import Classifier
 from edge.runtime.commands import DeviceCommands
 from edge.runtime.detect import make_detector
 from edge.runtime.detect.base import FaceDetector
+from edge.runtime.detect.carry import CarryingDetector
 from edge.runtime.emotions import EmotionWatch
 from edge.runtime.models.active import ActiveModel
 from edge.runtime.pause import PauseFile
@@ -85,7 +86,9 @@ class Daemon:
         self.models = ActiveModel(classifier, lambda b: configured_classifier(b, c),
                                   (config.state_dir() / "models").resolve(), self._rolled_back)
         d = config.detector
-        self.detector = detector or make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
+        detector = detector or make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
+        # Detect on one frame in d.every_n_frames and carry the faces in between (edge.runtime.detect.carry).
+        self.detector = CarryingDetector(detector, d.every_n_frames, d.min_match) if d.every_n_frames > 1 else detector
         s = config.source
         self.source = source or ManagedSource(
             lambda: open_source(s.uri, s), s.uri, s.max_fps, s.loop, s.retry_initial_s, s.retry_max_s

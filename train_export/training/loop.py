@@ -38,6 +38,7 @@ from train_export.model.spec import (
 )
 from train_export.training.budget import TimeBudget
 from train_export.training.callbacks import BestCheckpoint, Curves, EpochTimer
+from train_export.training.distribute import prepare as prepare_devices
 from train_export.training.optim import make_loss, make_optimizer
 from train_export.training.precision import check_resume_policy, float32_twin, has_gpu, training_policy
 
@@ -192,13 +193,16 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
                  "+ %.2f x one-hot", hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature,
                  "before the camera degradation" if hp.teachers_see_clean else "as the student does",
                  1 - hp.distill_alpha)
+    devices = prepare_devices(hp, run_dir)  # checked (and recorded) before hparams.json, like the teachers
     hp.save(hp_path)
+    run_hp = devices.scaled(hp)  # the global batch size and learning rate (hp keeps the per-device values)
 
-    with dtype_policy(policy):  # restored afterwards: later models in this process are not mixed
+    # The dtype policy is restored afterwards: later models in this process are not mixed.
+    with dtype_policy(policy), devices.scope():
         prep = Preprocessing(input_size=hp.input_size)
         model, core, augmenter = build_training_model(hp, teachers)
-        train_seq = FaceSequence(train_data, hp, prep, training=True, soft=soft, augmenter=augmenter)
-        val_seq = FaceSequence(val_data, hp, prep, training=False)
+        train_seq = FaceSequence(train_data, run_hp, prep, training=True, soft=soft, augmenter=augmenter)
+        val_seq = FaceSequence(val_data, run_hp, prep, training=False)
         if hp.init_weights:
             load_init_weights(core, hp.init_weights)
         info = describe(core)
@@ -212,7 +216,7 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
         if done:
             log.info("resuming %s after epoch %d of %d (from backup/)", run_dir, done, hp.epochs)
         budget = TimeBudget(hp, time_budget_s, run_dir) if time_budget_s is not None else None
-        compile_for_training(model, hp, len(train_seq), per_epoch=budget is not None)
+        compile_for_training(model, run_hp, len(train_seq), per_epoch=budget is not None)
         interval = SAVE_INTERVAL_S if budget else 0.0  # seconds between writes of best.keras and curves.png
         callbacks: list[keras.callbacks.Callback] = [
             *([budget] if budget else [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]),
