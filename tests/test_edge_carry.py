@@ -123,3 +123,31 @@ def test_while_no_face_is_seen_every_frame_is_detected(blazeface):
         assert det.detect(empty) == [] and det.detected
     # The first face to enter is found on the frame it enters.
     assert det.detect(DemoSource(faces=1, vanish=False).read().image) and det.detected
+
+
+def test_unrelated_frames_rest_the_carrying(monkeypatch):
+    """A stream whose every frame is another image: after two failed carries in a row the detector alone runs
+    for ``every`` frames, so an image folder does not pay for a match on every frame."""
+    import edge.runtime.detect.carry as carry
+    from edge.runtime.detect.base import Detection
+
+    class OneFace:
+        name = "fake"
+
+        def detect(self, image, scale=(1.0, 1.0)):
+            return [Detection((100.0, 100.0, 80.0, 80.0), 0.9, (100.0, 100.0, 80.0, 80.0), ())]
+
+        def close(self):
+            pass
+
+    tries = []
+    real_match = carry._match
+    monkeypatch.setattr(carry, "_match", lambda image, c: tries.append(1) or real_match(image, c))
+    det = CarryingDetector(OneFace(), 5, min_match=0.6)
+    rng = np.random.default_rng(0)
+    detected = []
+    for _ in range(30):
+        det.detect(rng.integers(0, 256, (240, 320), dtype=np.uint8))  # noise: nothing matches the last frame
+        detected.append(det.detected)
+    assert all(detected)  # every frame went to the detector
+    assert len(tries) <= 30 // (5 + carry.FAILS_BEFORE_REST) * carry.FAILS_BEFORE_REST + carry.FAILS_BEFORE_REST

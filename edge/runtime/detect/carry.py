@@ -8,7 +8,9 @@ while a face moves little from one frame to the next. :class:`CarryingDetector` 
   room costs the detector on every frame, as before, and the first face to enter is found at once),
 * every ``every`` frames while faces are carried (so another face that enters is found within ``every`` frames),
 * at once, on the current frame, when any carried face's match falls under ``min_match`` (the face moved too
-  far or too fast, turned, was covered or left: the detector then decides whether it is still there).
+  far or too fast, turned, was covered or left: the detector then decides whether it is still there),
+* on the next ``every`` frames without trying to carry after carrying failed on ``FAILS_BEFORE_REST`` frames in a
+  row: frames that have nothing to do with each other (an image folder) then cost the detector alone.
 
 In between, each face of the last detection is looked for near its previous place on a coarse grid: its detector
 box at the last detection sampled about 16 x 16 times (the gray image, or a BGR image's green channel; a Pi
@@ -34,6 +36,9 @@ from edge.runtime.detect.base import Detection, FaceDetector
 TEMPLATE_SIDE = 16
 #: Search radius in grid samples either way (6 of 16: a face may move about 0.37 of its size between frames).
 SEARCH = 6
+#: Carrying that failed on this many frames in a row rests for ``every`` frames (detect only): a stream of unrelated
+#: images (an image folder, a video of cuts) would otherwise pay for a match that fails on every frame.
+FAILS_BEFORE_REST = 2
 
 
 def _sample(image: np.ndarray, x0: int, y0: int, nx: int, ny: int, step: int) -> np.ndarray:
@@ -151,15 +156,22 @@ class CarryingDetector:
         self._carried: list[_Carried] = []
         self._since = every  # frames since the last detection: the first frame detects
         self._shape: tuple[int, ...] = ()
+        self._fails = 0  # carries that failed in a row
+        self._rest = 0  # frames left on which carrying is not tried
 
     def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:
         """The faces in ``image``, detected or carried (see the module docstring)."""
-        if self.every > 1 and self._since < self.every and self._carried:
+        if self._rest > 0:
+            self._rest -= 1
+        elif self.every > 1 and self._since < self.every and self._carried:
             carried = self._carry(image, scale)
             if carried is not None:
-                self._since += 1
+                self._since, self._fails = self._since + 1, 0
                 self.detected = False
                 return carried
+            self._fails += 1
+            if self._fails >= FAILS_BEFORE_REST:
+                self._rest = self.every
         return self._detect(image, scale)
 
     def close(self) -> None:
