@@ -12,7 +12,8 @@
 #   (carrying .whl and .gpu; END: the seconds the call may use, its limit_s minus about 30).
 # Env: END; BUDGET_A, BUDGET_C (minutes; by default from END, phase C getting C_SHARE 0.4 of what is left after the
 # setup); MIN_C (2.5: a shorter run is mostly compiling); ALPHA (0.5); BATCH (256); PROBE_S (60) and SLOW_MS (150)
-# for the backend probe; MIN_TEACHER (0.6: a teacher also needs this val accuracy); WORK (/tmp/work); SMALL=1: a CPU
+# for the backend probe; KILL_MARGIN (90: the seconds a run may take past its budget, its start included, before it
+# is killed); MIN_TEACHER (0.6: a teacher also needs this val accuracy); WORK (/tmp/work); SMALL=1: a CPU
 # dry run on 1,500 training and 300 val faces with tiny teachers, which checks the plumbing, not the accuracy.
 # shellcheck disable=SC2086  # the flag lists ($TR, $TEACH, $STUD ...) are meant to split into words
 set -u
@@ -104,7 +105,7 @@ A=${BUDGET_A:-$(python3 -c "print(round(max(1, ($AVAIL - $START_S - ($C * 60 + $
 el "phase A budget $A min, phase C budget $C min"
 run() { local name=$1 kill=$2; shift 2; timeout "$kill" $TR --run-dir "$W/runs/$name" "$@" > "$W/runs/$name.log" 2>&1
         el "$name rc=$?"; }
-KILL_A=$(python3 -c "print(int($A * 60 + 60))")
+KILL_A=$(python3 -c "print(int($A * 60 + ${KILL_MARGIN:-90}))")
 (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/[phase A at 120 s] /') &
 if [ -n "${SMALL:-}" ]; then VGG="--width 0.25 --depth 1"; SEP="--width 0.5 --depth 1"; else VGG="--width 1 --depth 3"; SEP="--width 3 --depth 3"; fi
 PIDS=""
@@ -151,7 +152,7 @@ C=$(python3 -c "print(round(max(0, min($C, ($(left) - $FINISH_S - $START_S) / 60
 if [ ${#GOOD[@]} -gt 0 ] && python3 -c "raise SystemExit(0 if $C >= ${MIN_C:-2.5} or ('${SMALL:-}' and $C > 0) else 1)"; then
   el "phase C: D1 from $INIT, $C min, teachers ${GOOD[*]}"
   ONLINE=$(IFS=,; echo "${GOOD[*]}")
-  run D1_w15s2_kd "$(python3 -c "print(int($C * 60 + 60))")" $STUD --epochs 200 --seed 22 \
+  run D1_w15s2_kd "$(python3 -c "print(int($C * 60 + ${KILL_MARGIN:-90}))")" $STUD --epochs 200 --seed 22 \
       --learning-rate "$(lr 3e-4)" --warmup-epochs 1 --init-weights "$INIT" --teacher-models "$ONLINE" \
       --distill-alpha "${ALPHA:-0.5}" --time-budget "$C"
 else
