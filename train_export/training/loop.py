@@ -177,22 +177,23 @@ def train(hp: HParams, train_data: FaceData, val_data: FaceData, run_dir: Path, 
                          getattr(hp, name), old)
     if train_data.labels != hp.labels or val_data.labels != hp.labels:
         raise ValueError("dataset labels differ from hparams.labels")
+    own = "FER+ vote shares" if train_data.targets is not None else "one-hot"  # what the data's own targets are
     soft = None
     if hp.soft_labels:  # checked before hparams.json is written, so a wrong file leaves no half-started run
         from train_export.training.distill import load_soft_labels
 
         soft = load_soft_labels(hp.soft_labels, train_data)
-        log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x one-hot",
-                 hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha)
+        log.info("distilling: targets are %.2f x teacher soft labels (%s) + %.2f x %s",
+                 hp.distill_alpha, hp.soft_labels, 1 - hp.distill_alpha, own)
     teachers = None
     if hp.teacher_models:  # loaded (and checked) before hparams.json is written, like the soft labels
         from train_export.training.online_distill import load_teachers
 
         teachers = load_teachers(hp.teacher_models, hp.input_size, hp.labels, policy)
         log.info("distilling online: targets are %.2f x the mean of %d teachers on each batch (T=%g; they see it %s) "
-                 "+ %.2f x one-hot", hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature,
+                 "+ %.2f x %s", hp.distill_alpha, len(hp.teacher_models), hp.distill_temperature,
                  "before the camera degradation" if hp.teachers_see_clean else "as the student does",
-                 1 - hp.distill_alpha)
+                 1 - hp.distill_alpha, own)
     devices = prepare_devices(hp, run_dir)  # checked (and recorded) before hparams.json, like the teachers
     hp.save(hp_path)
     run_hp = devices.scaled(hp)  # the global batch size and learning rate (hp keeps the per-device values)
