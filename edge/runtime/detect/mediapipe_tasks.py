@@ -43,7 +43,7 @@ def _without_pyplot():
         yield
         return
     stubs = {name: types.ModuleType(name) for name in ("matplotlib", "matplotlib.pyplot")}
-    stubs["matplotlib"].pyplot = stubs["matplotlib.pyplot"]  # type: ignore[attr-defined]
+    stubs["matplotlib"].pyplot = stubs["matplotlib.pyplot"]
     sys.modules.update(stubs)
     try:
         yield

@@ -84,8 +84,8 @@ class Subscriptions:
             if mqtt.topic_matches_sub(sub, msg.topic):
                 try:
                     if with_props:
-                        callback(msg.topic, msg.payload, getattr(msg, "properties", None))  # type: ignore[call-arg]
+                        callback(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))  # type: ignore[call-arg]
                     else:
-                        callback(msg.topic, msg.payload)  # type: ignore[call-arg]
+                        callback(msg.topic, bytes(msg.payload))  # type: ignore[call-arg]
                 except Exception:
                     log.exception("handler for MQTT topic %s failed", msg.topic)
