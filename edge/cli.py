@@ -11,7 +11,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: each command imports its modules where it runs
+    from edge.config import Config
 
 log = logging.getLogger("edge")
 
@@ -73,7 +76,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def load_run_config(args: argparse.Namespace):
+def load_run_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line flags applied; raises ConfigError."""
     from edge.config import load_config, parse_config
 

@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.config import MqttConfig, TlsConfig, load_config, parse_config, resolve_secret
 
@@ -117,10 +117,11 @@ def make_client(
     """
     import paho.mqtt.client as mqtt
 
-    kwargs = {"clean_session": True} if protocol != MQTT_V5 else {}
+    kwargs: dict[str, Any] = {"clean_session": True} if protocol != MQTT_V5 else {}
     client = (client_class or mqtt.Client)(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-        manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure, **kwargs)
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        protocol=mqtt.MQTTProtocolVersion(protocol), manual_ack=manual_ack, reconnect_on_failure=reconnect_on_failure,
+        **kwargs)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     if settings.username:
@@ -177,7 +178,7 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
         mqtt_data = data.setdefault("mqtt", {})
         tls = overrides.pop("tls", None)
         mqtt_data.update(overrides)
-        if tls is not None:
+        if isinstance(tls, dict):
             mqtt_data["tls"] = {**mqtt_data.get("tls", {}), **tls}
         cfg = parse_config(data, getattr(args, "config", None))
     settings = settings_from_config(cfg.mqtt)

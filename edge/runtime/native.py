@@ -43,6 +43,7 @@ log = logging.getLogger("edge.native")
 #: wrong descriptor. Re-entrant so a nested block in the same thread just captures into the outer file.
 _LOCK = threading.RLock()
 
+_libc: ctypes.CDLL | None
 try:  # fflush(NULL) flushes C stdio buffers (stderr is normally unbuffered, but a library may change that).
     _libc = ctypes.CDLL(None)
     _libc.fflush.argtypes = [ctypes.c_void_p]

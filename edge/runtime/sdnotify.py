@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ class Notifier:
         clock: Monotonic clock in seconds (injectable for tests).
     """
 
-    def __init__(self, environ: dict[str, str] | None = None, clock=time.monotonic) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         env = os.environ if environ is None else environ
         self._clock = clock
         self._address = self._parse_address(env.get("NOTIFY_SOCKET", ""))
@@ -44,7 +46,7 @@ class Notifier:
         return None
 
     @staticmethod
-    def _parse_watchdog(env) -> float | None:
+    def _parse_watchdog(env: Mapping[str, str]) -> float | None:
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
         if not usec:

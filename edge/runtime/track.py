@@ -9,6 +9,7 @@ a single odd frame does not flip the reported emotion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -53,11 +54,10 @@ class Track:
     last_ts: float
     observations: int = 1
     missed: int = 0
-    prob_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    prob_sum: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.prob_sum is None:
-            self.prob_sum = self.raw_probs.astype(np.float64).copy()
+        self.prob_sum = self.raw_probs.astype(np.float64).copy()
 
     def mean_probs(self) -> np.ndarray:
         """Mean of the raw probabilities over all observations."""
@@ -132,14 +132,14 @@ class Tracker:
         a = self.smoothing
         for di, box in enumerate(boxes):
             p = np.asarray(probs[di], dtype=np.float64)
-            track = track_for_det.get(di)
-            if track is None:
-                track = Track(self.next_id, tuple(box), p.copy(), p.copy(), ts, ts)
+            if di not in track_for_det:
+                track = Track(self.next_id, cast(Box, tuple(box)), p.copy(), p.copy(), ts, ts)
                 self.next_id += 1
                 self.tracks.append(track)
                 started.append(track)
             else:
-                track.box = tuple(box)
+                track = track_for_det[di]
+                track.box = cast(Box, tuple(box))  # a copy, whatever sequence the caller passed
                 track.probs = a * p + (1.0 - a) * track.probs
                 track.raw_probs = p.copy()
                 track.prob_sum += p

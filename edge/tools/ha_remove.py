@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+import paho.mqtt.client as mqtt
+
 from edge.protocol.broker import BrokerSettings
 from edge.protocol.topics import AVAILABILITY, STATE_TOPICS, topic
 from edge.runtime.homeassistant import device_identifier
@@ -40,9 +42,9 @@ def remove_device_from_broker(settings: BrokerSettings, device_id: str, discover
     found: dict[str, None] = {}
     last = [time.monotonic()]
 
-    def on_message(client, msg) -> None:
+    def on_message(client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         last[0] = time.monotonic()
-        body = decode_json(msg.payload)
+        body = decode_json(bytes(msg.payload))
         if msg.retain and names_device(body, ident):
             found[msg.topic] = None
 

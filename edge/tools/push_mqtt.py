@@ -134,7 +134,7 @@ def publish_push(
     outcome = PushOutcome(push_id, topic, len(payload))
     done = threading.Event()
 
-    def on_message(c, msg):
+    def on_message(c: Any, msg: Any) -> None:
         body = _json_object(msg.payload)
         if body is None or body.get("event") != "model_push" or body.get("push_id") != push_id:
             return
@@ -202,7 +202,7 @@ def send_command(
     got = threading.Event()
     sent_at = time.time()
 
-    def on_message(c, msg):
+    def on_message(c: Any, msg: Any) -> None:
         body = _json_object(msg.payload)
         if body is None or body.get("event") != "command" or body.get("command") != name:
             return

@@ -254,13 +254,13 @@ def _reload(host: Host) -> None:
         from edge.tools.push_mqtt import PushError, send_command
 
         # Name the store's link: the daemon would otherwise reload the folder it already runs.
-        cmd = {"command": "reload_model", "bundle_dir": f"{s.state_dir.rstrip('/')}/models/current"}
+        command = {"command": "reload_model", "bundle_dir": f"{s.state_dir.rstrip('/')}/models/current"}
         ca = s.mqtt_ca_file.expanduser() if s.mqtt_ca_file else None
         password = os.environ.get("EMOTION_EDGE_MQTT_PASSWORD") or legacy_password("EMOTION_EDGE_MQTT_PASSWORD")
         broker = BrokerSettings(host=s.mqtt_host, port=s.mqtt_port, username=s.mqtt_username, password=password,
                                 tls=TlsConfig(enabled=bool(s.mqtt_tls or ca), ca_file=ca))
         try:
-            reply = send_command(broker, s.mqtt_prefix, s.device_id or host.name, cmd)
+            reply = send_command(broker, s.mqtt_prefix, s.device_id or host.name, command)
         except PushError as exc:  # no broker or no answer: the new model is unproven, so it must roll back
             raise _StepFailed("reload", str(exc)) from None
         if not reply.get("ok"):

@@ -164,9 +164,12 @@ class ManagedSource:
                 self.dropped += int(late / interval)
                 self._next_frame_at = self._clock()
             self._next_frame_at += interval
+        src = self._src
+        if src is None:  # open_now() opens nothing while paused (pause() runs on this thread or holds it off)
+            return None
         t0 = time.perf_counter()
         try:
-            frame = self._src.read()
+            frame = src.read()
         except SourceError as exc:
             self.schedule_retry(str(exc))
             return None

@@ -8,6 +8,7 @@ for the sources read): ``ssd_anchors_calculator.cc``, ``tensors_to_detections_ca
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ import numpy as np
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
 
 #: SsdAnchorsCalculatorOptions of the short-range model (face_detector_graph.cc ConfigureSsdAnchorsCalculator).
-SHORT_RANGE_ANCHORS = dict(
+SHORT_RANGE_ANCHORS: dict[str, Any] = dict(
     input_size=(128, 128),
     strides=(8, 16, 16, 16),
     min_scale=0.1484375,

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def _keep_tensorflow_out_of_mediapipe() -> None:
 
 
 @contextlib.contextmanager
-def _without_pyplot():
+def _without_pyplot() -> Iterator[None]:
     """Let MediaPipe import without loading matplotlib.
 
     ``mediapipe.tasks.python.vision`` imports its ``drawing_utils``, which imports ``matplotlib.pyplot`` at

@@ -34,7 +34,7 @@ def startup_classifier(config: Any) -> Classifier:
     global last_boot_rollback
     c = config.classifier
 
-    def load(bundle_dir):
+    def load(bundle_dir: Any) -> Classifier:
         return configured_classifier(bundle_dir, c)
 
     if c.model is not None:

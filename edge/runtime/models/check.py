@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import BundleError, Manifest, load_bundle
+from edge.bundle import BundleError, Manifest, Quantization, load_bundle
 from edge.preprocess import quantize_input
 from edge.runtime.classify.interpreter import make_interpreter
 
@@ -21,7 +21,7 @@ from edge.runtime.classify.interpreter import make_interpreter
 _SUM_TOLERANCE = 0.1
 
 
-def _quant_matches(detail: dict, spec) -> bool:
+def _quant_matches(detail: dict, spec: Quantization | None) -> bool:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if spec is None:
         return True

@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.bundle import MANIFEST_FILE, BundleError, Manifest
 from edge.protocol.envelope import clip
 from edge.protocol.push import PushRejected, parse_push, peek_push_id
@@ -88,7 +90,7 @@ class ModelPushReceiver:
         # The bundle folder (resolved) the last push swapped in and that push's id, so a rollback of that
         # folder answers the push.
         self._last_applied: tuple[Path, str | None] | None = None
-        self._trusted = []
+        self._trusted: list[Ed25519PublicKey] = []
         self._key_errors: list[str] = []
         self._bucket = TokenBucket(PUSH_RATE, PUSH_BURST)
         self._log = LogLimiter(log)
@@ -223,7 +225,7 @@ class ModelPushReceiver:
             detail = "; ".join(self._key_errors) or "model_push.trusted_keys is empty"
             raise PushRejected("untrusted_key", f"no trusted key loaded ({detail})")
         push = parse_push(payload, self._trusted, self.config.model_push.max_bytes)
-        base = {
+        base: dict[str, Any] = {
             "topic": topic,
             "push_id": push.push_id or None,
             "model_id": push.manifest.model_id,
@@ -297,7 +299,7 @@ class ModelPushReceiver:
         newest = parse_created(seen["created"])
         # Equal counts too (the running bundle was let through above): a retained push re-delivered after a
         # rollback or an SSH push must not quietly bring that model back.
-        if created is None or created <= newest:
+        if created is None or (newest is not None and created <= newest):
             what = ("was already accepted by this device and has since been rolled back or replaced"
                     if created == newest else f"is older than {seen['model_id']} (created {seen['created']}) that "
                     "this device already accepted")

@@ -162,7 +162,8 @@ class ModelStore:
         """Remember a pushed bundle's ``created`` if it is the newest so far (written atomically)."""
         when = parse_created(manifest.created)
         seen = self.newest_push()
-        if when is None or (seen is not None and when <= parse_created(seen["created"])):
+        seen_when = parse_created(seen["created"]) if seen is not None else None
+        if when is None or (seen_when is not None and when <= seen_when):
             return
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f"{NEWEST_PUSH}.tmp-{os.getpid()}"

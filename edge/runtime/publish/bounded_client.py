@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
@@ -50,7 +50,8 @@ class BoundedClient(mqtt.Client):
     on_oversized: Callable[[str, int], None] | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        packet: dict[str, Any] = self._in_packet
+        # paho's TypedDict does not know the two keys this class keeps in the packet.
+        packet = cast("dict[str, Any]", self._in_packet)
         if self.size_limit is None or not packet["have_remaining"] or packet["command"] & 0xF0 != _PUBLISH:
             return super()._sock_recv(bufsize)
         if not packet.get(_DECIDED):
@@ -83,7 +84,7 @@ class BoundedClient(mqtt.Client):
         return min(packet["remaining_length"], 2 + (buf[0] << 8 | buf[1]) + (2 if qos else 0))
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        size = self._in_packet.get(_DROPPED)
+        size = cast("dict[str, Any]", self._in_packet).get(_DROPPED)
         if size is None:
             super()._handle_on_message(message)
         elif self.on_oversized is not None:

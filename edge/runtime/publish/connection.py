@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -211,7 +211,7 @@ class MqttConnection:
         client = make_client(self.settings, self.client_id, protocol=self._protocol, reconnect_on_failure=False,
                              will=(self.availability_topic, "offline"), context=self._tls_context,
                              client_class=BoundedClient)
-        self._caps.attach(client)
+        self._caps.attach(cast(BoundedClient, client))  # made with client_class=BoundedClient
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
         client.on_connect = self._on_connect

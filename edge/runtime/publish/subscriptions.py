@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -84,8 +85,8 @@ class Subscriptions:
             if mqtt.topic_matches_sub(sub, msg.topic):
                 try:
                     if with_props:
-                        callback(msg.topic, msg.payload, getattr(msg, "properties", None))  # type: ignore[call-arg]
+                        cast(PropertiesCallback, callback)(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))
                     else:
-                        callback(msg.topic, msg.payload)  # type: ignore[call-arg]
+                        cast(MessageCallback, callback)(msg.topic, bytes(msg.payload))
                 except Exception:
                     log.exception("handler for MQTT topic %s failed", msg.topic)

@@ -140,11 +140,11 @@ class Dashboard:
     @property
     def url(self) -> str:
         """Where the page is, e.g. ``http://127.0.0.1:8765/``."""
-        host, port = self.httpd.server_address[:2]
+        host, port = self.httpd.socket.getsockname()[:2]  # server_address, typed str | bytes by the stubs
         return f"http://{host}:{port}/"
 
     def _on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
-        self.state.update(msg.topic, msg.payload)
+        self.state.update(msg.topic, bytes(msg.payload))
 
     def _sampler(self) -> None:
         while not self.httpd.stopping.wait(self.sample_s):

@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import ConfigError
 from edge.protocol.broker import BrokerError, add_broker_flags, settings_from_args
 from edge.version import install_hint
+
+if TYPE_CHECKING:  # imported inside the `record` command only, as the other commands do not need it
+    from edge.tools.subscribe.record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_while_recording(recorder, every_s: float, done: threading.Event) -> None:
+def _count_while_recording(recorder: Recorder, every_s: float, done: threading.Event) -> None:
     """Print the recorder's running count on stderr every ``every_s`` seconds until ``done``: redrawn in place
     on a terminal, one line each time otherwise (a log)."""
     tty = sys.stderr.isatty()

@@ -48,7 +48,7 @@ def subscription_filters(prefix: str, devices: Sequence[str] = ("+",), kinds: Se
     ``availability`` is always included: the tools show online/offline from it.
     """
     wanted = [*kinds, AVAILABILITY] if AVAILABILITY not in kinds else list(kinds)
-    filters = []
+    filters: list[str] = []
     for dev in devices or ("+",):
         if "#" in dev or "/" in dev:
             raise SubscribeError(f"device filter {dev!r}: use a device id or '+' (one topic level), not '#' or '/'")
@@ -132,7 +132,7 @@ class Subscriber:
         self.client.on_message = self._dispatch
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------
-    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             refusal = f"broker {self.settings.describe()} refused the connection: {reason_code}"
             if self._running and reason_code.value not in FATAL_REFUSALS:
@@ -150,11 +150,11 @@ class Subscriber:
         log.info("connected to %s (session present: %s)", self.settings.describe(), flags.session_present)
         self._subscribed.clear()
         result, mid = client.subscribe([(f, 1) for f in self.filters])
-        if result == mqtt.MQTT_ERR_SUCCESS:
+        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:  # paho gives a message id with success
             self._pending_subs = {mid}
         self._connected.set()
 
-    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         bad = [str(rc) for rc in reason_codes if rc.is_failure]
         if bad:
             log.warning("subscription refused: %s", ", ".join(bad))
@@ -162,12 +162,12 @@ class Subscriber:
         if not self._pending_subs:
             self._subscribed.set()
 
-    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._subscribed.clear()
         if reason_code.is_failure:
             log.warning("disconnected from %s: %s; reconnecting", self.settings.describe(), reason_code)
 
-    def _dispatch(self, client, userdata, msg) -> None:
+    def _dispatch(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self._on_message(client, msg)
         except Exception:  # a bad message must not kill the network thread; it stays unacked

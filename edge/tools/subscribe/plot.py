@@ -15,6 +15,7 @@ import logging
 import math
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,10 @@ from edge.tools.subscribe.plotdata import (
 from edge.tools.subscribe.store import Recording
 from edge.tools.subscribe.view import label_colors
 
+if TYPE_CHECKING:  # matplotlib is imported where a figure is made: it is an optional dependency
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 log = logging.getLogger(__name__)
 
 #: What the dominant-emotion band shows where nobody was seen.
@@ -38,7 +43,7 @@ EMPTY_COLOR = "#ffffff"
 GRID_FROM = 5
 
 
-def figure(width: int, height: int, dpi: int):
+def figure(width: int, height: int, dpi: int) -> Figure:
     """A matplotlib Figure of exactly ``width`` x ``height`` pixels, without pyplot (no global state, no GUI)."""
     try:
         from matplotlib.figure import Figure
@@ -56,7 +61,7 @@ def date_num(ts: np.ndarray | float) -> np.ndarray:
     return np.asarray(ts, float) / 86400.0 + dates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc))
 
 
-def time_axis(ax, tz: tzinfo, show_offset: bool = True) -> str:
+def time_axis(ax: Axes, tz: tzinfo, show_offset: bool = True) -> str:
     """Format ``ax``'s x axis as dates in ``tz`` (the date beside the last tick unless not ``show_offset``);
     return the axis label, e.g. ``time (UTC)``."""
     from matplotlib import dates
@@ -73,7 +78,7 @@ def _row_spacing(s: Series) -> float:
     return float(np.median(np.diff(s.ts))) if len(s.ts) > 1 and s.source == "summary" else 0.0
 
 
-def save(fig, out: Path) -> Path:
+def save(fig: Figure, out: Path) -> Path:
     """Write ``fig`` as a PNG of its exact size (no bbox='tight'), creating the folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=fig.dpi)
@@ -81,7 +86,7 @@ def save(fig, out: Path) -> Path:
 
 
 def timeline_figure(s: Series, device: str, width: int = 1600, height: int = 900, dpi: int = 100,
-                    max_bins: int = 600, tz: tzinfo = timezone.utc):
+                    max_bins: int = 600, tz: tzinfo = timezone.utc) -> Figure:
     """Timeline: stacked probabilities, dominant-emotion band, and face count over time, bin for bin."""
     from matplotlib.patches import Patch
 
@@ -120,12 +125,12 @@ def timeline_figure(s: Series, device: str, width: int = 1600, height: int = 900
     return fig
 
 
-def _legend_below(fig, handles: list, names: list[str]) -> None:
+def _legend_below(fig: Figure, handles: list, names: list[str]) -> None:
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10), fontsize="small", frameon=False)
 
 
 def hourly_figure(series: dict[str, Series], width: int = 1600, height: int = 900, dpi: int = 100,
-                  tz: tzinfo = timezone.utc):
+                  tz: tzinfo = timezone.utc) -> Figure:
     """Per-hour summary: per device, a stacked bar of mean probabilities per clock hour of ``tz`` and the
     mean face count (markers, on a second axis). One panel per device in a column; from :data:`GRID_FROM`
     devices on, a grid of small panels, so 20 devices stay readable. One legend names every colour and marker."""
@@ -173,7 +178,7 @@ def hourly_figure(series: dict[str, Series], width: int = 1600, height: int = 90
 
 
 def overview_figure(series: dict[str, Series], width: int = 1600, height: int = 900, dpi: int = 100,
-                    max_bins: int = 600, tz: tzinfo = timezone.utc):
+                    max_bins: int = 600, tz: tzinfo = timezone.utc) -> Figure:
     """Fleet overview: one row per device with its dominant emotion per time bin (white: nobody seen), on
     one shared time axis, and below it the faces in view over all devices."""
     from matplotlib.patches import Patch

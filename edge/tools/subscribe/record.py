@@ -143,7 +143,7 @@ class Recorder:
             if state:  # an empty retained payload only clears the topic
                 self.recording.add_availability(device, state, now)
         else:
-            body = decode_json(msg.payload)
+            body = decode_json(bytes(msg.payload))
             if body is None or not envelope_ok(body):
                 # Not a contract message: storing it would break the dedupe; acknowledge and skip it (an
                 # unacknowledged message would hold one of the broker's in-flight slots for good).

@@ -208,9 +208,9 @@ def health(view: DeviceView, now: float, stale_after_s: float = 30.0) -> tuple[s
         return "bad", "no messages yet"
     if age > stale_after_s:
         return "bad", f"silent for {age:.0f}s"
-    source = st.get("source") if isinstance(st.get("source"), dict) else {}
-    outbox = st.get("outbox") if isinstance(st.get("outbox"), dict) else {}
-    mqtt = st.get("mqtt") if isinstance(st.get("mqtt"), dict) else {}
+    source = found if isinstance(found := st.get("source"), dict) else {}
+    outbox = found if isinstance(found := st.get("outbox"), dict) else {}
+    mqtt = found if isinstance(found := st.get("mqtt"), dict) else {}
     if view.state == "degraded":
         return "warn", "degraded"
     if source.get("state") not in (None, "ok"):
@@ -227,7 +227,7 @@ def status_figures(view: DeviceView) -> dict[str, Any]:
     st = view.status
 
     def sub(key: str) -> dict[str, Any]:
-        return st.get(key) if isinstance(st.get(key), dict) else {}
+        return found if isinstance(found := st.get(key), dict) else {}
 
     def num(value: Any) -> float | None:
         return value if is_number(value) else None

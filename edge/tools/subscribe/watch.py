@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -200,6 +200,7 @@ class WatchView:
     def _table(self, views: list[DeviceView], now: float) -> Table:
         """One line per device: what a fleet operator scans for."""
         table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, padding=(0, 2, 0, 0))
+        justify: JustifyMethod
         for name, justify in (("device", "left"), ("link", "left"), ("state", "left"), ("age", "right"),
                               ("fps", "right"), ("faces", "right"), ("emotion", "left"), ("confidence", "left"),
                               ("cpu °C", "right"), ("outbox", "right"), ("dropped", "right"),
@@ -216,7 +217,7 @@ class WatchView:
         live = live_tracks(v, now, self.state.stale_s)
         probs, _ = emotion_mix(v, now, self.state.stale_s)
         colors = _colors(v)
-        top = max(probs, key=probs.get) if probs else None
+        top = max(probs, key=probs.__getitem__) if probs else None
         conf = probs[top] if top else None
         age = age_s(v, now)
         level, reason = health(v, now, self.stale_after_s)
@@ -255,7 +256,7 @@ class Watcher:
         self.subscriber = Subscriber(settings, subscription_filters(settings.topic_prefix, devices), self._on_message)
 
     def _on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
-        self.state.update(msg.topic, msg.payload)
+        self.state.update(msg.topic, bytes(msg.payload))
 
     def run(self, duration: float | None = None, once: bool = False, refresh_s: float = 0.5,
             out: TextIO | None = None, compact: bool | None = None) -> None:

@@ -16,10 +16,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def with_iso_times(cols: list[str], rows: list[list[Any]]) -> tuple[list[str], l
     spreadsheets and people; the UNIX seconds stay for programs."""
     at = {i for i, c in enumerate(cols) if c in TIME_COLUMNS}
 
-    def widen(values: list[Any], extra) -> list[Any]:
+    def widen(values: list[Any], extra: Callable[[Any], Any]) -> list[Any]:
         out: list[Any] = []
         for i, v in enumerate(values):
             out.append(v)
@@ -55,7 +55,7 @@ def with_iso_times(cols: list[str], rows: list[list[Any]]) -> tuple[list[str], l
 DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """Whether a JSON value is a number (``True``/``False`` are not, although Python counts them as ints)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -196,7 +196,8 @@ class Recording:
 
     def count(self, device: str | None = None, kind: str | None = None) -> int:
         """Number of stored messages, optionally for one device and/or kind."""
-        sql, args = "SELECT COUNT(*) FROM messages WHERE 1=1", []
+        args: list[str] = []
+        sql = "SELECT COUNT(*) FROM messages WHERE 1=1"
         if device is not None:
             sql, args = sql + " AND device = ?", [*args, device]
         if kind is not None:
@@ -271,15 +272,15 @@ class Recording:
             cols = ["device", "seq", "ts", "frame", "track_id", "emotion", "confidence", "x", "y", "w", "h", *p_cols]
             for m in self.iter_messages(device, "faces"):
                 for f in _dicts(m.get("faces")):
-                    box = f.get("box") if isinstance(f.get("box"), list) else []
+                    box = given if isinstance(given := f.get("box"), list) else []
                     box = (box + [None] * 4)[:4]
-                    probs = f.get("probs") if isinstance(f.get("probs"), dict) else {}
+                    probs = found if isinstance(found := f.get("probs"), dict) else {}
                     rows.append([m["device_id"], m["seq"], m["ts"], m.get("frame"), f.get("track_id"), f.get("emotion"),
                                  f.get("confidence"), *box, *(probs.get(lab) for lab in labels)])
         else:
             cols = ["device", "seq", "ts", "window_s", "frames", "faces_mean", "faces_max", "dominant_emotion", *p_cols]
             for m in self.iter_messages(device, "summary"):
-                probs = m.get("mean_probs") if isinstance(m.get("mean_probs"), dict) else {}
+                probs = found if isinstance(found := m.get("mean_probs"), dict) else {}
                 rows.append([m["device_id"], m["seq"], m["ts"], m.get("window_s"), m.get("frames"), m.get("faces_mean"),
                              m.get("faces_max"), m.get("dominant_emotion"), *(probs.get(lab) for lab in labels)])
         return cols, rows
