@@ -119,8 +119,9 @@ class Manifest(_Strict):
         counts = data.get("class_counts") if isinstance(data, dict) else None
         if not isinstance(counts, dict):
             return None
-        values = [counts.get(label) for label in self.labels]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        values = [v for label in self.labels
+                  if isinstance(v := counts.get(label), int) and not isinstance(v, bool) and v > 0]
+        if len(values) != len(self.labels):
             return None
         total = sum(values)
         return [v / total for v in values]

@@ -236,7 +236,7 @@ class MetricsServer:
             family, _, _, _, sockaddr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
                                                            flags=socket.AI_PASSIVE)[0]
             Server.address_family = family
-            self._server = make_server(sockaddr[0], self.port, make_app(self.daemon, make_wsgi_app(self.registry)),
+            self._server = make_server(str(sockaddr[0]), self.port, make_app(self.daemon, make_wsgi_app(self.registry)),
                                        Server, handler_class=_QuietHandler)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d (%s); check metrics.host and metrics.port; running without "

@@ -119,7 +119,7 @@ def _match(image: np.ndarray, c: _Carried) -> tuple[float, float, float]:
     total, squares = _window_sums(region, th, tw), _window_sums(region.astype(np.float64) ** 2, th, tw)
     var = np.maximum(squares - total * total / (th * tw), 1e-6)
     ncc = num / (np.sqrt(var) * c.norm)
-    iy, ix = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    iy, ix = (int(v) for v in np.unravel_index(int(np.argmax(ncc)), ncc.shape))
     score = float(ncc[iy, ix])
     fx, fy = ix + _peak(ncc[iy, :], ix), iy + _peak(ncc[:, ix], iy)
     return score, rx0 + fx * s - c.x, ry0 + fy * s - c.y
