@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import OversizedCallback
 from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
 from edge.runtime.publish.latest import LatestValues
@@ -45,9 +47,13 @@ LOOP_TIMEOUT_S = 0.05
 CONNACK_TIMEOUT_S = 10.0
 #: Raw (non-outbox) publishes kept while disconnected; older ones are discarded first.
 MAX_RAW_QUEUED = 1000
-#: A session that lasted this long was healthy: the next reconnect starts again from the shortest backoff, so
-#: one broker restart after days of uptime is not waited out with the backoff of earlier failures.
-HEALTHY_SESSION_S = 30.0
+#: After a session the broker accepted and acknowledged (a SUBACK or PUBACK came back) is lost, reconnect attempts
+#: come every ``reconnect_min_s`` for this long, and only then back off exponentially: a broker restart or a short
+#: outage is over within a second of the broker's return, a long one is not hammered.
+QUICK_RECONNECT_S = 30.0
+#: The network thread is alive while it passes its loop at least this often (beyond a backoff wait it announced);
+#: the daemon feeds the systemd watchdog only while it does.
+LIVENESS_S = 30.0
 #: CONNACK reason code of a broker that does not speak the protocol version we asked for (MQTT 5 code 0x84; paho
 #: maps an MQTT 3.1.1 broker's return code 1 to it too).
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
@@ -133,6 +139,12 @@ class MqttConnection:
         self._caps = SizeCaps(max_message_bytes)
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        #: The network thread promises to pass its loop again before this (monotonic): see :meth:`alive`.
+        self._beat_by = time.monotonic() + LIVENESS_S
+        #: When the quick reconnect window began: the start, or the loss of the last acknowledged session.
+        self._quick_since = time.monotonic()
+        self._acknowledged = False
+        self._failures = LogLimiter(log)
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -145,6 +157,15 @@ class MqttConnection:
     def connected(self) -> bool:
         """Whether a broker session is up right now."""
         return self._connected
+
+    def alive(self) -> bool:
+        """Whether the network thread runs and passes its loop (connecting, publishing or waiting its backoff) as
+        often as it announced: False when it died or hangs, so the daemon stops feeding the systemd watchdog."""
+        return self._thread.is_alive() and time.monotonic() < self._beat_by
+
+    def _beat(self, busy_s: float = 0.0) -> None:
+        """The thread is alive; it may be busy (a connect, a backoff wait) for ``busy_s`` before the next beat."""
+        self._beat_by = time.monotonic() + busy_s + LIVENESS_S
 
     @property
     def gave_up_waiting(self) -> bool:
@@ -232,33 +253,54 @@ class MqttConnection:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            client = self._make_client()
-            started = time.monotonic()
             try:
-                client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
-            except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
-                self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
-                           f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
-                           "name; retrying")
-            except OSError as exc:
-                self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
-                           f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
-            else:
-                try:
-                    self._session(client)
-                except Exception:  # a bug here must not end publishing for the daemon's lifetime
-                    log.exception("MQTT network loop failed; reconnecting")
-                finally:
-                    self._end_session(client)
+                self._attempt()
+            except Exception as exc:  # a bug or an unforeseen fault: log it once, and keep the thread publishing
+                self._failed(exc)
             if self._stop.is_set():
                 break
             if self._downgraded_now:
                 self._downgraded_now = False
                 continue  # the broker answered at once: ask again in MQTT 3.1.1 without waiting
-            if self._refused is None and time.monotonic() - started > HEALTHY_SESSION_S:
-                attempt = 0  # the last session was healthy: retry quickly
-            attempt += 1
-            self._backoff_wait(backoff_delay(attempt, *self._reconnect))
+            if self._acknowledged:
+                self._acknowledged = False
+                self._quick_since = time.monotonic()
+                attempt = 0
+            quick = time.monotonic() - self._quick_since < QUICK_RECONNECT_S and self._refused is None
+            attempt = 0 if quick else attempt + 1
+            delay = self._reconnect[0] if quick else backoff_delay(attempt, *self._reconnect)
+            self._beat(delay)
+            self._backoff_wait(delay)
+
+    def _attempt(self) -> None:
+        """One connection attempt and, when it succeeds, its session until it ends."""
+        self._beat(CONNACK_TIMEOUT_S)
+        client = self._make_client()
+        try:
+            client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
+        except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
+            self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
+                       f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
+                       "name; retrying")
+        except OSError as exc:
+            self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
+                       f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
+        except (ValueError, struct.error) as exc:  # paho cannot encode the CONNECT: a setting out of MQTT's range
+            self._note(logging.ERROR, f"cannot connect to MQTT broker {self.host}:{self.port}: paho refused the "
+                       f"connection settings ({exc}); check mqtt.client_id, mqtt.keepalive_s and mqtt.username; "
+                       "retrying with backoff")
+        else:
+            try:
+                self._session(client)
+            finally:
+                self._end_session(client)
+
+    def _failed(self, exc: Exception) -> None:
+        """An unexpected error on the network thread (called in its ``except``): the traceback once per cause,
+        then only counted (:class:`LogLimiter`); the status shows it as the connection's error."""
+        cause = f"{type(exc).__name__}: {exc}"
+        self._error = f"MQTT network thread failed ({cause}); reconnecting"
+        self._failures.log(logging.ERROR, cause, "%s", self._error, exc_info=True)
 
     def _tls_hint(self, exc: OSError) -> str:
         # A TLS client at a plain MQTT listener sends a ClientHello the broker takes for a broken CONNECT: it drops
@@ -273,7 +315,9 @@ class MqttConnection:
         connect_deadline = time.monotonic() + CONNACK_TIMEOUT_S
         self._refused_now = False
         self._session_up = False
+        self._online: mqtt.MQTTMessageInfo | None = None
         while True:
+            self._beat()
             rc = client.loop(timeout=LOOP_TIMEOUT_S)
             if self._refused_now:
                 return
@@ -292,6 +336,8 @@ class MqttConnection:
                                f"{CONNACK_TIMEOUT_S:.0f} s; retrying")
                     return
                 continue
+            if not self._acknowledged and self._online is not None and self._online.is_published():
+                self._acknowledged = True  # the broker acknowledged this session's "online": it works
             self._housekeeping(client)
             self._worker.tick(client)
             if self._stop.is_set():
@@ -332,7 +378,10 @@ class MqttConnection:
         self._connected_evt.clear()
         self._subs.forget_session()
         # Unacknowledged messages die with this session; the next one resends them from the outbox, in order.
-        self._worker.reset()
+        try:
+            self._worker.reset()
+        except Exception as exc:  # must not skip the socket's close below; the next attempt starts clean anyway
+            self._failed(exc)
         if was and not self._stop.is_set():
             log.debug("MQTT session ended")
         with contextlib.suppress(Exception):  # the socket may already be gone
@@ -369,7 +418,7 @@ class MqttConnection:
         log.info("connected to MQTT broker %s:%d as %s (MQTT %s)", self.host, self.port, self.client_id,
                  PROTOCOL_NAMES[self._protocol])
         self._connected_evt.set()
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self._online = client.publish(self.availability_topic, "online", qos=1, retain=True)
         self.latest.all_due()  # this session's broker may not have (all) the newest retained values
         while not self._new_subs.empty():  # covered by the subscription to all topics below
             self._new_subs.get()

@@ -146,6 +146,11 @@ class MqttSink:
         """Whether a broker session is up right now."""
         return self.connection.connected
 
+    def alive(self) -> bool:
+        """Whether the network and flusher threads run and make progress (connecting, publishing or waiting out
+        a backoff); the daemon feeds the systemd watchdog only while this holds."""
+        return self._closed or (self.connection.alive() and self._flusher.is_alive())
+
     def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Store ``body`` with its envelope in the outbox and return its seq (no network I/O here).
 
