@@ -51,8 +51,49 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+#: Longest MQTT string (client id, user name, a whole topic): its length is a 16-bit field of the packet.
+MQTT_STRING_BYTES = 65535
+#: Longest topic prefix: the device id (up to 64), a kind and the separators must still fit a topic.
+MQTT_PREFIX_BYTES = 65000
+
+
+def _mqtt_string(value: str | None) -> str | None:
+    # What a broker refuses in a CONNECT or a topic (MQTT 5 section 1.5.4, Mosquitto's UTF-8 check): a string that
+    # is not UTF-8 (a lone surrogate), NUL or another control character, more than 65535 bytes. Refused here, the
+    # mistake is one line at start; at the broker it would be a dropped connection, retried forever.
+    if value is None:
+        return value
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (it holds a lone surrogate)") from None
+    bad = next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters such as {bad!r}: MQTT brokers refuse them")
+    if size > MQTT_STRING_BYTES:
+        raise ValueError(f"is {size} bytes in UTF-8; MQTT allows at most {MQTT_STRING_BYTES}")
+    return value
+
+
+def _topic_prefix(value: str) -> str:
+    # A prefix is the start of every topic the device publishes to: a wildcard is refused by the broker (and by
+    # paho), and a topic starting with '$' is the broker's own ($SYS): it is silently not delivered.
+    _mqtt_string(value)
+    if "+" in value or "#" in value:
+        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+    if value.startswith("$"):
+        raise ValueError("must not start with '$' (topics starting with '$' belong to the broker, e.g. $SYS)")
+    if len(value.encode("utf-8")) > MQTT_PREFIX_BYTES:
+        raise ValueError(f"must be at most {MQTT_PREFIX_BYTES} bytes, so whole topics fit MQTT's {MQTT_STRING_BYTES}")
+    return value
+
+
 #: A non-empty string.
 Text = Annotated[str, AfterValidator(_not_empty)]
+#: A string sent in an MQTT packet (client id, user name).
+MqttText = Annotated[str, AfterValidator(_not_empty), AfterValidator(_mqtt_string)]
+#: The first level(s) of topics: MQTT text without wildcards, not starting with '$'.
+TopicPrefix = Annotated[str, AfterValidator(_not_empty), AfterValidator(_topic_prefix)]
 #: A path: TOML has no path type, so strings are converted (the one lax type under strict validation); not empty.
 ConfigPath = Annotated[Path, Strict(False), BeforeValidator(_not_empty)]
 
@@ -101,7 +142,8 @@ class SourceConfig(_Section):
     )
     width: int = Field(640, description="Requested capture width (cameras).", ge=64, le=4096)
     height: int = Field(480, description="Requested capture height (cameras).", ge=48, le=4096)
-    max_fps: float = Field(10.0, description="Frame-rate cap; 0 means as fast as possible.", ge=0)
+    max_fps: float = Field(10.0, description="Frame-rate cap; 0 means as fast as possible.", ge=0,
+                           allow_inf_nan=False)
     loop: bool = Field(True, description="Restart files, folders and the demo at the end instead of stopping.")
     retry_initial_s: float = Field(1.0, description="First wait before reopening a failed source.", gt=0)
     retry_max_s: float = Field(60.0, description="Longest wait between reopen attempts (exponential backoff).", gt=0)
@@ -213,13 +255,18 @@ class MqttConfig(_Section):
         None, description="Broker host; unset: localhost if a broker answers there, else stdout output."
     )
     port: int = Field(1883, description="Broker port (8883 is usual for TLS).", ge=1, le=65535)
-    username: Text | None = Field(None, description="User name; the password comes from the environment or credentials.")
+    username: MqttText | None = Field(None, description="User name; the password comes from the environment or credentials.")
     password_env: Text = Field("EMOTION_EDGE_MQTT_PASSWORD", description="Environment variable holding the password.")
     password_credential: Text = Field("mqtt_password", description="systemd credential name holding the password.")
-    client_id: Text | None = Field(None, description="MQTT client id; default 'emotion-edge-<device id>'.")
-    keepalive_s: int = Field(30, description="MQTT keep-alive; the Last Will fires after 1.5x this.", ge=5)
+    client_id: MqttText | None = Field(
+        None, description="MQTT client id (UTF-8, no control characters, at most 65535 bytes); default "
+        "'emotion-edge-<device id>'.")
+    keepalive_s: int = Field(30, description="MQTT keep-alive (at most 65535, MQTT's limit); the Last Will fires "
+                             "after 1.5x this.", ge=5, le=65535)
     qos: Annotated[Literal[0, 1], BeforeValidator(_not_bool)] = Field(1, description="QoS of published data.")
-    topic_prefix: str = Field("emotion", description="First topic level.", pattern=r"^[^#+]+$")
+    topic_prefix: TopicPrefix = Field(
+        "emotion", description="First topic level (UTF-8 without control characters or the wildcards + and #, not "
+        "starting with '$'). Messages still queued from a run with another prefix are sent under this one.")
     faces_interval_s: float = Field(0.0, description="Minimum seconds between 'faces' updates (0 = every frame).", ge=0)
     summary_interval_s: float = Field(10.0, description="Length of the 'summary' window.", gt=0)
     status_interval_s: float = Field(10.0, description="Seconds between retained 'status' updates.", gt=0)

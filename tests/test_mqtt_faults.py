@@ -8,13 +8,19 @@ import dataclasses
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
+
+import paho.mqtt.client as mqtt
+import pytest
 
 from edge.runtime.daemon import Daemon
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.sdnotify import Notifier
-from tests.mqtt_support import Collector, faces_body, sink_config, wait_until
+from tests.broker import free_port
+from tests.mqtt_support import Collector, event_body, faces_body, sink_config, wait_until
+from tests.test_edge_cli import run_edge
 from tests.test_edge_daemon import ListSink, make_config
 
 
@@ -119,3 +125,90 @@ def test_the_daemon_withholds_the_watchdog_while_the_publisher_is_dead(tmp_path,
         listener.close()
     assert any("no longer feeding the systemd watchdog" in r.getMessage() for r in caplog.records)
 
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ('[mqtt]\ntopic_prefix = "emo\\u0000x"\n', "mqtt.topic_prefix"),
+        ('[mqtt]\ntopic_prefix = "$SYS/emotion"\n', "must not start with '$'"),
+        ('[mqtt]\ntopic_prefix = "emotion/#"\n', "wildcards"),
+        ("[mqtt]\nkeepalive_s = 1000000\n", "mqtt.keepalive_s"),
+        (f'[mqtt]\nclient_id = "{"c" * 70_000}"\n', "at most 65535"),
+        ('[mqtt]\nusername = "a\\u0007b"\n', "control characters"),
+        ("[source]\nmax_fps = inf\n", "source.max_fps"),
+    ],
+)
+def test_settings_the_broker_refuses_are_refused_by_check_config_and_run(tmp_path, content, expect):
+    """One check (edge/config.py) for both commands: exit 2, one line naming the key, no traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    for args in (("check-config", str(bad)), ("run", "--config", str(bad))):
+        r = run_edge(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
+
+
+def test_messages_queued_under_another_prefix_go_out_under_the_new_one(broker, tmp_path, caplog):
+    """Queued with no broker under prefix 'old', then started with prefix 'emotion': every message arrives on the
+    new topics, none is stranded."""
+    state = tmp_path / "state"
+    offline = MqttSink(sink_config(state, None, host="127.0.0.1", port=free_port(), topic_prefix="old"))
+    seqs = [offline.publish("events", event_body(i)) for i in range(5)]
+    offline.close(0.2)
+    col = Collector(broker).start()
+    with caplog.at_level(logging.INFO, logger="edge.runtime.publish.mqtt"):
+        sink = MqttSink(sink_config(state, broker))
+    try:
+        assert col.wait_for(lambda c: set(seqs) <= set(c.unique_seqs()), 20)
+        assert sink.flush(10)
+    finally:
+        sink.close(2)
+        col.stop()
+    assert all(t.startswith("emotion/dev1/") for t, _, _ in col.messages)
+    assert any("5 queued message(s) were for another topic prefix" in r.getMessage() for r in caplog.records)
+
+
+def test_a_message_the_broker_keeps_refusing_is_dropped_and_counted(broker, tmp_path, caplog):
+    """A message whose topic the broker answers by closing the connection (a NUL in it, written into the outbox
+    by hand, as an older version with an unchecked prefix would have): after MAX_SEND_TRIES sessions it is
+    dropped and counted, and the messages behind it arrive."""
+    from edge.runtime.publish.pump import MAX_SEND_TRIES
+
+    state = tmp_path / "state"
+    offline = MqttSink(sink_config(state, None, host="127.0.0.1", port=free_port()))
+    bad = offline.publish("events", event_body(0))
+    good = [offline.publish("events", event_body(i)) for i in range(1, 4)]
+    offline.close(0.2)
+    with sqlite3.connect(state / "outbox.db") as conn:
+        conn.execute("UPDATE outbox SET topic = ? WHERE seq = ?", ("x/\x00/y", bad))
+    col = Collector(broker).start()
+    with caplog.at_level(logging.ERROR, logger="edge.runtime.publish.pump"):
+        sink = MqttSink(sink_config(state, broker, max_inflight=1))
+        try:
+            assert col.wait_for(lambda c: set(good) <= set(c.unique_seqs()), 60), sink.stats()
+            assert sink.flush(10) and sink.stats()["dropped"] == 1
+        finally:
+            sink.close(2)
+            col.stop()
+    assert bad not in col.unique_seqs()
+    assert [r.getMessage() for r in caplog.records if f"seq {bad}" in r.getMessage()] == [
+        f"dropping message seq {bad}: the broker ended {MAX_SEND_TRIES} sessions in a row without "
+        "acknowledging it; counted in status.outbox.dropped"]
+
+
+def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path):
+    col = Collector(broker, topic="emotion/dev1/events").start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    try:
+        assert sink.wait_subscribed(10)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        pub.publish("emotion/dev1/command", b'{"command":"pause\xed\xa0\x80"}', qos=1).wait_for_publish(5)
+        assert col.wait_for(lambda c: any(e.get("code") == "malformed" for e in c.envelopes("events")), 10)
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        sink.close(2)
+        col.stop()

@@ -59,7 +59,9 @@ def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
     if len(payload) > max_bytes:
         raise CommandRefused("oversized", f"command is {len(payload)} bytes, above mqtt.max_command_bytes = {max_bytes}")
     try:
-        cmd = json.loads(payload)
+        # Decoded strictly first: json.loads on bytes lets a lone surrogate (\xed\xa0\x80) through, and the answer
+        # that quotes it could then not be encoded, so the sender would hear nothing.
+        cmd = json.loads(payload.decode("utf-8"))
     except RecursionError:  # the C parser's depth guard: an answer, never a traceback
         raise CommandRefused("malformed", "command JSON is nested too deeply") from None
     except (UnicodeDecodeError, ValueError):

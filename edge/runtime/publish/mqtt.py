@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -94,6 +95,7 @@ class MqttSink:
             self.outbox = Outbox(config.state_dir() / OUTBOX_FILE, m.outbox.max_messages, m.outbox.memory_s)
         except OSError as exc:
             raise SinkError(str(exc)) from None
+        self._readdress(m.topic_prefix)
         self._closed = False
         self._last_status: dict[str, Any] | None = None
         self._status_lock = threading.Lock()
@@ -116,6 +118,17 @@ class MqttSink:
         self.connection.start()
         self.commands.start()
         self._flusher.start()
+
+    def _readdress(self, prefix: str) -> None:
+        """Messages queued by a run with another topic prefix go out under this one (what the operator chose)."""
+        try:
+            n = self.outbox.readdress(lambda kind: topic(prefix, self.device_id, kind),
+                                      lambda kind: f"/{self.device_id}/{kind}")
+        except sqlite3.Error as exc:  # a failing disk: the flusher's episode logging takes over from here
+            log.warning("cannot re-address the queued messages to the topic prefix %r: %s", prefix, exc)
+            return
+        if n:
+            log.info("%d queued message(s) were for another topic prefix; sending them under %r", n, prefix)
 
     def _flush_stale(self) -> None:
         interval = max(0.05, self._cfg.outbox.memory_s / 4)

@@ -24,6 +24,13 @@ Durability on disk: WAL with ``synchronous=NORMAL`` survives a killed process (c
 WAL file); only a power cut can lose the last few commits, the usual trade-off for an SD card. The file uses
 incremental auto-vacuum, so it shrinks back once a backlog is delivered.
 
+Storage faults: while the state folder refuses writes (disk full, I/O errors, read-only), every new message
+waits in memory instead (at most :data:`FAULT_MEMORY_MAX`; beyond, the oldest ``faces`` message is dropped first,
+then the oldest of any kind; counted in ``dropped``), acknowledged messages on disk are remembered and skipped
+until they can be deleted, and the log says so once per episode with the cause. The flusher's periodic
+:meth:`Outbox.spill_stale` tries the disk again; when it works, what waited goes to disk and the episode ends.
+While the fault lasts a kill -9 loses what waits in memory.
+
 Bound: at most ``max_messages`` messages in all. Adding beyond that drops the oldest ``faces`` message (per-frame
 updates are the cheapest to lose: summaries keep the aggregate), or, when no ``faces`` message is left, the
 oldest message of any kind. Every drop increments a persisted counter reported as ``status.outbox.dropped``.
@@ -48,6 +55,23 @@ log = logging.getLogger(__name__)
 DROP_FIRST_KIND = "faces"
 #: While there is no session, ``faces`` updates wait at most this long in memory before a group commit.
 OFFLINE_BATCH_S = 1.0
+#: Messages kept in memory at most while the disk refuses writes (about 5 MB of typical messages).
+FAULT_MEMORY_MAX = 10_000
+#: What a disk fault means, by SQLite's primary result code, for the one log line of an episode.
+_FAULT_CAUSES = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "I/O error: the storage is failing",
+    "SQLITE_READONLY": "the file system or the database file is read-only",
+    "SQLITE_CANTOPEN": "cannot open the database file (permissions?)",
+    "SQLITE_PERM": "permission denied",
+}
+
+
+def fault_cause(exc: sqlite3.Error) -> str:
+    """A plain cause for a failed write (``the disk is full``...), with SQLite's own message."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    cause = next((text for code, text in _FAULT_CAUSES.items() if name == code or name.startswith(code + "_")), None)
+    return f"{cause} ({exc})" if cause else str(exc)
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,14 @@ class Outbox:
         self._clock = clock
         self._lock = threading.Lock()
         self._memory: deque[OutboxMessage] = deque()
+        #: The cause of the storage fault under way (None: writes work), when it began, and what it cost so far.
+        self._fault: str | None = None
+        self._fault_since = 0.0
+        self._fault_dropped = 0
+        #: Drops counted but not yet added to the persisted counter (made while the disk refused writes).
+        self._unsaved_drops = 0
+        #: Messages on disk the broker acknowledged that could not be deleted yet: skipped, deleted later.
+        self._acked: set[int] = set()
         try:
             # isolation_level=None: explicit BEGIN/COMMIT, so seq + insert + drop are one transaction.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -134,24 +166,34 @@ class Outbox:
         """
         in_memory = self.memory_ok() or kind == DROP_FIRST_KIND
         with self._lock:
-            if in_memory:
-                seq = self._seq.take()
+            if not in_memory and self._fault is None:
                 try:
-                    payload = build(seq)
-                except BaseException:
-                    self._seq.give_back(seq)
-                    raise
-                self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
-                if len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
-                    try:
-                        self._spill(len(self._memory))
-                    except sqlite3.Error as exc:  # a full or failing disk: the message is kept, the flusher retries
-                        log.warning("cannot write waiting messages to the outbox on disk (%s); they wait in memory", exc)
-                return seq
-            return self._add_to_disk(kind, topic, build, qos, retain)
+                    return self._add_to_disk(kind, topic, build, qos, retain)
+                except sqlite3.Error as exc:  # the disk refuses: this message waits in memory like the others
+                    self._disk_fault(exc)
+            try:
+                seq = self._seq.take()
+            except sqlite3.Error as exc:  # the block reservation was not written; the seq is taken all the same
+                seq = self._seq.last
+                self._disk_fault(exc)
+            try:
+                payload = build(seq)
+            except BaseException:
+                self._seq.give_back(seq)
+                raise
+            self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
+            if self._fault is not None:
+                self._shed_memory()
+            elif len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
+                try:
+                    self._spill(len(self._memory))
+                except sqlite3.Error as exc:  # a full or failing disk: the message is kept, the flusher retries
+                    self._disk_fault(exc)
+            return seq
 
     def _add_to_disk(self, kind: str, topic: str, build: Callable[[int], bytes], qos: int, retain: bool) -> int:
         self._conn.execute("BEGIN IMMEDIATE")
+        seq = None
         try:
             # What waits in memory goes first, so every message on disk stays older than every one in memory.
             spilled = self._write(list(self._memory))
@@ -167,10 +209,12 @@ class Outbox:
             )
             self._seq.mark_stored(seq)
             dropped = self._enforce_bound(self._disk + spilled + 1, 0)
+            self._commit()
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
+            if seq is not None:
+                self._seq.give_back(seq)  # nothing carries it: the next message takes it, so no gap
             raise
-        self._conn.execute("COMMIT")
         self._memory.clear()
         self._disk += spilled + 1 - dropped
         self._dropped += dropped
@@ -190,21 +234,79 @@ class Outbox:
         """Drop disk messages until ``on_disk`` + ``in_memory`` fit the bound, and 0.1 % of the bound more (100 at the
         default bound), so a full outbox does not pay a commit for every message it takes; return how many went."""
         over = on_disk + in_memory - self.max_messages
-        if over <= 0:
-            return 0
-        target = min(on_disk, over + self.max_messages // 1000)
+        target = min(on_disk, over + self.max_messages // 1000) if over > 0 else 0
         dropped = 0
         while dropped < target:
             self._drop_one()
             dropped += 1
         if dropped:
-            self._conn.execute(
-                "INSERT INTO meta(key, value) VALUES('dropped', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                (dropped,),
-            )
             log.debug("outbox full (%d messages): dropped %d old message(s)", self.max_messages, dropped)
+            self._save_drops(dropped)
         return dropped
+
+    def _save_drops(self, dropped: int) -> None:
+        """Add ``dropped`` to the persisted drop counter (inside the caller's transaction)."""
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES('dropped', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (dropped,),
+        )
+
+    def _commit(self) -> None:
+        """COMMIT the caller's transaction with the drops counted while the disk refused writes; writes work."""
+        try:
+            if self._unsaved_drops:
+                self._save_drops(self._unsaved_drops)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._unsaved_drops = 0
+        self._disk_ok()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a full disk, an I/O error): then ROLLBACK itself fails.
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.debug("ROLLBACK failed", exc_info=True)
+
+    def _disk_fault(self, exc: sqlite3.Error) -> None:
+        """A write failed: begin (or go on with) a storage-fault episode; its first failure is logged (lock held)."""
+        if self._fault is None:
+            self._fault = fault_cause(exc)
+            self._fault_since = self._clock()
+            self._fault_dropped = 0
+            log.warning("cannot write to the outbox %s: %s; messages wait in memory (at most %d; the oldest faces "
+                        "are dropped first) and are delivered from there; retrying the disk every few seconds",
+                        self.path, self._fault, FAULT_MEMORY_MAX)
+        else:
+            log.debug("outbox write failed again: %s", exc)
+
+    def _disk_ok(self) -> None:
+        """A write succeeded: end the storage-fault episode, if one was under way (lock held)."""
+        if self._fault is not None:
+            log.warning("the outbox %s takes writes again after %.0f s (%s); %d faces message(s) were dropped "
+                        "meanwhile", self.path, self._clock() - self._fault_since, self._fault, self._fault_dropped)
+            self._fault = None
+
+    def _shed_memory(self) -> None:
+        """While the disk refuses writes, keep memory at :data:`FAULT_MEMORY_MAX`: the oldest ``faces`` go first,
+        then the oldest of any kind (lock held)."""
+        over = len(self._memory) - FAULT_MEMORY_MAX
+        if over <= 0:
+            return
+        faces = [m for m in self._memory if m.kind == DROP_FIRST_KIND][:over + FAULT_MEMORY_MAX // 100]
+        gone = {m.seq for m in faces}
+        kept = deque(m for m in self._memory if m.seq not in gone)
+        while len(kept) > FAULT_MEMORY_MAX:
+            kept.popleft()
+        n = len(self._memory) - len(kept)
+        self._memory = kept
+        self._dropped += n
+        self._unsaved_drops += n
+        self._fault_dropped += n
 
     def _drop_one(self) -> None:
         # Oldest 'faces' first (the index on (kind, seq) makes this cheap), else the oldest of any kind.
@@ -222,9 +324,9 @@ class Outbox:
             written = self._write(batch)
             dropped = self._enforce_bound(self._disk + written, rest)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._conn.execute("COMMIT")
+        self._commit()
         for _ in range(n):
             self._memory.popleft()
         self._disk += written - dropped
@@ -232,19 +334,103 @@ class Outbox:
 
     def spill_stale(self) -> int:
         """Write to disk the messages that waited in memory longer than ``memory_s`` (:data:`OFFLINE_BATCH_S` when
-        no session is up); return how many. Called periodically (the sink's flusher thread)."""
+        no session is up); return how many. Called periodically (the sink's flusher thread). During a storage
+        fault it tries the disk (deleting what was acknowledged meanwhile, or a probe when nothing waits), and
+        ends the episode when that works. A write that fails is not raised: it starts or continues the episode."""
         with self._lock:
-            if not self._memory:
+            try:
+                if self._acked:
+                    self._delete_acked()
+                if not self._memory:
+                    if self._fault is not None:
+                        self._probe()
+                    return 0
+                cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
+                n = 0
+                for m in self._memory:
+                    if m.added > cutoff:
+                        break
+                    n += 1
+                if n:
+                    self._spill(n)
+                elif self._fault is not None:
+                    self._probe()
+                return n
+            except sqlite3.Error as exc:
+                self._disk_fault(exc)
                 return 0
-            cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
-            n = 0
-            for m in self._memory:
-                if m.added > cutoff:
-                    break
-                n += 1
-            if n:
-                self._spill(n)
-            return n
+
+    def _probe(self) -> None:
+        """A small real write (the exact seq, and the drops not saved yet): does the disk take writes again?"""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._seq.mark_stored(self._seq.last)
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
+    def _delete_acked(self) -> None:
+        """Delete the acknowledged messages that a storage fault kept on disk (lock held; raises sqlite3.Error)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in self._acked])
+            removed = max(cur.rowcount, 0)
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+        self._acked.clear()
+        self._disk -= removed
+
+    def readdress(self, topic_of: Callable[[str], str], suffix_of: Callable[[str], str]) -> int:
+        """Give the messages on disk whose topic ends with ``suffix_of(kind)`` (same device and kind) but differs
+        from ``topic_of(kind)`` that topic: after the topic prefix changed, what was queued goes out under the new
+        one instead of to a topic the broker may refuse. Returns how many were changed."""
+        with self._lock:
+            kinds = [r[0] for r in self._conn.execute("SELECT DISTINCT kind FROM outbox").fetchall()]
+            changed = 0
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for kind in kinds:
+                    new, suffix = topic_of(kind), suffix_of(kind)
+                    cur = self._conn.execute(
+                        "UPDATE outbox SET topic = ? WHERE kind = ? AND topic <> ? AND substr(topic, -?) = ?",
+                        (new, kind, new, len(suffix), suffix))
+                    changed += max(cur.rowcount, 0)
+            except BaseException:
+                self._rollback()
+                raise
+            self._commit()
+            return changed
+
+    def discard(self, seq: int) -> None:
+        """Drop one message for good (one the broker keeps refusing), counted in ``dropped``."""
+        with self._lock:
+            before = len(self._memory)
+            self._memory = deque(m for m in self._memory if m.seq != seq)
+            if len(self._memory) < before:
+                self._dropped += 1
+                self._unsaved_drops += 1
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    removed = max(self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount, 0)
+                    if removed:
+                        self._save_drops(removed)
+                except BaseException:
+                    self._rollback()
+                    raise
+                self._commit()
+            except sqlite3.Error as exc:  # deleted later with the acknowledged ones; skipped meanwhile
+                self._disk_fault(exc)
+                self._acked.add(seq)
+                self._dropped += 1
+                self._unsaved_drops += 1
+                return
+            self._disk -= removed
+            self._dropped += removed
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -252,18 +438,33 @@ class Outbox:
         """Up to ``limit`` kept messages with seq greater than ``after_seq``, oldest first."""
         with self._lock:
             out: list[OutboxMessage] = []
-            if self._disk:
-                rows = self._conn.execute(
-                    "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
-                ).fetchall()
-                out = [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+            if self._disk > len(self._acked):
+                try:
+                    out = self._peek_disk(after_seq, limit)
+                except sqlite3.Error as exc:  # unreadable: nothing is sent (out of order) until it reads again
+                    self._disk_fault(exc)
+                    return []
             for m in self._memory:
                 if len(out) >= limit:
                     break
                 if m.seq > after_seq:
                     out.append(m)
             return out
+
+    def _peek_disk(self, after_seq: int, limit: int) -> list[OutboxMessage]:
+        """Up to ``limit`` messages on disk after ``after_seq``, skipping the acknowledged ones not deleted yet."""
+        out: list[OutboxMessage] = []
+        while len(out) < limit:
+            rows = self._conn.execute(
+                "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit + len(self._acked)),
+            ).fetchall()
+            out += [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5]))
+                    for r in rows if r[0] not in self._acked][:limit - len(out)]
+            if len(rows) < limit + len(self._acked):
+                break
+            after_seq = rows[-1][0]
+        return out
 
     def ack(self, seqs: list[int]) -> None:
         """Remove acknowledged messages (unknown seqs, e.g. already dropped, are ignored)."""
@@ -278,14 +479,19 @@ class Outbox:
                     self._memory = deque(kept)
             if not done or not self._disk:
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
-                removed = max(cur.rowcount, 0)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+                    removed = max(cur.rowcount, 0)
+                except BaseException:
+                    self._rollback()
+                    raise
+                self._commit()
+            except sqlite3.Error as exc:  # remembered and skipped, so never sent again; deleted once writes work
+                self._disk_fault(exc)
+                self._acked |= done
+                return
             self._disk -= removed
             if self._disk == 0:
                 # The backlog is delivered: give the pages back, so a burst does not leave a big file behind.
@@ -295,12 +501,12 @@ class Outbox:
     def pending(self) -> int:
         """Messages kept and not yet acknowledged (memory and disk)."""
         with self._lock:
-            return self._disk + len(self._memory)
+            return self._disk - len(self._acked) + len(self._memory)
 
     def on_disk(self) -> int:
         """Messages kept on disk."""
         with self._lock:
-            return self._disk
+            return self._disk - len(self._acked)
 
     def dropped(self) -> int:
         """Messages dropped by the bound since the database was created."""
@@ -311,7 +517,13 @@ class Outbox:
         """Write what is still in memory to disk, persist the exact seq, and close (pending messages stay for
         the next run)."""
         with self._lock:
-            if self._memory:
-                self._spill(len(self._memory))
-            self._seq.close()
+            try:
+                if self._acked:
+                    self._delete_acked()
+                if self._memory:
+                    self._spill(len(self._memory))
+                self._seq.close()
+            except sqlite3.Error as exc:
+                log.error("cannot write to the outbox %s on close: %s; the %d message(s) waiting in memory are lost",
+                          self.path, fault_cause(exc), len(self._memory))
             self._conn.close()
