@@ -29,6 +29,7 @@ from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
 from edge.protocol.envelope import encode, make_envelope
 from edge.protocol.topics import AVAILABILITY, COMMAND, topic
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import (
     OUTBOX_FILE,
     CommandHandler,
@@ -132,11 +133,13 @@ class MqttSink:
 
     def _flush_stale(self) -> None:
         interval = max(0.05, self._cfg.outbox.memory_s / 4)
+        failures = LogLimiter(log)
         while not self._flusher_stop.wait(interval):
             try:
-                self.outbox.spill_stale()
-            except Exception:  # a full or failing disk: the messages stay in memory, and this retries
-                log.exception("cannot write waiting messages to the outbox on disk")
+                self.outbox.spill_stale()  # a full or failing disk is its own business: it logs once per episode
+            except Exception as exc:  # anything else: the messages stay in memory, and this retries
+                failures.log(logging.ERROR, f"{type(exc).__name__}: {exc}", "outbox flusher failed: %s; retrying",
+                             str(exc), exc_info=True)
 
     def _publish_event(self, body: dict[str, Any]) -> None:
         # A command answered while the sink closes is dropped: there is no session left to send it on.
