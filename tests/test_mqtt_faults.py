@@ -212,3 +212,47 @@ def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path)
     finally:
         sink.close(2)
         col.stop()
+
+
+def test_a_command_flood_does_not_hold_up_publishing(broker, tmp_path):
+    """20,000 QoS 0 commands written at once (a raw socket: faster than any client library): they are dropped
+    unread beyond mqtt.command_rate, at most the rate is answered, and messages published meanwhile arrive."""
+    from benchmarks.fault_suite import flood_commands
+
+    col = Collector(broker).start()
+    sink = MqttSink(sink_config(tmp_path / "state", broker, command_rate=5.0))
+    try:
+        assert sink.wait_subscribed(10)
+        flood_commands(broker, 20_000)
+        seqs = [sink.publish("faces", faces_body(i)) for i in range(20)]
+        assert col.wait_for(lambda c: set(seqs) <= set(c.unique_seqs()), 30)
+        assert wait_until(lambda: sink.commands.dropped >= 19_000, 60), sink.commands.dropped
+        answers = [e for e in col.envelopes("events") if e.get("event") == "command"]
+        assert 1 <= len(answers) <= 5 + 5 * 60  # the burst, then the rate at most
+    finally:
+        sink.close(2)
+        col.stop()
+
+
+def test_skipped_qos1_commands_are_still_acknowledged():
+    """The read buffer's skim drops refused PUBLISH packets whole; a QoS 1 one gets its PUBACK (its packet id),
+    a packet the gate admits or one not complete in the buffer is left to paho."""
+    from benchmarks.fault_suite import mqtt_packet
+    from edge.runtime.publish.bounded_client import BoundedClient
+
+    client = BoundedClient(mqtt.CallbackAPIVersion.VERSION2)
+    acked: list[int] = []
+    client._send_puback = acked.append
+    asked: list[str] = []
+    client.admit = lambda topic: asked.append(topic) or topic == "p/d/ok"
+    topic = b"p/d/command"
+    qos0 = mqtt_packet(0x30, len(topic).to_bytes(2, "big") + topic + b"{}")
+    qos1 = mqtt_packet(0x32, len(topic).to_bytes(2, "big") + topic + (513).to_bytes(2, "big") + b"{}")
+    ok = mqtt_packet(0x30, (6).to_bytes(2, "big") + b"p/d/ok" + b"{}")
+    client._rbuf, client._rpos = qos0 + qos1 + qos0 + ok + qos0, 0
+    client._skim()
+    assert acked == [513] and asked == ["p/d/command"] * 3 + ["p/d/ok"]
+    assert client._rbuf[client._rpos:] == ok + qos0  # paho parses the admitted one, then the skim goes on
+    client._rbuf, client._rpos = qos0 + qos1[:-1], 0
+    client._skim()
+    assert client._rbuf[client._rpos:] == qos1[:-1]  # incomplete: left for paho to read

@@ -95,6 +95,8 @@ class CommandChannel:
         self.dropped = 0
         self._rate = rate
         self._bucket = TokenBucket(rate)
+        #: Messages :meth:`gate` admitted that have not reached :meth:`on_message` yet (network thread only).
+        self._gated = 0
         self._log = LogLimiter(log)
         self._closed = False
         self._queue: queue.Queue[tuple[dict[str, Any], Reply | None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
@@ -104,9 +106,24 @@ class CommandChannel:
         """Start the worker thread."""
         self._worker.start()
 
+    def gate(self, topic: str) -> bool:
+        """Whether a message on the command topic is taken, asked before it is even parsed (network thread): a
+        flood beyond ``rate`` is dropped unread and counted; what passes is not counted again on arrival."""
+        if self._admit():
+            self._gated += 1
+            return True
+        return False
+
+    def _arrived(self) -> bool:
+        """A message arrived: admitted by :meth:`gate` already, or now by the rate."""
+        if self._gated:
+            self._gated -= 1
+            return True
+        return self._admit()
+
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         """A message on the command topic (network thread): check and queue it, or answer why not."""
-        if not self._admit():
+        if not self._arrived():
             return
         reply = self._reply_to(properties)
         try:
@@ -121,7 +138,7 @@ class CommandChannel:
 
     def on_oversized(self, topic: str, size: int) -> None:
         """A message above ``max_bytes`` was dropped unread (network thread): answer ``oversized``."""
-        if self._admit():
+        if self._arrived():
             self._answer(None, False, f"command is {size} bytes, above mqtt.max_command_bytes = {self.max_bytes}; "
                          "it was not read", code="oversized")
 

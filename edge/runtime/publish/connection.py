@@ -137,6 +137,8 @@ class MqttConnection:
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._subs = Subscriptions()
         self._caps = SizeCaps(max_message_bytes)
+        #: Exact topic -> whether to take a message on it (see :meth:`subscribe`).
+        self._gates: dict[str, Callable[[str], bool]] = {}
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         #: The network thread promises to pass its loop again before this (monotonic): see :meth:`alive`.
@@ -194,13 +196,16 @@ class MqttConnection:
 
     def subscribe(self, topic: str, callback: MessageCallback | PropertiesCallback, *,
                   with_properties: bool = False, max_bytes: int | None = None,
-                  on_oversized: OversizedCallback | None = None) -> None:
+                  on_oversized: OversizedCallback | None = None, gate: Callable[[str], bool] | None = None) -> None:
         """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread
         (``callback(topic, payload, properties)`` with ``with_properties``: the MQTT 5 properties, or None).
 
         A message with a payload above ``max_bytes`` (default: ``max_message_bytes``) is never read into memory:
-        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning).
+        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning). ``gate(topic)``, for a
+        topic without wildcards, is asked before a message on it is parsed; False skips it unread (a flood).
         """
+        if gate is not None:
+            self._gates[topic] = gate
         self._caps.add(topic, max_bytes, on_oversized)
         self._subs.add(topic, callback, with_properties)
         self._new_subs.put(topic)
@@ -228,11 +233,12 @@ class MqttConnection:
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> BoundedClient:
         client = make_client(self.settings, self.client_id, protocol=self._protocol, reconnect_on_failure=False,
                              will=(self.availability_topic, "offline"), context=self._tls_context,
                              client_class=BoundedClient)
         self._caps.attach(client)
+        client.admit = self._admit_inbound
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
         client.on_connect = self._on_connect
@@ -240,6 +246,10 @@ class MqttConnection:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         return client
+
+    def _admit_inbound(self, topic: str) -> bool:
+        gate = self._gates.get(topic)
+        return gate is None or gate(topic)
 
     def _note(self, level: int, message: str) -> None:
         """Log a connection problem once (repeats go to debug), and remember it for status."""
@@ -310,7 +320,7 @@ class MqttConnection:
         return (f"mqtt.tls.enabled is true: is port {self.port} a TLS listener? (1883 is usually plain MQTT, 8883 "
                 "TLS); ")
 
-    def _session(self, client: mqtt.Client) -> None:
+    def _session(self, client: BoundedClient) -> None:
         """Run one broker connection until it fails or the sink stops."""
         connect_deadline = time.monotonic() + CONNACK_TIMEOUT_S
         self._refused_now = False
@@ -318,7 +328,10 @@ class MqttConnection:
         self._online: mqtt.MQTTMessageInfo | None = None
         while True:
             self._beat()
-            rc = client.loop(timeout=LOOP_TIMEOUT_S)
+            # Bytes already read and not yet parsed (a burst of inbound messages): no waiting in select for more.
+            rc = client.loop(timeout=0.0 if client.buffered() else LOOP_TIMEOUT_S)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.buffered():
+                rc = client.loop_read()
             if self._refused_now:
                 return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

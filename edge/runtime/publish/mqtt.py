@@ -111,7 +111,8 @@ class MqttSink:
                                        (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/"))
         self.commands.handler = on_command
         self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True,
-                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized)
+                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized,
+                                  gate=self.commands.gate)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
