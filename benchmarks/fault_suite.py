@@ -126,6 +126,9 @@ def _account(res: Result, col: TimedCollector, d: DaemonProcess) -> None:
     log = d.log_text()
     res.log_lines = len(log.splitlines())
     res.tracebacks = log.count("Traceback")
+    full = sum("disk is full" in line or "No space left" in line for line in log.splitlines())
+    if full:
+        res.notes.append(f"{full} log line(s) about the full disk")
 
 
 def _wait(pred, timeout: float) -> bool:

@@ -47,7 +47,7 @@ LOOP_TIMEOUT_S = 0.05
 CONNACK_TIMEOUT_S = 10.0
 #: Raw (non-outbox) publishes kept while disconnected; older ones are discarded first.
 MAX_RAW_QUEUED = 1000
-#: After a session the broker accepted and acknowledged (a SUBACK or PUBACK came back) is lost, reconnect attempts
+#: After a session the broker accepted and acknowledged (the PUBACK of its "online") is lost, reconnect attempts
 #: come every ``reconnect_min_s`` for this long, and only then back off exponentially: a broker restart or a short
 #: outage is over within a second of the broker's return, a long one is not hammered.
 QUICK_RECONNECT_S = 30.0
@@ -339,9 +339,10 @@ class MqttConnection:
                     self._note(logging.WARNING, f"lost the connection to MQTT broker {self.host}:{self.port} "
                                f"({mqtt.error_string(rc)}); reconnecting, messages wait in the outbox")
                 else:
+                    tls = "the TLS client certificate settings (mqtt.tls) and " if self._tls_context is not None else ""
                     self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} closed the connection before "
-                               f"accepting it ({mqtt.error_string(rc)}); check the TLS client certificate settings "
-                               "(mqtt.tls) and the broker log; retrying with backoff")
+                               f"accepting it ({mqtt.error_string(rc)}); check {tls}the broker log (a client id or "
+                               "user name it refuses?); retrying with backoff")
                 return
             if not self._connected:
                 if time.monotonic() > connect_deadline:
