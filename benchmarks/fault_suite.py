@@ -3,9 +3,11 @@ model, a subprocess): a broker outage, broker flaps, a full state folder during 
 
 For each case it prints what a subscriber with a persistent QoS 1 session received: messages delivered (unique
 seqs), lost (seqs missing between the first and the last one received), the messages the device itself counted
-as dropped (``status.outbox.dropped``: faces, by design, when the disk is full), duplicated (the same seq again), the time from the broker's return to the
-first message and to the first *fresh* ``faces`` message (one made after the return), the longest delay of a
-``faces`` message (arrival minus its ``ts``), the daemon's peak RSS (``VmHWM``), and its log (lines, tracebacks)::
+as dropped (``status.outbox.dropped``: faces, by design, when the disk is full), duplicated (the same seq again),
+the time from the broker's return to the first message not received before the broker went ("recover": the
+daemon publishes again) and to the first *fresh* ``faces`` message (one made after the return), the longest delay
+of a ``faces`` message (arrival minus its ``ts``), the daemon's peak RSS (``VmHWM``), and its log (lines,
+tracebacks)::
 
     nice -n 10 python3 benchmarks/fault_suite.py [--edge-root ../main] [--outage 20] [--flaps 10] \\
         [--disk-outage 45] [--flood 100000] [--only outage,flaps,disk,flood]
@@ -69,12 +71,18 @@ class TimedCollector(Collector):
         with self._lock:
             return list(self.arrivals)
 
-    def first_after(self, t: float, fresh_faces: bool = False) -> float | None:
-        """Arrival time of the first message after ``t`` (with ``fresh_faces``: of a faces message made after t)."""
+    def first_after(self, t: float, fresh_faces: bool = False, above_seq: int = 0) -> float | None:
+        """Arrival time of the first message after ``t`` with a seq above ``above_seq`` (with ``fresh_faces``: of
+        a faces message made after ``t``)."""
         for arrived, env in self.snapshot():
-            if arrived >= t and (not fresh_faces or (env["kind"] == "faces" and env["ts"] >= t)):
+            if arrived >= t and env["seq"] > above_seq and (
+                    not fresh_faces or (env["kind"] == "faces" and env["ts"] >= t)):
                 return arrived
         return None
+
+    def last_seq(self) -> int:
+        """The highest seq received so far."""
+        return max((env["seq"] for _, env in self.snapshot()), default=0)
 
 
 @dataclass
@@ -140,10 +148,12 @@ def _wait(pred, timeout: float) -> bool:
     return bool(pred())
 
 
-def _recovery(res: Result, col: TimedCollector, back: float, timeout: float) -> None:
-    """Note how long after ``back`` (the broker's return) the first message and the first fresh faces arrived."""
+def _recovery(res: Result, col: TimedCollector, back: float, before: int, timeout: float) -> None:
+    """Note how long after ``back`` (the broker's return) the first message the subscriber had not had before
+    the broker went (``before``: the highest seq then) and the first fresh faces arrived."""
     _wait(lambda: col.first_after(back, fresh_faces=True) is not None, timeout)
-    for t, into in ((col.first_after(back), res.recover_s), (col.first_after(back, fresh_faces=True), res.fresh_faces_s)):
+    for t, into in ((col.first_after(back, above_seq=before), res.recover_s),
+                    (col.first_after(back, fresh_faces=True), res.fresh_faces_s)):
         into.append(t - back if t is not None else float("inf"))
 
 
@@ -227,17 +237,19 @@ def run_case(case: str, work: Path, root: Path = ROOT, *, outage_s: float = 20, 
         if case == "outage" or case == "disk":
             if case == "disk":
                 _fill(state_mount, free_kb)
+            before = col.last_seq()
             broker.stop()
             time.sleep(outage_s if case == "outage" else disk_outage_s)
             broker.start()
-            _recovery(res, col, time.time(), 120)
+            _recovery(res, col, time.time(), before, 120)
         elif case == "flaps":
             for _ in range(flaps):
+                before = col.last_seq()
                 broker.stop()
                 time.sleep(flap_down_s)
                 broker.start()
                 back = time.time()
-                _recovery(res, col, back, 60)
+                _recovery(res, col, back, before, 60)
                 time.sleep(max(0.0, flap_up_s - (time.time() - back)))
         elif case == "flood":
             took = flood_commands(broker, flood)
