@@ -27,8 +27,9 @@ incremental auto-vacuum, so it shrinks back once a backlog is delivered.
 Storage faults: while the state folder refuses writes (disk full, I/O errors, read-only), every new message
 waits in memory instead (at most :data:`FAULT_MEMORY_MAX`; beyond, the oldest ``faces`` message is dropped first,
 then the oldest of any kind; counted in ``dropped``), acknowledged messages on disk are remembered and skipped
-until they can be deleted, and the log says so once per episode with the cause. The flusher's periodic
-:meth:`Outbox.spill_stale` tries the disk again; when it works, what waited goes to disk and the episode ends.
+until they can be deleted, and the log says so once per episode with the cause (at most once a minute, for a
+disk that keeps taking one write and refusing the next). The flusher's periodic :meth:`Outbox.spill_stale` tries
+the disk again (a small write first); when it works, what waited goes to disk and the episode ends.
 While the fault lasts a kill -9 loses what waits in memory.
 
 Bound: at most ``max_messages`` messages in all. Adding beyond that drops the oldest ``faces`` message (per-frame
@@ -47,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.seq import SeqBlock, meta_value
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class Outbox:
         self._unsaved_drops = 0
         #: Messages on disk the broker acknowledged that could not be deleted yet: skipped, deleted later.
         self._acked: set[int] = set()
+        self._fault_log = LogLimiter(log)
         try:
             # isolation_level=None: explicit BEGIN/COMMIT, so seq + insert + drop are one transaction.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -252,8 +255,9 @@ class Outbox:
             (dropped,),
         )
 
-    def _commit(self) -> None:
-        """COMMIT the caller's transaction with the drops counted while the disk refused writes; writes work."""
+    def _commit(self, works: bool = True) -> None:
+        """COMMIT the caller's transaction with the drops counted while the disk refused writes; with ``works``,
+        a storage-fault episode ends."""
         try:
             if self._unsaved_drops:
                 self._save_drops(self._unsaved_drops)
@@ -262,7 +266,8 @@ class Outbox:
             self._rollback()
             raise
         self._unsaved_drops = 0
-        self._disk_ok()
+        if works:
+            self._disk_ok()
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already (a full disk, an I/O error): then ROLLBACK itself fails.
@@ -278,17 +283,19 @@ class Outbox:
             self._fault = fault_cause(exc)
             self._fault_since = self._clock()
             self._fault_dropped = 0
-            log.warning("cannot write to the outbox %s: %s; messages wait in memory (at most %d; the oldest faces "
-                        "are dropped first) and are delivered from there; retrying the disk every few seconds",
-                        self.path, self._fault, FAULT_MEMORY_MAX)
+            # Limited: a disk that is only just full can take a write and refuse the next, again and again.
+            self._fault_log.warning("fault", "cannot write to the outbox %s: %s; messages wait in memory (at most "
+                                    "%d; the oldest faces are dropped first) and are delivered from there; retrying "
+                                    "the disk every few seconds", str(self.path), self._fault, FAULT_MEMORY_MAX)
         else:
             log.debug("outbox write failed again: %s", exc)
 
     def _disk_ok(self) -> None:
         """A write succeeded: end the storage-fault episode, if one was under way (lock held)."""
         if self._fault is not None:
-            log.warning("the outbox %s takes writes again after %.0f s (%s); %d faces message(s) were dropped "
-                        "meanwhile", self.path, self._clock() - self._fault_since, self._fault, self._fault_dropped)
+            self._fault_log.warning("ok", "the outbox %s takes writes again after %.0f s (%s); %d faces message(s) "
+                                    "were dropped meanwhile", str(self.path), self._clock() - self._fault_since,
+                                    self._fault, self._fault_dropped)
             self._fault = None
 
     def _shed_memory(self) -> None:
@@ -339,11 +346,12 @@ class Outbox:
         ends the episode when that works. A write that fails is not raised: it starts or continues the episode."""
         with self._lock:
             try:
+                if self._fault is not None:
+                    self._probe()  # a small write first: a full disk would fail the big one after all its work
                 if self._acked:
                     self._delete_acked()
                 if not self._memory:
-                    if self._fault is not None:
-                        self._probe()
+                    self._disk_ok()  # nothing waits: the probe's write was the test
                     return 0
                 cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
                 n = 0
@@ -353,8 +361,8 @@ class Outbox:
                     n += 1
                 if n:
                     self._spill(n)
-                elif self._fault is not None:
-                    self._probe()
+                else:
+                    self._disk_ok()
                 return n
             except sqlite3.Error as exc:
                 self._disk_fault(exc)
@@ -368,7 +376,7 @@ class Outbox:
         except BaseException:
             self._rollback()
             raise
-        self._commit()
+        self._commit(works=False)  # the episode ends when what waits can be written too
 
     def _delete_acked(self) -> None:
         """Delete the acknowledged messages that a storage fault kept on disk (lock held; raises sqlite3.Error)."""
