@@ -141,7 +141,7 @@ def test_real_install_is_idempotent_and_never_overwrites_the_config(tmp_path, bu
         pytest.skip("install.sh needs root outside --dry-run")
     prefix, etc = tmp_path / "venv", tmp_path / "etc"
     args = ["--source", str(built_wheel), "--prefix", str(prefix), "--skip-apt", "--skip-user", "--skip-systemd",
-            "--no-system-site-packages", "--pip-args", "--no-deps --no-index -q", "--device-id", "t1"]
+            "--no-system-site-packages", "--pip-args", "--no-deps --no-index --ignore-installed -q", "--device-id", "t1"]
     env = _hermetic_env()
 
     first = _run(INSTALL, *args, etc=etc, extra_env=env)
