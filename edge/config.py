@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge.protocol.topics import check_mqtt_string, check_topic_prefix
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -51,49 +53,12 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-#: Longest MQTT string (client id, user name, a whole topic): its length is a 16-bit field of the packet.
-MQTT_STRING_BYTES = 65535
-#: Longest topic prefix: the device id (up to 64), a kind and the separators must still fit a topic.
-MQTT_PREFIX_BYTES = 65000
-
-
-def _mqtt_string(value: str | None) -> str | None:
-    # What a broker refuses in a CONNECT or a topic (MQTT 5 section 1.5.4, Mosquitto's UTF-8 check): a string that
-    # is not UTF-8 (a lone surrogate), NUL or another control character, more than 65535 bytes. Refused here, the
-    # mistake is one line at start; at the broker it would be a dropped connection, retried forever.
-    if value is None:
-        return value
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError("must be valid UTF-8 text (it holds a lone surrogate)") from None
-    bad = next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
-    if bad is not None:
-        raise ValueError(f"must not contain control characters such as {bad!r}: MQTT brokers refuse them")
-    if size > MQTT_STRING_BYTES:
-        raise ValueError(f"is {size} bytes in UTF-8; MQTT allows at most {MQTT_STRING_BYTES}")
-    return value
-
-
-def _topic_prefix(value: str) -> str:
-    # A prefix is the start of every topic the device publishes to: a wildcard is refused by the broker (and by
-    # paho), and a topic starting with '$' is the broker's own ($SYS): it is silently not delivered.
-    _mqtt_string(value)
-    if "+" in value or "#" in value:
-        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
-    if value.startswith("$"):
-        raise ValueError("must not start with '$' (topics starting with '$' belong to the broker, e.g. $SYS)")
-    if len(value.encode("utf-8")) > MQTT_PREFIX_BYTES:
-        raise ValueError(f"must be at most {MQTT_PREFIX_BYTES} bytes, so whole topics fit MQTT's {MQTT_STRING_BYTES}")
-    return value
-
-
 #: A non-empty string.
 Text = Annotated[str, AfterValidator(_not_empty)]
 #: A string sent in an MQTT packet (client id, user name).
-MqttText = Annotated[str, AfterValidator(_not_empty), AfterValidator(_mqtt_string)]
+MqttText = Annotated[str, AfterValidator(_not_empty), AfterValidator(check_mqtt_string)]
 #: The first level(s) of topics: MQTT text without wildcards, not starting with '$'.
-TopicPrefix = Annotated[str, AfterValidator(_not_empty), AfterValidator(_topic_prefix)]
+TopicPrefix = Annotated[str, AfterValidator(_not_empty), AfterValidator(check_topic_prefix)]
 #: A path: TOML has no path type, so strings are converted (the one lax type under strict validation); not empty.
 ConfigPath = Annotated[Path, Strict(False), BeforeValidator(_not_empty)]
 

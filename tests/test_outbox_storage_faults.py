@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import edge.runtime.publish.outbox as outbox_module
-from edge.runtime.publish.outbox import Outbox, fault_cause
+import edge.runtime.publish.outbox_faults as outbox_faults
+from edge.runtime.publish.outbox import Outbox
+from edge.runtime.publish.outbox_faults import fault_cause
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def _fault_lines(caplog) -> list[str]:
 
 
 def test_a_full_disk_keeps_messages_in_memory_and_the_disk_takes_over_again(small_disk, caplog, monkeypatch):
-    monkeypatch.setattr(outbox_module, "FAULT_MEMORY_MAX", 300)
+    monkeypatch.setattr(outbox_faults, "FAULT_MEMORY_MAX", 300)
     mnt = small_disk
     box = Outbox(mnt / "outbox.db", memory_s=0.0)  # no session: every non-faces message goes to disk at once
     first = [_add(box, "events") for _ in range(5)]
