@@ -36,6 +36,7 @@ from edge.runtime.backoff import backoff_delay
 from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import OversizedCallback
 from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
+from edge.runtime.publish.connection_callbacks import PROTOCOL_NAMES, PahoCallbacks
 from edge.runtime.publish.latest import LatestValues
 from edge.runtime.publish.subscriptions import MessageCallback, PropertiesCallback, Subscriptions
 
@@ -54,11 +55,6 @@ QUICK_RECONNECT_S = 30.0
 #: The network thread is alive while it passes its loop at least this often (beyond a backoff wait it announced);
 #: the daemon feeds the systemd watchdog only while it does.
 LIVENESS_S = 30.0
-#: CONNACK reason code of a broker that does not speak the protocol version we asked for (MQTT 5 code 0x84; paho
-#: maps an MQTT 3.1.1 broker's return code 1 to it too).
-UNSUPPORTED_PROTOCOL_VERSION = 0x84
-#: What :meth:`MqttConnection.state` reports as ``protocol``.
-PROTOCOL_NAMES = {mqtt.MQTTv5: "5", mqtt.MQTTv311: "3.1.1"}
 
 
 class SessionWorker(Protocol):
@@ -77,7 +73,7 @@ class SessionWorker(Protocol):
         ...
 
 
-class MqttConnection:
+class MqttConnection(PahoCallbacks):
     """The network thread of the MQTT sink.
 
     Args:
@@ -403,70 +399,3 @@ class MqttConnection:
         sock = client.socket()
         if sock is not None:
             sock.close()
-
-    # paho callbacks (network thread). paho re-raises callback exceptions into the loop, so guard them.
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure and reason_code.value == UNSUPPORTED_PROTOCOL_VERSION and self._protocol == mqtt.MQTTv5:
-            log.info("MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (no message expiry, no "
-                     "request/response)", self.host, self.port)
-            self._protocol = mqtt.MQTTv311
-            self._refused_now = True
-            self._downgraded_now = True
-            return
-        if reason_code.is_failure:
-            self._refused = str(reason_code)
-            self._refused_now = True
-            self._note(
-                logging.ERROR,
-                f"MQTT broker {self.host}:{self.port} refused the connection: {reason_code}; check mqtt.username "
-                f"and the password ({self._credentials_hint}) and the broker's ACL; retrying with backoff up to "
-                f"{self._reconnect[1]:.0f} s",
-            )
-            return
-        self._connected = True
-        self._session_up = True
-        self._refused = None
-        self._error = None
-        self._last_logged = None
-        log.info("connected to MQTT broker %s:%d as %s (MQTT %s)", self.host, self.port, self.client_id,
-                 PROTOCOL_NAMES[self._protocol])
-        self._connected_evt.set()
-        self._online = client.publish(self.availability_topic, "online", qos=1, retain=True)
-        self.latest.all_due()  # this session's broker may not have (all) the newest retained values
-        while not self._new_subs.empty():  # covered by the subscription to all topics below
-            self._new_subs.get()
-        self._subscribe(client, self._subs.topics())
-        while not self._new_hooks.empty():
-            self._hooks.append(self._new_hooks.get())
-        for hook in self._hooks:
-            self._call_hook(hook)
-
-    @staticmethod
-    def _call_hook(hook: Callable[[], None]) -> None:
-        try:
-            hook()
-        except Exception:
-            log.exception("MQTT connect hook %r failed", hook)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._connected = False
-        self._connected_evt.clear()
-        self._subs.forget_session()
-
-    def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
-        """SUBSCRIBE (QoS 1) and remember the message id, so :meth:`_on_subscribe` knows what was granted."""
-        if not topics:
-            return
-        rc, mid = client.subscribe([(t, 1) for t in topics])
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-            self._subs.sent(mid, topics)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        for sub, code in self._subs.acknowledged(mid, reason_codes):
-            # An ACL that denies it: the device would silently never hear this topic.
-            self._note(logging.ERROR, f"MQTT broker {self.host}:{self.port} refused the subscription to "
-                       f"{sub} ({code}); allow it in the broker's ACL for user {self.settings.username or '(none)'}")
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._subs.dispatch(msg)
