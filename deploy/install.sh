@@ -34,6 +34,9 @@
 #   --skip-user        do not create the user
 #   --skip-systemd     do not install/enable/start the unit (e.g. in a container)
 #   --pip-args "ARGS"  extra pip arguments (e.g. "--no-index --find-links /media/usb/wheels")
+#   --no-system-site-packages
+#                      a venv that does not see the system's Python packages (no apt picamera2: a USB camera,
+#                      a stream or a file); everything comes from pip
 #   --dry-run          print the commands and files instead of running/writing them
 #
 # Paths can be redirected for testing with EMOTION_EDGE_ETC (default /etc/emotion-edge) and
@@ -59,6 +62,7 @@ DO_APT=1
 DO_USER=1
 DO_SYSTEMD=1
 PIP_ARGS=""
+SYSTEM_SITE=1
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --device-id) DEVICE_ID="${2:?--device-id needs a value}"; shift 2 ;;
         --pip-args) PIP_ARGS="${2?--pip-args needs a value}"; shift 2 ;;
         --with-mediapipe) WITH_MEDIAPIPE=1; shift ;;
+        --no-system-site-packages) SYSTEM_SITE=0; shift ;;
         --no-start) START=0; shift ;;
         --skip-apt) DO_APT=0; shift ;;
         --skip-user) DO_USER=0; shift ;;
@@ -194,9 +199,12 @@ fi
 # ---- 3. the venv and the package -------------------------------------------------------------------------
 if [[ -x "$PREFIX/bin/python" ]]; then
     say "venv $PREFIX exists; updating the package in it"
-else
+elif [[ $SYSTEM_SITE == 1 ]]; then
     say "creating venv $PREFIX (with system site packages, for apt's picamera2; without pip: the system's pip installs into it)"
     run python3 -m venv --system-site-packages --without-pip "$PREFIX"
+else
+    say "creating venv $PREFIX (without system site packages: no apt picamera2; without pip: the system's pip installs into it)"
+    run python3 -m venv --without-pip "$PREFIX"
 fi
 # The system's pip (apt's python3-pip) installs into the venv (pip >= 22.3: --python), so the venv carries only
 # what the daemon runs: a venv's own pip and setuptools would be another 23 MB on the SD card.

@@ -240,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "func"):
             return args.func(args)
         parser.error(f"unknown command {args.command}")
+    except ModuleNotFoundError as exc:  # first: the next clause imports modules that may need the missing one
+        print(f"error: the Python module {exc.name or exc} is missing from this interpreter ({sys.executable}); "
+              "install the device's dependencies: pip install 'emotion-edge[edge]' (deploy/install.sh does)",
+              file=sys.stderr)
+        return EXIT_USAGE
     except _expected_errors() as exc:
         for line in str(exc).splitlines() or [""]:  # a config with several problems lists each on its own line
             print(f"error: {line}", file=sys.stderr)

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge.protocol.topics import check_mqtt_string, check_topic_prefix
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -53,6 +55,10 @@ def _not_bool(value: Any) -> Any:
 
 #: A non-empty string.
 Text = Annotated[str, AfterValidator(_not_empty)]
+#: A string sent in an MQTT packet (client id, user name).
+MqttText = Annotated[str, AfterValidator(_not_empty), AfterValidator(check_mqtt_string)]
+#: The first level(s) of topics: MQTT text without wildcards, not starting with '$'.
+TopicPrefix = Annotated[str, AfterValidator(_not_empty), AfterValidator(check_topic_prefix)]
 #: A path: TOML has no path type, so strings are converted (the one lax type under strict validation); not empty.
 ConfigPath = Annotated[Path, Strict(False), BeforeValidator(_not_empty)]
 
@@ -101,7 +107,8 @@ class SourceConfig(_Section):
     )
     width: int = Field(640, description="Requested capture width (cameras).", ge=64, le=4096)
     height: int = Field(480, description="Requested capture height (cameras).", ge=48, le=4096)
-    max_fps: float = Field(10.0, description="Frame-rate cap; 0 means as fast as possible.", ge=0)
+    max_fps: float = Field(10.0, description="Frame-rate cap; 0 means as fast as possible.", ge=0,
+                           allow_inf_nan=False)
     loop: bool = Field(True, description="Restart files, folders and the demo at the end instead of stopping.")
     retry_initial_s: float = Field(1.0, description="First wait before reopening a failed source.", gt=0)
     retry_max_s: float = Field(60.0, description="Longest wait between reopen attempts (exponential backoff).", gt=0)
@@ -227,13 +234,18 @@ class MqttConfig(_Section):
         None, description="Broker host; unset: localhost if a broker answers there, else stdout output."
     )
     port: int = Field(1883, description="Broker port (8883 is usual for TLS).", ge=1, le=65535)
-    username: Text | None = Field(None, description="User name; the password comes from the environment or credentials.")
+    username: MqttText | None = Field(None, description="User name; the password comes from the environment or credentials.")
     password_env: Text = Field("EMOTION_EDGE_MQTT_PASSWORD", description="Environment variable holding the password.")
     password_credential: Text = Field("mqtt_password", description="systemd credential name holding the password.")
-    client_id: Text | None = Field(None, description="MQTT client id; default 'emotion-edge-<device id>'.")
-    keepalive_s: int = Field(30, description="MQTT keep-alive; the Last Will fires after 1.5x this.", ge=5)
+    client_id: MqttText | None = Field(
+        None, description="MQTT client id (UTF-8, no control characters, at most 65535 bytes); default "
+        "'emotion-edge-<device id>'.")
+    keepalive_s: int = Field(30, description="MQTT keep-alive (at most 65535, MQTT's limit); the Last Will fires "
+                             "after 1.5x this.", ge=5, le=65535)
     qos: Annotated[Literal[0, 1], BeforeValidator(_not_bool)] = Field(1, description="QoS of published data.")
-    topic_prefix: str = Field("emotion", description="First topic level.", pattern=r"^[^#+]+$")
+    topic_prefix: TopicPrefix = Field(
+        "emotion", description="First topic level (UTF-8 without control characters or the wildcards + and #, not "
+        "starting with '$'). Messages still queued from a run with another prefix are sent under this one.")
     faces_interval_s: float = Field(0.0, description="Minimum seconds between 'faces' updates (0 = every frame).", ge=0)
     summary_interval_s: float = Field(10.0, description="Length of the 'summary' window.", gt=0)
     status_interval_s: float = Field(10.0, description="Seconds between retained 'status' updates.", gt=0)

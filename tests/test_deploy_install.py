@@ -1,9 +1,10 @@
 """deploy/install.sh and deploy/uninstall.sh: syntax, shellcheck, the dry run, and a real re-run.
 
 The real run installs into a temporary prefix and config folder, skipping the parts that need a Raspberry Pi
-or a booted systemd (apt, the system user, the unit): it creates the venv with system site packages, installs
+or a booted systemd (apt, the system user, the unit): it creates the venv without system site packages, installs
 the wheel built from this checkout (offline: --no-deps --no-index), writes the config once and keeps it on the
-second run.
+second run. Its dependencies come from the interpreter running the tests (on PYTHONPATH), never from whatever
+the machine's base interpreter happens to have (:func:`_hermetic_env`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,18 @@ def test_install_rejects_bad_arguments_in_one_line(tmp_path):
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("install.sh: "), r.stderr
 
 
+def _hermetic_env() -> dict[str, str]:
+    """The environment of a real install: this interpreter first on PATH (its python3 makes the venv, its pip
+    installs), its site-packages as the venv's dependencies, and no other PYTHON* variable (a PYTHONPATH to a
+    checkout would shadow the installed package). An editable install of the project is a .pth hook, which
+    PYTHONPATH folders do not run, so the venv still imports its own copy."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    paths = sysconfig.get_paths()
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 @pytest.mark.slow
 def test_real_install_is_idempotent_and_never_overwrites_the_config(tmp_path, built_wheel):
     """Installs the wheel a user would build (no build step in the venv, so no build tools are assumed in it)."""
@@ -126,21 +141,22 @@ def test_real_install_is_idempotent_and_never_overwrites_the_config(tmp_path, bu
         pytest.skip("install.sh needs root outside --dry-run")
     prefix, etc = tmp_path / "venv", tmp_path / "etc"
     args = ["--source", str(built_wheel), "--prefix", str(prefix), "--skip-apt", "--skip-user", "--skip-systemd",
-            "--pip-args", "--no-deps --no-index -q", "--device-id", "t1"]
+            "--no-system-site-packages", "--pip-args", "--no-deps --no-index --ignore-installed -q", "--device-id", "t1"]
+    env = _hermetic_env()
 
-    first = _run(INSTALL, *args, etc=etc)
+    first = _run(INSTALL, *args, etc=etc, extra_env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert (prefix / "bin" / "python").exists()
     cfg = etc / "config.toml"
     assert 'id = "t1"' in cfg.read_text() and f"OK {cfg}" in first.stdout  # check-config ran on it
     assert (etc / "mqtt_password").stat().st_mode & 0o777 == 0o600
     r = subprocess.run([str(prefix / "bin" / "python"), "-c", "import edge, sys; print(edge.__file__)"],
-                       capture_output=True, text=True, cwd=tmp_path)
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and str(prefix) in r.stdout, r.stdout + r.stderr  # installed, not the editable checkout
 
     cfg.write_text(cfg.read_text().replace('id = "t1"', 'id = "edited-by-user"'))
     (etc / "mqtt_password").write_text("s3cret\n")
-    second = _run(INSTALL, *args, etc=etc)
+    second = _run(INSTALL, *args, etc=etc, extra_env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "venv" in second.stdout and "exists; updating" in second.stdout
     assert 'id = "edited-by-user"' in cfg.read_text()
@@ -174,3 +190,14 @@ def test_empty_credential_file_made_by_install_lets_the_environment_provide_the_
     assert resolve_secret("EMOTION_EDGE_MQTT_PASSWORD", "mqtt_password") == "from-env"
     (tmp_path / "mqtt_password").write_text("from-credential\n")
     assert resolve_secret("EMOTION_EDGE_MQTT_PASSWORD", "mqtt_password") == "from-credential"
+
+
+def test_a_missing_dependency_is_one_line_not_a_traceback():
+    """What check-config says in a venv that lacks a dependency (OpenCV here): the module, the interpreter, the
+    fix; exit 2."""
+    code = ("import sys; sys.modules['cv2'] = None; from edge.cli import main; "
+            f"sys.exit(main(['check-config', {str(REPO / 'deploy' / 'config.example.toml')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: the Python module cv2 is missing") and "pip install" in lines[0]

@@ -81,6 +81,7 @@ def test_command_parser_bounds_size_depth_and_types():
     assert code(b'{"command": "x", "a": ' + b"[" * 1000 + b"]" * 1000 + b"}") == "oversized"  # 2 kB > 1 kB
     assert code(b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}") == "malformed"
     assert code(b"\xff\xfe\x00garbage") == "malformed"
+    assert code(b'{"command":"pause\xed\xa0\x80"}') == "malformed"  # a lone surrogate: not UTF-8
     assert code(b'{"command": 5}') == "malformed"
     assert code(b'"publish_status"') == "malformed"
     assert code(b" " * 1025) == "oversized"

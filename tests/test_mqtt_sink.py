@@ -251,11 +251,13 @@ def test_a_frozen_broker_never_blocks_publish_and_bounds_what_is_in_flight(broke
         col.stop()
 
 
-def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
-    """No broker on the port: the waits between attempts double from reconnect_min_s and stop at
-    reconnect_max_s (checked through the wait seam, without waiting them)."""
+def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path, monkeypatch):
+    """No broker on the port, past the quick window: the waits between attempts double from reconnect_min_s and
+    stop at reconnect_max_s (checked through the wait seam, without waiting them)."""
+    import edge.runtime.publish.connection
     from tests.broker import free_port
 
+    monkeypatch.setattr(edge.runtime.publish.connection, "QUICK_RECONNECT_S", 0.0)
     delays: list[float] = []
     cfg = sink_config(tmp_path / "state", None, host="127.0.0.1", port=free_port())
     sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
@@ -266,12 +268,12 @@ def test_reconnects_back_off_exponentially_up_to_the_maximum(tmp_path):
     assert delays[:6] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
 
 
-def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypatch):
-    """After failures have grown the wait to reconnect_max_s, a session that stayed up past the healthy threshold
-    makes the next reconnect wait reconnect_min_s again (threshold shortened, waits recorded through the seam)."""
+def test_an_acknowledged_session_resets_the_backoff(tmp_path, broker_factory, monkeypatch):
+    """After failures have grown the wait to reconnect_max_s, a session the broker accepted and acknowledged makes
+    the next reconnect wait reconnect_min_s again, however short it was (quick window off, waits recorded)."""
     import edge.runtime.publish.connection
 
-    monkeypatch.setattr(edge.runtime.publish.connection, "HEALTHY_SESSION_S", 0.5)
+    monkeypatch.setattr(edge.runtime.publish.connection, "QUICK_RECONNECT_S", 0.0)
     broker = broker_factory()  # made, not started: the first attempts fail
     delays: list[float] = []
     cfg = sink_config(tmp_path / "state", broker)  # reconnect_min_s 0.2, reconnect_max_s 1.0
@@ -280,11 +282,28 @@ def test_a_healthy_session_resets_the_backoff(tmp_path, broker_factory, monkeypa
         assert wait_until(lambda: len(delays) >= 5)
         assert delays[3:5] == pytest.approx([1.0, 1.0])
         broker.start()
-        assert wait_until(lambda: sink.connection_state()["connected"])
+        assert wait_until(lambda: sink.connection.alive() and sink.connection._acknowledged)
         before = len(delays)
-        time.sleep(0.8)  # outlive the (shortened) healthy threshold
         broker.stop()
         assert wait_until(lambda: len(delays) >= before + 2)
     finally:
         sink.close(timeout=0.2)
     assert delays[before:before + 2] == pytest.approx([0.2, 0.4])
+
+
+def test_after_a_loss_reconnects_are_quick_for_a_while(tmp_path, broker_factory):
+    """Within QUICK_RECONNECT_S of losing an acknowledged session every attempt waits only reconnect_min_s, so a
+    broker that returns after a short outage is found again within that."""
+    broker = broker_factory()
+    broker.start()
+    delays: list[float] = []
+    cfg = sink_config(tmp_path / "state", broker)  # reconnect_min_s 0.2, reconnect_max_s 1.0
+    sink = MqttSink(cfg, backoff_wait=lambda d: (delays.append(d), time.sleep(0.005)))
+    try:
+        assert wait_until(lambda: sink.connection._acknowledged)
+        broker.stop()
+        assert wait_until(lambda: len(delays) >= 8)
+        assert sink.connection.alive()
+    finally:
+        sink.close(timeout=0.2)
+    assert delays[:8] == pytest.approx([0.2] * 8)

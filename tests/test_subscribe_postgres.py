@@ -128,6 +128,8 @@ def _subscribed(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_three_recorders_share_one_feed_into_postgres_one_killed_mid_stream(broker, pg_url, tmp_path):
+    """Deadlines are generous (the conditions are polled): with the cores busy, a recorder's start and its clean
+    stop take several seconds."""
     devices, per_device = ("a", "b", "c"), 100
     members = {name: _member(broker, pg_url, name) for name in ("1", "2", "3")}
     sinks = [MqttSink(sink_config(tmp_path / f"state-{d}", broker, device_id=d)) for d in devices]
@@ -138,19 +140,19 @@ def test_three_recorders_share_one_feed_into_postgres_one_killed_mid_stream(brok
         for s in sinks:
             publish_mixed(s, 0, 40)
         rec = Recording(pg_url, readonly=True)
-        assert wait_until(lambda: rec.count() >= 60, 30), rec.count()
+        assert wait_until(lambda: rec.count() >= 60, 120), rec.count()
         members["2"].kill()  # kill -9 mid-stream: its in-flight and queued share waits in its session
-        members["2"].wait(10)
+        members["2"].wait(60)
         for s in sinks:
             publish_mixed(s, 40, per_device - 40)
-            assert s.flush(30)
+            assert s.flush(120)
         members["2"] = _member(broker, pg_url, "2")  # as systemd's Restart= would, with the same client id
         _subscribed(members["2"])
         total = len(devices) * per_device
-        assert wait_until(lambda: rec.count() >= total, 60), rec.count()
+        assert wait_until(lambda: rec.count() >= total, 180), rec.count()
         for name, proc in members.items():
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=20)
+            _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
             stored = int(err.split("stored ", 1)[1].split(" ", 1)[0])
             assert stored > 0, f"member {name} got no share of the feed: {err}"

@@ -54,3 +54,42 @@ def parse_topic(topic_: str, prefix: str) -> tuple[str, str] | None:
     if len(rest) != 2 or rest[1] not in (*KINDS, AVAILABILITY):
         return None
     return rest[0], rest[1]
+
+
+#: Longest MQTT string (client id, user name, a whole topic): its length is a 16-bit field of the packet.
+MQTT_STRING_BYTES = 65535
+#: Longest topic prefix: the device id (up to 64), a kind and the separators must still fit a topic.
+MQTT_PREFIX_BYTES = 65000
+
+
+def check_mqtt_string(value: str | None) -> str | None:
+    """``value`` if a broker takes it as an MQTT string (client id, user name, topic), else ValueError."""
+    # What a broker refuses in a CONNECT or a topic (MQTT 5 section 1.5.4, Mosquitto's UTF-8 check): a string that
+    # is not UTF-8 (a lone surrogate), NUL or another control character, more than 65535 bytes. Refused here, the
+    # mistake is one line at start; at the broker it would be a dropped connection, retried forever.
+    if value is None:
+        return value
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (it holds a lone surrogate)") from None
+    bad = next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters such as {bad!r}: MQTT brokers refuse them")
+    if size > MQTT_STRING_BYTES:
+        raise ValueError(f"is {size} bytes in UTF-8; MQTT allows at most {MQTT_STRING_BYTES}")
+    return value
+
+
+def check_topic_prefix(value: str) -> str:
+    """``value`` if it can start every topic the device publishes to (see below), else ValueError."""
+    # A prefix is the start of every topic the device publishes to: a wildcard is refused by the broker (and by
+    # paho), and a topic starting with '$' is the broker's own ($SYS): it is silently not delivered.
+    check_mqtt_string(value)
+    if "+" in value or "#" in value:
+        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+    if value.startswith("$"):
+        raise ValueError("must not start with '$' (topics starting with '$' belong to the broker, e.g. $SYS)")
+    if len(value.encode("utf-8")) > MQTT_PREFIX_BYTES:
+        raise ValueError(f"must be at most {MQTT_PREFIX_BYTES} bytes, so whole topics fit MQTT's {MQTT_STRING_BYTES}")
+    return value

@@ -10,6 +10,7 @@ its library, a camera index or a stream URL is not checked.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import tempfile
@@ -43,16 +44,41 @@ def _user() -> str:
         return f"uid {os.geteuid()}"
 
 
-def _cannot_write(folder: Path) -> str | None:
-    """Why a file cannot be created in ``folder`` (tried with a temporary file, removed at once), or None.
-    Permission bits do not tell: ACLs, read-only mounts, and root, for whom access() says yes to everything."""
+#: What to do about a folder that refuses writes, by errno; the rest is an ownership or permission problem.
+_WRITE_FIXES = {
+    errno.EROFS: "the file system is mounted read-only: remount it read-write or choose another folder",
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the user's disk quota is used up: free some space or choose another folder",
+    errno.EIO: "an I/O error: the storage is failing (see dmesg; check or replace the SD card or disk)",
+}
+
+
+def _cannot_write(folder: Path) -> OSError | None:
+    """Why a file cannot be written in ``folder`` (tried with a temporary file of one page, removed at once), or
+    None. Permission bits do not tell: ACLs, read-only mounts, and root, for whom access() says yes to everything;
+    a full disk still takes an empty file, hence the page."""
     try:
         fd, name = tempfile.mkstemp(prefix=".edge-write-check-", dir=folder)
     except OSError as exc:
-        return exc.strerror or str(exc)
-    os.close(fd)
-    os.unlink(name)
+        return exc
+    try:
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
+        os.unlink(name)
     return None
+
+
+def _write_fix(exc: OSError, path: Path, user: str) -> str:
+    """The cause of a refused write and what to do: chown only where ownership can be the cause."""
+    why = exc.strerror or str(exc)
+    fix = _WRITE_FIXES.get(exc.errno or 0)
+    if fix:
+        return f"{why}; {fix}"
+    return f"{why}; fix its owner (e.g. chown -R {user} {path}) or choose another folder"
 
 
 def writable_dir_problem(path: Path, key: str) -> str | None:
@@ -65,10 +91,9 @@ def writable_dir_problem(path: Path, key: str) -> str | None:
     if path.exists():
         if not path.is_dir():
             return f"{key}: {path} is not a folder"
-        why = _cannot_write(path)
-        if why:
-            return (f"{key}: {path} is not writable by user {user} ({why}); fix its owner "
-                    f"(e.g. chown -R {user} {path}) or choose another folder")
+        exc = _cannot_write(path)
+        if exc:
+            return f"{key}: {path} is not writable by user {user}: {_write_fix(exc, path, user)}"
         stuck = [p.name for p in map(path.joinpath, _STATE_FILES) if p.exists() and not os.access(p, os.W_OK)]
         if stuck:
             return (f"{key}: {', '.join(stuck)} in {path} not writable by user {user} (left by a run as "
@@ -77,7 +102,8 @@ def writable_dir_problem(path: Path, key: str) -> str | None:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    why = _cannot_write(parent) if parent.is_dir() else "not a folder"
+    exc = _cannot_write(parent) if parent.is_dir() else None
+    why = "not a folder" if not parent.is_dir() else exc and (exc.strerror or str(exc))
     if why:
         return f"{key}: {path} does not exist and cannot be created by user {user} ({parent}: {why})"
     return None

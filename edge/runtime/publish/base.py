@@ -31,6 +31,10 @@ class Sink(Protocol):
         """Whether a broker session is up right now."""
         ...
 
+    def alive(self) -> bool:
+        """Whether the sink's own threads run and make progress (the daemon feeds the systemd watchdog only then)."""
+        ...
+
     def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Wrap ``body`` in the envelope, queue it, return its seq; never blocks on the network."""
         ...

@@ -76,7 +76,9 @@ def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
     if len(payload) > max_bytes:
         raise CommandRefused("oversized", f"command is {len(payload)} bytes, above mqtt.max_command_bytes = {max_bytes}")
     try:
-        cmd = json.loads(payload)
+        # Decoded strictly first: json.loads on bytes lets a lone surrogate (\xed\xa0\x80) through, and the answer
+        # that quotes it could then not be encoded, so the sender would hear nothing.
+        cmd = json.loads(payload.decode("utf-8"))
     except RecursionError:  # the C parser's depth guard: an answer, never a traceback
         raise CommandRefused("malformed", "command JSON is nested too deeply") from None
     except (UnicodeDecodeError, ValueError):
@@ -110,6 +112,8 @@ class CommandChannel:
         self.dropped = 0
         self._rate = rate
         self._bucket = TokenBucket(rate)
+        #: Messages :meth:`gate` admitted that have not reached :meth:`on_message` yet (network thread only).
+        self._gated = 0
         self._log = LogLimiter(log)
         self._closed = False
         self._queue: queue.Queue[tuple[dict[str, Any], Reply | None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
@@ -118,6 +122,21 @@ class CommandChannel:
     def start(self) -> None:
         """Start the worker thread."""
         self._worker.start()
+
+    def gate(self, topic: str) -> bool:
+        """Whether a message on the command topic is taken, asked before it is even parsed (network thread): a
+        flood beyond ``rate`` is dropped unread and counted; what passes is not counted again on arrival."""
+        if self._admit():
+            self._gated += 1
+            return True
+        return False
+
+    def _arrived(self) -> bool:
+        """A message arrived: admitted by :meth:`gate` already, or now by the rate."""
+        if self._gated:
+            self._gated -= 1
+            return True
+        return self._admit()
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         """A message on the command topic (network thread): check and queue it, or answer why not."""
@@ -130,7 +149,7 @@ class CommandChannel:
 
     def _receive(self, parse: Callable[[bytes, int], dict[str, Any]], payload: bytes,
                  properties: Properties | None) -> None:
-        if not self._admit():
+        if not self._arrived():
             return
         reply = self._reply_to(properties)
         try:
@@ -145,7 +164,7 @@ class CommandChannel:
 
     def on_oversized(self, topic: str, size: int) -> None:
         """A message above ``max_bytes`` was dropped unread (network thread): answer ``oversized``."""
-        if self._admit():
+        if self._arrived():
             self._answer(None, False, f"command is {size} bytes, above mqtt.max_command_bytes = {self.max_bytes}; "
                          "it was not read", code="oversized")
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -32,8 +33,10 @@ from paho.mqtt.properties import Properties
 
 from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import OversizedCallback
 from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
+from edge.runtime.publish.connection_callbacks import PROTOCOL_NAMES, PahoCallbacks
 from edge.runtime.publish.latest import LatestValues
 from edge.runtime.publish.subscriptions import MessageCallback, PropertiesCallback, Subscriptions
 
@@ -45,14 +48,13 @@ LOOP_TIMEOUT_S = 0.05
 CONNACK_TIMEOUT_S = 10.0
 #: Raw (non-outbox) publishes kept while disconnected; older ones are discarded first.
 MAX_RAW_QUEUED = 1000
-#: A session that lasted this long was healthy: the next reconnect starts again from the shortest backoff, so
-#: one broker restart after days of uptime is not waited out with the backoff of earlier failures.
-HEALTHY_SESSION_S = 30.0
-#: CONNACK reason code of a broker that does not speak the protocol version we asked for (MQTT 5 code 0x84; paho
-#: maps an MQTT 3.1.1 broker's return code 1 to it too).
-UNSUPPORTED_PROTOCOL_VERSION = 0x84
-#: What :meth:`MqttConnection.state` reports as ``protocol``.
-PROTOCOL_NAMES = {mqtt.MQTTv5: "5", mqtt.MQTTv311: "3.1.1"}
+#: After a session the broker accepted and acknowledged (the PUBACK of its "online") is lost, reconnect attempts
+#: come every ``reconnect_min_s`` for this long, and only then back off exponentially: a broker restart or a short
+#: outage is over within a second of the broker's return, a long one is not hammered.
+QUICK_RECONNECT_S = 30.0
+#: The network thread is alive while it passes its loop at least this often (beyond a backoff wait it announced);
+#: the daemon feeds the systemd watchdog only while it does.
+LIVENESS_S = 30.0
 
 
 class SessionWorker(Protocol):
@@ -71,7 +73,7 @@ class SessionWorker(Protocol):
         ...
 
 
-class MqttConnection:
+class MqttConnection(PahoCallbacks):
     """The network thread of the MQTT sink.
 
     Args:
@@ -131,8 +133,16 @@ class MqttConnection:
         self._new_subs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._subs = Subscriptions()
         self._caps = SizeCaps(max_message_bytes)
+        #: Exact topic -> whether to take a message on it (see :meth:`subscribe`).
+        self._gates: dict[str, Callable[[str], bool]] = {}
         self._hooks: list[Callable[[], None]] = []
         self._new_hooks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        #: The network thread promises to pass its loop again before this (monotonic): see :meth:`alive`.
+        self._beat_by = time.monotonic() + LIVENESS_S
+        #: When the quick reconnect window began: the start, or the loss of the last acknowledged session.
+        self._quick_since = time.monotonic()
+        self._acknowledged = False
+        self._failures = LogLimiter(log)
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -145,6 +155,15 @@ class MqttConnection:
     def connected(self) -> bool:
         """Whether a broker session is up right now."""
         return self._connected
+
+    def alive(self) -> bool:
+        """Whether the network thread runs and passes its loop (connecting, publishing or waiting its backoff) as
+        often as it announced: False when it died or hangs, so the daemon stops feeding the systemd watchdog."""
+        return self._thread.is_alive() and time.monotonic() < self._beat_by
+
+    def _beat(self, busy_s: float = 0.0) -> None:
+        """The thread is alive; it may be busy (a connect, a backoff wait) for ``busy_s`` before the next beat."""
+        self._beat_by = time.monotonic() + busy_s + LIVENESS_S
 
     @property
     def gave_up_waiting(self) -> bool:
@@ -173,13 +192,16 @@ class MqttConnection:
 
     def subscribe(self, topic: str, callback: MessageCallback | PropertiesCallback, *,
                   with_properties: bool = False, max_bytes: int | None = None,
-                  on_oversized: OversizedCallback | None = None) -> None:
+                  on_oversized: OversizedCallback | None = None, gate: Callable[[str], bool] | None = None) -> None:
         """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network thread
         (``callback(topic, payload, properties)`` with ``with_properties``: the MQTT 5 properties, or None).
 
         A message with a payload above ``max_bytes`` (default: ``max_message_bytes``) is never read into memory:
-        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning).
+        ``on_oversized(topic, size)`` is called instead (default: a rate-limited warning). ``gate(topic)``, for a
+        topic without wildcards, is asked before a message on it is parsed; False skips it unread (a flood).
         """
+        if gate is not None:
+            self._gates[topic] = gate
         self._caps.add(topic, max_bytes, on_oversized)
         self._subs.add(topic, callback, with_properties)
         self._new_subs.put(topic)
@@ -207,18 +229,24 @@ class MqttConnection:
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> BoundedClient:
         client = make_client(self.settings, self.client_id, protocol=self._protocol, reconnect_on_failure=False,
                              will=(self.availability_topic, "offline"), context=self._tls_context,
                              client_class=BoundedClient)
-        self._caps.attach(cast(BoundedClient, client))  # made with client_class=BoundedClient
+        bounded = cast(BoundedClient, client)  # made with client_class=BoundedClient
+        self._caps.attach(bounded)
+        bounded.admit = self._admit_inbound
         # paho queues nothing beyond what we hand it: the outbox is the queue.
         client.max_inflight_messages_set(self._max_inflight + MAX_RAW_QUEUED)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        return client
+        return bounded
+
+    def _admit_inbound(self, topic: str) -> bool:
+        gate = self._gates.get(topic)
+        return gate is None or gate(topic)
 
     def _note(self, level: int, message: str) -> None:
         """Log a connection problem once (repeats go to debug), and remember it for status."""
@@ -232,33 +260,54 @@ class MqttConnection:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            client = self._make_client()
-            started = time.monotonic()
             try:
-                client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
-            except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
-                self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
-                           f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
-                           "name; retrying")
-            except OSError as exc:
-                self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
-                           f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
-            else:
-                try:
-                    self._session(client)
-                except Exception:  # a bug here must not end publishing for the daemon's lifetime
-                    log.exception("MQTT network loop failed; reconnecting")
-                finally:
-                    self._end_session(client)
+                self._attempt()
+            except Exception as exc:  # a bug or an unforeseen fault: log it once, and keep the thread publishing
+                self._failed(exc)
             if self._stop.is_set():
                 break
             if self._downgraded_now:
                 self._downgraded_now = False
                 continue  # the broker answered at once: ask again in MQTT 3.1.1 without waiting
-            if self._refused is None and time.monotonic() - started > HEALTHY_SESSION_S:
-                attempt = 0  # the last session was healthy: retry quickly
-            attempt += 1
-            self._backoff_wait(backoff_delay(attempt, *self._reconnect))
+            if self._acknowledged:
+                self._acknowledged = False
+                self._quick_since = time.monotonic()
+                attempt = 0
+            quick = time.monotonic() - self._quick_since < QUICK_RECONNECT_S and self._refused is None
+            attempt = 0 if quick else attempt + 1
+            delay = self._reconnect[0] if quick else backoff_delay(attempt, *self._reconnect)
+            self._beat(delay)
+            self._backoff_wait(delay)
+
+    def _attempt(self) -> None:
+        """One connection attempt and, when it succeeds, its session until it ends."""
+        self._beat(CONNACK_TIMEOUT_S)
+        client = self._make_client()
+        try:
+            client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
+        except ssl.SSLError as exc:  # a subclass of OSError, so it comes first
+            self._note(logging.ERROR, f"TLS handshake with MQTT broker {self.host}:{self.port} failed ({exc}); "
+                       f"{self._tls_hint(exc)}check mqtt.tls.ca_file (the CA that signed the broker) and the host "
+                       "name; retrying")
+        except OSError as exc:
+            self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} unreachable ({exc}); "
+                       f"{self._tls_hint(exc)}retrying with backoff, messages wait in the outbox")
+        except (ValueError, struct.error) as exc:  # paho cannot encode the CONNECT: a setting out of MQTT's range
+            self._note(logging.ERROR, f"cannot connect to MQTT broker {self.host}:{self.port}: paho refused the "
+                       f"connection settings ({exc}); check mqtt.client_id, mqtt.keepalive_s and mqtt.username; "
+                       "retrying with backoff")
+        else:
+            try:
+                self._session(client)
+            finally:
+                self._end_session(client)
+
+    def _failed(self, exc: Exception) -> None:
+        """An unexpected error on the network thread (called in its ``except``): the traceback once per cause,
+        then only counted (:class:`LogLimiter`); the status shows it as the connection's error."""
+        cause = f"{type(exc).__name__}: {exc}"
+        self._error = f"MQTT network thread failed ({cause}); reconnecting"
+        self._failures.log(logging.ERROR, cause, "%s", self._error, exc_info=True)
 
     def _tls_hint(self, exc: OSError) -> str:
         # A TLS client at a plain MQTT listener sends a ClientHello the broker takes for a broken CONNECT: it drops
@@ -268,13 +317,18 @@ class MqttConnection:
         return (f"mqtt.tls.enabled is true: is port {self.port} a TLS listener? (1883 is usually plain MQTT, 8883 "
                 "TLS); ")
 
-    def _session(self, client: mqtt.Client) -> None:
+    def _session(self, client: BoundedClient) -> None:
         """Run one broker connection until it fails or the sink stops."""
         connect_deadline = time.monotonic() + CONNACK_TIMEOUT_S
         self._refused_now = False
         self._session_up = False
+        self._online: mqtt.MQTTMessageInfo | None = None
         while True:
-            rc = client.loop(timeout=LOOP_TIMEOUT_S)
+            self._beat()
+            # Bytes already read and not yet parsed (a burst of inbound messages): no waiting in select for more.
+            rc = client.loop(timeout=0.0 if client.buffered() else LOOP_TIMEOUT_S)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.buffered():
+                rc = client.loop_read()
             if self._refused_now:
                 return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -282,9 +336,10 @@ class MqttConnection:
                     self._note(logging.WARNING, f"lost the connection to MQTT broker {self.host}:{self.port} "
                                f"({mqtt.error_string(rc)}); reconnecting, messages wait in the outbox")
                 else:
+                    tls = "the TLS client certificate settings (mqtt.tls) and " if self._tls_context is not None else ""
                     self._note(logging.WARNING, f"MQTT broker {self.host}:{self.port} closed the connection before "
-                               f"accepting it ({mqtt.error_string(rc)}); check the TLS client certificate settings "
-                               "(mqtt.tls) and the broker log; retrying with backoff")
+                               f"accepting it ({mqtt.error_string(rc)}); check {tls}the broker log (a client id or "
+                               "user name it refuses?); retrying with backoff")
                 return
             if not self._connected:
                 if time.monotonic() > connect_deadline:
@@ -292,6 +347,8 @@ class MqttConnection:
                                f"{CONNACK_TIMEOUT_S:.0f} s; retrying")
                     return
                 continue
+            if not self._acknowledged and self._online is not None and self._online.is_published():
+                self._acknowledged = True  # the broker acknowledged this session's "online": it works
             self._housekeeping(client)
             self._worker.tick(client)
             if self._stop.is_set():
@@ -315,10 +372,6 @@ class MqttConnection:
             self._hooks.append(hook)
             self._call_hook(hook)
 
-    def _send_latest(self, client: mqtt.Client) -> None:
-        for t, payload in self.latest.take_due():
-            client.publish(t, payload, qos=1, retain=True)
-
     def _say_goodbye(self, client: mqtt.Client) -> None:
         """On close: retained availability "offline", wait for its PUBACK (bounded), then a clean DISCONNECT."""
         info = client.publish(self.availability_topic, "offline", qos=1, retain=True)
@@ -335,7 +388,10 @@ class MqttConnection:
         self._connected_evt.clear()
         self._subs.forget_session()
         # Unacknowledged messages die with this session; the next one resends them from the outbox, in order.
-        self._worker.reset()
+        try:
+            self._worker.reset()
+        except Exception as exc:  # must not skip the socket's close below; the next attempt starts clean anyway
+            self._failed(exc)
         if was and not self._stop.is_set():
             log.debug("MQTT session ended")
         with contextlib.suppress(Exception):  # the socket may already be gone
@@ -343,73 +399,3 @@ class MqttConnection:
         sock = client.socket()
         if sock is not None:
             sock.close()
-
-    # paho callbacks (network thread). paho re-raises callback exceptions into the loop, so guard them.
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure and reason_code.value == UNSUPPORTED_PROTOCOL_VERSION and self._protocol == mqtt.MQTTv5:
-            log.info("MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (no message expiry, no "
-                     "request/response)", self.host, self.port)
-            self._protocol = mqtt.MQTTv311
-            self._refused_now = True
-            self._downgraded_now = True
-            return
-        if reason_code.is_failure:
-            self._refused = str(reason_code)
-            self._refused_now = True
-            self._note(
-                logging.ERROR,
-                f"MQTT broker {self.host}:{self.port} refused the connection: {reason_code}; check mqtt.username "
-                f"and the password ({self._credentials_hint}) and the broker's ACL; retrying with backoff up to "
-                f"{self._reconnect[1]:.0f} s",
-            )
-            return
-        self._connected = True
-        self._session_up = True
-        self._refused = None
-        self._error = None
-        self._last_logged = None
-        log.info("connected to MQTT broker %s:%d as %s (MQTT %s)", self.host, self.port, self.client_id,
-                 PROTOCOL_NAMES[self._protocol])
-        self._connected_evt.set()
-        # This session's broker may not have (all) the newest retained values, or still have a crashed run's:
-        # they go out first, before "online" and anything else.
-        self.latest.all_due()
-        self._send_latest(client)
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
-        while not self._new_subs.empty():  # covered by the subscription to all topics below
-            self._new_subs.get()
-        self._subscribe(client, self._subs.topics())
-        while not self._new_hooks.empty():
-            self._hooks.append(self._new_hooks.get())
-        for hook in self._hooks:
-            self._call_hook(hook)
-
-    @staticmethod
-    def _call_hook(hook: Callable[[], None]) -> None:
-        try:
-            hook()
-        except Exception:
-            log.exception("MQTT connect hook %r failed", hook)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._connected = False
-        self._connected_evt.clear()
-        self._subs.forget_session()
-
-    def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
-        """SUBSCRIBE (QoS 1) and remember the message id, so :meth:`_on_subscribe` knows what was granted."""
-        if not topics:
-            return
-        rc, mid = client.subscribe([(t, 1) for t in topics])
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-            self._subs.sent(mid, topics)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        for sub, code in self._subs.acknowledged(mid, reason_codes):
-            # An ACL that denies it: the device would silently never hear this topic.
-            self._note(logging.ERROR, f"MQTT broker {self.host}:{self.port} refused the subscription to "
-                       f"{sub} ({code}); allow it in the broker's ACL for user {self.settings.username or '(none)'}")
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._subs.dispatch(msg)

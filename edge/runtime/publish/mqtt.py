@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
 from edge.protocol.envelope import encode, make_envelope
 from edge.protocol.topics import AVAILABILITY, COMMAND, NOBODY_STATE, PAUSED_SET, topic
+from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import (
     OUTBOX_FILE,
     CommandHandler,
@@ -94,6 +96,7 @@ class MqttSink:
             self.outbox = Outbox(config.state_dir() / OUTBOX_FILE, m.outbox.max_messages, m.outbox.memory_s)
         except OSError as exc:
             raise SinkError(str(exc)) from None
+        self._readdress(m.topic_prefix)
         self._closed = False
         self._last_status: dict[str, Any] | None = None
         self._status_lock = threading.Lock()
@@ -108,10 +111,12 @@ class MqttSink:
                                        (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/"))
         self.commands.handler = on_command
         self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True,
-                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized)
+                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized,
+                                  gate=self.commands.gate)
+        # The plain switch shares the command channel's rate (gated before parsing too) and size bound.
         self.connection.subscribe(topic(m.topic_prefix, self.device_id, PAUSED_SET), self.commands.on_switch,
                                   with_properties=True, max_bytes=m.max_command_bytes,
-                                  on_oversized=self.commands.on_oversized)
+                                  on_oversized=self.commands.on_oversized, gate=self.commands.gate)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
@@ -122,13 +127,26 @@ class MqttSink:
         self.commands.start()
         self._flusher.start()
 
+    def _readdress(self, prefix: str) -> None:
+        """Messages queued by a run with another topic prefix go out under this one (what the operator chose)."""
+        try:
+            n = self.outbox.readdress(lambda kind: topic(prefix, self.device_id, kind),
+                                      lambda kind: f"/{self.device_id}/{kind}")
+        except sqlite3.Error as exc:  # a failing disk: the flusher's episode logging takes over from here
+            log.warning("cannot re-address the queued messages to the topic prefix %r: %s", prefix, exc)
+            return
+        if n:
+            log.info("%d queued message(s) were for another topic prefix; sending them under %r", n, prefix)
+
     def _flush_stale(self) -> None:
         interval = max(0.05, self._cfg.outbox.memory_s / 4)
+        failures = LogLimiter(log)
         while not self._flusher_stop.wait(interval):
             try:
-                self.outbox.spill_stale()
-            except Exception:  # a full or failing disk: the messages stay in memory, and this retries
-                log.exception("cannot write waiting messages to the outbox on disk")
+                self.outbox.spill_stale()  # a full or failing disk is its own business: it logs once per episode
+            except Exception as exc:  # anything else: the messages stay in memory, and this retries
+                failures.log(logging.ERROR, f"{type(exc).__name__}: {exc}", "outbox flusher failed: %s; retrying",
+                             str(exc), exc_info=True)
 
     def _publish_event(self, body: dict[str, Any]) -> None:
         # A command answered while the sink closes is dropped: there is no session left to send it on.
@@ -150,6 +168,11 @@ class MqttSink:
     def connected(self) -> bool:
         """Whether a broker session is up right now."""
         return self.connection.connected
+
+    def alive(self) -> bool:
+        """Whether the network and flusher threads run and make progress (connecting, publishing or waiting out
+        a backoff); the daemon feeds the systemd watchdog only while this holds."""
+        return self._closed or (self.connection.alive() and self._flusher.is_alive())
 
     def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Store ``body`` with its envelope in the outbox and return its seq (no network I/O here).

@@ -24,6 +24,14 @@ Durability on disk: WAL with ``synchronous=NORMAL`` survives a killed process (c
 WAL file); only a power cut can lose the last few commits, the usual trade-off for an SD card. The file uses
 incremental auto-vacuum, so it shrinks back once a backlog is delivered.
 
+Storage faults: while the state folder refuses writes (disk full, I/O errors, read-only), every new message
+waits in memory instead (at most :data:`edge.runtime.publish.outbox_faults.FAULT_MEMORY_MAX`; beyond, the oldest ``faces`` message is dropped first,
+then the oldest of any kind; counted in ``dropped``), acknowledged messages on disk are remembered and skipped
+until they can be deleted, and the log says so once per episode with the cause (at most once a minute, for a
+disk that keeps taking one write and refusing the next). The flusher's periodic :meth:`Outbox.spill_stale` tries
+the disk again (a small write first); when it works, what waited goes to disk and the episode ends.
+While the fault lasts a kill -9 loses what waits in memory.
+
 Bound: at most ``max_messages`` messages in all. Adding beyond that drops the oldest ``faces`` message (per-frame
 updates are the cheapest to lose: summaries keep the aggregate), or, when no ``faces`` message is left, the
 oldest message of any kind. Every drop increments a persisted counter reported as ``status.outbox.dropped``.
@@ -40,15 +48,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.runtime.loglimit import LogLimiter
+from edge.runtime.publish.outbox_faults import DROP_FIRST_KIND, StorageFaults, fault_cause
 from edge.runtime.publish.seq import SeqBlock, meta_value
+
+__all__ = ["DROP_FIRST_KIND", "OFFLINE_BATCH_S", "Outbox", "OutboxMessage"]
 
 log = logging.getLogger(__name__)
 
-#: Message kind dropped first when the outbox is full, and batched while there is no session.
-DROP_FIRST_KIND = "faces"
 #: While there is no session, ``faces`` updates wait at most this long in memory before a group commit.
 OFFLINE_BATCH_S = 1.0
-
 
 @dataclass(frozen=True)
 class OutboxMessage:
@@ -63,7 +72,7 @@ class OutboxMessage:
     added: float = field(default=0.0, compare=False)
 
 
-class Outbox:
+class Outbox(StorageFaults):
     """The outbox. Thread-safe: the frame loop adds while the MQTT pump reads and acknowledges.
 
     Args:
@@ -91,6 +100,15 @@ class Outbox:
         self._clock = clock
         self._lock = threading.Lock()
         self._memory: deque[OutboxMessage] = deque()
+        #: The cause of the storage fault under way (None: writes work), when it began, and what it cost so far.
+        self._fault: str | None = None
+        self._fault_since = 0.0
+        self._fault_dropped = 0
+        #: Drops counted but not yet added to the persisted counter (made while the disk refused writes).
+        self._unsaved_drops = 0
+        #: Messages on disk the broker acknowledged that could not be deleted yet: skipped, deleted later.
+        self._acked: set[int] = set()
+        self._fault_log = LogLimiter(log)
         try:
             # isolation_level=None: explicit BEGIN/COMMIT, so seq + insert + drop are one transaction.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -134,24 +152,34 @@ class Outbox:
         """
         in_memory = self.memory_ok() or kind == DROP_FIRST_KIND
         with self._lock:
-            if in_memory:
-                seq = self._seq.take()
+            if not in_memory and self._fault is None:
                 try:
-                    payload = build(seq)
-                except BaseException:
-                    self._seq.give_back(seq)
-                    raise
-                self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
-                if len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
-                    try:
-                        self._spill(len(self._memory))
-                    except sqlite3.Error as exc:  # a full or failing disk: the message is kept, the flusher retries
-                        log.warning("cannot write waiting messages to the outbox on disk (%s); they wait in memory", exc)
-                return seq
-            return self._add_to_disk(kind, topic, build, qos, retain)
+                    return self._add_to_disk(kind, topic, build, qos, retain)
+                except sqlite3.Error as exc:  # the disk refuses: this message waits in memory like the others
+                    self._disk_fault(exc)
+            try:
+                seq = self._seq.take()
+            except sqlite3.Error as exc:  # the block reservation was not written; the seq is taken all the same
+                seq = self._seq.last
+                self._disk_fault(exc)
+            try:
+                payload = build(seq)
+            except BaseException:
+                self._seq.give_back(seq)
+                raise
+            self._memory.append(OutboxMessage(seq, kind, topic, payload, qos, retain, self._clock()))
+            if self._fault is not None:
+                self._shed_memory()
+            elif len(self._memory) > self.memory_max or self._disk + len(self._memory) > self.max_messages:
+                try:
+                    self._spill(len(self._memory))
+                except sqlite3.Error as exc:  # a full or failing disk: the message is kept, the flusher retries
+                    self._disk_fault(exc)
+            return seq
 
     def _add_to_disk(self, kind: str, topic: str, build: Callable[[int], bytes], qos: int, retain: bool) -> int:
         self._conn.execute("BEGIN IMMEDIATE")
+        seq = None
         try:
             # What waits in memory goes first, so every message on disk stays older than every one in memory.
             spilled = self._write(list(self._memory))
@@ -167,10 +195,12 @@ class Outbox:
             )
             self._seq.mark_stored(seq)
             dropped = self._enforce_bound(self._disk + spilled + 1, 0)
+            self._commit()
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
+            if seq is not None:
+                self._seq.give_back(seq)  # nothing carries it: the next message takes it, so no gap
             raise
-        self._conn.execute("COMMIT")
         self._memory.clear()
         self._disk += spilled + 1 - dropped
         self._dropped += dropped
@@ -190,20 +220,14 @@ class Outbox:
         """Drop disk messages until ``on_disk`` + ``in_memory`` fit the bound, and 0.1 % of the bound more (100 at the
         default bound), so a full outbox does not pay a commit for every message it takes; return how many went."""
         over = on_disk + in_memory - self.max_messages
-        if over <= 0:
-            return 0
-        target = min(on_disk, over + self.max_messages // 1000)
+        target = min(on_disk, over + self.max_messages // 1000) if over > 0 else 0
         dropped = 0
         while dropped < target:
             self._drop_one()
             dropped += 1
         if dropped:
-            self._conn.execute(
-                "INSERT INTO meta(key, value) VALUES('dropped', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                (dropped,),
-            )
             log.debug("outbox full (%d messages): dropped %d old message(s)", self.max_messages, dropped)
+            self._save_drops(dropped)
         return dropped
 
     def _drop_one(self) -> None:
@@ -222,9 +246,9 @@ class Outbox:
             written = self._write(batch)
             dropped = self._enforce_bound(self._disk + written, rest)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._conn.execute("COMMIT")
+        self._commit()
         for _ in range(n):
             self._memory.popleft()
         self._disk += written - dropped
@@ -232,19 +256,33 @@ class Outbox:
 
     def spill_stale(self) -> int:
         """Write to disk the messages that waited in memory longer than ``memory_s`` (:data:`OFFLINE_BATCH_S` when
-        no session is up); return how many. Called periodically (the sink's flusher thread)."""
+        no session is up); return how many. Called periodically (the sink's flusher thread). During a storage
+        fault it tries the disk (deleting what was acknowledged meanwhile, or a probe when nothing waits), and
+        ends the episode when that works. A write that fails is not raised: it starts or continues the episode."""
         with self._lock:
-            if not self._memory:
+            try:
+                if self._fault is not None:
+                    self._probe()  # a small write first: a full disk would fail the big one after all its work
+                if self._acked:
+                    self._delete_acked()
+                if not self._memory:
+                    self._disk_ok()  # nothing waits: the probe's write was the test
+                    return 0
+                cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
+                n = 0
+                for m in self._memory:
+                    if m.added > cutoff:
+                        break
+                    n += 1
+                if n:
+                    self._spill(n)
+                else:
+                    self._disk_ok()
+                return n
+            except sqlite3.Error as exc:
+                self._disk_fault(exc)
                 return 0
-            cutoff = self._clock() - (self.memory_s if self.memory_ok() else min(self.memory_s, OFFLINE_BATCH_S))
-            n = 0
-            for m in self._memory:
-                if m.added > cutoff:
-                    break
-                n += 1
-            if n:
-                self._spill(n)
-            return n
+
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -252,18 +290,33 @@ class Outbox:
         """Up to ``limit`` kept messages with seq greater than ``after_seq``, oldest first."""
         with self._lock:
             out: list[OutboxMessage] = []
-            if self._disk:
-                rows = self._conn.execute(
-                    "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
-                ).fetchall()
-                out = [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+            if self._disk > len(self._acked):
+                try:
+                    out = self._peek_disk(after_seq, limit)
+                except sqlite3.Error as exc:  # unreadable: nothing is sent (out of order) until it reads again
+                    self._disk_fault(exc)
+                    return []
             for m in self._memory:
                 if len(out) >= limit:
                     break
                 if m.seq > after_seq:
                     out.append(m)
             return out
+
+    def _peek_disk(self, after_seq: int, limit: int) -> list[OutboxMessage]:
+        """Up to ``limit`` messages on disk after ``after_seq``, skipping the acknowledged ones not deleted yet."""
+        out: list[OutboxMessage] = []
+        while len(out) < limit:
+            rows = self._conn.execute(
+                "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit + len(self._acked)),
+            ).fetchall()
+            out += [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5]))
+                    for r in rows if r[0] not in self._acked][:limit - len(out)]
+            if len(rows) < limit + len(self._acked):
+                break
+            after_seq = rows[-1][0]
+        return out
 
     def ack(self, seqs: list[int]) -> None:
         """Remove acknowledged messages (unknown seqs, e.g. already dropped, are ignored)."""
@@ -278,14 +331,19 @@ class Outbox:
                     self._memory = deque(kept)
             if not done or not self._disk:
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
-                removed = max(cur.rowcount, 0)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+                    removed = max(cur.rowcount, 0)
+                except BaseException:
+                    self._rollback()
+                    raise
+                self._commit()
+            except sqlite3.Error as exc:  # remembered and skipped, so never sent again; deleted once writes work
+                self._disk_fault(exc)
+                self._acked |= done
+                return
             self._disk -= removed
             if self._disk == 0:
                 # The backlog is delivered: give the pages back, so a burst does not leave a big file behind.
@@ -295,12 +353,12 @@ class Outbox:
     def pending(self) -> int:
         """Messages kept and not yet acknowledged (memory and disk)."""
         with self._lock:
-            return self._disk + len(self._memory)
+            return self._disk - len(self._acked) + len(self._memory)
 
     def on_disk(self) -> int:
         """Messages kept on disk."""
         with self._lock:
-            return self._disk
+            return self._disk - len(self._acked)
 
     def dropped(self) -> int:
         """Messages dropped by the bound since the database was created."""
@@ -311,7 +369,13 @@ class Outbox:
         """Write what is still in memory to disk, persist the exact seq, and close (pending messages stay for
         the next run)."""
         with self._lock:
-            if self._memory:
-                self._spill(len(self._memory))
-            self._seq.close()
+            try:
+                if self._acked:
+                    self._delete_acked()
+                if self._memory:
+                    self._spill(len(self._memory))
+                self._seq.close()
+            except sqlite3.Error as exc:
+                log.error("cannot write to the outbox %s on close: %s; the %d message(s) waiting in memory are lost",
+                          self.path, fault_cause(exc), len(self._memory))
             self._conn.close()

@@ -10,6 +10,7 @@ order.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -19,6 +20,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.runtime.publish.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+#: Sessions in a row that may end with the same oldest message unacknowledged (and nothing acknowledged at all)
+#: before that message is taken for one the broker refuses (it drops the connection on a malformed packet) and
+#: dropped, so it cannot block the queue for good.
+MAX_SEND_TRIES = 5
 
 
 class OutboxPump:
@@ -43,6 +51,9 @@ class OutboxPump:
         #: seq -> paho's handle of each message sent in this session and not yet acknowledged.
         self.in_flight: OrderedDict[int, mqtt.MQTTMessageInfo] = OrderedDict()
         self._cursor = 0
+        #: The oldest message of the sessions that ended without any PUBACK, and how many such sessions in a row.
+        self._stuck: tuple[int, int] = (0, 0)
+        self._acked_in_session = False
 
     def tick(self, client: mqtt.Client) -> None:
         """Acknowledge what the broker confirmed, then fill the in-flight window from the outbox."""
@@ -52,8 +63,12 @@ class OutboxPump:
             return
         v5 = client.protocol == mqtt.MQTTv5
         for msg in self.outbox.peek(self._cursor, room):
-            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
-                                  properties=self._expiry.get(msg.kind) if v5 else None)
+            try:
+                info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                                      properties=self._expiry.get(msg.kind) if v5 else None)
+            except ValueError as exc:  # paho refuses it (a topic MQTT does not allow, a payload too large)
+                self._refused(msg.seq, msg.topic, str(exc))
+                continue
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break  # the connection is going down; the next session resends from the outbox
             self.in_flight[msg.seq] = info
@@ -63,13 +78,33 @@ class OutboxPump:
         """Remove the acknowledged messages from the outbox."""
         done = [seq for seq, info in self.in_flight.items() if info.is_published()]
         if done:
+            self._acked_in_session = True
             self.outbox.ack(done)
             for seq in done:
                 del self.in_flight[seq]
 
     def reset(self) -> None:
         """The session ended: what was in flight is resent, in order, by the next one, and what waited in memory
-        long enough goes to disk now (no broker will acknowledge it soon; the flusher takes the rest)."""
+        long enough goes to disk now (no broker will acknowledge it soon; the flusher takes the rest).
+
+        A message that was the oldest in flight when :data:`MAX_SEND_TRIES` sessions in a row ended without a
+        single PUBACK is dropped (counted in ``dropped``): the broker refuses it."""
+        if self.in_flight and not self._acked_in_session:
+            head = next(iter(self.in_flight))
+            tries = self._stuck[1] + 1 if self._stuck[0] == head else 1
+            self._stuck = (head, tries)
+            if tries >= MAX_SEND_TRIES:
+                self._refused(head, "", f"the broker ended {tries} sessions in a row without acknowledging it")
+        elif self._acked_in_session:
+            self._stuck = (0, 0)
+        self._acked_in_session = False
         self.in_flight.clear()
         self._cursor = 0
         self.outbox.spill_stale()
+
+    def _refused(self, seq: int, topic: str, why: str) -> None:
+        """Drop a message the broker (or paho) will not take, so it never blocks the ones after it."""
+        log.error("dropping message seq %d%s: %s; counted in status.outbox.dropped", seq,
+                  f" to {topic[:80]!r}" if topic else "", why)
+        self.outbox.discard(seq)
+        self._stuck = (0, 0)

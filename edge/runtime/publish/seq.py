@@ -53,11 +53,17 @@ class SeqBlock:
     def take(self, reserve: bool = True) -> int:
         """The next seq. With ``reserve``, another block is reserved on disk when the reservation is used up
         (inside the caller's transaction if one is open, else in one of its own); without, the caller stores the
-        seq exactly (:meth:`mark_stored`) in its own transaction."""
+        seq exactly (:meth:`mark_stored`) in its own transaction. When the reservation cannot be written
+        (sqlite3.Error: a full or failing disk), the seq is taken anyway and is :attr:`last`."""
         self.last += 1
         if reserve and self.last > self._reserved:
-            self._reserved = self.last + BLOCK - 1
-            self._write_reservation()
+            reserved, self._reserved = self._reserved, self.last + BLOCK - 1
+            try:
+                self._write_reservation()
+            except sqlite3.Error:
+                # The seq is taken all the same (:attr:`last`); the next take tries the reservation again.
+                self._reserved = reserved
+                raise
         return self.last
 
     def _write_reservation(self) -> None:

@@ -56,6 +56,10 @@ class StdoutSink:
         """Always False: there is no broker."""
         return False
 
+    def alive(self) -> bool:
+        """Always True: the stdout sink has no thread of its own."""
+        return True
+
     def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Print one envelope as a JSON line and return its seq."""
         with self._lock:
