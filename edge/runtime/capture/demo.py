@@ -22,8 +22,8 @@ from edge.runtime.detect.base import ASSETS
 DEMO_FACES = ASSETS / "demo"
 #: (patch file, horizontal mirror, drawn side in px, grayscale). A patch drawn at 176-184 px holds a face of
 #: 117-124 px, which both BlazeFace and the Haar cascade find in every frame (Hopper's neutral reading is the
-#: weaker one and drops below the tracker's 0.4 "uncertain" threshold under about 117 px; desaturated faces are
-#: missed by BlazeFace in a few frames, so all three stay in colour).
+#: weaker one, the first to fall under the tracker's "uncertain" threshold as a face shrinks; desaturated faces
+#: are missed by BlazeFace in a few frames, so all three stay in colour).
 _FACES = (
     ("astronaut.jpg", False, 184, False),
     ("grace_hopper.jpg", False, 176, False),
