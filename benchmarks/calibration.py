@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, add_truth_flag, load_data
+from peer_fer import PeerError, add_bundles_data_flags, add_truth_flag, load_data
 from prior_correction import predict
 
 from edge.bundle import BundleError, default_bundle_dir
@@ -105,10 +104,7 @@ def plot(results: list[dict], png: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, action="append", default=None,
-                   help="a bundle folder; repeat to compare (default: edge/models/default)")
-    p.add_argument("--data", type=Path, default=DEFAULT_FACES, help="an .npz with x (N x 48 x 48 uint8) and y (FER order)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N faces")
+    add_bundles_data_flags(p)
     p.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
     p.add_argument("--png", type=Path, default=None, help="also draw the reliability diagrams here")
     add_truth_flag(p)

@@ -127,6 +127,15 @@ def load_data(path: Path, limit: int | None, truth: str = "auto") -> tuple[np.nd
     return x, y
 
 
+def add_bundles_data_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (repeatable bundle folders), ``--data`` and ``--limit``: the faces several bundles are compared on."""
+    parser.add_argument("--model", type=Path, action="append", default=None,
+                        help="a bundle folder; repeat to compare (default: edge/models/default)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_FACES,
+                        help="an .npz with x (N x 48 x 48 uint8) and y (FER order)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N faces")
+
+
 def add_truth_flag(parser: argparse.ArgumentParser) -> None:
     """``--truth``: which labels score the faces (see :data:`TRUTHS`)."""
     parser.add_argument("--truth", choices=TRUTHS, default="auto",

@@ -30,8 +30,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, add_truth_flag, fer_files, fer_input, load_data, macro_f1
+from peer_fer import (
+    PeerError,
+    add_bundles_data_flags,
+    add_truth_flag,
+    fer_files,
+    fer_input,
+    load_data,
+    macro_f1,
+)
 
 from edge.bundle import FER_LABELS, BundleError, default_bundle_dir
 from edge.preprocess import resize_face
@@ -250,10 +257,7 @@ def plot(table: dict[str, dict[str, dict]], models: list[str], png: Path) -> Non
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, action="append", default=None,
-                   help="a bundle folder; repeat to compare (default: edge/models/default)")
-    p.add_argument("--data", type=Path, default=DEFAULT_FACES, help="an .npz with x (N x 48 x 48 uint8) and y (FER order)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N faces")
+    add_bundles_data_flags(p)
     p.add_argument("--only", action="append", choices=list(CORRUPTIONS), default=None,
                    help="run only these variants (repeat); 'clean' is always included")
     p.add_argument("--fer", action="store_true", help="also run the fer package's TFLite mini-Xception")
