@@ -241,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         parser.error(f"unknown command {args.command}")
     except ModuleNotFoundError as exc:  # first: the next clause imports modules that may need the missing one
+        from edge.version import install_hint
+
         print(f"error: the Python module {exc.name or exc} is missing from this interpreter ({sys.executable}); "
-              "install the device's dependencies: pip install 'emotion-edge[edge]' (deploy/install.sh does)",
-              file=sys.stderr)
+              f"install the device's dependencies {install_hint('edge')}, or run deploy/install.sh", file=sys.stderr)
         return EXIT_USAGE
     except _expected_errors() as exc:
         for line in str(exc).splitlines() or [""]:  # a config with several problems lists each on its own line

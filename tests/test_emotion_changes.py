@@ -88,13 +88,13 @@ def test_a_new_model_brings_its_labels_and_keeps_the_counters():
 
 def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     """The real pipeline (demo frame, BlazeFace, the shipped int8 model): one face, seen first as it is and then
-    with its pixels altered in place (same box, so the same track), gives one schema-valid ``emotion_change``
-    with the emotions the model reported for each frame."""
+    with its pixels altered in place (another face in the same box, so the same track), gives one schema-valid
+    ``emotion_change`` with the emotions the model reported for each frame."""
     import cv2
 
     from edge.config import Config
     from edge.runtime.capture.base import Frame
-    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.capture.demo import DEMO_FACES, DemoSource
     from edge.runtime.daemon import Daemon
     from tests.test_edge_daemon import ListSink
 
@@ -104,9 +104,14 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
             "mqtt": {"status_interval_s": 60, "summary_interval_s": 60},
             "tracking": {"smoothing": 1.0, "uncertain_below": uncertain_below}})
 
-    image = DemoSource(faces=1, vanish=False).read().image
-    variants = [cv2.flip(image, 1), cv2.convertScaleAbs(image, alpha=0.5, beta=60), cv2.GaussianBlur(image, (9, 9), 4),
-                cv2.convertScaleAbs(image, alpha=1.6, beta=-60)]
+    src = DemoSource(faces=1, vanish=False)
+    image = src.read().image
+    # Another face in the same place (the demo's other portrait pasted over the patch), then milder changes.
+    x, y, side = src.positions(0)[0] or (0, 0, 0)
+    swapped = image.copy()
+    swapped[y : y + side, x : x + side] = cv2.resize(cv2.imread(str(DEMO_FACES / "grace_hopper.jpg")), (side, side))
+    variants = [swapped, cv2.flip(image, 1), cv2.convertScaleAbs(image, alpha=0.5, beta=60),
+                cv2.GaussianBlur(image, (9, 9), 4), cv2.convertScaleAbs(image, alpha=1.6, beta=-60)]
     probe = Daemon(config(0.0))
     try:
         def top(img):

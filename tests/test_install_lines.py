@@ -56,7 +56,10 @@ def test_the_wheel_install_line_resolves(built_wheel):
     assert spec, install_hint("subscribe")
     assert re.fullmatch(spec.group(1).replace("VERSION", r"[^-]+").replace(".", r"\."), f"dist/{built_wheel.name}")
     r = _pip_dry_run(f"{built_wheel}[subscribe,postgres]")
-    assert r.returncode == 0 and "Would install emotion-edge" in r.stdout, r.stdout[-800:] + r.stderr[-800:]
+    # Where the checkout is installed (editable, as the README's test set-up does), pip takes the same version as
+    # installed and still resolves the extras' requirements against it.
+    took = "Would install emotion-edge" in r.stdout or "is already installed with the same version" in r.stdout
+    assert r.returncode == 0 and took, r.stdout[-800:] + r.stderr[-800:]
 
 
 def _edge(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -109,7 +109,6 @@ class Daemon:
         self.emotions = EmotionWatch(classifier.labels)
         self._extensions: list[Any] = []
         self._stop = threading.Event()
-        self._sink_was_alive = True
         self._status_due = threading.Event()
         self.state = "starting"
         self.frames = 0
@@ -252,8 +251,7 @@ class Daemon:
         self.notifier.ready(f"{'paused' if self.pause.paused else 'running'}, model {self.model_id}")
         try:
             while not self._stop.is_set():
-                if self._sink_alive():  # a dead or hung publisher starves the watchdog: systemd restarts us
-                    self.notifier.watchdog()
+                self.notifier.watchdog_while(self.sink is None or self.sink.alive())
                 if not self._iterate(max_frames):
                     break
         finally:
@@ -285,18 +283,6 @@ class Daemon:
     def _new_tracker(self, clf: Classifier, first_id: int = 1) -> Tracker:
         t = self.config.tracking
         return Tracker(clf.labels, t.iou_threshold, t.max_missed_frames, t.smoothing, t.uncertain_below, first_id)
-
-    def _sink_alive(self) -> bool:
-        """Whether the sink's threads make progress; logs the moment they stop (once) and recover."""
-        alive = self.sink is None or self.sink.alive()
-        if alive != self._sink_was_alive:
-            self._sink_was_alive = alive
-            if alive:
-                log.info("the publisher makes progress again; feeding the systemd watchdog again")
-            else:
-                log.error("the publisher thread died or hangs; no longer feeding the systemd watchdog, so systemd "
-                          "restarts the service (where WatchdogSec= is set)")
-        return alive
 
     def _publish(self, kind: str, body: dict[str, Any]) -> None:
         if self.sink is None:

@@ -32,6 +32,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self.watchdog_interval_s = self._parse_watchdog(env)
         self._last_ping = float("-inf")
+        self._progressing = True
 
     @staticmethod
     def _parse_address(raw: str) -> str | bytes | None:
@@ -105,6 +106,18 @@ class Notifier:
             return False
         self._last_ping = now
         return self.notify("WATCHDOG=1")
+
+    def watchdog_while(self, progressing: bool) -> bool:
+        """:meth:`watchdog`, but only while the publisher makes ``progressing``: a dead or hung publisher starves
+        the watchdog, so systemd restarts the service (where ``WatchdogSec=`` is set). Logs each change, once."""
+        if progressing != self._progressing:
+            self._progressing = progressing
+            if progressing:
+                log.info("the publisher makes progress again; feeding the systemd watchdog again")
+            else:
+                log.error("the publisher thread died or hangs; no longer feeding the systemd watchdog, so systemd "
+                          "restarts the service (where WatchdogSec= is set)")
+        return progressing and self.watchdog()
 
     def close(self) -> None:
         """Close the socket."""
