@@ -24,7 +24,7 @@ import numpy as np
 from peer_fer import PeerError, add_bundles_data_flags, add_truth_flag, load_data
 from prior_correction import predict
 
-from edge.bundle import BundleError, default_bundle_dir
+from edge.bundle import FER_LABELS, BundleError, default_bundle_dir
 from edge.runtime.classify.calibration import temperature_scale
 from edge.runtime.classify.classifier import Classifier
 from edge.runtime.classify.interpreter import RuntimeMissing
@@ -48,6 +48,8 @@ def threshold_rows(probs: np.ndarray, y: np.ndarray, thresholds: tuple[float, ..
 def measure(bundle: Path, x: np.ndarray, y: np.ndarray) -> dict:
     """Raw and calibrated probabilities of ``bundle`` on ``x``: ECEs, reliability and threshold tables."""
     clf = Classifier(bundle, threads=1)
+    if tuple(clf.labels) != FER_LABELS:
+        raise PeerError(f"{bundle}: labels {clf.labels} are not the FER labels {list(FER_LABELS)} the data is in")
     temperature = clf.temperature
     clf.temperature = 1.0  # the model's own probabilities; the calibrated ones are scaled with the device's function
     raw = predict(clf, x)

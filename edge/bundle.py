@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge.preprocess import PREPROCESSING_ID, Preprocessing
 
-FORMAT_VERSION = 1
+#: The format train_export writes. 2 added the ``calibration`` block: a runtime that reads only 1 refuses such a
+#: bundle by its version ("upgrade the edge package") instead of by an unknown key.
+FORMAT_VERSION = 2
+#: The formats this runtime reads (a format-1 bundle has no calibration: its probabilities are used as they are).
+READ_VERSIONS = (1, 2)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
@@ -85,7 +89,7 @@ class Calibration(_Strict):
 class Manifest(_Strict):
     """``manifest.json`` of a model bundle."""
 
-    format_version: int = Field(description="Bundle format version; this runtime reads 1.")
+    format_version: int = Field(description="Bundle format version; this runtime reads 1 and 2.")
     model_id: str = Field(description="Human-readable unique id, e.g. 'sepse-w48-20261123T1200'.", min_length=1)
     labels: list[str] = Field(description="Class labels in model output order.", min_length=2)
     input: InputSpec = Field(description="Input tensor contract.")
@@ -102,8 +106,9 @@ class Manifest(_Strict):
     @field_validator("format_version")
     @classmethod
     def _known_version(cls, v: int) -> int:
-        if v != FORMAT_VERSION:
-            raise ValueError(f"bundle format {v} is not supported by this runtime (reads {FORMAT_VERSION})")
+        if v not in READ_VERSIONS:
+            raise ValueError(f"bundle format {v} is not supported by this runtime (reads {', '.join(map(str, READ_VERSIONS))}); "
+                             "upgrade the edge package")
         return v
 
     def prep(self) -> Preprocessing:

@@ -185,8 +185,7 @@ class ClassifierConfig(_Section):
         0.0, description="Strength tau of the class-prior correction: each face's probabilities are divided by the "
         "training set's class frequencies to the power tau (logit adjustment), so rare emotions (disgust above all) are "
         "reported more often and recalled better, at some cost in overall accuracy. 0 = off; 1 = full correction. "
-        "The shipped model's best on FER2013 val is 0.3 (benchmarks/prior_correction.py: disgust recall +9 pp, "
-        "macro-F1 +0.008); other models have their own best value.",
+        "Each model has its own best value: measure it with benchmarks/prior_correction.py.",
         ge=0, le=2,
     )
 

@@ -83,7 +83,26 @@ def test_the_classifier_applies_the_bundle_temperature(tiny_bundle, tmp_path):
     assert clf.temperature == 0.5
     np.testing.assert_allclose(clf.classify_faces(faces), temperature_scale(plain, 0.5), atol=1e-9)
 
+    # With flip TTA each pass is calibrated, as the temperature was fitted, before the mirror is averaged in.
+    mirrored = Classifier(tiny_bundle).classify_faces(np.ascontiguousarray(faces[:, :, ::-1]))
+    both = (temperature_scale(plain, 0.5) + temperature_scale(mirrored, 0.5)) / 2
+    np.testing.assert_allclose(Classifier(calibrated_dir, flip_tta=True).classify_faces(faces), both, atol=1e-9)
+
     manifest["calibration"]["temperature"] = 0
     (calibrated_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="calibration.temperature"):
         load_bundle(calibrated_dir)
+
+
+def test_a_bundle_format_this_runtime_cannot_read_names_the_upgrade(tiny_bundle, tmp_path):
+    bundle = tmp_path / "future"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    manifest["format_version"] = 1  # a bundle from before calibration still loads
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(bundle)[0].calibration is None
+    manifest["format_version"] = 3
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle format 3 is not supported.*upgrade the edge package"):
+        load_bundle(bundle)

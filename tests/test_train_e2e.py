@@ -526,3 +526,6 @@ def test_training_on_crowd_votes_and_an_export_scored_against_their_majority(wor
     assert m["truth"] == "ferplus_majority" and set(m["label_sets"]) == {"ferplus_majority", "fer2013"}
     assert m["label_sets"]["fer2013"]["n"] == 42 and m["n"] == m["label_sets"]["ferplus_majority"]["n"] <= 42
     assert manifest.calibration is not None and "ferplus_majority" in manifest.calibration.fitted_on
+    # The class prior the device may correct for is the vote targets' (what the model learned), not FER2013's y.
+    assert manifest.training["train_data"]["source"].endswith("+ FER+ votes")
+    assert sum(manifest.training["train_data"]["class_counts"].values()) == 140

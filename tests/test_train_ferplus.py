@@ -119,6 +119,13 @@ def test_evaluation_truths_are_the_majority_then_the_archive_labels(archive):
     # A label subset drops rows, so the votes no longer fit: the archive's labels alone, no error.
     subset = load_dataset(archive / "val.npz", labels=["happy", "sad", "neutral"], split="val")
     assert [t.name for t in truths_for(subset, "val")] == ["fer2013"]
+    # The archive's name says which rows the votes are for, whatever split the command was given.
+    train = load_dataset(archive / "train.npz")
+    assert [t.name for t in truths_for(train, "val")] == ["ferplus_majority", "fer2013"]
+    # Votes named explicitly that do not fit are an error, not a silent fallback.
+    np.savez(archive / "short.npz", train_votes=VOTES[:3], val_votes=VOTES[:3])
+    with pytest.raises(DataError, match="votes for 3 faces"):
+        truths_for(data, "val", archive / "short.npz")
     (archive / "ferplus.npz").unlink()
     assert [t.name for t in truths_for(data, "val")] == ["labels"]
 

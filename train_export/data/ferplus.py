@@ -145,11 +145,16 @@ def truths_for(data: FaceData, split: str, votes_path: Path | str | None = None)
     from train_export.analysis.evaluate import Truth
 
     path = Path(votes_path) if votes_path else ferplus_beside(data.source)
+    stem = Path(data.source).stem
+    split = stem if stem in SPLIT_ARRAYS else split  # train.npz holds the train rows whatever --split says
     if path is None or split not in SPLIT_ARRAYS:
         return [Truth.every(data.y, "labels")]
     own = Truth.every(data.y, "fer2013")  # FER+ re-tagged FER2013: the archive's own labels are FER2013's
     votes = load_votes(path, split)
     if len(votes) != len(data):
+        if votes_path:
+            raise DataError(f"{votes_path} has votes for {len(votes)} faces but {data.source} gave {len(data)}: "
+                            "FER+ votes fit the full train.npz/val.npz rows in order (all seven labels loaded)")
         log.info("%s: %d faces, %d FER+ vote rows: scoring against the data's own labels only", data.source,
                  len(data), len(votes))
         return [own]

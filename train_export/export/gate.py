@@ -36,6 +36,7 @@ from train_export.analysis.evaluate import (
     keras_labels,
     keras_predictor,
     plot_confusion,
+    predict_in_chunks,
     run_hparams,
     write_report,
 )
@@ -88,6 +89,21 @@ def representative_faces(data: FaceData, n: int, seed: int = 0) -> np.ndarray:
     return normalize(data.x[np.sort(idx)])[..., None]
 
 
+def train_description(train: FaceData, hparams: dict[str, Any], votes: Path | str | None,
+                      train_source: Path | str) -> dict[str, Any]:
+    """:meth:`FaceData.describe` of the faces as the run trained on them: with ``label_source`` "ferplus", the
+    faces with FER+ votes and the classes of their vote targets, which the device's class-prior correction reads."""
+    if hparams.get("label_source") != "ferplus":
+        return train.describe()
+    from train_export.data.ferplus import FERPLUS_FILE, ferplus_beside, with_vote_targets
+
+    path = Path(votes) if votes else ferplus_beside(train_source)
+    if path is None:
+        raise ExportError(f"the model was trained on FER+ votes but there is no {FERPLUS_FILE} beside {train_source}; "
+                          "pass --ferplus")
+    return with_vote_targets(train, path, "train").describe()
+
+
 def calibrate(model: LoadedModel, faces: np.ndarray, truth: Truth) -> tuple[dict[str, Any], dict[str, float]]:
     """Fit the temperature of ``model``'s probabilities on the ``truth`` faces.
 
@@ -95,7 +111,7 @@ def calibrate(model: LoadedModel, faces: np.ndarray, truth: Truth) -> tuple[dict
     the same faces, as shipped), and cross-fitted (each half scaled by a temperature fitted on the other half:
     what a face the temperature never saw can expect).
     """
-    probs = model.predict(faces[truth.rows])
+    probs = predict_in_chunks(model.predict, faces[truth.rows], "calibration")
     temperature = fit_temperature(probs, truth.y)
     figures = {
         "temperature": round(temperature, 4),
@@ -233,7 +249,8 @@ def export_model(
     best_json = model_path.parent / "best.json"
     training = {
         "hparams": hparams,
-        "train_data": train.describe(),
+        # What the model learned from: with FER+ votes, the vote targets' classes (the device's class prior).
+        "train_data": train_description(train, hparams, ferplus, train_source),
         "val_data": val.describe(),
         "representative_faces": len(rep),
         "source_model": str(model_path),

@@ -202,10 +202,10 @@ class Classifier:
             return np.zeros((0, len(self.labels)))
         if self.flip_tta:
             faces = np.concatenate([faces, faces[:, :, ::-1]])
-        probs = self._dequantize(self._invoke(self._quantize(faces)))
+        # Calibrated per pass, as the temperature was fitted, then the mirror averaged in.
+        probs = temperature_scale(self._dequantize(self._invoke(self._quantize(faces))), self.temperature)
         if self.flip_tta:
             probs = (probs[:n] + probs[n:]) / 2.0
-        probs = temperature_scale(probs, self.temperature)
         if self._prior_weights is not None:
             probs = probs * self._prior_weights
             probs /= probs.sum(axis=1, keepdims=True)
