@@ -109,12 +109,13 @@ def test_the_plain_switch_pauses_and_resumes_and_every_reading_says_so(broker, t
         assert config["device"]["id"] == "sw" and config["mqtt"]["port"] == broker.port
         assert config["mqtt"]["password_env"] == "<redacted>"
 
-        # Pause with the plain switch, any case: within 3 s every reading says nobody is seen.
+        # Pause with the plain switch, any case: every reading says nobody is seen. (Well under a second on an
+        # idle machine; the deadline is generous because the suite's other work can stall this one for seconds.)
         mark = len(col.messages)
         col.client.publish(f"{p}/paused/set", "on", qos=1).wait_for_publish(5)
         assert col.wait_for(lambda c: _last(c, f"{p}/state/paused", mark) == b"ON"
                             and all(_last(c, f"{p}/{leaf}", mark) == v for leaf, v in NOBODY.items())
-                            and any(s["paused"] and s["fps"] == 0 for s in _statuses(c, mark)), timeout=3)
+                            and any(s["paused"] and s["fps"] == 0 for s in _statuses(c, mark)), timeout=20)
         assert all(s["fps"] == 0 for s in _statuses(col, mark) if s["paused"])
         fam = _metrics(port)
         assert fam["emotion_edge_fps"][0].value == 0 and fam["emotion_edge_paused"][0].value == 1
