@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +37,13 @@ def make_tiny_bundle(out_dir: Path, labels: list[str] | None = None, seed: int =
         architecture=describe(model),
     )
     return Path(out_dir)
+
+
+def with_manifest(bundle: Path, dst: Path, **fields: object) -> Path:
+    """A copy of ``bundle`` in ``dst`` whose manifest has ``fields`` set at its top level (how a runtime reads a
+    block, or refuses it)."""
+    shutil.copytree(bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest.update(fields)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.bundle import FER_LABELS, read_manifest
+from tests.model_fixture import with_manifest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -268,14 +268,9 @@ def test_teacher_speed_times_float32_and_the_mixed_policy_on_teachers_loaded_as_
 
 def _with_counts(tiny_bundle, dst):
     """A copy of the tiny bundle whose manifest records training class counts (FER2013's), as train_export writes."""
-    import shutil
-
-    shutil.copytree(tiny_bundle, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
     counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]
-    manifest["training"] = {"train_data": {"class_counts": dict(zip(FER_LABELS, counts, strict=True))}}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
+    return with_manifest(tiny_bundle, dst, training={"train_data": {"class_counts": dict(zip(FER_LABELS, counts,
+                                                                                             strict=True))}})
 
 
 def test_prior_correction_scores_and_chooses_tau_by_macro_f1(monkeypatch, tiny_bundle, tmp_path, capsys):
@@ -358,11 +353,8 @@ def test_calibration_benchmark_reports_the_device_temperature(monkeypatch, tiny_
     from edge.runtime.classify.calibration import temperature_scale
     from edge.runtime.classify.classifier import Classifier
 
-    bundle = tmp_path / "calibrated"
-    shutil.copytree(tiny_bundle, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["calibration"] = {"method": "temperature", "temperature": 0.25, "fitted_on": "test"}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    bundle = with_manifest(tiny_bundle, tmp_path / "calibrated",
+                           calibration={"method": "temperature", "temperature": 0.25, "fitted_on": "test"})
     rng = np.random.default_rng(4)
     x, labels = rng.integers(0, 256, (40, 48, 48), dtype=np.uint8), rng.integers(0, 7, 40)
     np.savez(tmp_path / "faces.npz", x=x, y=labels)

@@ -10,6 +10,7 @@ import pytest
 
 from edge.bundle import BundleError, load_bundle
 from edge.runtime.classify.calibration import temperature_scale
+from tests.model_fixture import with_manifest
 from train_export.analysis.calibration import (
     crossfit_ece,
     expected_calibration_error,
@@ -74,11 +75,8 @@ def test_the_classifier_applies_the_bundle_temperature(tiny_bundle, tmp_path):
 
     faces = np.random.default_rng(1).integers(0, 256, (6, 48, 48), dtype=np.uint8)
     plain = Classifier(tiny_bundle).classify_faces(faces)
-    calibrated_dir = tmp_path / "calibrated"
-    shutil.copytree(tiny_bundle, calibrated_dir)
-    manifest = json.loads((calibrated_dir / "manifest.json").read_text())
-    manifest["calibration"] = {"method": "temperature", "temperature": 0.5, "fitted_on": "test"}
-    (calibrated_dir / "manifest.json").write_text(json.dumps(manifest))
+    calibrated_dir = with_manifest(tiny_bundle, tmp_path / "calibrated",
+                                   calibration={"method": "temperature", "temperature": 0.5, "fitted_on": "test"})
     clf = Classifier(calibrated_dir)
     assert clf.temperature == 0.5
     np.testing.assert_allclose(clf.classify_faces(faces), temperature_scale(plain, 0.5), atol=1e-9)
@@ -88,10 +86,9 @@ def test_the_classifier_applies_the_bundle_temperature(tiny_bundle, tmp_path):
     both = (temperature_scale(plain, 0.5) + temperature_scale(mirrored, 0.5)) / 2
     np.testing.assert_allclose(Classifier(calibrated_dir, flip_tta=True).classify_faces(faces), both, atol=1e-9)
 
-    manifest["calibration"]["temperature"] = 0
-    (calibrated_dir / "manifest.json").write_text(json.dumps(manifest))
+    frozen = with_manifest(tiny_bundle, tmp_path / "frozen", calibration={"method": "temperature", "temperature": 0})
     with pytest.raises(BundleError, match="calibration.temperature"):
-        load_bundle(calibrated_dir)
+        load_bundle(frozen)
 
 
 def test_a_bundle_format_this_runtime_cannot_read_names_the_upgrade(tiny_bundle, tmp_path):
