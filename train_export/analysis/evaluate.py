@@ -193,9 +193,10 @@ def predict_in_chunks(predict: Predictor, faces: np.ndarray, desc: str, chunk: i
     return np.concatenate(out)
 
 
-def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray | Sequence[Truth], tta: bool = False
-             ) -> dict[str, Any]:
-    """Report of one model on ``faces`` (N x S x S uint8), scored once.
+def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray | Sequence[Truth], tta: bool = False,
+             probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Report of one model on ``faces`` (N x S x S uint8), scored once (not at all when ``probs``, the model's
+    probabilities of ``faces``, are given).
 
     ``y`` is a label per face (``model.labels`` order), or a list of :class:`Truth`: the first gives the top-level
     figures, each one a ``label_sets[name]`` block. Every block has the expected calibration error (``ece``,
@@ -203,7 +204,8 @@ def evaluate(model: LoadedModel, faces: np.ndarray, y: np.ndarray | Sequence[Tru
     """
     truths = [Truth.every(y)] if isinstance(y, np.ndarray) else list(y)
     name = Path(model.path).name
-    probs = predict_in_chunks(model.predict, faces, f"scoring {name}")
+    if probs is None:
+        probs = predict_in_chunks(model.predict, faces, f"scoring {name}")
     flipped = None
     if tta:
         # The mean over each face and its mirror, as predict_with_tta computes it, reusing the plain pass.

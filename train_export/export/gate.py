@@ -29,7 +29,6 @@ from edge.runtime.classify.calibration import temperature_scale
 from train_export import progress
 from train_export.analysis.calibration import crossfit_ece, expected_calibration_error, fit_temperature
 from train_export.analysis.evaluate import (
-    LoadedModel,
     Truth,
     evaluate,
     from_classifier,
@@ -104,14 +103,13 @@ def train_description(train: FaceData, hparams: dict[str, Any], votes: Path | st
     return with_vote_targets(train, path, "train").describe()
 
 
-def calibrate(model: LoadedModel, faces: np.ndarray, truth: Truth) -> tuple[dict[str, Any], dict[str, float]]:
-    """Fit the temperature of ``model``'s probabilities on the ``truth`` faces.
+def calibrate(probs: np.ndarray, truth: Truth) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fit the temperature of a model's probabilities ``probs`` of the ``truth`` faces (its rows, in order).
 
     Returns the manifest's ``calibration`` block and the figures: the ECE before, after (fitted and scored on
     the same faces, as shipped), and cross-fitted (each half scaled by a temperature fitted on the other half:
     what a face the temperature never saw can expect).
     """
-    probs = predict_in_chunks(model.predict, faces[truth.rows], "calibration")
     temperature = fit_temperature(probs, truth.y)
     figures = {
         "temperature": round(temperature, 4),
@@ -211,9 +209,11 @@ def export_model(
             "keras": kmodel,
         }
         reports = {}
+        # The int8 model's probabilities serve its report and its calibration: scored once.
+        int8_probs = predict_in_chunks(models["int8"].predict, val.x, "scoring int8")
         for name, m in models.items():
             steps.set_postfix_str(f"evaluating {name} on {len(val)} faces")
-            reports[name] = evaluate(m, val.x, truths, tta=tta)
+            reports[name] = evaluate(m, val.x, truths, tta=tta, probs=int8_probs if name == "int8" else None)
             steps.update()
     int8_acc, float_acc = reports["int8"]["accuracy"], reports["float"]["accuracy"]
     gap_pp = 100.0 * (float_acc - int8_acc)
@@ -226,7 +226,7 @@ def export_model(
             reports,
         )
 
-    calibration, calibrated = calibrate(models["int8"], val.x, truths[0])
+    calibration, calibrated = calibrate(int8_probs[truths[0].rows], truths[0])
     r8 = reports["int8"]
     metrics: dict[str, Any] = {
         "accuracy": r8["accuracy"],
