@@ -156,7 +156,7 @@ def worker_floor(args: argparse.Namespace) -> dict:
     from edge.runtime.detect import make_detector
 
     frames = _frames(args, args.frames + args.warmup)
-    det = make_detector(args.detector, threads=args.threads)
+    det = make_detector(backend=args.detector, threads=args.threads)
     clf = Classifier(args.model, threads=args.threads)
     loop, found = [], []
     for i, frame in enumerate(frames):

@@ -19,9 +19,6 @@ if TYPE_CHECKING:  # for annotations only: each command imports its modules wher
 log = logging.getLogger("edge")
 
 EXIT_USAGE = 2
-#: Sources that may legitimately be absent at start (a camera not plugged in yet, a stream not up yet): these
-#: are retried with backoff instead of failing the start.
-DEVICE_SOURCES = ("picamera2",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,21 +97,9 @@ def _setup_logging(level: str, verbose: bool) -> None:
     )
 
 
-def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
-    """Register Home Assistant discovery and model push when enabled and a broker is behind the sink."""
-    if not sink.has_broker:
-        return
-    from edge.runtime import homeassistant
-
-    homeassistant.attach(daemon, sink, cfg)
-    if cfg.model_push.enabled:
-        from edge.runtime.models.push import ModelPushReceiver
-
-        daemon.add_extension(ModelPushReceiver(cfg, sink, daemon))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    """``run``: build everything, run until a signal or ``--max-frames``, close the sink (flush + offline)."""
+    """``run``: build everything (:func:`edge.runtime.assemble.assemble`), run until a signal or ``--max-frames``,
+    then close it all (the sink flushes and says offline)."""
     from edge.config import ConfigError
     from edge.runtime.preflight import check_state_dir
 
@@ -124,56 +109,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         raise ConfigError(problem)
     log.info("state folder %s (outbox, seq counter, pause, pushed models)", cfg.state_dir_path())
-    from edge.runtime.capture.base import SourceError, SourceFatal
-    from edge.runtime.daemon import Daemon
-    from edge.runtime.publish import choose_sink
-    from edge.runtime.publish.base import SinkError
+    from edge.runtime.assemble import assemble
 
-    daemon = Daemon(cfg)  # load model, detector before touching the network
-    from edge.runtime import metrics
+    with assemble(cfg) as daemon:
 
-    try:
-        metrics.attach(daemon, cfg)  # before the camera opens: a missing package fails the start cleanly
-    except metrics.MetricsUnavailable as exc:
-        daemon.close()
-        raise ConfigError(str(exc)) from None
-    uri = cfg.source.uri
-    try:
-        daemon.source.open_now()
-    except SourceFatal:
-        daemon.close()
-        raise
-    except SourceError as exc:
-        if uri not in DEVICE_SOURCES and not uri.isdigit() and "://" not in uri:
-            daemon.close()
-            raise
-        # A camera or stream may come up later: retry with backoff, visible in status.
-        log.warning("source %s not available yet (%s); retrying with backoff", uri, exc)
-        daemon.source.schedule_retry(str(exc))
-    try:
-        sink = choose_sink(cfg)
-    except SinkError as exc:
-        daemon.close()
-        raise ConfigError(str(exc)) from None
-    except BaseException:
-        daemon.close()
-        raise
-    daemon.attach_sink(sink)
-    _attach_extensions(daemon, sink, cfg)
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            daemon.stop()
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         frames = daemon.run(max_frames=args.max_frames)
-    finally:
-        sink.close()
     log.info("processed %d frames", frames)
     if daemon.source.state == "failed":  # e.g. the camera stack went away: systemd should show the unit failed
-        print(f"error: source {uri}: {daemon.source.error}", file=sys.stderr)
+        print(f"error: source {cfg.source.uri}: {daemon.source.error}", file=sys.stderr)
         return 1
     return 0
 

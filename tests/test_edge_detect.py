@@ -105,18 +105,18 @@ def test_altered_model_file_is_refused(tmp_path):
 
 def test_make_detector_picks_backends(caplog):
     with caplog.at_level("INFO", logger="edge.runtime.detect"):
-        det = make_detector("auto")
+        det = make_detector(backend="auto")
     try:
         assert det.name == "blazeface"
         assert "face detector: BlazeFace short range in LiteRT" in caplog.text and "'auto'" in caplog.text
     finally:
         det.close()
     for backend in ("blazeface", "mediapipe", "opencv"):
-        det = make_detector(backend)
+        det = make_detector(backend=backend)
         assert det.name == backend
         det.close()
     with pytest.raises(DetectorError, match="unknown detector backend 'dlib'"):
-        make_detector("dlib")
+        make_detector(backend="dlib")
 
 
 def test_a_configured_detector_that_cannot_load_is_an_error_never_a_downgrade(monkeypatch):
@@ -127,7 +127,7 @@ def test_a_configured_detector_that_cannot_load_is_an_error_never_a_downgrade(mo
 
     monkeypatch.setattr("edge.runtime.detect.blazeface.make_interpreter", no_runtime)
     with pytest.raises(DetectorError, match="ai_edge_litert"):
-        make_detector("blazeface")
+        make_detector(backend="blazeface")
 
 
 def test_auto_falls_back_to_haar_and_says_why(monkeypatch, caplog):
@@ -138,7 +138,7 @@ def test_auto_falls_back_to_haar_and_says_why(monkeypatch, caplog):
 
     monkeypatch.setattr("edge.runtime.detect.blazeface.make_interpreter", no_runtime)
     with caplog.at_level("WARNING", logger="edge.runtime.detect"):
-        det = make_detector("auto")
+        det = make_detector(backend="auto")
     assert det.name == "opencv"
     [line] = [r.getMessage() for r in caplog.records if "face detector" in r.getMessage()]
     assert "BlazeFace cannot load" in line and "install ai-edge-litert" in line

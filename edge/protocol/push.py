@@ -49,7 +49,7 @@ PUSH_FORMAT = "emotion-edge-model-push/1"
 class PushRejected(Exception):
     """A push was refused. ``code`` is one of: oversized, malformed, unsigned, untrusted_key, bad_signature,
     invalid_manifest, tampered, downgrade, model_check, swap_failed, busy, internal (and the device reports
-    boot_rollback itself, see :mod:`edge.runtime.models.boot`)."""
+    boot_rollback itself, see :mod:`edge.runtime.models.manager`)."""
 
     def __init__(self, code: str, reason: str, details: dict | None = None):
         super().__init__(reason)

@@ -36,7 +36,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from edge.config import Config
@@ -50,13 +49,12 @@ from edge.protocol.topics import (
     topic,
 )
 from edge.runtime.publish.base import Sink
+from edge.runtime.state import STATE_NAMES
 from edge.version import package_version
 
 log = logging.getLogger(__name__)
 
 ORIGIN_NAME = "emotion-edge"
-#: What ``status.state`` can be (the ``state`` sensor's options).
-DAEMON_STATES = ("starting", "running", "degraded", "paused", "stopping", "offline")
 #: Sensors fed by a periodic message go unavailable after this many missed periods (a hung daemon whose
 #: availability still says online).
 EXPIRE_PERIODS = 3
@@ -97,7 +95,7 @@ def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any
     per_summary = _expire(config.mqtt.summary_interval_s)
     per_status = _expire(config.mqtt.status_interval_s)
     label_list = "[" + ", ".join(_jinja_str(lab) for lab in labels) + "]"
-    state_list = "[" + ", ".join(_jinja_str(s) for s in DAEMON_STATES) + "]"
+    state_list = "[" + ", ".join(_jinja_str(s) for s in STATE_NAMES) + "]"
     diagnostic = {"state_topic": status, "entity_category": "diagnostic", "expire_after": per_status}
     out: dict[str, dict[str, Any]] = {}
 
@@ -144,7 +142,7 @@ def components(config: Config, labels: Sequence[str]) -> dict[str, dict[str, Any
         unit_of_measurement="°C", icon="mdi:thermometer", **diagnostic,
         # 'None' is what Home Assistant reads as unknown (a machine without a thermal zone).
         value_template="{{ value_json.cpu_temp_c if value_json.cpu_temp_c is not none else 'None' }}")
-    add("sensor", "state", name="State", device_class="enum", options=list(DAEMON_STATES), icon="mdi:state-machine",
+    add("sensor", "state", name="State", device_class="enum", options=list(STATE_NAMES), icon="mdi:state-machine",
         value_template=f"{{% set s = value_json.state %}}{{{{ s if s in {state_list} else 'None' }}}}", **diagnostic)
     add("sensor", "outbox_pending", name="Outbox backlog", value_template="{{ value_json.outbox.pending | int(0) }}",
         state_class="measurement", unit_of_measurement="messages", icon="mdi:tray-full", **diagnostic)
@@ -169,27 +167,6 @@ def discovery_message(config: Config, labels: Sequence[str], version: str | None
         "cmps": components(config, labels),
     }
     return device_config_topic(config), payload
-
-
-def model_info_from_daemon(daemon: Any) -> tuple[str, list[str]]:
-    """``(model_id, labels)`` of the daemon's current model.
-
-    Read from ``daemon.classifier`` (plain attribute reads, safe from another thread), else from its
-    status body, else from the current bundle's manifest.
-    """
-    clf = getattr(daemon, "classifier", None)
-    if clf is not None and getattr(clf, "labels", None):
-        return str(clf.model_id), [str(x) for x in clf.labels]
-    model_id = str(getattr(daemon, "model_id", "") or "unknown")
-    labels: list[str] = []
-    try:
-        labels = list((daemon.status_body().get("model") or {}).get("labels") or [])
-    except Exception:  # the status body is best effort here; the manifest below is the fallback
-        log.debug("status_body() gave no labels", exc_info=True)
-    if not labels and getattr(daemon, "current_bundle_dir", None):
-        manifest = Path(daemon.current_bundle_dir) / "manifest.json"
-        labels = list(json.loads(manifest.read_text(encoding="utf-8")).get("labels") or [])
-    return model_id, [str(x) for x in labels]
 
 
 #: File in the state folder listing the discovery topics this device has published.
@@ -322,14 +299,12 @@ class HomeAssistantDiscovery:
             self._thread.join(timeout=2)
 
 
-def attach(daemon: Any, sink: Any, config: Config) -> HomeAssistantDiscovery | None:
-    """Create the extension and register it with ``daemon.add_extension`` when enabled and the sink is MQTT."""
+def discovery(config: Config, sink: Sink, model_info: Callable[[], tuple[str, list[str]]]) -> HomeAssistantDiscovery | None:
+    """The extension when ``homeassistant.enabled`` and a broker is behind the sink, else None (said in the log)."""
     if not config.homeassistant.enabled:
         log.info("Home Assistant discovery is off (homeassistant.enabled = false)")
         return None
     if not sink.has_broker:
         log.info("Home Assistant discovery needs the MQTT sink; not publishing it")
         return None
-    ext = HomeAssistantDiscovery(config, sink, lambda: model_info_from_daemon(daemon))
-    daemon.add_extension(ext)
-    return ext
+    return HomeAssistantDiscovery(config, sink, model_info)

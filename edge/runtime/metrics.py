@@ -37,7 +37,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from edge.config import Config
 from edge.protocol.envelope import SCHEMA_VERSION
 from edge.protocol.topics import NO_EMOTION
-from edge.runtime.homeassistant import DAEMON_STATES
+from edge.runtime.state import STATE_NAMES
 from edge.runtime.track import UNCERTAIN
 from edge.version import install_hint, package_version
 
@@ -74,7 +74,7 @@ class DaemonCollector:
             "device_id": d.config.device.id, "version": str(s["version"]), "model_id": str(s["model_id"]),
             "runtime": str(s["model"]["runtime"]), "detector": str(s["detector"])})
         state = GaugeMetricFamily(f"{PREFIX}_state", "Daemon state: 1 for the current one.", labels=["state"])
-        for name in DAEMON_STATES:
+        for name in STATE_NAMES:
             state.add_metric([name], 1.0 if s["state"] == name else 0.0)
         yield state
 
@@ -197,6 +197,20 @@ def make_app(daemon: Any, metrics_app: Callable[[dict, StartResponse], Iterable[
     return app
 
 
+def require() -> None:
+    """Check that the metrics endpoint can be served (checked before the camera opens).
+
+    Raises:
+        MetricsUnavailable: prometheus-client is not installed.
+    """
+    try:
+        import prometheus_client  # noqa: F401 - imported only to see that it is there
+    except ImportError:
+        raise MetricsUnavailable(
+            f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+            "or pip install prometheus-client; or set metrics.enabled = false") from None
+
+
 class MetricsServer:
     """Daemon extension serving ``http://<metrics.host>:<metrics.port>/metrics`` while the daemon runs.
 
@@ -209,12 +223,9 @@ class MetricsServer:
     """
 
     def __init__(self, config: Config, daemon: Any) -> None:
-        try:
-            from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-        except ImportError:
-            raise MetricsUnavailable(
-                f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
-                "or pip install prometheus-client; or set metrics.enabled = false") from None
+        require()
+        from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
         self.daemon = daemon
         self.host, self.port = config.metrics.host, config.metrics.port
         self.registry = CollectorRegistry()
@@ -254,16 +265,3 @@ class MetricsServer:
             self._server.server_close()
             self._thread.join(timeout=2)
             self._server = None
-
-
-def attach(daemon: Any, config: Config) -> MetricsServer | None:
-    """Register the endpoint with ``daemon.add_extension`` when ``metrics.enabled``.
-
-    Raises:
-        MetricsUnavailable: enabled, but prometheus-client is not installed.
-    """
-    if not config.metrics.enabled:
-        return None
-    server = MetricsServer(config, daemon)
-    daemon.add_extension(server)
-    return server

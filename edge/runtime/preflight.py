@@ -146,7 +146,7 @@ def _check_source(config: Config, report: Report) -> None:
 
 
 def _bundle_to_run(config: Config) -> tuple[Path, str]:
-    """The bundle ``run`` loads first (see :mod:`edge.runtime.models.boot`) and how it was chosen."""
+    """The bundle ``run`` loads first (see :mod:`edge.runtime.models.manager`) and how it was chosen."""
     from edge.bundle import default_bundle_dir
     from edge.runtime.models.store import ModelStore
 
@@ -188,7 +188,7 @@ def _check_detector(config: Config, report: Report) -> None:
 
     d = config.detector
     try:
-        det = make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
+        det = make_detector(d)
     except DetectorError as exc:
         report.errors.append(f"detector.backend = {d.backend!r}: {exc}")
         return

@@ -13,10 +13,14 @@ from typing import cast
 
 import numpy as np
 
+from edge.config import TrackingConfig
+
 Box = tuple[float, float, float, float]
 
 #: Reported instead of a label when the top smoothed probability is under the configured threshold.
 UNCERTAIN = "uncertain"
+#: The ``[tracking]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = TrackingConfig()
 
 
 def iou(a: Box, b: Box) -> float:
@@ -94,10 +98,10 @@ class Tracker:
     def __init__(
         self,
         labels: list[str],
-        iou_threshold: float = 0.3,
-        max_missed_frames: int = 10,
-        smoothing: float = 0.3,
-        uncertain_below: float = 0.5,
+        iou_threshold: float = _DEFAULT.iou_threshold,
+        max_missed_frames: int = _DEFAULT.max_missed_frames,
+        smoothing: float = _DEFAULT.smoothing,
+        uncertain_below: float = _DEFAULT.uncertain_below,
         first_id: int = 1,
     ) -> None:
         self.labels = list(labels)
@@ -107,6 +111,12 @@ class Tracker:
         self.uncertain_below = uncertain_below
         self.tracks: list[Track] = []
         self.next_id = first_id
+
+    @classmethod
+    def from_config(cls, labels: list[str], section: TrackingConfig, first_id: int = 1) -> Tracker:
+        """A tracker with the settings of a ``[tracking]`` section."""
+        return cls(labels, section.iou_threshold, section.max_missed_frames, section.smoothing,
+                   section.uncertain_below, first_id)
 
     def update(self, boxes: list[Box], probs: np.ndarray, ts: float) -> TrackUpdate:
         """Feed one frame's detections (boxes and their N x C probabilities) observed at time ``ts``."""

@@ -68,7 +68,7 @@ class FaceFinder:
             self._det = None
             return
         self._haar = None
-        self._det = make_detector(backend, min_face_size=min_face_size, max_faces=max_faces)
+        self._det = make_detector(backend=backend, min_face_size=min_face_size, max_faces=max_faces)
 
     def __call__(self, frame: np.ndarray) -> list[Box]:
         """Face boxes ``(x, y, w, h)`` in pixels of ``frame``."""

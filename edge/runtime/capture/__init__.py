@@ -14,6 +14,16 @@ from typing import Any
 
 from edge.runtime.capture.base import Source, SourceError
 
+#: Sources that may legitimately be absent at start (a camera not plugged in yet) besides camera indexes and
+#: stream URLs: these are retried with backoff instead of failing the start.
+DEVICE_SOURCES = ("picamera2",)
+
+
+def may_appear_later(uri: str) -> bool:
+    """Whether a source that cannot be opened at start may come up later (a camera, a camera index, a stream
+    URL), so the start goes on and retries it; a file, a folder or a bad name fails the start instead."""
+    return uri in DEVICE_SOURCES or uri.isdigit() or "://" in uri
+
 
 def open_source(uri: str, cfg: Any = None, camera_factory: Callable[[], Any] | None = None) -> Source:
     """Open the source named by ``uri`` ('demo', 'picamera2', camera index, folder, file or URL).

@@ -13,10 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.config import SourceConfig
 from edge.runtime.backoff import backoff_delay
+from edge.runtime.capture import may_appear_later, open_source
 from edge.runtime.capture.base import Frame, Source, SourceError, SourceFatal
 
 log = logging.getLogger(__name__)
+
+#: The ``[source]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = SourceConfig()
 
 
 class ManagedSource:
@@ -40,10 +45,10 @@ class ManagedSource:
         self,
         opener: Callable[[], Source],
         uri: str,
-        max_fps: float = 0.0,
-        loop: bool = True,
-        retry_initial_s: float = 1.0,
-        retry_max_s: float = 60.0,
+        max_fps: float = _DEFAULT.max_fps,
+        loop: bool = _DEFAULT.loop,
+        retry_initial_s: float = _DEFAULT.retry_initial_s,
+        retry_max_s: float = _DEFAULT.retry_max_s,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[float], Any] | None = None,
     ) -> None:
@@ -71,6 +76,12 @@ class ManagedSource:
         self.dropped = 0
         #: The privacy pause: the source stays closed until :meth:`resume`.
         self.paused = False
+
+    @classmethod
+    def from_config(cls, section: SourceConfig) -> ManagedSource:
+        """The source of a ``[source]`` section (not opened yet: see :meth:`start`)."""
+        return cls(lambda: open_source(section.uri, section), section.uri, section.max_fps, section.loop,
+                   section.retry_initial_s, section.retry_max_s)
 
     def status(self) -> dict:
         """``{uri, state, error, retries}`` for the status payload."""
@@ -108,6 +119,20 @@ class ManagedSource:
             raise SourceError(f"cannot open {self.uri}: {exc.__class__.__name__}: {exc}") from None
         self.state, self.error = "ok", None
         self._since_open = 0
+
+    def start(self) -> None:
+        """Open the source at start-up: a source that cannot open fails the start (:class:`SourceError`), except
+        one that may legitimately appear later (:func:`edge.runtime.capture.may_appear_later`), which is retried
+        with backoff, visible in status. Does nothing while paused."""
+        try:
+            self.open_now()
+        except SourceFatal:
+            raise
+        except SourceError as exc:
+            if not may_appear_later(self.uri):
+                raise
+            log.warning("source %s not available yet (%s); retrying with backoff", self.uri, exc)
+            self.schedule_retry(str(exc))
 
     def schedule_retry(self, message: str) -> None:
         """Record a failure and schedule the next attempt with backoff."""

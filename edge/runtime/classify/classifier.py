@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, default_bundle_dir, load_bundle
+from edge.config import ClassifierConfig
 from edge.preprocess import Point, Preprocessing, crop_face, quantize_input
 from edge.runtime.classify.calibration import temperature_scale
 from edge.runtime.classify.interpreter import make_interpreter
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 Box = tuple[float, float, float, float]
 #: The two eye centres (x, y) of a face, in the frame's pixels; None where the detector gives none.
 Eyes = tuple[Point, Point] | None
+#: The ``[classifier]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = ClassifierConfig()
 
 
 class Classifier:
@@ -51,11 +54,11 @@ class Classifier:
     def __init__(
         self,
         bundle_dir: Path | str | None = None,
-        threads: int = 1,
-        runtime: str = "auto",
-        flip_tta: bool = False,
-        align_eyes: bool = True,
-        prior_correction: float = 0.0,
+        threads: int = _DEFAULT.threads,
+        runtime: str = _DEFAULT.runtime,
+        flip_tta: bool = _DEFAULT.flip_tta,
+        align_eyes: bool = _DEFAULT.align_eyes,
+        prior_correction: float = _DEFAULT.prior_correction,
     ) -> None:
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
         self.manifest: Manifest
@@ -87,6 +90,13 @@ class Classifier:
             ", eye alignment" if align_eyes else "",
             f", prior correction {self.prior_correction:g}" if self._prior_weights is not None else "",
         )
+
+    @classmethod
+    def from_config(cls, bundle_dir: Path | str | None, section: ClassifierConfig) -> Classifier:
+        """A classifier of ``bundle_dir`` (None: the shipped bundle) with the options of a ``[classifier]`` section
+        (its ``model`` is not read: the caller chooses the bundle, see :mod:`edge.runtime.models.manager`)."""
+        return cls(bundle_dir, section.threads, section.runtime, section.flip_tta, section.align_eyes,
+                   section.prior_correction)
 
     @property
     def model_id(self) -> str:

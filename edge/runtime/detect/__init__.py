@@ -9,7 +9,9 @@ when chosen.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from edge.config import DetectorConfig
 from edge.runtime.detect.base import BLAZEFACE_MODEL, DetectorError, FaceDetector
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,22 @@ _DESCRIPTION = {
 }
 
 
-def make_detector(
-    backend: str = "auto", min_confidence: float = 0.5, min_face_size: int = 40, max_faces: int = 5, threads: int = 1
-) -> FaceDetector:
-    """Create the configured detector.
+def make_detector(section: DetectorConfig | None = None, **overrides: Any) -> FaceDetector:
+    """Create the detector of a ``[detector]`` section (default: the defaults), with keyword ``overrides`` of its
+    fields (``make_detector(backend="opencv")``); frame skipping (``every_n_frames``) is the caller's
+    (:class:`edge.runtime.detect.carry.CarryingDetector`).
 
     A configured backend that cannot be created is an error (:class:`DetectorError`, saying what to install),
     never a silent downgrade. ``"auto"`` takes BlazeFace in LiteRT (the runtime the classifier needs anyway)
     and, only if that cannot load, the Haar cascade; it logs which one it chose and why.
+
+    Raises:
+        DetectorError: the backend is unknown or cannot be created.
     """
+    # Overrides are not validated here: a bad backend gets _create's message, which lists the valid ones.
+    d = (section or DetectorConfig()).model_copy(update=overrides)
+    backend, min_confidence, min_face_size, max_faces, threads = (
+        d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
     if backend != "auto":
         det = _create(backend, min_confidence, min_face_size, max_faces, threads)
         log.info("face detector: %s (detector.backend = %r)", _DESCRIPTION[backend], backend)

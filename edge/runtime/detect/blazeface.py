@@ -75,7 +75,7 @@ class BlazeFaceDetector:
         min_face_size: int = 40,
         max_faces: int = 5,
         model_path: Path | None = None,
-        threads: int = 1,
+        threads: int = 2,
     ) -> None:
         path = verify_model() if model_path is None else Path(model_path)
         try:

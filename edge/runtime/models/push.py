@@ -4,12 +4,14 @@ Topics: ``<prefix>/<device_id>/model/push`` and ``<prefix>/group/<group>/model/p
 ``model_push.groups``. Messages are decoded and verified by :func:`edge.protocol.push.parse_push` (size cap,
 signature against ``model_push.trusted_keys``, manifest schema, sha256), then the bundle is written to a
 staging folder, loaded into a real interpreter and smoke-tested (:func:`edge.runtime.models.check.check_bundle`),
-installed into the :class:`edge.runtime.models.store.ModelStore`, linked as ``current`` (the old one becomes
-``previous``) and handed to ``Daemon.swap_model``. If the daemon cannot load or run it, the ``current`` link is
-rolled back, so the running model and the one a restart would load stay the old one.
+installed into the :class:`edge.runtime.models.store.ModelStore` and handed to the
+:class:`edge.runtime.models.manager.ModelManager`, which links it as ``current`` (the old one becomes ``previous``)
+and swaps it in. If it cannot load or run, the ``current`` link is rolled back, so the running model and the one a
+restart would load stay the old one.
 
 Every push ends with a result object, published as an ``events`` message (``event: "model_push"``) and kept
-in :attr:`ModelPushReceiver.last_result` for the ``model_push`` block of the status. MQTT callbacks run on
+by the model manager for the ``model_push`` block of the status (as are the manager's own rollbacks, which this
+receiver publishes). MQTT callbacks run on
 paho's network thread, so messages are only queued there and handled by a worker thread.
 
 Whoever may publish on a push topic may send anything, so the receiver is bounded like the command topic: a
@@ -28,8 +30,8 @@ import shutil
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,7 +42,8 @@ from edge.protocol.signing import SignatureError, load_public_key
 from edge.protocol.topics import push_topics
 from edge.runtime.loglimit import LogLimiter
 from edge.runtime.models.check import check_bundle
-from edge.runtime.models.store import ModelStore, parse_created
+from edge.runtime.models.manager import ModelManager, SwapFailed
+from edge.runtime.models.store import parse_created
 from edge.runtime.publish.base import Sink
 from edge.runtime.ratelimit import TokenBucket
 
@@ -48,8 +51,6 @@ log = logging.getLogger(__name__)
 
 #: Pushes waiting while one is being handled; more are rejected as busy rather than piling up in memory.
 QUEUE_SIZE = 2
-#: Bundles kept in the store (current and previous are never deleted).
-KEEP_MODELS = 3
 #: Push messages looked at per second at most, in bursts of :data:`PUSH_BURST` (a real push comes minutes apart;
 #: a fleet tool may retry a few).
 PUSH_RATE = 2.0
@@ -60,42 +61,36 @@ REASON_CHARS = 400
 _ECHOED = ("push_id", "key_id")
 
 
-class _Daemon(Protocol):
-    model_id: str
-
-    def swap_model(self, bundle_dir: Path) -> None: ...
-
-
 class ModelPushReceiver:
-    """Daemon extension that accepts signed model pushes (register with ``Daemon.add_extension``).
+    """Daemon extension (:class:`edge.runtime.extension.Extension`) that accepts signed model pushes.
 
     Args:
         config: The daemon configuration (sections ``model_push``, ``mqtt``, ``device``, ``classifier``).
         sink: The :class:`edge.runtime.publish.mqtt.MqttSink` (needs ``subscribe`` and ``publish``).
-        daemon: The running daemon (needs ``swap_model``, ``model_id`` and ideally ``current_bundle_dir``).
-        store: The model store; default ``<state_dir>/models``.
+        models: The model manager: the running model, the store, the swap.
+        publish_status: Asks the daemon for a fresh status (its ``model_push`` block shows the result).
     """
 
-    def __init__(self, config: Any, sink: Sink, daemon: _Daemon, store: ModelStore | None = None):
+    def __init__(self, config: Any, sink: Sink, models: ModelManager,
+                 publish_status: Callable[[], None] | None = None):
         self.config = config
         self.sink = sink
-        self.daemon = daemon
-        self.store = store or ModelStore.for_state_dir(config.state_dir())
-        self.last_result: dict[str, Any] | None = None
+        self.models = models
+        self.store = models.store
+        self._publish_status = publish_status
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._worker: threading.Thread | None = None
-        # The push worker and the frame thread (model_rolled_back) both move the store's links: one at a time,
-        # so a rollback's check-then-act cannot interleave with a new push's activation.
-        self._store_lock = threading.RLock()
-        # The bundle folder (resolved) the last push swapped in and that push's id, so a rollback of that
-        # folder answers the push.
-        self._last_applied: tuple[Path, str | None] | None = None
         self._trusted: list[Ed25519PublicKey] = []
         self._key_errors: list[str] = []
         self._bucket = TokenBucket(PUSH_RATE, PUSH_BURST)
         self._log = LogLimiter(log)
         #: Push messages dropped unanswered by the rate limit since start.
         self.dropped = 0
+
+    @property
+    def last_result(self) -> dict[str, Any] | None:
+        """The last result published (with its time), as the status's ``model_push`` block shows it."""
+        return self.models.last_report
 
     # ----- lifecycle -----
     def topics(self) -> list[str]:
@@ -117,11 +112,9 @@ class ModelPushReceiver:
     def start(self) -> None:
         """Load the trusted keys, subscribe to the push topics and start the worker thread.
 
-        A rollback done at start (a pushed model that no longer loaded, see :mod:`edge.runtime.models.boot`) is
-        reported first.
+        A rollback done at start (a pushed model that no longer loaded, see :mod:`edge.runtime.models.manager`)
+        is reported first; the manager's later rollbacks are reported as they happen.
         """
-        from edge.runtime.models import boot as model_boot
-
         self._load_keys()
         self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
         self._worker.start()
@@ -131,34 +124,7 @@ class ModelPushReceiver:
         if self.config.classifier.model is not None:
             log.warning("classifier.model is set (%s): pushed models run until the next restart, which loads that "
                         "folder again; unset it to keep the pushed model", self.config.classifier.model)
-        if model_boot.last_boot_rollback is not None:
-            record, model_boot.last_boot_rollback = model_boot.last_boot_rollback, None
-            record = {k: v for k, v in record.items() if k != "ts"}
-            self._publish({**record, "topic": ""}, None)
-
-    def model_rolled_back(self, failed_dir: Path, failed_id: str, restored_dir: Path, reason: str) -> None:
-        """Called by the daemon when a swapped-in model failed on real frames and it went back to the old one.
-
-        Puts the store's ``current`` link back too (so a restart does not load the failing model) and reports
-        it. Runs on the frame loop's thread: two symlink renames and one outbox insert.
-        """
-        failed = Path(failed_dir).resolve()
-        try:
-            with self._store_lock:
-                if self.store.current() == failed:
-                    if self.store.previous() == Path(restored_dir).resolve():
-                        self.store.rollback()
-                    else:
-                        self.store.deactivate()
-        except OSError as exc:
-            log.error("model push: cannot roll the model store back (%s)", exc)
-        self._publish({
-            "ok": False, "code": "swap_failed", "topic": "",
-            "push_id": self._last_applied[1] if self._last_applied and self._last_applied[0] == failed else None,
-            "model_id": failed_id, "sha256": None,
-            "key_id": None, "previous_model_id": failed_id, "rolled_back": True,
-            "reason": f"model {failed_id} failed on a frame after the swap ({reason}); rolled back",
-        }, None)
+        self.models.connect(self.announce)
 
     def stop(self) -> None:
         """Stop the worker thread after the push in progress (if any)."""
@@ -231,18 +197,16 @@ class ModelPushReceiver:
             "model_id": push.manifest.model_id,
             "sha256": push.manifest.sha256,
             "key_id": push.key_id,
-            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "previous_model_id": self.models.model_id,
             "rolled_back": False,
         }
         # A retained or repeated push of the running bundle (same manifest bytes, so same model) is a no-op.
-        running_dir = getattr(self.daemon, "current_bundle_dir", None)
-        if running_dir is not None:
-            try:
-                same = (Path(running_dir) / MANIFEST_FILE).read_bytes() == push.manifest_bytes
-            except OSError:
-                same = False
-            if same:
-                return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
+        try:
+            same = (self.models.bundle_dir / MANIFEST_FILE).read_bytes() == push.manifest_bytes
+        except OSError:
+            same = False
+        if same:
+            return {**base, "ok": True, "code": "already_running", "reason": "this model is already running"}
 
         self._refuse_replay(push.manifest, base)
 
@@ -261,29 +225,12 @@ class ModelPushReceiver:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-        with self._store_lock:
-            old = self.store.current()
-            self.store.activate(installed)
-            # Before the swap: a failure on the very first frames must answer this push's id.
-            self._last_applied = (installed.resolve(), base["push_id"])
-            try:
-                self.daemon.swap_model(installed)
-            except Exception as exc:
-                # The daemon keeps its old model when swap_model fails; put the store link back to match it, so a
-                # restart also loads the old one (unless the link already named this bundle: nothing to undo).
-                if old != installed.resolve():
-                    self._undo_activation(old)
-                log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
-                reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
-                raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
-            try:
-                self.store.record_push(push.manifest)
-            except OSError as exc:
-                log.warning("model push: cannot record the newest pushed model (%s); the replay guard keeps its old mark", exc)
-            try:
-                self.store.prune(KEEP_MODELS)
-            except OSError as exc:  # the new model runs and is recorded: a failed clean-up must not report failure
-                log.warning("model push: cannot prune old models (%s)", exc)
+        try:
+            self.models.adopt_push(installed, push.manifest, base["push_id"])
+        except SwapFailed as exc:
+            log.error("model push: %s failed after the swap (%s); rolled back", push.manifest.model_id, exc)
+            reason = f"model failed to load or run on the device ({exc}); rolled back to {base['previous_model_id']}"
+            raise PushRejected("swap_failed", reason, {**base, "rolled_back": True}) from None
         return {**base, "ok": True, "code": "ok", "reason": f"now running {push.manifest.model_id}"}
 
     def _refuse_replay(self, manifest: Manifest, base: dict[str, Any]) -> None:
@@ -310,12 +257,6 @@ class ModelPushReceiver:
                 base,
             )
 
-    def _undo_activation(self, old: Path | None) -> None:
-        if old is not None:
-            self.store.rollback()
-        else:
-            self.store.deactivate()
-
     # ----- reporting -----
     def _report(self, topic: str, push_id: str | None, exc: PushRejected, started: float | None = None) -> dict[str, Any]:
         extra = exc.details or {
@@ -324,34 +265,37 @@ class ModelPushReceiver:
             "model_id": None,
             "sha256": None,
             "key_id": None,
-            "previous_model_id": getattr(self.daemon, "model_id", None),
+            "previous_model_id": self.models.model_id,
             "rolled_back": False,
         }
         result = self._publish({**extra, "ok": False, "code": exc.code, "reason": exc.reason}, started)
         self._log.warning(f"rejected {exc.code}", "model push rejected (%s): %s", exc.code, result["reason"])
         return result
 
+    def announce(self, result: dict[str, Any]) -> None:
+        """Publish a result of the model manager's own (a rollback at start or on a frame) like a push's."""
+        self._publish(result, None)
+
     def _publish(self, result: dict[str, Any], started: float | None) -> dict[str, Any]:
         if started is not None:
             result["duration_s"] = round(time.monotonic() - started, 3)
-        result["running_model_id"] = getattr(self.daemon, "model_id", None)
+        result["running_model_id"] = self.models.model_id
         for key in _ECHOED:
             if result.get(key) is not None:
                 result[key] = clip(result[key])
         if result.get("reason") is not None:
             result["reason"] = clip(result["reason"], REASON_CHARS)
         # The status block carries its own time; the event has the envelope's ts.
-        self.last_result = {**result, "ts": time.time()}
+        self.models.record(result)
         body = {"event": "model_push", "track_id": None, **result}
         try:
             self.sink.publish("events", body)
         except Exception:
             log.exception("model push: cannot publish the result event")
-        # Status carries the result too (its model_push block); ask the daemon for a fresh one if it can.
-        publish_status = getattr(self.daemon, "publish_status", None)
-        if callable(publish_status):
+        # Status carries the result too (its model_push block): ask the daemon for a fresh one.
+        if self._publish_status is not None:
             try:
-                publish_status()
+                self._publish_status()
             except Exception:
                 log.exception("model push: cannot publish status")
         if result["ok"]:
@@ -360,5 +304,5 @@ class ModelPushReceiver:
 
 
 def _runtime(config: Any) -> str | None:
-    runtime = getattr(config.classifier, "runtime", "auto")
+    runtime = config.classifier.runtime
     return None if runtime == "auto" else runtime

@@ -1,0 +1,123 @@
+"""The one place that builds the daemon from a validated config, and closes what it built.
+
+:func:`assemble` builds, in this order, each part registered for cleanup on an :class:`contextlib.ExitStack`
+the moment it exists, so a failure at any step closes what was built before it:
+
+1. the model (:class:`edge.runtime.models.manager.ModelManager`: configured, pushed or shipped) and the face
+   detector: a broken model or a missing runtime fails before anything touches the camera or the network;
+2. the frame source (not opened yet) and the privacy pause (a paused device never opens its camera);
+3. the metrics endpoint's package check: a missing package fails the start before the camera opens;
+4. the source is opened (a camera or stream that is not there yet is retried with backoff, see
+   :meth:`edge.runtime.capture.managed.ManagedSource.start`);
+5. the sink (the network), and the daemon with its command handler;
+6. the extensions the config asks for (metrics, Home Assistant discovery, model push), started by
+   :meth:`edge.runtime.daemon.Daemon.run`.
+
+Leaving the ``with`` block closes the sink (flush, retained offline status), then the source and the detector.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from edge.config import Config, ConfigError
+from edge.runtime.capture.managed import ManagedSource
+from edge.runtime.daemon import Daemon
+from edge.runtime.detect import make_detector
+from edge.runtime.detect.base import FaceDetector
+from edge.runtime.detect.carry import CarryingDetector
+from edge.runtime.models.manager import ModelManager
+from edge.runtime.pause import PauseFile
+from edge.runtime.publish.base import Sink, SinkError
+from edge.runtime.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+def build_detector(config: Config) -> FaceDetector:
+    """The ``[detector]`` section's detector, detecting on one frame in ``every_n_frames`` and carrying the
+    faces in between (:mod:`edge.runtime.detect.carry`) when that is above 1.
+
+    Raises:
+        DetectorError: the backend cannot be created.
+    """
+    d = config.detector
+    detector = make_detector(d)
+    return CarryingDetector(detector, d.every_n_frames, d.min_match) if d.every_n_frames > 1 else detector
+
+
+@contextlib.contextmanager
+def assemble(config: Config, *, sink: Sink | None = None, source: ManagedSource | None = None,
+             notifier: Notifier | None = None) -> Iterator[Daemon]:
+    """The daemon of ``config``, ready to :meth:`~edge.runtime.daemon.Daemon.run`; what was built is closed on
+    leaving the block (also when a step fails).
+
+    Args:
+        config: Validated configuration.
+        sink: A sink to publish through instead of :func:`edge.runtime.publish.choose_sink`'s (tests, benchmarks);
+            its caller closes it.
+        source: A frame source instead of the ``[source]`` section's; its caller closes it.
+        notifier: systemd notifier (default: from the environment).
+
+    Raises:
+        ConfigError: the sink cannot be set up, or metrics are enabled without their package.
+        BundleError, RuntimeMissing, DetectorError, SourceError: the model, runtime, detector or source cannot
+            be set up.
+    """
+    with contextlib.ExitStack() as stack:
+        state_dir = config.state_dir()
+        models = ModelManager(config.classifier, state_dir)  # the model and the detector before the network
+        detector = build_detector(config)
+        stack.callback(detector.close)
+        if source is None:
+            source = ManagedSource.from_config(config.source)
+            stack.callback(source.close)
+        pause = PauseFile(state_dir)
+        if pause.paused:
+            source.pause()  # before anything can open the camera
+        if config.metrics.enabled:
+            from edge.runtime import metrics
+
+            try:
+                metrics.require()  # before the camera opens: a missing package fails the start cleanly
+            except metrics.MetricsUnavailable as exc:
+                raise ConfigError(str(exc)) from None
+        source.start()
+        if sink is None:
+            sink = _open_sink(config)
+            stack.callback(sink.close)
+        daemon = Daemon(config, sink, source=source, detector=detector, models=models, pause=pause,
+                        notifier=notifier)
+        sink.set_command_handler(daemon.handle_command)
+        _add_extensions(daemon, sink, models, config)
+        yield daemon
+
+
+def _open_sink(config: Config) -> Sink:
+    from edge.runtime.publish import choose_sink
+
+    try:
+        return choose_sink(config)
+    except SinkError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _add_extensions(daemon: Daemon, sink: Sink, models: ModelManager, config: Config) -> None:
+    """Metrics when enabled; Home Assistant discovery and model push when enabled and a broker is behind the sink."""
+    if config.metrics.enabled:
+        from edge.runtime.metrics import MetricsServer
+
+        daemon.add_extension(MetricsServer(config, daemon))
+    if not sink.has_broker:
+        return
+    from edge.runtime.homeassistant import discovery
+
+    ha = discovery(config, sink, lambda: (models.model_id, list(models.classifier.labels)))
+    if ha is not None:
+        daemon.add_extension(ha)
+    if config.model_push.enabled:
+        from edge.runtime.models.push import ModelPushReceiver
+
+        daemon.add_extension(ModelPushReceiver(config, sink, models, daemon.publish_status))
