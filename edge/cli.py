@@ -91,7 +91,7 @@ def load_run_config(args: argparse.Namespace) -> Config:
 
 def _setup_logging(level: str, verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else getattr(logging, level),
+        level=logging.DEBUG if verbose else level,  # basicConfig takes the level's name (config: DEBUG..ERROR)
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

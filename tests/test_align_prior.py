@@ -138,11 +138,11 @@ def test_the_shipped_model_records_its_training_prior():
 
 
 def test_config_options_are_validated_and_reach_the_classifier(tmp_path):
-    from edge.runtime.models.boot import configured_classifier
+    from edge.runtime.classify.classifier import Classifier
 
     assert parse_config({}).classifier.align_eyes is True and parse_config({}).classifier.prior_correction == 0.0
     c = parse_config({"classifier": {"align_eyes": False, "prior_correction": 0.5}}).classifier
-    clf = configured_classifier(None, c)
+    clf = Classifier.from_config(None, c)
     assert clf.align_eyes is False and clf.prior_correction == 0.5
     for bad, key in (({"prior_correction": -0.1}, "prior_correction"), ({"prior_correction": 3}, "prior_correction"),
                      ({"align_eyes": "maybe"}, "align_eyes")):
@@ -154,7 +154,7 @@ def test_config_options_are_validated_and_reach_the_classifier(tmp_path):
 def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny_bundle):
     from edge.config import Config
     from edge.runtime.capture.demo import DemoSource
-    from edge.runtime.daemon import Daemon
+    from edge.runtime.assemble import assemble
     from edge.runtime.publish.stdout import StdoutSink
 
     config = Config.model_validate({
@@ -163,17 +163,15 @@ def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny
         "detector": {"backend": "blazeface", "every_n_frames": 1},
         "classifier": {"model": str(tiny_bundle)},  # align_eyes is on by default
     })
-    d = Daemon(config, StdoutSink("t", stream=io.StringIO()))
-    seen = []
-    real = d.models.classify
-    d.models.classify = lambda image, boxes, eyes=None: (seen.append((boxes, eyes)), real(image, boxes, eyes))[1]
-    src = DemoSource(faces=2)
-    frame = src.read()
-    try:
-        assert d.classifier.align_eyes
+    sink = StdoutSink("t", stream=io.StringIO())
+    with assemble(config, sink=sink) as d:
+        seen = []
+        real = d.models.classify
+        d.models.classify = lambda image, boxes, eyes=None: (seen.append((boxes, eyes)), real(image, boxes, eyes))[1]
+        src = DemoSource(faces=2)
+        frame = src.read()
+        assert d.models.classifier.align_eyes
         d.process_frame(frame)
         dets = d.detector.detect(frame.image)
         assert seen and seen[0][1] == [det.eyes for det in dets] and all(e is not None for e in seen[0][1])
-    finally:
-        d.close()
-        d.sink.close()
+    sink.close()

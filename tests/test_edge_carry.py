@@ -3,6 +3,8 @@ faces are dropped (the real BlazeFace on the demo source's moving faces, whose t
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -100,20 +102,18 @@ def test_a_frame_of_another_size_is_detected_again(blazeface):
 
 @pytest.mark.parametrize("every", [1, 4])
 def test_the_daemon_detects_on_one_frame_in_every_n_frames(tmp_path, every):
-    from edge.runtime.daemon import Daemon
+    from edge.runtime.assemble import assemble
+    from edge.runtime.publish.stdout import StdoutSink
 
     cfg = Config.model_validate({"device": {"id": "carry", "state_dir": str(tmp_path)}, "source": {"uri": "demo"},
                                  "detector": {"backend": "blazeface", "every_n_frames": every}})
-    daemon = Daemon(cfg)
-    try:
+    with assemble(cfg, sink=StdoutSink("carry", stream=io.StringIO())) as daemon:
         runs = []
         for _ in range(8):
             daemon.process_frame(daemon.source.poll(max_wait=5))
             runs.append(getattr(daemon.detector, "detected", True))
             assert daemon.face_count >= 1
         assert sum(runs) == (8 if every == 1 else 2)
-    finally:
-        daemon.close()
 
 
 def test_while_no_face_is_seen_every_frame_is_detected(blazeface):

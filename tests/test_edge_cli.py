@@ -183,13 +183,13 @@ def test_the_edge_runtime_never_imports_tensorflow_or_matplotlib(tmp_path, tiny_
     code = (
         "import sys\n"
         "from edge.config import Config\n"
-        "from edge.runtime.daemon import Daemon\n"
+        "from edge.runtime.assemble import assemble\n"
         "from edge.runtime.publish.stdout import StdoutSink\n"
         "import io\n"
         f"cfg = Config.model_validate({{'device': {{'id': 'x', 'state_dir': {str(tmp_path)!r}}}, "
         f"'classifier': {{'model': {str(tiny_bundle)!r}}}, 'source': {{'max_fps': 0}}}})\n"
-        "d = Daemon(cfg, StdoutSink('x', stream=io.StringIO()))\n"
-        "assert d.run(max_frames=3) == 3\n"
+        "with assemble(cfg, sink=StdoutSink('x', stream=io.StringIO())) as d:\n"
+        "    assert d.run(max_frames=3) == 3\n"
         "bad = sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'scipy') if m in sys.modules)\n"
         "print('IMPORTED', bad)\n"
     )

@@ -6,6 +6,7 @@ published JSON Schema, and the loop's behaviour (tracks, status, swaps, commands
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -21,6 +22,7 @@ from edge.protocol.envelope import SCHEMA_PATH
 from edge.runtime.capture.base import SourceError
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
+from edge.runtime.assemble import assemble
 from edge.runtime.daemon import Daemon
 from edge.runtime.publish.stdout import StdoutSink
 
@@ -62,22 +64,20 @@ def make_config(tmp_path, **sections) -> Config:
 
 @pytest.fixture
 def daemon_factory(tmp_path, tiny_bundle):
-    made = []
+    with contextlib.ExitStack() as stack:
 
-    def make(sink=None, **sections):
-        sections.setdefault("classifier", {})["model"] = str(tiny_bundle)
-        d = Daemon(make_config(tmp_path, **sections), sink or ListSink())
-        made.append(d)
-        return d
+        def make(sink=None, **sections):
+            sections.setdefault("classifier", {})["model"] = str(tiny_bundle)
+            return stack.enter_context(assemble(make_config(tmp_path, **sections), sink=sink or ListSink()))
 
-    yield make
+        yield make
 
 
 def test_demo_run_publishes_valid_faces_tracks_summary_and_status(daemon_factory):
     sink = ListSink()
     d = daemon_factory(sink)
     # The demo's second face leaves the picture at frame 160 of each 200-frame cycle.
-    d.source = ManagedSource(lambda: DemoSource(faces=2), "demo")
+    d.source = ManagedSource(lambda: DemoSource(faces=2), "demo", max_fps=0)
     assert d.run(max_frames=170) == 170
     faces = sink.of("faces")
     assert len(faces) == 170
@@ -149,14 +149,14 @@ def test_swap_model_switches_and_a_bad_bundle_leaves_the_old_one(daemon_factory,
     d = daemon_factory(sink)
     d.run(max_frames=3)
     new = _copy_bundle(tiny_bundle, tmp_path / "v2", "tiny-v2")
-    d.swap_model(new)
-    assert d.model_id == "tiny-v2" and d.current_bundle_dir == new
+    d.models.swap(new)
+    assert d.model_id == "tiny-v2" and d.models.bundle_dir == new
     assert d.status_body()["model"]["id"] == "tiny-v2"
     broken = _copy_bundle(tiny_bundle, tmp_path / "broken", "broken")
     (broken / "model.tflite").write_bytes(b"garbage")
     with pytest.raises(BundleError):
-        d.swap_model(broken)
-    assert d.model_id == "tiny-v2" and d.classifier.model_id == "tiny-v2"
+        d.models.swap(broken)
+    assert d.model_id == "tiny-v2" and d.models.classifier.model_id == "tiny-v2"
 
 
 def _swap_while_running(d: Daemon, new_bundle) -> int:
@@ -165,11 +165,11 @@ def _swap_while_running(d: Daemon, new_bundle) -> int:
     thread = threading.Thread(target=d.run, kwargs={"max_frames": 400}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and d.frames < 3:
+    while time.monotonic() < deadline and d.stats.frames < 3:
         time.sleep(0.02)
-    d.swap_model(new_bundle)
-    swapped_at = d.frames
-    while time.monotonic() < deadline and d.frames < swapped_at + 3:
+    d.models.swap(new_bundle)
+    swapped_at = d.stats.frames
+    while time.monotonic() < deadline and d.stats.frames < swapped_at + 3:
         time.sleep(0.02)
     d.stop()
     thread.join(10)
@@ -196,7 +196,7 @@ def test_a_model_with_other_labels_closes_the_summary_window_of_the_old_one(daem
     d = daemon_factory(sink)
     four = ["angry", "happy", "sad", "neutral"]
     swapped_at = _swap_while_running(d, make_tiny_bundle(tmp_path / "four", labels=four, seed=1))
-    assert d.frames >= swapped_at + 3
+    assert d.stats.frames >= swapped_at + 3
     summaries = sink.of("summary")
     assert len(summaries) == 2, summaries
     assert len(summaries[0]["mean_probs"]) == 7 and summaries[0]["frames"] >= 3
@@ -256,7 +256,7 @@ def test_failing_source_backs_off_and_status_shows_it(daemon_factory):
         raise SourceError("camera unplugged")
 
     # The source's own clock: its waits pass no real time, so the backoff is checked exactly.
-    d.source = ManagedSource(opener, "0", retry_initial_s=0.05, retry_max_s=0.2, clock=clock, wait=clock.wait)
+    d.source = ManagedSource(opener, "0", max_fps=0, retry_initial_s=0.05, retry_max_s=0.2, clock=clock, wait=clock.wait)
     thread = threading.Thread(target=d.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -289,7 +289,7 @@ def test_stop_from_another_thread_ends_the_loop_gracefully(daemon_factory):
     thread = threading.Thread(target=d.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and d.frames < 3:
+    while time.monotonic() < deadline and d.stats.frames < 3:
         time.sleep(0.02)
     d.stop()
     thread.join(10)
@@ -302,8 +302,6 @@ def test_extensions_start_and_stop_with_the_daemon(daemon_factory):
     calls = []
 
     class Ext:
-        last_result = {"ok": True, "model_id": "x"}
-
         def start(self):
             calls.append("start")
 
@@ -314,4 +312,11 @@ def test_extensions_start_and_stop_with_the_daemon(daemon_factory):
     d.add_extension(Ext())
     d.run(max_frames=1)
     assert calls == ["start", "stop"]
-    assert d.status_body()["model_push"] == {"ok": True, "model_id": "x"}
+
+
+def test_status_shows_the_model_managers_last_push_report(daemon_factory):
+    d = daemon_factory()
+    assert d.status_body()["model_push"] is None
+    d.models.record({"ok": True, "model_id": "x"})
+    block = d.status_body()["model_push"]
+    assert {k: v for k, v in block.items() if k != "ts"} == {"ok": True, "model_id": "x"} and block["ts"] > 0

@@ -95,7 +95,7 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     from edge.config import Config
     from edge.runtime.capture.base import Frame
     from edge.runtime.capture.demo import DEMO_FACES, DemoSource
-    from edge.runtime.daemon import Daemon
+    from edge.runtime.assemble import assemble
     from tests.test_edge_daemon import ListSink
 
     def config(uncertain_below: float) -> Config:
@@ -112,8 +112,7 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     swapped[y : y + side, x : x + side] = cv2.resize(cv2.imread(str(DEMO_FACES / "grace_hopper.jpg")), (side, side))
     variants = [swapped, cv2.flip(image, 1), cv2.convertScaleAbs(image, alpha=0.5, beta=60),
                 cv2.GaussianBlur(image, (9, 9), 4), cv2.convertScaleAbs(image, alpha=1.6, beta=-60)]
-    probe = Daemon(config(0.0))
-    try:
+    with assemble(config(0.0), sink=ListSink()) as probe:
         def top(img):
             dets = probe.detector.detect(img)
             assert len(dets) == 1
@@ -128,18 +127,13 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
                 break
         else:
             raise AssertionError("no variant of the demo face changed the model's answer in place")
-        labels = probe.classifier.labels
-    finally:
-        probe.close()
+        labels = probe.models.classifier.labels
     # Either the label differs, or one frame is reported "uncertain": a threshold between the two confidences.
     threshold = 0.0 if other_label != label else (conf + other_conf) / 2
-    d, sink = Daemon(config(threshold)), ListSink()
-    d.attach_sink(sink)
-    try:
+    sink = ListSink()
+    with assemble(config(threshold), sink=sink) as d:
         for i, img in enumerate((image, image, other, other)):
             d.process_frame(Frame(img, i, 1000.0 + i))
-    finally:
-        d.close()
     [event] = sink.of("events", "emotion_change")
     expected = [labels[label] if conf >= threshold else "uncertain",
                 labels[other_label] if other_conf >= threshold else "uncertain"]

@@ -4,6 +4,7 @@ does not make progress."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.runtime.daemon import Daemon
+from edge.runtime.assemble import assemble
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.sdnotify import Notifier
 from tests.broker import free_port
@@ -96,8 +97,9 @@ def test_the_daemon_withholds_the_watchdog_while_the_publisher_is_dead(tmp_path,
     listener.setblocking(False)
     notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "100000", "WATCHDOG_PID": str(os.getpid())})
     sink = Sink()
-    d = Daemon(make_config(tmp_path, classifier={"model": str(tiny_bundle)}, source={"uri": "demo", "max_fps": 50}),
-               sink, notifier=notifier)
+    parts = contextlib.ExitStack()
+    d = parts.enter_context(assemble(make_config(tmp_path, classifier={"model": str(tiny_bundle)},
+                                                 source={"uri": "demo", "max_fps": 50}), sink=sink, notifier=notifier))
 
     def pings() -> int:
         n = 0
@@ -114,15 +116,16 @@ def test_the_daemon_withholds_the_watchdog_while_the_publisher_is_dead(tmp_path,
         sink.ok = False
         time.sleep(0.3)
         pings()  # what was sent before the change was seen
-        frames = d.frames
+        frames = d.stats.frames
         time.sleep(0.6)
-        assert pings() == 0 and d.frames > frames  # the loop runs, the watchdog starves
+        assert pings() == 0 and d.stats.frames > frames  # the loop runs, the watchdog starves
         sink.ok = True
         assert wait_until(lambda: pings() > 0, 10)
     finally:
         d.stop()
         t.join(10)
         listener.close()
+        parts.close()
     assert any("no longer feeding the systemd watchdog" in r.getMessage() for r in caplog.records)
 
 

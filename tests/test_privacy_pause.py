@@ -5,6 +5,7 @@ real broker the Home Assistant switch's command pauses and the state is publishe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -15,6 +16,7 @@ import pytest
 from edge.config import Config
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
+from edge.runtime.assemble import assemble
 from edge.runtime.daemon import Daemon
 from edge.runtime.pause import PAUSE_FILE
 from edge.runtime.publish.mqtt import MqttSink
@@ -88,9 +90,16 @@ def make_config(state_dir, **mqtt) -> Config:
     })
 
 
-def start(config: Config, camera: CountingCamera, sink) -> tuple[Daemon, threading.Thread]:
-    d = Daemon(config, sink, source=ManagedSource(camera.open, "camera", max_fps=30))
-    d.source.open_now()  # what the CLI does before the loop starts
+@pytest.fixture
+def stack():
+    """Closes the assembled daemons' parts at the end of the test."""
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+def start(config: Config, camera: CountingCamera, sink, stack) -> tuple[Daemon, threading.Thread]:
+    # The assembly opens the source before the loop starts (as for `run`), unless the device is paused.
+    d = stack.enter_context(assemble(config, sink=sink, source=ManagedSource(camera.open, "camera", max_fps=30)))
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     return d, t
@@ -102,10 +111,10 @@ def stop(d: Daemon, t: threading.Thread) -> None:
     assert not t.is_alive()
 
 
-def test_pause_releases_the_camera_reads_nothing_survives_a_restart_and_only_resume_ends_it(tmp_path):
+def test_pause_releases_the_camera_reads_nothing_survives_a_restart_and_only_resume_ends_it(tmp_path, stack):
     cfg = make_config(tmp_path / "state")
     camera, sink = CountingCamera(), RecordingSink()
-    d, t = start(cfg, camera, sink)
+    d, t = start(cfg, camera, sink, stack)
     try:
         assert wait_until(lambda: camera.reads > 5 and sink.of("faces"))
         answer = d.handle_command({"command": "pause", "request_id": "p-1"})
@@ -116,7 +125,7 @@ def test_pause_releases_the_camera_reads_nothing_survives_a_restart_and_only_res
         # No other command turns capture back on.
         for cmd in ({"command": "reload_model"}, {"command": "publish_status"}, {"command": "pause"}):
             assert d.handle_command(cmd)["ok"] is True
-        d.swap_model(d.current_bundle_dir)  # a model push swaps too
+        d.models.swap(d.models.bundle_dir)  # a model push swaps too
         time.sleep(1.5)
         assert camera.reads == reads and camera.opens == camera.closes, "while paused no frame is read"
         assert len(sink.of("summary")) > summaries and len(sink.of("status")) > statuses, "publishing goes on"
@@ -131,7 +140,7 @@ def test_pause_releases_the_camera_reads_nothing_survives_a_restart_and_only_res
 
     # A restart: the device comes back paused and never opens the camera.
     camera2, sink2 = CountingCamera(), RecordingSink()
-    d2, t2 = start(cfg, camera2, sink2)
+    d2, t2 = start(cfg, camera2, sink2, stack)
     try:
         assert wait_until(lambda: sink2.of("summary") and sink2.of("status"))
         time.sleep(1.0)
@@ -153,20 +162,16 @@ def test_an_unreadable_pause_file_keeps_the_camera_off(tmp_path):
     cfg = make_config(tmp_path / "state")
     (cfg.state_dir() / PAUSE_FILE).write_text("{half a file")
     camera = CountingCamera()
-    d = Daemon(cfg, RecordingSink(), source=ManagedSource(camera.open, "camera"))
-    try:
-        d.source.open_now()
-        assert d.pause.paused and camera.opens == 0
+    with assemble(cfg, sink=RecordingSink(), source=ManagedSource(camera.open, "camera", max_fps=0)) as d:
+        assert d.pause.paused and camera.opens == 0  # the assembly opens the source only when not paused
         assert d.source.poll(0.01) is None and camera.opens == 0
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
-def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(broker, tmp_path):
+def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(broker, tmp_path, stack):
     cfg = make_config(tmp_path / "state", host=broker.host, port=broker.port, reconnect_min_s=0.2)
     camera, sink = CountingCamera(), MqttSink(cfg)
-    d, t = start(cfg, camera, sink)
+    d, t = start(cfg, camera, sink, stack)
     client = Collector(broker, topic="emotion/pause-dev/events", client_id="ha-switch").start()
     try:
         assert sink.wait_subscribed(10) and wait_until(lambda: camera.reads > 3)
