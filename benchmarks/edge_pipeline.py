@@ -28,6 +28,7 @@ The last line gives fer's ms per frame over our loop's, per frame set. Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -101,8 +102,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def worker_daemon(args: argparse.Namespace) -> dict:
     """The full frame loop, frame by frame, recording each stage."""
     from edge.config import Config
+    from edge.runtime.assemble import assemble
     from edge.runtime.capture.managed import ManagedSource
-    from edge.runtime.daemon import Daemon
 
     state = tempfile.mkdtemp(prefix="edge-bench-")
     cfg = Config.model_validate({
@@ -124,8 +125,10 @@ def worker_daemon(args: argparse.Namespace) -> dict:
         from edge.runtime.publish.stdout import StdoutSink
 
         sink = StdoutSink("bench", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
-    daemon = Daemon(cfg, sink)
-    daemon.source = ManagedSource(_opener(args), "bench")
+    # The assembly's own demo source is replaced by the benchmark's frames (uncapped, like source.max_fps 0).
+    parts = contextlib.ExitStack()
+    daemon = parts.enter_context(assemble(cfg, sink=sink))
+    daemon.source = ManagedSource(_opener(args), "bench", max_fps=0)
     samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "loop")}
     found = []
     for _ in range(args.warmup):
@@ -137,8 +140,8 @@ def worker_daemon(args: argparse.Namespace) -> dict:
             frame = daemon.source.poll()
         found.append(len(daemon.process_frame(frame)))
         for k in STAGES:
-            samples[k].append(daemon.last_ms[k])
-        samples["loop"].append(sum(daemon.last_ms[k] for k in LOOP))
+            samples[k].append(daemon.stats.last_ms[k])
+        samples["loop"].append(sum(daemon.stats.last_ms[k] for k in LOOP))
     wall = time.perf_counter() - t0
     out = {k: _stats(v) for k, v in samples.items()}
     out.update(ms_per_frame=1000 * wall / args.frames, rss_mb=peak_rss_mb(), faces_seen=float(np.mean(found)),
@@ -146,7 +149,8 @@ def worker_daemon(args: argparse.Namespace) -> dict:
     if args.sink == "mqtt":
         out["flushed"] = sink.flush(10)
         sink.close(2)
-    daemon.close()
+    daemon.source.close()
+    parts.close()
     return out
 
 

@@ -53,7 +53,7 @@ _PHASE_STEP = 0.6180339887498949
 def record_demo(seconds: float, work: Path) -> list[tuple[float, str, dict[str, Any]]]:
     """``(offset s, kind, body)`` of what a default-settings daemon on the demo publishes in ``seconds``."""
     from edge.config import parse_config
-    from edge.runtime.daemon import Daemon
+    from edge.runtime.assemble import assemble
     from edge.runtime.publish.stdout import StdoutSink
 
     class CaptureSink(StdoutSink):
@@ -66,11 +66,11 @@ def record_demo(seconds: float, work: Path) -> list[tuple[float, str, dict[str, 
             return super().publish(kind, body)
 
     sink = CaptureSink()
-    daemon = Daemon(parse_config({"device": {"id": "demo", "state_dir": str(work / "demo-state")}}), sink)
-    timer = threading.Timer(seconds, daemon.stop)
-    timer.start()
-    daemon.run()
-    timer.cancel()
+    with assemble(parse_config({"device": {"id": "demo", "state_dir": str(work / "demo-state")}}), sink=sink) as daemon:
+        timer = threading.Timer(seconds, daemon.stop)
+        timer.start()
+        daemon.run()
+        timer.cancel()
     t0 = sink.events[0][0]
     return [(t - t0, kind, body) for t, kind, body in sink.events if t - t0 < seconds]
 

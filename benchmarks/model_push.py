@@ -3,7 +3,7 @@
 Steps (median of ``--repeat`` runs each): sign a bundle (workstation), build the push message, ``parse_push``
 (size cap, Ed25519 signature, manifest schema, sha256), ``check_bundle`` (interpreter load, tensors vs manifest,
 two smoke inferences), store install + atomic activation, and the daemon's own load (``Classifier``). Then, with
-a private Mosquitto on a free loopback port, a real ``MqttSink`` + ``ModelPushReceiver`` + ``Daemon`` in-process:
+a private Mosquitto on a free loopback port, a real ``MqttSink`` + ``ModelPushReceiver`` + assembled daemon in-process:
 the time from ``publish_push`` to the device's result event (alternating two models, so every push swaps).
 
 Usage::
@@ -17,6 +17,7 @@ TensorFlow). A second model for the end-to-end swaps is the same bundle with ano
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -115,7 +116,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
     """Publish alternating models to an in-process device; print the median publish-to-result time."""
     from edge.config import parse_config
     from edge.protocol.broker import BrokerSettings
-    from edge.runtime.daemon import Daemon
+    from edge.runtime.assemble import assemble
     from edge.runtime.models.push import ModelPushReceiver
     from edge.runtime.publish.mqtt import MqttSink
     from edge.tools.push_mqtt import PushTarget, publish_push
@@ -134,8 +135,9 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
             "model_push": {"enabled": True, "trusted_keys": [str(pub)]},
         })
         sink = MqttSink(cfg)
-        daemon = Daemon(cfg, sink)
-        receiver = ModelPushReceiver(cfg, sink, daemon)
+        parts = contextlib.ExitStack()
+        daemon = parts.enter_context(assemble(cfg, sink=sink))
+        receiver = next(e for e in daemon.extensions if isinstance(e, ModelPushReceiver))
         receiver.start()
         sink.wait_connected(10)
         time.sleep(0.3)
@@ -152,6 +154,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
             durations.append(r["duration_s"] * 1000)
             print(f"  push {i}: {r['code']} -> {r['running_model_id']} in {r['duration_s'] * 1000:.1f} ms on the device")
         receiver.stop()
+        parts.close()
         sink.close(2)
         if times:
             print(f"end to end over Mosquitto, {len(times)} swapping pushes: publish->result median {statistics.median(times):.1f} ms "

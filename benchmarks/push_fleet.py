@@ -2,7 +2,7 @@
 
 The devices are simulated on one private Mosquitto (loopback): each is a real ``MqttSink`` + real
 ``ModelPushReceiver`` (signature check, sha256, staging, ``check_bundle`` with two smoke inferences, store
-install + activation, replay guard) with its own state folder, and a stand-in daemon whose ``swap_model`` loads
+install + activation, replay guard) with its own state folder, and a real model manager whose swap loads
 the pushed bundle into a real ``Classifier`` (no camera loop). All N run in this one process on this machine's
 cores, so they verify and load in parallel as far as 2 cores allow; real devices each have their own CPU, so
 on a fleet the time is closer to one device's own verify+swap plus the transfer. The publisher is the same

@@ -67,34 +67,10 @@ def corrupt_model_keep_manifest_valid(bundle: Path) -> None:
     rewrite_manifest(bundle, sha256=sha256_file(model), model_bytes=model.stat().st_size)
 
 
-class StandInDaemon:
-    """What :class:`edge.runtime.models.push.ModelPushReceiver` needs of the daemon, without a camera or frame
-    loop: the running model's id and folder, ``swap_model`` (loads the real classifier, as the daemon's model
-    swap does) and ``publish_status``."""
-
-    def __init__(self, sink, model_id: str | None = None):
-        self.sink = sink
-        self.model_id = model_id
-        self.current_bundle_dir: Path | None = None
-        self.classifier = None
-
-    def swap_model(self, bundle_dir: Path) -> None:
-        """Load the pushed bundle (raises as the daemon does when it cannot)."""
-        from edge.bundle import read_manifest
-        from edge.runtime.classify.classifier import Classifier
-
-        self.classifier = Classifier(bundle_dir)
-        self.model_id = read_manifest(bundle_dir).model_id
-        self.current_bundle_dir = Path(bundle_dir)
-
-    def publish_status(self) -> None:
-        """A small status (the real one carries much more; nothing here reads it)."""
-        self.sink.publish("status", {"state": "running", "model_id": self.model_id})
-
-
 class SimulatedFleet:
     """``n`` simulated devices on one broker, each a real ``MqttSink`` + ``ModelPushReceiver`` with its own state
-    folder and model store, and a :class:`StandInDaemon`.
+    folder and a real :class:`edge.runtime.models.manager.ModelManager` (starting on the shipped model), without a
+    camera or frame loop.
 
     Args:
         root: Folder for the devices' state folders.
@@ -109,10 +85,11 @@ class SimulatedFleet:
     def __init__(self, root: Path, host: str, port: int, n: int, trusted_key: Path, other_key: Path | None = None,
                  groups=lambda i: ["lab"], refusing: tuple[int, ...] = ()):
         from edge.config import parse_config
+        from edge.runtime.models.manager import ModelManager
         from edge.runtime.models.push import ModelPushReceiver
         from edge.runtime.publish.mqtt import MqttSink
 
-        self.sinks, self.receivers, self.daemons = [], [], []
+        self.sinks, self.receivers, self.models = [], [], []
         for i in range(n):
             key = other_key if i in refusing else trusted_key
             cfg = parse_config({
@@ -122,11 +99,16 @@ class SimulatedFleet:
                 "model_push": {"enabled": True, "trusted_keys": [str(key)], "groups": groups(i)},
             })
             sink = MqttSink(cfg)
-            daemon = StandInDaemon(sink)
-            receiver = ModelPushReceiver(cfg, sink, daemon)
+            models = ModelManager(cfg.classifier, cfg.state_dir())
+
+            def publish_status(sink=sink, models=models) -> None:
+                # A small status (the real one carries much more; nothing here reads it).
+                sink.publish("status", {"state": "running", "model_id": models.model_id})
+
+            receiver = ModelPushReceiver(cfg, sink, models, publish_status)
             receiver.start()
             self.sinks.append(sink)
-            self.daemons.append(daemon)
+            self.models.append(models)
             self.receivers.append(receiver)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:

@@ -153,8 +153,8 @@ def test_config_options_are_validated_and_reach_the_classifier(tmp_path):
 
 def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny_bundle):
     from edge.config import Config
-    from edge.runtime.capture.demo import DemoSource
     from edge.runtime.assemble import assemble
+    from edge.runtime.capture.demo import DemoSource
     from edge.runtime.publish.stdout import StdoutSink
 
     config = Config.model_validate({

@@ -19,10 +19,10 @@ import pytest
 from edge.bundle import BundleError
 from edge.config import Config
 from edge.protocol.envelope import SCHEMA_PATH
+from edge.runtime.assemble import assemble
 from edge.runtime.capture.base import SourceError
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
-from edge.runtime.assemble import assemble
 from edge.runtime.daemon import Daemon
 from edge.runtime.publish.stdout import StdoutSink
 

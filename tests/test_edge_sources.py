@@ -138,11 +138,11 @@ def test_managed_video_without_loop_ends_and_with_loop_restarts(tmp_path):
     path = tmp_path / "clip.avi"
     _write_video(path, n=5)
     clock = FakeClock()
-    once = ManagedSource(lambda: open_source(str(path)), str(path), loop=False, clock=clock, wait=clock.wait)
+    once = ManagedSource(lambda: open_source(str(path)), str(path), max_fps=0, loop=False, clock=clock, wait=clock.wait)
     got = [f for _ in range(20) if (f := once.poll()) is not None]
     assert len(got) == 5 and once.finished and once.status()["state"] == "ended"
 
-    looping = ManagedSource(lambda: open_source(str(path)), str(path), loop=True, clock=clock, wait=clock.wait)
+    looping = ManagedSource(lambda: open_source(str(path)), str(path), max_fps=0, loop=True, clock=clock, wait=clock.wait)
     got = [f for _ in range(30) if (f := looping.poll()) is not None]
     assert len(got) > 10 and not looping.finished
     assert [f.index for f in got[:7]] == [0, 1, 2, 3, 4, 0, 1]
@@ -203,7 +203,7 @@ def test_failing_source_is_retried_with_exponential_backoff_and_reported():
             raise SourceError("camera unplugged")
         return DemoSource(faces=1)
 
-    src = ManagedSource(opener, "cam", retry_initial_s=1.0, retry_max_s=4.0, clock=clock, wait=clock.wait)
+    src = ManagedSource(opener, "cam", max_fps=0, retry_initial_s=1.0, retry_max_s=4.0, clock=clock, wait=clock.wait)
     frames = []
     statuses = []
     for _ in range(40):
@@ -232,7 +232,7 @@ def test_an_opener_that_raises_something_else_is_retried_like_a_source_error():
             raise PermissionError(13, "Permission denied")
         return DemoSource(faces=1)
 
-    src = ManagedSource(opener, "/srv/faces", retry_initial_s=1.0, clock=clock, wait=clock.wait)
+    src = ManagedSource(opener, "/srv/faces", max_fps=0, retry_initial_s=1.0, clock=clock, wait=clock.wait)
     assert src.poll(max_wait=0.5) is None
     assert src.status()["state"] == "retrying"
     assert src.status()["error"] == "cannot open /srv/faces: PermissionError: [Errno 13] Permission denied"
@@ -250,7 +250,7 @@ def test_a_source_that_keeps_failing_never_busy_loops():
         calls.append(1)
         raise SourceError("no such camera")
 
-    src = ManagedSource(opener, "0", retry_initial_s=1.0, retry_max_s=8.0, clock=clock, wait=clock.wait)
+    src = ManagedSource(opener, "0", max_fps=0, retry_initial_s=1.0, retry_max_s=8.0, clock=clock, wait=clock.wait)
     for _ in range(1000):
         assert src.poll(max_wait=0.5) is None
     # 1000 polls of at most 0.5 s cover <= 500 s; with delays 1, 2, 4, 8, 8, ... that is at most ~65 attempts.
@@ -280,7 +280,7 @@ def test_read_failure_mid_stream_reopens():
         opened.append(Flaky())
         return opened[-1]
 
-    src = ManagedSource(opener, "rtsp://cam", loop=False, retry_initial_s=0.25, clock=clock, wait=clock.wait)
+    src = ManagedSource(opener, "rtsp://cam", max_fps=0, loop=False, retry_initial_s=0.25, clock=clock, wait=clock.wait)
     results = [src.poll() for _ in range(6)]
     assert sum(r is not None for r in results) >= 3
     assert len(opened) == 2 and src.retries == 1
@@ -301,7 +301,7 @@ def test_an_empty_looping_source_does_not_spin():
         opens.append(1)
         return Empty()
 
-    src = ManagedSource(opener, "empty", loop=True, retry_initial_s=1.0, retry_max_s=4.0, clock=clock, wait=clock.wait)
+    src = ManagedSource(opener, "empty", max_fps=0, loop=True, retry_initial_s=1.0, retry_max_s=4.0, clock=clock, wait=clock.wait)
     for _ in range(200):
         src.poll(max_wait=0.5)
     assert len(opens) < 35  # backoff between reopenings, not one per poll
@@ -443,7 +443,7 @@ def test_a_source_that_can_never_work_is_not_retried(no_picamera2):
     retrying with backoff forever; a transient failure still retries."""
     from edge.runtime.capture.base import SourceFatal
 
-    src = ManagedSource(lambda: open_source("picamera2"), "picamera2", retry_initial_s=0.01)
+    src = ManagedSource(lambda: open_source("picamera2"), "picamera2", max_fps=0, retry_initial_s=0.01)
     with pytest.raises(SourceFatal):
         src.open_now()
     assert src.state == "failed" and src.finished and "python3-picamera2" in src.error

@@ -93,9 +93,9 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     import cv2
 
     from edge.config import Config
+    from edge.runtime.assemble import assemble
     from edge.runtime.capture.base import Frame
     from edge.runtime.capture.demo import DEMO_FACES, DemoSource
-    from edge.runtime.assemble import assemble
     from tests.test_edge_daemon import ListSink
 
     def config(uncertain_below: float) -> Config:

@@ -16,13 +16,13 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from edge.config import parse_config
 from edge.runtime.homeassistant import (
-    DAEMON_STATES,
     STATE_FILE,
     HomeAssistantDiscovery,
-    attach,
+    discovery,
     discovery_message,
 )
 from edge.runtime.publish.mqtt import MqttSink
+from edge.runtime.state import STATE_NAMES
 from tests.mqtt_support import LABELS, Collector, sink_config, status_body, summary_body, validator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_the_device_config_follows_home_assistants_rules():
     # Every label has its probability sensor, disabled until the user enables it; nothing else is disabled.
     assert {cid for cid, c in cmps.items() if c.get("enabled_by_default") is False} == {
         f"emotion_edge_kitchen_prob_{lab}" for lab in LABELS}
-    assert cmps["emotion_edge_kitchen_state"]["options"] == list(DAEMON_STATES)
+    assert cmps["emotion_edge_kitchen_state"]["options"] == list(STATE_NAMES)
     custom = discovery_message(_config(discovery_prefix="ha", support_url="https://example.org/help"), ["a", "b"])
     assert custom[0] == "ha/device/emotion_edge_kitchen/config"
     assert custom[1]["o"]["url"] == "https://example.org/help"
@@ -203,7 +203,7 @@ def test_templates_read_real_messages():
     assert render(tpl("cpu_temperature"), {**status, "cpu_temp_c": 51.2}) == "51.2"
     assert render(tpl("outbox_pending"), status) == "3"
     assert render(tpl("model"), status) == "tiny-test-0"
-    for state in DAEMON_STATES:
+    for state in STATE_NAMES:
         assert render(tpl("state"), _envelope("status", {**status, "state": state})) == state
     assert render(tpl("state"), {**status, "state": "exploded"}) == "None"
 
@@ -300,18 +300,9 @@ def test_disabled_discovery_publishes_nothing(broker, tmp_path):
     cfg = parse_config({"device": {"id": "quiet", "state_dir": str(tmp_path / "state")},
                         "mqtt": {"host": broker.host, "port": broker.port}, "homeassistant": {"enabled": False}})
     sink = MqttSink(cfg)
-
-    class Registry:  # the daemon's add_extension, reduced to what attach() calls
-        def __init__(self):
-            self.extensions = []
-
-        def add_extension(self, ext):
-            self.extensions.append(ext)
-
-    daemon = Registry()
     try:
         assert sink.wait_connected(10)
-        assert attach(daemon, sink, cfg) is None and daemon.extensions == []
+        assert discovery(cfg, sink, lambda: ("tiny", list(LABELS))) is None
         sink.publish("status", status_body())
         assert sink.flush(10)
         assert _retained_configs(broker, wait=0.5) == {}

@@ -8,12 +8,12 @@ import io
 import json
 import logging
 import time
-from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
 
 from edge.config import parse_config
 from edge.protocol.envelope import DETAIL_CHARS, ECHO_CHARS
+from edge.runtime.models.manager import ModelManager
 from edge.runtime.models.push import REASON_CHARS, ModelPushReceiver
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.publish.stdout import StdoutSink
@@ -118,7 +118,8 @@ def test_push_refusals_never_echo_unbounded_fields(tmp_path, caplog):
     _, public = make_keys(tmp_path)
     cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
                         "model_push": {"enabled": True, "trusted_keys": [str(public)]}})
-    receiver = ModelPushReceiver(cfg, StdoutSink("dev1", stream=io.StringIO()), SimpleNamespace(model_id="m1"))
+    models = ModelManager(cfg.classifier, cfg.state_dir())
+    receiver = ModelPushReceiver(cfg, StdoutSink("dev1", stream=io.StringIO()), models)
     receiver.start()
     big = "K" * 2_000_000
     sig = base64.b64encode(bytes(64)).decode()

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from edge.config import Config
+from edge.runtime.assemble import assemble
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
-from edge.runtime.assemble import assemble
 from edge.runtime.daemon import Daemon
 from edge.runtime.pause import PAUSE_FILE
 from edge.runtime.publish.mqtt import MqttSink

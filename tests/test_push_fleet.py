@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import read_manifest
+from edge.bundle import default_bundle_dir, read_manifest
 from tests.push_support import SimulatedFleet, make_keys, restamped_signed_copy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,8 +48,9 @@ def test_group_push_to_20_devices_every_answer_counts_and_a_refusal_fails_the_co
         assert f"{N} answered: {N - 1} ok, 1 refused" in r.stdout
         assert f"1 of {N} device(s) did not take the model: {refuser}" in r.stderr
         model_id = read_manifest(bundle).model_id
-        assert [d.model_id for i, d in enumerate(fleet.daemons) if i != REFUSER] == [model_id] * (N - 1)
-        assert fleet.daemons[REFUSER].model_id is None  # it still runs what it ran
+        assert [m.model_id for i, m in enumerate(fleet.models) if i != REFUSER] == [model_id] * (N - 1)
+        shipped = read_manifest(default_bundle_dir()).model_id
+        assert fleet.models[REFUSER].model_id == shipped  # it still runs what it ran
 
         # The devices that trust the key, as their own group: all take a newer model, exit status 0.
         newer = restamped_signed_copy(tiny_bundle, tmp_path / "b2", release, "2100-01-02T00:00:00+00:00")

@@ -1,10 +1,11 @@
-"""Rollback when a pushed model fails *after* the swap, in-process with a real Daemon, MqttSink and Mosquitto.
+"""Rollback when a pushed model fails *after* the swap, in-process with a real assembled daemon, MqttSink and
+Mosquitto.
 
 Every model that reaches the swap has already loaded and run a smoke inference in the same runtime on this
-machine (the receiver's check and ``Daemon.swap_model`` run the same interpreter code), so no real model file
+machine (the receiver's check and ``ModelManager.swap`` run the same interpreter code), so no real model file
 can pass the first and fail the second here. What fails after a swap on a device (a runtime that aborts on
-real faces, out of memory on a Pi) is therefore injected at one seam each: ``swap_model`` raising, and the new
-classifier raising on a frame. Everything else (signature, store, links, events, status) is real.
+real faces, out of memory on a Pi) is therefore injected at one seam each: the manager's ``swap`` raising, and
+the new classifier raising on a frame. Everything else (signature, store, links, events, status) is real.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 from edge.bundle import read_manifest
 from edge.config import parse_config
 from edge.protocol.broker import BrokerSettings
+from edge.runtime.assemble import assemble
 from edge.runtime.capture.base import Frame
-from edge.runtime.daemon import Daemon
+from edge.runtime.models.manager import ModelManager
 from edge.runtime.models.push import ModelPushReceiver
 from edge.runtime.models.store import ModelStore
 from edge.runtime.publish.mqtt import MqttSink
@@ -29,15 +31,26 @@ from tests.push_support import make_keys, restamped_signed_copy, second_bundle, 
 pytestmark = pytest.mark.slow
 
 
-class SwapFailsDaemon(Daemon):
+class SwapFails:
     """The seam: the device cannot load models whose id is in ``refuse`` (as a runtime crash would)."""
 
     refuse: set[str] = set()
 
-    def swap_model(self, bundle_dir):
-        if read_manifest(bundle_dir).model_id in self.refuse:
-            raise RuntimeError("interpreter aborted while loading (simulated device failure)")
-        super().swap_model(bundle_dir)
+    @classmethod
+    def install(cls, models: ModelManager) -> None:
+        real = models.swap
+
+        def swap(bundle_dir):
+            if read_manifest(bundle_dir).model_id in cls.refuse:
+                raise RuntimeError("interpreter aborted while loading (simulated device failure)")
+            return real(bundle_dir)
+
+        models.swap = swap
+
+
+def push_receiver(daemon) -> ModelPushReceiver:
+    """The model push extension the assembly registered."""
+    return next(e for e in daemon.extensions if isinstance(e, ModelPushReceiver))
 
 
 def last_event_with_code(collector: Collector, code: str, timeout: float = 10.0) -> dict:
@@ -61,16 +74,16 @@ def rig(tmp_path, broker, tiny_bundle):
         "model_push": {"enabled": True, "trusted_keys": [str(public)]},
     })
     sink = MqttSink(cfg)
-    daemon = SwapFailsDaemon(cfg, sink)
-    receiver = ModelPushReceiver(cfg, sink, daemon)
-    daemon.add_extension(receiver)
-    receiver.start()
-    assert sink.wait_connected(10)
-    collector = Collector(broker, topic="emotion/pi-rb/events", client_id="rb-watch").start()
-    assert sink.wait_subscribed(10), "the push topics must be subscribed before anything is pushed"
-    yield daemon, receiver, store, private, broker, collector
-    receiver.stop()
-    collector.stop()
+    with assemble(cfg, sink=sink) as daemon:
+        SwapFails.install(daemon.models)
+        receiver = push_receiver(daemon)
+        receiver.start()
+        assert sink.wait_connected(10)
+        collector = Collector(broker, topic="emotion/pi-rb/events", client_id="rb-watch").start()
+        assert sink.wait_subscribed(10), "the push topics must be subscribed before anything is pushed"
+        yield daemon, receiver, store, private, broker, collector
+        receiver.stop()
+        collector.stop()
     sink.close(2)
 
 
@@ -78,11 +91,11 @@ def test_model_that_fails_to_load_after_the_swap_is_rolled_back(rig, tmp_path, t
     daemon, receiver, store, private, broker, collector = rig
     old_id = daemon.model_id
     new = signed_copy(second_bundle(), tmp_path / "b", private)
-    SwapFailsDaemon.refuse = {read_manifest(new).model_id}
+    SwapFails.refuse = {read_manifest(new).model_id}
     try:
         out = publish_push(new, PushTarget(device="pi-rb"), BrokerSettings(broker.host, broker.port), wait_s=60)
     finally:
-        SwapFailsDaemon.refuse = set()
+        SwapFails.refuse = set()
     r = out.results["pi-rb"]
     assert r["ok"] is False and r["code"] == "swap_failed" and r["rolled_back"] is True, r
     assert "rolled back" in r["reason"] and r["running_model_id"] == old_id
@@ -107,7 +120,7 @@ def test_model_that_fails_on_a_frame_after_the_swap_is_rolled_back_in_the_store_
     def broken(*_a, **_k):  # the seam: the new model's runtime fails on real faces
         raise RuntimeError("invoke failed (simulated)")
 
-    daemon.classifier.classify = broken
+    daemon.models.classifier.classify = broken
     frame = Frame(image=np.full((480, 640, 3), 127, np.uint8), ts=time.time(), index=0)
     daemon.models.classify(frame.image, [(200.0, 120.0, 200.0, 200.0)])
     assert daemon.model_id == old_id
@@ -162,7 +175,7 @@ def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig,
     # a reconnect) does not bring its model back; the device's own config can opt in to downgrades.
     store.rollback()
     assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
-    daemon.swap_model(store.current())
+    daemon.models.swap(store.current())
     rolled_back_to = daemon.model_id
     again = receiver.handle(topic, newer)
     assert again["code"] == "downgrade" and "already accepted" in again["reason"], again
@@ -184,11 +197,14 @@ def test_a_pinned_classifier_model_is_warned_about_when_pushes_are_accepted(tmp_
         "model_push": {"enabled": True, "trusted_keys": [str(public)]},
     })
     sink = MqttSink(cfg)
-    receiver = ModelPushReceiver(cfg, sink, Daemon(cfg, sink))
     try:
-        with caplog.at_level("WARNING", logger="edge.runtime.models.push"):
-            receiver.start()
+        with assemble(cfg, sink=sink) as daemon:
+            receiver = push_receiver(daemon)
+            try:
+                with caplog.at_level("WARNING", logger="edge.runtime.models.push"):
+                    receiver.start()
+            finally:
+                receiver.stop()
     finally:
-        receiver.stop()
         sink.close(2)
     assert any("classifier.model is set" in r.getMessage() and "unset it" in r.getMessage() for r in caplog.records)

@@ -106,6 +106,11 @@ class Daemon:
         """The id of the model in use right now."""
         return self.models.model_id
 
+    @property
+    def extensions(self) -> tuple[Extension, ...]:
+        """The registered extensions, in start order."""
+        return tuple(self._extensions)
+
     def add_extension(self, ext: Extension) -> None:
         """Register a feature (Home Assistant discovery, model push, metrics) started with :meth:`run` and
         stopped, in reverse order, when it ends."""
