@@ -19,8 +19,6 @@ from pathlib import Path
 
 from edge.config import Config
 
-#: How :func:`_bundle_to_run` names a pushed model: the one choice whose failure ``run`` survives (rollback).
-_PUSHED = "the model store's current (pushed) model"
 #: Files in the state folder that ``run`` writes to when they exist.
 _STATE_FILES = ("outbox.db", "outbox.db-wal", "outbox.db-shm", "models", "ha_discovery_topics.json")
 
@@ -145,28 +143,15 @@ def _check_source(config: Config, report: Report) -> None:
     report.ok.append(("source", uri))
 
 
-def _bundle_to_run(config: Config) -> tuple[Path, str]:
-    """The bundle ``run`` loads first (see :mod:`edge.runtime.models.manager`) and how it was chosen."""
-    from edge.bundle import default_bundle_dir
-    from edge.runtime.models.store import ModelStore
-
-    if config.classifier.model is not None:
-        return config.classifier.model, "classifier.model"
-    try:
-        current = ModelStore.for_state_dir(config.state_dir_path()).current()
-    except OSError:
-        current = None
-    if current is not None:
-        return current, _PUSHED
-    return default_bundle_dir(), "the shipped default"
-
-
 def _check_model(config: Config, report: Report) -> None:
-    from edge.bundle import BundleError
+    from edge.bundle import BundleError, default_bundle_dir
     from edge.runtime.classify.interpreter import RuntimeMissing
     from edge.runtime.models.check import check_bundle
+    from edge.runtime.models.manager import PUSHED, boot_choice
+    from edge.runtime.models.store import ModelStore
 
-    bundle, chosen = _bundle_to_run(config)
+    chosen_dir, chosen = boot_choice(config.classifier, ModelStore.for_state_dir(config.state_dir_path()))
+    bundle = chosen_dir or default_bundle_dir()
     c = config.classifier
     try:
         manifest, runtime = check_bundle(bundle, c.threads, None if c.runtime == "auto" else c.runtime)
@@ -174,7 +159,7 @@ def _check_model(config: Config, report: Report) -> None:
             raise BundleError(f"model {manifest.model_id} records no training class counts, so "
                               "classifier.prior_correction cannot apply; set it to 0 or use a bundle made by train_export")
     except (BundleError, RuntimeMissing) as exc:
-        if chosen != _PUSHED:
+        if chosen != PUSHED:  # the one choice whose failure `run` survives (it rolls the pushed model back)
             report.errors.append(f"model ({chosen}): {exc}")
         else:  # a broken pushed model is rolled back at start, so run still starts
             report.notes.append(f"model ({chosen}, {bundle}) does not load ({exc}); run rolls it back")

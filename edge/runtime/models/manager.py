@@ -38,6 +38,26 @@ KEEP_MODELS = 3
 Announce = Callable[[dict[str, Any]], None]
 
 
+#: How :func:`boot_choice` names its choices (``check-config`` says which one ``run`` will load).
+CONFIGURED = "classifier.model"
+PUSHED = "the model store's current (pushed) model"
+SHIPPED = "the shipped default"
+
+
+def boot_choice(section: ClassifierConfig, store: ModelStore) -> tuple[Path | None, str]:
+    """The bundle a start loads first (None: the shipped one) and which rule chose it: ``classifier.model``
+    when configured, else the store's ``current`` link, else the shipped bundle (also when the store cannot be
+    read: a broken store must not stop the daemon from using its default model)."""
+    if section.model is not None:
+        return Path(section.model), CONFIGURED
+    try:
+        current = store.current()
+    except OSError as exc:
+        log.warning("cannot read the model store (%s); using the default model", exc)
+        return None, SHIPPED
+    return (current, PUSHED) if current is not None else (None, SHIPPED)
+
+
 class SwapFailed(Exception):
     """A pushed model was installed but could not be swapped in; the store's links were put back."""
 
@@ -214,15 +234,9 @@ class ModelManager:
         })
 
     def _boot(self) -> Classifier:
-        if self.section.model is not None:
-            return self.load(self.section.model)  # an explicitly configured model: its errors are the user's to see
-        try:
-            current = self.store.current()
-        except OSError as exc:  # a broken store must not stop the daemon from using its default model
-            log.warning("cannot read the model store (%s); using the default model", exc)
-            return self.load(None)
-        if current is None:
-            return self.load(None)
+        current, chosen = boot_choice(self.section, self.store)
+        if current is None or chosen != PUSHED:
+            return self.load(current)  # a configured model's errors are the user's to see; the shipped one is ours
         try:
             return self.load(current)
         except BundleError as exc:
