@@ -1,4 +1,4 @@
-"""Command line: ``python -m train_export train | soft-labels | soup | evaluate | export | predict | explain``."""
+"""Command line: ``emotion-train train | soft-labels | soup | evaluate | export | predict | explain``."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def cmd_soup(args: argparse.Namespace) -> int:
     from train_export.model.soup import make_soup
 
     out = make_soup(args.model, args.coefficients, args.out)
-    print(f"soup written to {out}; score it with 'python -m train_export evaluate --model {out} --json REPORT'")
+    print(f"soup written to {out}; score it with 'emotion-train evaluate --model {out} --json REPORT'")
     return 0
 
 
@@ -251,11 +251,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all sub-commands."""
-    parser = argparse.ArgumentParser(prog="python -m train_export", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from edge.cli_common import top_parser
+
+    parser, common = top_parser("emotion-train", __doc__)
+    parser.set_defaults(progress=True)  # the commands without --no-progress
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train (or resume) a model", description="Train or resume a run; "
+    p = sub.add_parser("train", parents=[common], help="train (or resume) a model", description="Train or resume a run; "
                        "re-running the same command after an interruption resumes from the last epoch.")
     data_path_flag(p, "--train", "train.npz", "training data: .npz, FER2013 CSV, or image folder")
     data_path_flag(p, "--val", "val.npz", "validation data: .npz, FER2013 CSV (PublicTest rows), or image folder")
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("soft-labels", help="teacher-ensemble soft labels of the training faces (distillation)",
+    p = sub.add_parser("soft-labels", parents=[common], help="teacher-ensemble soft labels of the training faces (distillation)",
                        description="Score the training faces with one or more trained teachers (flip-averaged, "
                        "softened by --temperature, averaged over teachers) and write them for "
                        "'train --soft-labels FILE --distill-alpha A'. With --val, also print each teacher's "
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for .tflite teachers")
     p.set_defaults(func=cmd_soft_labels)
 
-    p = sub.add_parser("soup", help="average the weights of models of one architecture (a model soup)",
+    p = sub.add_parser("soup", parents=[common], help="average the weights of models of one architecture (a model soup)",
                        description="Write the weighted mean of the weights of two or more .keras models that share "
                        "an architecture and a starting point (e.g. two fine-tunings of one model) as OUT/best.keras, "
                        "with the first model's hparams.json and the recipe in soup.json. Score it before use.")
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write best.keras, hparams.json and soup.json into")
     p.set_defaults(func=cmd_soup)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of models",
+    p = sub.add_parser("evaluate", parents=[common], help="accuracy, macro-F1, per-class scores and confusion matrix of models",
                        description="Evaluate bundles (int8 in LiteRT, as on the device), .tflite files or .keras "
                        "models on labelled faces. Several --model values are reported side by side.")
     p.add_argument("--model", action="append", required=True,
@@ -322,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
+    p = sub.add_parser("export", parents=[common], help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
                        description="Convert a .keras model to full-integer int8 TFLite (calibrated on training "
                        "faces) and float32, evaluate both in LiteRT on validation faces, refuse (exit 2) when "
                        "int8 is more than --margin-pp below float, else write the bundle and reports.")
@@ -347,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="classify faces in an image folder or video into a CSV",
+    p = sub.add_parser("predict", parents=[common], help="classify faces in an image folder or video into a CSV",
                        description="Detect faces with the device's detector, crop them with the shared "
                        "preprocessing and classify them with a bundle in LiteRT: one CSV row per face.")
     p.add_argument("--model", required=True, help="bundle folder")
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays of validation faces per class as one PNG",
+    p = sub.add_parser("explain", parents=[common], help="Grad-CAM overlays of validation faces per class as one PNG",
                        description="Draw Grad-CAM heat maps over a seeded sample of faces per true class.")
     p.add_argument("--model", required=True, help="trained .keras model")
     data_path_flag(p, "--data", "val.npz", "faces: .npz, FER2013 CSV or image folder")
@@ -380,12 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emotion-train`` console script."""
     args = build_parser().parse_args(argv)
-    if not getattr(args, "progress", True):
+    if not args.progress:
         from train_export.progress import set_enabled
 
         set_enabled(False)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge.cli_common import log_level
+
+    logging.basicConfig(level=log_level(args, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except KeyboardInterrupt:
