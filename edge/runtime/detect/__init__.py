@@ -9,8 +9,10 @@ when chosen.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from edge.runtime.detect.base import BLAZEFACE_MODEL, DetectorError, FaceDetector
+from edge.lazy import lazy_exports
+from edge.runtime.detect.base import BLAZEFACE_MODEL, Detection, DetectorError, FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +64,31 @@ def make_detector(
         return _create("opencv", min_confidence, min_face_size, max_faces, threads)
     log.info("face detector: %s (detector.backend = 'auto': the default)", _DESCRIPTION["blazeface"])
     return det
+
+
+if TYPE_CHECKING:
+    from edge.runtime.detect.blazeface import BlazeFaceDetector
+    from edge.runtime.detect.carry import CarryingDetector
+    from edge.runtime.detect.haar import HaarDetector
+    from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
+
+#: The public surface: other packages import these from here, not from the modules that define them.
+__all__ = [
+    "BACKENDS",
+    "BLAZEFACE_MODEL",
+    "BlazeFaceDetector",
+    "CarryingDetector",
+    "Detection",
+    "DetectorError",
+    "FaceDetector",
+    "HaarDetector",
+    "MediaPipeDetector",
+    "make_detector",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "BlazeFaceDetector": "blazeface",
+    "MediaPipeDetector": "mediapipe_tasks",
+    "HaarDetector": "haar",
+    "CarryingDetector": "carry",
+})
