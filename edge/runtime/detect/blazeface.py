@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 class BlazeFaceDetector:
     """MediaPipe's BlazeFace short-range face detector, run directly in LiteRT (no MediaPipe needed).
 
-    Same results as ``edge.detect.MediaPipeDetector`` (same faces and scores; ``int()`` of our box is its box;
+    Same results as :class:`edge.runtime.detect.MediaPipeDetector` (same faces and scores; ``int()`` of our box is its box;
     see test_blazeface.py) plus the six keypoints, faster and without the MediaPipe dependency. One instance
     per thread: ``detect`` reuses preallocated buffers.
 
