@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,10 +24,11 @@ class VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        """Print the version and exit with status 0."""
+        """Print the version on stdout (as argparse's own ``version`` action does) and exit with status 0."""
         from edge.version import package_version
 
-        parser.exit(message=f"{parser.prog} {package_version()}\n")
+        sys.stdout.write(f"{parser.prog} {package_version()}\n")
+        parser.exit()
 
 
 def log_flags(top: bool = False) -> argparse.ArgumentParser:
