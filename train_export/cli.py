@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from train_export.hparam_flags import add_hparam_flags, hparams_from_args
+from train_export.hparam_flags import add_hparam_flags, comma_list, hparams_from_args
 
 log = logging.getLogger("train_export")
 
@@ -73,10 +73,6 @@ def positive_int(s: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
-
-
-def _labels_arg(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
 
 
 def _floats_arg(s: str) -> list[float]:
@@ -290,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=SOFT_LABELS_TEMPERATURE,
                    help="softening temperature applied to each teacher's probabilities (default: %(default)s)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average each face with its mirror")
-    p.add_argument("--labels", type=_labels_arg, help="labels of bare .tflite/.keras teachers without a run folder")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels of bare .tflite/.keras teachers without a run folder")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for .tflite teachers")
     p.set_defaults(func=cmd_soft_labels)
 
@@ -317,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with the data's own labels beside them")
     p.add_argument("--json", required=True, help="report JSON to write")
     p.add_argument("--png", help="confusion matrix PNG (counts and row-normalised) of the first model")
-    p.add_argument("--labels", type=_labels_arg, help="labels of a bare .tflite/.keras without a run folder")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels of a bare .tflite/.keras without a run folder")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
@@ -341,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="folder for evaluation.json, confusion.png, model_float.tflite "
                    "(default: OUT.reports beside the bundle)")
     p.add_argument("--model-id", help="bundle model id (default: <model>-w<width>-<UTC time>)")
-    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels when the model has no run folder hparams.json")
     p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.protocol.signing")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
@@ -372,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="CSV/folder split")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--per-class", type=int, default=6, help="faces per class (default: %(default)s)")
-    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels when the model has no run folder hparams.json")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
     _progress_flag(p)
     p.set_defaults(func=cmd_explain)
