@@ -1,4 +1,5 @@
-"""``emotion-edge`` (``python -m edge`` in a checkout without an install): run the daemon, check a config, and the model and subscriber tools.
+"""``emotion-edge`` (``python -m edge`` in a checkout without an install): run the daemon, check a config, and
+the model and subscriber tools.
 
 Expected failures (bad config, unusable model bundle, no TFLite runtime, a source that does not exist, no
 face detector) print one line on stderr and exit with status 2 (1 for the model commands), without a traceback.
