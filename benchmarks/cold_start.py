@@ -31,14 +31,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+def _spawn(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=ROOT)
+
+
+def _env() -> dict[str, str]:
+    """This checkout first on the path, and byte-code caches written: with PYTHONDONTWRITEBYTECODE set (as some
+    shells and CI set it) every run would compile the project's modules again, which a device never does."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def plain(code: str) -> float:
     """Seconds for ``python -c code``."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env())
     return time.perf_counter() - t
 
 
@@ -55,7 +63,7 @@ def to_first_faces_stdout(tmp: Path) -> tuple[float, float]:
     process, which stops after that one frame (less sensitive to a busy host than the wall clock)."""
     cmd = [sys.executable, "-m", "edge", "run", "--config", str(_config(tmp, None)), "--max-frames", "1"]
     t = time.perf_counter()
-    p = _spawn(cmd, {**os.environ, "PYTHONPATH": str(ROOT)})
+    p = _spawn(cmd)
     seen = None
     assert p.stdout is not None
     for line in p.stdout:
@@ -81,7 +89,7 @@ def to_first_faces_mqtt(tmp: Path, broker) -> float:
     time.sleep(0.3)  # the subscription is in place before the clock starts
     cmd = [sys.executable, "-m", "edge", "run", "--config", str(_config(tmp, broker.port)), "--max-frames", "1000"]
     t = time.perf_counter()
-    p = _spawn(cmd, {**os.environ, "PYTHONPATH": str(ROOT)})
+    p = _spawn(cmd)
     ok = got.wait(30)
     seconds = time.perf_counter() - t
     p.terminate()

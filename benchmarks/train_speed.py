@@ -86,7 +86,8 @@ def time_variant(model: str, width: float, extra: dict[str, object], x: np.ndarr
             return info["params"], info["macs"], per_step, len(stamps)
         # The median step, which one compile inside the window (a batch of another shape: about 30 s on an H100)
         # cannot move. The mean of 6 steps read JAX at 4.8 s a step on an H100 whose step parts take 16 ms
-        # (gpu_lease/README.md, 2026-11-27), and a GPU lease trained on the slower backend.
+        # (the GPU lease notes of 2026-11-27: train_export/checkpoints/gpu_lease/README.md at commit 5f98811), and a
+        # GPU lease trained on the slower backend.
         durations = np.diff(stamps[warmup - 1 :])
         return info["params"], info["macs"], float(np.median(durations)), len(durations)
 

@@ -221,7 +221,9 @@ def load_bundle(bundle_dir: Path | str) -> tuple[Manifest, Path]:
 
 def default_bundle_dir() -> Path:
     """The bundle shipped inside the ``edge`` package."""
-    return Path(__file__).resolve().parent / "models" / "default"
+    from edge.package_data import package_path
+
+    return package_path("models", "default")
 
 
 def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Manifest:

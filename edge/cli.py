@@ -1,4 +1,5 @@
-"""``python -m edge`` / ``emotion-edge``: run the daemon, check a config, and the model and subscriber tools.
+"""``emotion-edge`` (``python -m edge`` in a checkout without an install): run the daemon, check a config, and
+the model and subscriber tools.
 
 Expected failures (bad config, unusable model bundle, no TFLite runtime, a source that does not exist, no
 face detector) print one line on stderr and exit with status 2 (1 for the model commands), without a traceback.
@@ -19,54 +20,65 @@ if TYPE_CHECKING:  # for annotations only: each command imports its modules wher
 log = logging.getLogger("edge")
 
 EXIT_USAGE = 2
+#: The commands that set up logging themselves (from the config, or for the check's findings).
+DAEMON_COMMANDS = ("run", "check-config")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of all sub-commands."""
+    """The argument parser of all sub-commands; each sets ``func``, the function that runs it."""
+    from edge.cli_common import top_parser
     from edge.protocol.broker import add_broker_flags
 
-    parser = argparse.ArgumentParser(prog="python -m edge", description="Edge-device facial emotion monitor.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging (overrides device.log_level).")
+    parser, common = top_parser("emotion-edge", "Edge-device facial emotion monitor.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="Run the daemon: camera -> faces -> emotions -> MQTT (or stdout).",
+    p = sub.add_parser("run", parents=[common], help="Run the daemon: camera -> faces -> emotions -> MQTT (or stdout).",
                        description="Run the daemon. With no config: the demo source, the default model, MQTT to "
-                       "localhost:1883 if a broker answers there, else JSON lines on stdout.")
+                       "localhost:1883 if a broker answers there, else JSON lines on stdout. -v and -q override "
+                       "device.log_level.")
     add_broker_flags(p)
     p.add_argument("--source", metavar="SRC", help="'demo', 'picamera2', a camera index, a video file/URL or an image folder.")
     p.add_argument("--model", type=Path, metavar="BUNDLE_DIR", help="Model bundle folder (overrides classifier.model).")
     p.add_argument("--device-id", metavar="ID", help="Device id (overrides device.id).")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="State folder: outbox, seq counter, pause, pushed "
+                   "models (overrides device.state_dir).")
     p.add_argument("--max-frames", type=int, metavar="N", help="Stop after N processed frames.")
     p.add_argument("--stdout", action="store_true", help="Print JSON lines on stdout instead of MQTT.")
+    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="Validate a config file and print a summary.")
+    p = sub.add_parser("check-config", parents=[common], help="Validate a config file and print a summary.")
     p.add_argument("file", type=Path, help="Config file (TOML).")
+    p.set_defaults(func=cmd_check_config)
 
     from edge.tools import modelctl
 
-    modelctl.add_subcommands(sub)
+    modelctl.add_subcommands(sub, [common])
     try:
         from edge.tools.subscribe import cli as subscribe_cli
     except ImportError as exc:  # the subscriber tools need extra packages (e.g. matplotlib for plot)
         log.debug("subscriber commands unavailable: %s", exc)
     else:
-        subscribe_cli.register(sub)
+        subscribe_cli.register(sub, [common])
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Command-line flags as a nested config dict (only the flags given)."""
+    """``run``'s command-line flags as a nested config dict (only the flags given)."""
     from edge.protocol.broker import config_overrides
 
     o: dict[str, dict[str, Any]] = {}
-    if getattr(args, "source", None):
+    if args.source:
         o.setdefault("source", {})["uri"] = args.source
-    if getattr(args, "model", None):
+    if args.model:
         o.setdefault("classifier", {})["model"] = str(args.model)
-    if getattr(args, "device_id", None):
+    if args.device_id:
         o.setdefault("device", {})["id"] = args.device_id
+    if args.state_dir:
+        o.setdefault("device", {})["state_dir"] = str(args.state_dir)
+    if args.verbose or args.quiet:
+        o.setdefault("device", {})["log_level"] = "DEBUG" if args.verbose else "ERROR"
     mqtt = config_overrides(args)
-    if getattr(args, "stdout", False):
+    if args.stdout:
         mqtt["enabled"] = False
     if mqtt:
         o["mqtt"] = mqtt
@@ -131,12 +143,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """``check-config FILE``: validate the file, then check what ``run`` will need (source, model with a smoke
     inference, detector, state folder, TLS files, trusted keys) without starting the pipeline. Prints OK and a
     summary (exit 0), or every problem, one line each (exit 2)."""
+    from edge.cli_common import log_level
     from edge.config import ConfigError, load_config
     from edge.runtime import preflight
 
     cfg = load_config(args.file)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(args, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
     report = preflight.check(cfg)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -171,24 +183,17 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m edge`` and ``emotion-edge``."""
+    """Entry point of ``emotion-edge`` and ``python -m edge``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "check-config":
-            return cmd_check_config(args)
-        # The tools print their results; their log shows warnings only, unless -v asks for progress.
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
-        from edge.tools import modelctl
+        if args.command not in DAEMON_COMMANDS:
+            # The tools print their results; their log shows warnings only, unless -v asks for progress.
+            from edge.cli_common import log_level
 
-        if args.command in modelctl.COMMANDS:
-            return modelctl.run_command(args)
-        if hasattr(args, "func"):
-            return args.func(args)
-        parser.error(f"unknown command {args.command}")
+            logging.basicConfig(level=log_level(args, logging.WARNING, verbose=logging.INFO),
+                                format="%(levelname)s %(name)s: %(message)s")
+        return int(args.func(args))
     except ModuleNotFoundError as exc:  # first: the next clause imports modules that may need the missing one
         from edge.version import install_hint
 
@@ -201,4 +206,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    return 0

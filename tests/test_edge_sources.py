@@ -102,11 +102,11 @@ class _PacedCapture:
 def test_a_live_source_hands_out_a_frame_grabbed_after_the_loop_asked_and_decodes_only_those(tmp_path):
     """A loop slower than the camera gets a current frame, not a backlog, and the frames it skips are
     grabbed but never decoded; when the camera stops, the next read says so."""
-    from edge.runtime.capture.opencv import _LatestFrame
+    from edge.runtime.capture.opencv import LatestFrame
 
     path = tmp_path / "clip.avi"
     _write_video(path, n=60)
-    grabber = _LatestFrame(_PacedCapture(path, fps=100), "clip")
+    grabber = LatestFrame(_PacedCapture(path, fps=100), "clip")
     got, seq = [], 0
     while True:
         asked = time.time()

@@ -75,7 +75,7 @@ def test_postgres_errors_are_one_line(pg_server, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {empty}: no recording in this database; record one with "
-                                             f"`python -m edge record --db {empty}`"]
+                                             f"`emotion-edge record --db {empty}`"]
     r = subprocess.run([sys.executable, "-m", "edge", "record", "--db", empty, "--share", "a/b"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "one plain topic level" in r.stderr

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train_export train | soft-labels | soup | evaluate | export | predict | explain``."""
+"""Command line: ``emotion-train train | soft-labels | soup | evaluate | export | predict | explain``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from train_export.hparam_flags import add_hparam_flags, hparams_from_args
+from train_export.hparam_flags import add_hparam_flags, comma_list, hparams_from_args
 
 log = logging.getLogger("train_export")
 
@@ -73,10 +73,6 @@ def positive_int(s: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
-
-
-def _labels_arg(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
 
 
 def _floats_arg(s: str) -> list[float]:
@@ -219,7 +215,7 @@ def cmd_soup(args: argparse.Namespace) -> int:
     from train_export.model.soup import make_soup
 
     out = make_soup(args.model, args.coefficients, args.out)
-    print(f"soup written to {out}; score it with 'python -m train_export evaluate --model {out} --json REPORT'")
+    print(f"soup written to {out}; score it with 'emotion-train evaluate --model {out} --json REPORT'")
     return 0
 
 
@@ -251,11 +247,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all sub-commands."""
-    parser = argparse.ArgumentParser(prog="python -m train_export", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from edge.cli_common import top_parser
+
+    parser, common = top_parser("emotion-train", __doc__)
+    parser.set_defaults(progress=True)  # the commands without --no-progress
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train (or resume) a model", description="Train or resume a run; "
+    p = sub.add_parser("train", parents=[common], help="train (or resume) a model", description="Train or resume a run; "
                        "re-running the same command after an interruption resumes from the last epoch.")
     data_path_flag(p, "--train", "train.npz", "training data: .npz, FER2013 CSV, or image folder")
     data_path_flag(p, "--val", "val.npz", "validation data: .npz, FER2013 CSV (PublicTest rows), or image folder")
@@ -271,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hparam_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("soft-labels", help="teacher-ensemble soft labels of the training faces (distillation)",
+    p = sub.add_parser("soft-labels", parents=[common], help="teacher-ensemble soft labels of the training faces (distillation)",
                        description="Score the training faces with one or more trained teachers (flip-averaged, "
                        "softened by --temperature, averaged over teachers) and write them for "
                        "'train --soft-labels FILE --distill-alpha A'. With --val, also print each teacher's "
@@ -288,11 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=SOFT_LABELS_TEMPERATURE,
                    help="softening temperature applied to each teacher's probabilities (default: %(default)s)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average each face with its mirror")
-    p.add_argument("--labels", type=_labels_arg, help="labels of bare .tflite/.keras teachers without a run folder")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels of bare .tflite/.keras teachers without a run folder")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for .tflite teachers")
     p.set_defaults(func=cmd_soft_labels)
 
-    p = sub.add_parser("soup", help="average the weights of models of one architecture (a model soup)",
+    p = sub.add_parser("soup", parents=[common], help="average the weights of models of one architecture (a model soup)",
                        description="Write the weighted mean of the weights of two or more .keras models that share "
                        "an architecture and a starting point (e.g. two fine-tunings of one model) as OUT/best.keras, "
                        "with the first model's hparams.json and the recipe in soup.json. Score it before use.")
@@ -302,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write best.keras, hparams.json and soup.json into")
     p.set_defaults(func=cmd_soup)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of models",
+    p = sub.add_parser("evaluate", parents=[common], help="accuracy, macro-F1, per-class scores and confusion matrix of models",
                        description="Evaluate bundles (int8 in LiteRT, as on the device), .tflite files or .keras "
                        "models on labelled faces. Several --model values are reported side by side.")
     p.add_argument("--model", action="append", required=True,
@@ -315,14 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with the data's own labels beside them")
     p.add_argument("--json", required=True, help="report JSON to write")
     p.add_argument("--png", help="confusion matrix PNG (counts and row-normalised) of the first model")
-    p.add_argument("--labels", type=_labels_arg, help="labels of a bare .tflite/.keras without a run folder")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels of a bare .tflite/.keras without a run folder")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
     _progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
+    p = sub.add_parser("export", parents=[common], help="int8 + float32 TFLite, evaluated and packaged as a device bundle",
                        description="Convert a .keras model to full-integer int8 TFLite (calibrated on training "
                        "faces) and float32, evaluate both in LiteRT on validation faces, refuse (exit 2) when "
                        "int8 is more than --margin-pp below float, else write the bundle and reports.")
@@ -339,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="folder for evaluation.json, confusion.png, model_float.tflite "
                    "(default: OUT.reports beside the bundle)")
     p.add_argument("--model-id", help="bundle model id (default: <model>-w<width>-<UTC time>)")
-    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels when the model has no run folder hparams.json")
     p.add_argument("--sign-key", help="Ed25519 private key: sign the bundle with edge.protocol.signing")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row or image")
@@ -347,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="classify faces in an image folder or video into a CSV",
+    p = sub.add_parser("predict", parents=[common], help="classify faces in an image folder or video into a CSV",
                        description="Detect faces with the device's detector, crop them with the shared "
                        "preprocessing and classify them with a bundle in LiteRT: one CSV row per face.")
     p.add_argument("--model", required=True, help="bundle folder")
@@ -363,14 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays of validation faces per class as one PNG",
+    p = sub.add_parser("explain", parents=[common], help="Grad-CAM overlays of validation faces per class as one PNG",
                        description="Draw Grad-CAM heat maps over a seeded sample of faces per true class.")
     p.add_argument("--model", required=True, help="trained .keras model")
     data_path_flag(p, "--data", "val.npz", "faces: .npz, FER2013 CSV or image folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="CSV/folder split")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--per-class", type=int, default=6, help="faces per class (default: %(default)s)")
-    p.add_argument("--labels", type=_labels_arg, help="labels when the model has no run folder hparams.json")
+    p.add_argument("--labels", type=comma_list, metavar="A,B,...", help="labels when the model has no run folder hparams.json")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
     _progress_flag(p)
     p.set_defaults(func=cmd_explain)
@@ -380,12 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emotion-train`` console script."""
     args = build_parser().parse_args(argv)
-    if not getattr(args, "progress", True):
+    if not args.progress:
         from train_export.progress import set_enabled
 
         set_enabled(False)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge.cli_common import log_level
+
+    logging.basicConfig(level=log_level(args, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -64,7 +64,8 @@ def _default(field: dataclasses.Field) -> object:
     return field.default
 
 
-def _comma_list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """An argparse ``type`` for comma-separated names (``--labels A,B,...``), blanks dropped."""
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
@@ -83,7 +84,7 @@ def add_hparam_flags(parser: argparse.ArgumentParser) -> None:
         # argparse %-formats help texts: a literal % in the docs must be doubled.
         text = f"{docs[f.name]} (default: {show_default(_default(f))})".replace("%", "%%")
         if f.type == "list[str]":
-            group.add_argument(flag, type=_comma_list, default=None, metavar="A,B,...", help=text)
+            group.add_argument(flag, type=comma_list, default=None, metavar="A,B,...", help=text)
         elif f.type == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.type == "int":

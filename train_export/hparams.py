@@ -87,7 +87,7 @@ class HParams:
             FER2013's clean crops fails on camera faces (``benchmarks/robustness.py``).
         noise: Largest standard deviation of additive Gaussian sensor noise per face, as a fraction of the
             input range (0.04 is about 10 grey levels); 0 = none.
-        soft_labels: Teacher soft labels for the training faces (``python -m train_export soft-labels``);
+        soft_labels: Teacher soft labels for the training faces (``emotion-train soft-labels``);
             empty = no distillation.
         distill_alpha: Weight of the teachers' soft labels in the target (the one-hot label gets the rest).
         teacher_models: Trained ``.keras`` teachers that score each augmented training batch inside the step

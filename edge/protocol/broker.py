@@ -152,26 +152,22 @@ def add_broker_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The ``[mqtt]`` keys the broker flags set (only those given)."""
-    out: dict[str, object] = {}
-    for flag, key in (("mqtt_host", "host"), ("mqtt_port", "port"), ("mqtt_username", "username"),
-                      ("topic_prefix", "topic_prefix")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out[key] = value
-    ca = getattr(args, "mqtt_ca", None)
-    if ca is not None:
-        out["tls"] = {"enabled": True, "ca_file": str(ca)}
+    """The ``[mqtt]`` keys the broker flags (:func:`add_broker_flags`) set (only those given)."""
+    given = {"host": args.mqtt_host, "port": args.mqtt_port, "username": args.mqtt_username,
+             "topic_prefix": args.topic_prefix}
+    out: dict[str, object] = {key: value for key, value in given.items() if value is not None}
+    if args.mqtt_ca is not None:
+        out["tls"] = {"enabled": True, "ca_file": str(args.mqtt_ca)}
     return out
 
 
 def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
-    """The config file's ``[mqtt]`` (if ``--config``) with the broker flags over it.
+    """The config file's ``[mqtt]`` (if ``--config``) with the broker flags (:func:`add_broker_flags`) over it.
 
     Raises:
         ConfigError: The config file is invalid, or a flag's value is (the message names the key).
     """
-    cfg = load_config(getattr(args, "config", None))
+    cfg = load_config(args.config)
     overrides = config_overrides(args)
     if overrides:
         data = cfg.model_dump(exclude_unset=True, mode="json")
@@ -180,7 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
         mqtt_data.update(overrides)
         if isinstance(tls, dict):
             mqtt_data["tls"] = {**mqtt_data.get("tls", {}), **tls}
-        cfg = parse_config(data, getattr(args, "config", None))
+        cfg = parse_config(data, args.config)
     settings = settings_from_config(cfg.mqtt)
     if settings.username and settings.password is None:
         settings = dataclasses.replace(settings, password=legacy_password(cfg.mqtt.password_env))

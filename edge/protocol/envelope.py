@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
+
+from edge.package_data import package_path
 
 SCHEMA_VERSION = 1
 
@@ -25,7 +26,7 @@ KINDS = ("status", "faces", "summary", "events")
 ENVELOPE_FIELDS = ("schema_version", "device_id", "kind", "ts", "seq")
 
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "payloads.schema.json"
+SCHEMA_PATH = package_path("protocol", "payloads.schema.json")
 
 
 class PayloadError(ValueError):

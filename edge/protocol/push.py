@@ -127,11 +127,11 @@ def parse_push(payload: bytes, trusted: Iterable[Ed25519PublicKey], max_bytes: i
         raise PushRejected("malformed", f"push is not valid JSON ({exc.__class__.__name__}); truncated or not a model push") from None
     if not isinstance(msg, dict) or msg.get("format") != PUSH_FORMAT:
         got = msg.get("format") if isinstance(msg, dict) else type(msg).__name__
-        raise PushRejected("malformed", f"push format {got!r} is not {PUSH_FORMAT!r}; publish with: python -m edge push-mqtt")
+        raise PushRejected("malformed", f"push format {got!r} is not {PUSH_FORMAT!r}; publish with: emotion-edge push-mqtt")
     push_id = str(msg.get("push_id") or "")[:64]
     manifest_bytes = _b64(msg, "manifest")
     if not msg.get("signature"):
-        raise PushRejected("unsigned", "push is not signed; sign the bundle with: python -m edge sign BUNDLE --key KEY")
+        raise PushRejected("unsigned", "push is not signed; sign the bundle with: emotion-edge sign BUNDLE --key KEY")
     try:
         sig = Signature.from_dict(msg["signature"])
         key = verify_bytes(manifest_bytes, sig, trusted)

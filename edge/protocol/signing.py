@@ -145,13 +145,13 @@ def _read_key_file(path: Path, missing: str) -> bytes:
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM; raise :class:`SignatureError` with a one-line reason."""
     path = Path(path)
-    pem = _read_key_file(path, f"private key {path} not found; create one with: python -m edge keygen {path}")
+    pem = _read_key_file(path, f"private key {path} not found; create one with: emotion-edge keygen {path}")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path} is not an Ed25519 key; create one with: python -m edge keygen")
+        raise SignatureError(f"{path} is not an Ed25519 key; create one with: emotion-edge keygen")
     return key
 
 
@@ -214,7 +214,7 @@ def read_signature(bundle_dir: Path | str) -> Signature:
     """Read ``manifest.sig`` of a bundle folder."""
     path = Path(bundle_dir) / SIGNATURE_FILE
     if not path.is_file():
-        raise SignatureError(f"bundle {bundle_dir} is not signed (no {SIGNATURE_FILE}); sign it with: python -m edge sign")
+        raise SignatureError(f"bundle {bundle_dir} is not signed (no {SIGNATURE_FILE}); sign it with: emotion-edge sign")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

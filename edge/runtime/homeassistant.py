@@ -24,7 +24,7 @@ sets ``offline``). What :func:`components` builds:
 
 Earlier versions published one config per entity (``<discovery_prefix>/sensor/<device>_<object>/config``); the
 state file (``ha_discovery_topics.json``) lists them, and they are cleared before the device config goes out.
-Removing a device: :func:`edge.tools.ha_remove.remove_device_from_broker` (``python -m edge ha-remove``).
+Removing a device: :func:`edge.tools.ha_remove.remove_device_from_broker` (``emotion-edge ha-remove``).
 """
 
 from __future__ import annotations

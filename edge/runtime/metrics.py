@@ -30,9 +30,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from edge.config import Config
 from edge.protocol.envelope import SCHEMA_VERSION
@@ -67,6 +65,7 @@ class DaemonCollector:
     def collect(self) -> Iterator[Any]:
         """The metric families of one scrape (called by prometheus-client on its HTTP thread)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
 
         d = self.daemon
         s = d.status_body()
@@ -158,15 +157,6 @@ def api_body(daemon: Any, path: str) -> dict[str, Any] | None:
     return None
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        """Requests are not logged (a scrape every few seconds would fill the journal)."""
-
-
 StartResponse = Callable[..., Any]
 
 
@@ -237,10 +227,18 @@ class MetricsServer:
 
     def start(self) -> None:
         """Listen; a port that is taken is logged as an error and the daemon runs on without metrics."""
+        # Imported here: with metrics off (the default) the daemon never loads the HTTP server modules.
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
         from prometheus_client import make_wsgi_app
 
-        class Server(_ThreadingServer):
-            pass
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                """Requests are not logged (a scrape every few seconds would fill the journal)."""
 
         try:
             # An IPv6 metrics.host needs an IPv6 socket (WSGIServer is IPv4 unless told).
@@ -248,7 +246,7 @@ class MetricsServer:
                                                            flags=socket.AI_PASSIVE)[0]
             Server.address_family = family
             self._server = make_server(str(sockaddr[0]), self.port, make_app(self.daemon, make_wsgi_app(self.registry)),
-                                       Server, handler_class=_QuietHandler)
+                                       Server, handler_class=QuietHandler)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d (%s); check metrics.host and metrics.port; running without "
                       "metrics", self.host, self.port, exc.strerror or exc)

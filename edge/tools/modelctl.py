@@ -1,6 +1,6 @@
 """Model management commands: keys, signing, verification, the device's model store, and pushes.
 
-Run as ``python -m edge.modelctl COMMAND`` (and, through :mod:`edge.cli`, as ``python -m edge COMMAND``)::
+Run as ``emotion-edge COMMAND`` (:mod:`edge.cli`) and, on devices by name, as ``python -m edge.modelctl COMMAND``::
 
     keygen KEY                     new Ed25519 keypair (KEY and KEY.pub)
     sign BUNDLE --key KEY          write BUNDLE/manifest.sig
@@ -8,7 +8,7 @@ Run as ``python -m edge.modelctl COMMAND`` (and, through :mod:`edge.cli`, as ``p
     install-bundle BUNDLE          copy into the device's model store (--activate: make it current)
     rollback                       make the previous model current again
     models                         list the model store
-    push-mqtt BUNDLE --device D    sign (with --key) and publish to a device or --group, print the results
+    push-mqtt BUNDLE --device-id D sign (with --key) and publish to a device or --group, print the results
     push-ssh BUNDLE --inventory F  copy, verify, swap and reload on every host of an inventory
 
 Expected failures print one line on stderr and exit with status 1 (2 for bad usage).
@@ -40,56 +40,64 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _add_state_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", help="Device state folder (default: from --config, else $STATE_DIRECTORY, else "
-                   "/var/lib/emotion-edge as root, else ~/.local/state/emotion-edge).")
-    p.add_argument("--config", help="Device config file, for its state folder.")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="Device state folder (default: from --config, else "
+                   "$STATE_DIRECTORY, else /var/lib/emotion-edge as root, else ~/.local/state/emotion-edge).")
+    p.add_argument("--config", type=Path, metavar="FILE", help="Device config file (TOML), for its state folder.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all model commands."""
-    parser = argparse.ArgumentParser(prog="python -m edge.modelctl", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress.")
+    from edge.cli_common import top_parser
+
+    parser, common = top_parser("python -m edge.modelctl", __doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    add_subcommands(sub)
+    add_subcommands(sub, [common])
     return parser
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Add the model commands to an existing subparsers object (used by :mod:`edge.cli`)."""
+def add_subcommands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the model commands to an existing subparsers object (used by :mod:`edge.cli`); each sub-command takes
+    the flags of ``parents`` and runs through :func:`run_command`."""
     from edge.protocol.broker import add_broker_flags
 
-    p = sub.add_parser("keygen", help="Generate an Ed25519 signing keypair.")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help, parents=parents)
+        parser.set_defaults(func=run_command)
+        return parser
+
+    p = add("keygen", help="Generate an Ed25519 signing keypair.")
     p.add_argument("key", help="Private key file to write (keep it on the workstation); the public key goes to KEY.pub.")
     p.add_argument("--public", help="Public key file (default KEY.pub).")
     p.add_argument("--force", action="store_true", help="Overwrite existing key files.")
 
-    p = sub.add_parser("sign", help="Sign a model bundle (writes manifest.sig).")
+    p = add("sign", help="Sign a model bundle (writes manifest.sig).")
     p.add_argument("bundle", help="Bundle folder (model.tflite + manifest.json).")
     p.add_argument("--key", required=True, help="Ed25519 private key (from keygen).")
 
-    p = sub.add_parser("verify-bundle", help="Check a bundle: manifest, sha256, tensors, smoke inference.")
+    p = add("verify-bundle", help="Check a bundle: manifest, sha256, tensors, smoke inference.")
     p.add_argument("bundle", help="Bundle folder.")
     p.add_argument("--trusted-key", action="append", default=[], help="Also require a valid signature by this public key.")
     p.add_argument("--threads", type=int, default=1, help="Interpreter threads.")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
-    p = sub.add_parser("install-bundle", help="Copy a bundle into the device's model store.")
+    p = add("install-bundle", help="Copy a bundle into the device's model store.")
     p.add_argument("bundle", help="Bundle folder (verify it first).")
     p.add_argument("--activate", action="store_true", help="Make it the current model (old one becomes previous).")
     p.add_argument("--verify", action="store_true", help="Run verify-bundle's checks first (errors start with 'verify:').")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     _add_state_args(p)
 
-    p = sub.add_parser("rollback", help="Make the previous model current again.")
+    p = add("rollback", help="Make the previous model current again.")
     _add_state_args(p)
 
-    p = sub.add_parser("models", help="List the device's model store.")
+    p = add("models", help="List the device's model store.")
     _add_state_args(p)
 
-    p = sub.add_parser("push-mqtt", help="Publish a signed bundle to a device or group over MQTT.")
+    p = add("push-mqtt", help="Publish a signed bundle to a device or group over MQTT.")
     p.add_argument("bundle", help="Bundle folder.")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--device", help="Target device id.")
+    target.add_argument("--device-id", metavar="ID", help="Target device id.")
+    target.add_argument("--device", dest="device_id", help=argparse.SUPPRESS)
     target.add_argument("--group", help="Target group (devices list it in model_push.groups).")
     p.add_argument("--key", help="Sign with this private key first (else the bundle must hold manifest.sig).")
     add_broker_flags(p)
@@ -100,7 +108,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settle", type=float, default=3.0,
                    help="Seconds to keep listening after the expected results, for a rollback on the first frames (default 3).")
 
-    p = sub.add_parser("push-ssh", help="Push a bundle over SSH to hosts of an inventory.")
+    p = add("push-ssh", help="Push a bundle over SSH to hosts of an inventory.")
     p.add_argument("bundle", help="Bundle folder.")
     p.add_argument("--inventory", required=True, help="Inventory TOML (see deploy/inventory.example.toml).")
     p.add_argument("--host", action="append", dest="hosts", help="Only this host (repeatable).")
@@ -205,7 +213,7 @@ def _cmd_push_mqtt(args: argparse.Namespace) -> int:
     from edge.tools.push_mqtt import PushTarget, format_results, publish_push
 
     broker = settings_from_args(args)
-    outcome = publish_push(args.bundle, PushTarget(broker.topic_prefix, args.device, args.group), broker,
+    outcome = publish_push(args.bundle, PushTarget(broker.topic_prefix, args.device_id, args.group), broker,
                            sign_key=args.key, wait_s=args.wait, expect=args.expect, retain=args.retain,
                            settle_s=args.settle)
     need = args.expect if args.expect is not None else 1
@@ -260,8 +268,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m edge.modelctl``."""
+    from edge.cli_common import log_level
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(args, logging.WARNING, verbose=logging.INFO),
+                        format="%(levelname)s %(name)s: %(message)s")
     return run_command(args)
 
 

@@ -42,9 +42,9 @@ class PushTarget:
     def topic(self) -> str:
         """The push topic of this target."""
         if bool(self.device) == bool(self.group):
-            raise PushError("give exactly one of --device or --group")
-        for what, name in (("--prefix", self.prefix), ("--device", self.device), ("--group", self.group)):
-            if name is not None and (not name or "+" in name or "#" in name or (what != "--prefix" and "/" in name)):
+            raise PushError("give exactly one of --device-id or --group")
+        for what, name in (("--topic-prefix", self.prefix), ("--device-id", self.device), ("--group", self.group)):
+            if name is not None and (not name or "+" in name or "#" in name or (what != "--topic-prefix" and "/" in name)):
                 raise PushError(f"{what} {name!r} must be a plain topic level (no '+', '#' or '/')")
         if self.device:
             return f"{self.prefix}/{self.device}/model/push"

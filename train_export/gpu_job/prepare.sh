@@ -9,7 +9,7 @@ set -eu
 cd "$(git rev-parse --show-toplevel)"
 HERE=train_export/gpu_job
 DATA=${DATA:-../shared/data/fer2013}
-# The shipped default's float model (gkd_soup_s2_w15), kept in the history since its branch was dropped.
+# The shipped default's float model (gkd_soup_s2_w15), read from the history (commit 5f98811: the last that holds it).
 INIT=${INIT:-5f98811:train_export/checkpoints/teachers/gkd_soup_s2_w15/best.keras}
 mkdir -p .gpu .whl
 if [ -n "${REPACK:-}" ] || [ ! -f .gpu/train.webp ] || [ ! -f .gpu/val.webp ]; then

@@ -92,7 +92,7 @@ def load_soft_labels_with_meta(path: Path | str, data: FaceData) -> tuple[np.nda
     soft, labels, fingerprint, meta = _read_soft_labels(path)
     if labels != list(data.labels) or fingerprint != _fingerprint(data):
         raise DataError(f"soft labels {path} were made for other training faces or labels ({labels}); "
-                        "make them again for this dataset with 'python -m train_export soft-labels'")
+                        "make them again for this dataset with 'emotion-train soft-labels'")
     return soft, meta
 
 
@@ -111,9 +111,9 @@ def _read_soft_labels(path: Path | str) -> tuple[np.ndarray, list[str], str, dic
             meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
             return npz["soft"], [str(s) for s in npz["labels"]], str(npz["fingerprint"]), meta
     except FileNotFoundError:
-        raise DataError(f"soft labels {path} do not exist; make them with 'python -m train_export soft-labels'") from None
+        raise DataError(f"soft labels {path} do not exist; make them with 'emotion-train soft-labels'") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path} is not a soft-labels file from 'python -m train_export soft-labels' ({exc})") from None
+        raise DataError(f"{path} is not a soft-labels file from 'emotion-train soft-labels' ({exc})") from None
 
 
 def check_scored_alike(first: dict, other: dict, other_name: str = "") -> None:

@@ -108,7 +108,8 @@ def build_training_model(hp: HParams, teachers: list[keras.Model] | None = None
         view = augmenter(inp) if in_model else inp
         # The degradation runs in the model even where the augmenter runs per batch: it has none of the image
         # warps (rotation, zoom, shift) that XLA made slow there (augment_in_model). Its blurs and antialiased
-        # resizes were timed under JAX on CPU only (gpu_lease/README.md), not yet on a GPU.
+        # resizes were timed under JAX on CPU only (train_export/checkpoints/gpu_lease/README.md at commit 5f98811),
+        # not yet on a GPU.
         student_in = degrade(view) if degrade is not None else view
         model = with_teachers(inp, view, student_in, core, teachers, hp.distill_temperature)
         return model, core, (augmenter if augmenter.layers and not in_model else None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge.runtime.capture.base import Source, SourceError
+from edge.lazy import lazy_exports
+from edge.runtime.capture.base import Frame, Source, SourceError, SourceFatal
 
 #: Sources that may legitimately be absent at start (a camera not plugged in yet) besides camera indexes and
 #: stream URLs: these are retried with backoff instead of failing the start.
@@ -58,3 +59,33 @@ def open_source(uri: str, cfg: Any = None, camera_factory: Callable[[], Any] | N
     from edge.runtime.capture.opencv import OpenCVSource
 
     return OpenCVSource(uri, width, height)
+
+
+if TYPE_CHECKING:
+    from edge.runtime.capture.demo import DemoSource
+    from edge.runtime.capture.folder import FolderSource
+    from edge.runtime.capture.managed import ManagedSource
+    from edge.runtime.capture.opencv import OpenCVSource
+    from edge.runtime.capture.pi_camera import Picamera2Source
+
+#: The public surface: other packages import these from here, not from the modules that define them.
+__all__ = [
+    "DemoSource",
+    "FolderSource",
+    "Frame",
+    "ManagedSource",
+    "OpenCVSource",
+    "Picamera2Source",
+    "Source",
+    "SourceError",
+    "SourceFatal",
+    "open_source",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "ManagedSource": "managed",
+    "DemoSource": "demo",
+    "FolderSource": "folder",
+    "OpenCVSource": "opencv",
+    "Picamera2Source": "pi_camera",
+})

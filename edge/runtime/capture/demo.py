@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
+from edge.package_data import package_path
 from edge.runtime.capture.base import Frame, SourceError
-from edge.runtime.detect.base import ASSETS
 
 #: The demo's face patches: square crops of 1.5x the face box, 160x160 JPEG.
-DEMO_FACES = ASSETS / "demo"
+DEMO_FACES = package_path("assets", "demo")
 #: (patch file, horizontal mirror, drawn side in px, grayscale). A patch drawn at 176-184 px holds a face of
 #: 117-124 px, which both BlazeFace and the Haar cascade find in every frame (Hopper's neutral reading is the
 #: weaker one, the first to fall under the tracker's "uncertain" threshold as a face shrinks; desaturated faces

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 LIVE_READ_TIMEOUT_S = 5.0
 
 
-class _LatestFrame:
+class LatestFrame:
     """Reads a live capture on its own thread and keeps only the newest frame.
 
     A live camera or stream produces frames at its own rate; read only when the loop is ready, OpenCV would hand
@@ -105,7 +105,7 @@ class OpenCVSource:
     """OpenCV ``VideoCapture``: a camera index ("0"), a video file, or an RTSP/HTTP URL.
 
     Files are read frame by frame. Live sources (cameras, URLs) are read continuously on a thread that keeps only
-    the newest frame (see :class:`_LatestFrame`), so a loop slower than the camera gets current frames.
+    the newest frame (see :class:`LatestFrame`), so a loop slower than the camera gets current frames.
 
     Args:
         uri: Camera index as a string, a file path, or a URL.
@@ -130,7 +130,7 @@ class OpenCVSource:
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
             self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # V4L2: hand out a recent buffer, not a queued old one
         self.live = (self.is_camera or "://" in uri) if live is None else live
-        self._grabber = _LatestFrame(self._cap, uri) if self.live else None
+        self._grabber = LatestFrame(self._cap, uri) if self.live else None
         self._seq = 0
         self._index = 0
 

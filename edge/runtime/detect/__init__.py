@@ -9,10 +9,10 @@ when chosen.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge.config import DetectorConfig
-from edge.runtime.detect.base import BLAZEFACE_MODEL, DetectorError, FaceDetector
+from edge.lazy import lazy_exports
+from edge.runtime.detect.base import BLAZEFACE_MODEL, Detection, DetectorError, FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ def make_detector(section: DetectorConfig | None = None, **overrides: Any) -> Fa
         DetectorError: the backend is unknown or cannot be created.
     """
     # Overrides are not validated here: a bad backend gets _create's message, which lists the valid ones.
-    d = (section or DetectorConfig()).model_copy(update=overrides)
+    if section is None:
+        from edge.config import DetectorConfig
+
+        section = DetectorConfig()
+    d = section.model_copy(update=overrides)
     backend, min_confidence, min_face_size, max_faces, threads = (
         d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
     if backend != "auto":
@@ -71,3 +75,32 @@ def make_detector(section: DetectorConfig | None = None, **overrides: Any) -> Fa
         return _create("opencv", min_confidence, min_face_size, max_faces, threads)
     log.info("face detector: %s (detector.backend = 'auto': the default)", _DESCRIPTION["blazeface"])
     return det
+
+
+if TYPE_CHECKING:
+    from edge.config import DetectorConfig
+    from edge.runtime.detect.blazeface import BlazeFaceDetector
+    from edge.runtime.detect.carry import CarryingDetector
+    from edge.runtime.detect.haar import HaarDetector
+    from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
+
+#: The public surface: other packages import these from here, not from the modules that define them.
+__all__ = [
+    "BACKENDS",
+    "BLAZEFACE_MODEL",
+    "BlazeFaceDetector",
+    "CarryingDetector",
+    "Detection",
+    "DetectorError",
+    "FaceDetector",
+    "HaarDetector",
+    "MediaPipeDetector",
+    "make_detector",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "BlazeFaceDetector": "blazeface",
+    "MediaPipeDetector": "mediapipe_tasks",
+    "HaarDetector": "haar",
+    "CarryingDetector": "carry",
+})

@@ -15,11 +15,11 @@ from typing import Protocol
 import numpy as np
 
 from edge.bundle import sha256_file
+from edge.package_data import package_path
 
 #: The package's bundled assets folder (edge/assets).
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-
-
+ASSETS = package_path("assets")
+#: The vendored BlazeFace short-range model.
 BLAZEFACE_MODEL = ASSETS / "face_detection_short_range.tflite"
 
 
@@ -103,7 +103,7 @@ class FaceDetector(Protocol):
         ...
 
 
-def _finish(
+def finish_detections(
     raw: list[tuple],
     adjust: BoxAdjust,
     min_face_size: int,

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from edge.runtime.classify.interpreter import make_interpreter
-from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, _finish, verify_model
+from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
 from edge.runtime.detect.blazeface_decode import (
     NMS_THRESHOLD,
     NUM_KEYPOINTS,
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 class BlazeFaceDetector:
     """MediaPipe's BlazeFace short-range face detector, run directly in LiteRT (no MediaPipe needed).
 
-    Same results as ``edge.detect.MediaPipeDetector`` (same faces and scores; ``int()`` of our box is its box;
+    Same results as :class:`edge.runtime.detect.MediaPipeDetector` (same faces and scores; ``int()`` of our box is its box;
     see test_blazeface.py) plus the six keypoints, faster and without the MediaPipe dependency. One instance
     per thread: ``detect`` reuses preallocated buffers.
 
@@ -185,12 +185,12 @@ class BlazeFaceDetector:
         boxes, scores, kps = decode(self._it.get_tensor(self._boxes_index), raw_scores, self.anchors, self.min_confidence)
         boxes, scores, kps = weighted_nms(boxes, scores, kps, self.nms_threshold)
         tw, th = self._tensor_wh
-        # Tensor-normalised -> image pixels (projection matrix = letterbox removal); _finish maps to the main image.
+        # Tensor-normalised -> image pixels (projection matrix = letterbox removal); finish_detections maps to the main image.
         ax, ay = kx * tw, ky * th
         raw = [((x0 * ax + ox, y0 * ay + oy, (x1 - x0) * ax, (y1 - y0) * ay), score,
                 [(px * ax + ox, py * ay + oy) for px, py in kp])
                for (x0, y0, x1, y1), score, kp in zip(boxes.tolist(), scores.tolist(), kps.tolist(), strict=True)]
-        return _finish(raw, self.adjust, self.min_face_size, self.max_faces, scale)
+        return finish_detections(raw, self.adjust, self.min_face_size, self.max_faces, scale)
 
     def close(self) -> None:
         """Release the interpreter."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, _finish
+from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 
@@ -60,7 +60,7 @@ class HaarDetector:
         min_side = max(8, int(self.min_face_size * f / max(scale)))
         found = self._cascade.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
         raw = [((x / f, y / f, bw / f, bh / f), 1.0) for (x, y, bw, bh) in (found if len(found) else [])]
-        return _finish(raw, self.adjust, self.min_face_size, self.max_faces, scale)
+        return finish_detections(raw, self.adjust, self.min_face_size, self.max_faces, scale)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, _finish, verify_model
+from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
 from edge.runtime.native import quiet_native_stderr
 
 
@@ -117,7 +117,7 @@ class MediaPipeDetector:
             b = d.bounding_box
             score = d.categories[0].score if d.categories else 1.0
             raw.append(((float(b.origin_x), float(b.origin_y), float(b.width), float(b.height)), score))
-        return _finish(raw, self.adjust, self.min_face_size, self.max_faces, scale)
+        return finish_detections(raw, self.adjust, self.min_face_size, self.max_faces, scale)
 
     def close(self) -> None:
         """Close the MediaPipe graph (explicitly: its __del__ at interpreter exit is noisy)."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from edge.config import Config
-from edge.runtime.publish.base import Sink
+from edge.lazy import lazy_exports
+from edge.runtime.publish.base import Sink, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +52,24 @@ def choose_sink(config: Config, stream: TextIO | None = None) -> Sink:
         "stdout instead (set mqtt.host or --mqtt-host to publish)", m.port,
     )
     return StdoutSink.from_config(config, stream)
+
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.runtime.publish.mqtt import MqttSink
+    from edge.runtime.publish.stdout import StdoutSink
+
+#: The public surface: other packages import these from here, not from the modules that define them.
+__all__ = [
+    "MqttSink",
+    "Sink",
+    "SinkError",
+    "StdoutSink",
+    "broker_answers",
+    "choose_sink",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "MqttSink": "mqtt",
+    "StdoutSink": "stdout",
+})

@@ -1,5 +1,5 @@
 """Command-line entry points ``watch``, ``record``, ``plot``, ``dashboard`` (and ``ha-remove``), added to
-``python -m edge`` by :func:`register`.
+``emotion-edge`` by :func:`register`.
 """
 
 from __future__ import annotations
@@ -44,16 +44,23 @@ def _db_arg(text: str) -> Path | str:
     return text if is_database_url(text) else Path(text)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``watch``, ``record``, ``plot``, ``dashboard`` and ``ha-remove`` sub-commands."""
-    p = subparsers.add_parser("watch", help="Live terminal view of one or many devices.",
+def _device_ids(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--device-id`` (repeatable), the spelling of ``run`` and ``ha-remove``; ``--device`` still works."""
+    p.add_argument("--device-id", action="append", metavar="ID", help=help_text)
+    p.add_argument("--device", action="append", dest="device_id", help=argparse.SUPPRESS)
+
+
+def register(subparsers: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``watch``, ``record``, ``plot``, ``dashboard`` and ``ha-remove`` sub-commands, each with the flags
+    of ``parents``."""
+    p = subparsers.add_parser("watch", parents=parents, help="Live terminal view of one or many devices.",
                               description="Live view of the emotion feeds, in colour on a terminal (not with "
                               "NO_COLOR set): per device online/offline, state, age of the last message, fps, "
                               "status figures (frames, dropped, CPU temperature, uptime, outbox, latency), tracks "
                               "with their emotion and confidence, per-emotion bars. When the devices do not fit "
                               "the terminal, one line per device.")
     add_broker_flags(p)
-    p.add_argument("--device", action="append", help="Device id to show (repeatable); default: all ('+').")
+    _device_ids(p, "Device id to show (repeatable); default: all ('+').")
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
     p.add_argument("--once", action="store_true", help="Collect for --duration seconds (default 3) and print one snapshot.")
     p.add_argument("--refresh", type=float, default=0.5, help="Seconds between redraws (default 0.5).")
@@ -63,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="A device silent this many seconds shows in red (default %(default)s).")
     p.set_defaults(func=_guarded(cmd_watch))
 
-    p = subparsers.add_parser("record", help="Record the feeds to SQLite or PostgreSQL (export to CSV/Parquet).",
+    p = subparsers.add_parser("record", parents=parents, help="Record the feeds to SQLite or PostgreSQL (export to CSV/Parquet).",
                               description="Record every status/faces/summary/events message once per (device, seq, ts) "
                               "into a SQLite file or a PostgreSQL database, with a persistent MQTT session so nothing "
                               "sent while the recorder is briefly down is lost. Re-run with the same --db to resume. "
@@ -72,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
                    help="Recording: a SQLite file (default %(default)s) or postgresql://user@host:port/dbname "
                    "(password from $PGPASSWORD or ~/.pgpass; needs psycopg: from a checkout, pip install -e '.[postgres]').")
-    p.add_argument("--device", action="append", help="Device id to record (repeatable); default: all ('+').")
+    _device_ids(p, "Device id to record (repeatable); default: all ('+').")
     p.add_argument("--client-id", help="MQTT client id of the persistent session (default: stored in the recording; "
                    "with --share, one per host and group: give each member on one host its own).")
     p.add_argument("--share", metavar="GROUP", help="Split the feed with the other recorders of GROUP (MQTT 5 shared "
@@ -90,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "%(default)s; 0: none).")
     p.set_defaults(func=_guarded(cmd_record))
 
-    p = subparsers.add_parser("plot", help="PNG timelines, a per-hour chart and a fleet overview from a recording.",
+    p = subparsers.add_parser("plot", parents=parents, help="PNG timelines, a per-hour chart and a fleet overview from a recording.",
                               description="From a recording, write timeline_<device>.png (stacked emotion "
                               "probabilities, dominant-emotion band, face count), hourly.png (one panel per "
                               "device; a grid of small panels for many devices) and, for two or more devices, "
@@ -98,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=_db_arg, default=Path("emotion-recording.sqlite"),
                    help="Recording: SQLite file (default %(default)s) or postgresql:// URL.")
     p.add_argument("--out", type=Path, default=Path("plots"), help="Output folder (default %(default)s).")
-    p.add_argument("--device", action="append", help="Device to plot (repeatable); default: every device.")
+    _device_ids(p, "Device id to plot (repeatable); default: every device.")
     p.add_argument("--since", type=_time_arg, help="Start (UNIX seconds or ISO date/time).")
     p.add_argument("--until", type=_time_arg, help="End (UNIX seconds or ISO date/time).")
     p.add_argument("--width", type=int, default=1600, help="Image width in pixels (default %(default)s).")
@@ -109,14 +116,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Time axes and hour bins in this machine's time zone (TZ) instead of UTC.")
     p.set_defaults(func=_guarded(cmd_plot))
 
-    p = subparsers.add_parser("dashboard", help="Local web page with every device's live numbers.",
+    p = subparsers.add_parser("dashboard", parents=parents, help="Local web page with every device's live numbers.",
                               description="Serve a web page with every device's live numbers: availability, "
                               "health, fps, status figures, the emotion and confidence of each face in view, "
                               "per-emotion bars and a timeline of the last minutes. Numbers only, never an "
                               "image; the page's scripts ship with the package (no CDN). Listens on this "
                               "machine only unless --host says otherwise (the page has no login).")
     add_broker_flags(p)
-    p.add_argument("--device", action="append", help="Device id to show (repeatable); default: all ('+').")
+    _device_ids(p, "Device id to show (repeatable); default: all ('+').")
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: "
                    "every interface, for anyone on the network).")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default %(default)s; 0: any free port).")
@@ -129,17 +136,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
     p.set_defaults(func=_guarded(cmd_dashboard))
 
-    p = subparsers.add_parser("ha-remove", help="Remove a device's Home Assistant entities (clear retained configs).",
+    p = subparsers.add_parser("ha-remove", parents=parents, help="Remove a device's Home Assistant entities (clear retained configs).",
                               description="Publish empty retained messages on every Home Assistant discovery "
                               "config of the device, so Home Assistant deletes its entities.")
     add_broker_flags(p)
-    p.add_argument("--device-id", help="Device id (default: the config's device.id).")
+    p.add_argument("--device-id", metavar="ID", help="Device id (default: the config's device.id).")
     p.add_argument("--purge", action="store_true", help="Also clear the device's retained status and availability.")
     p.set_defaults(func=_guarded(cmd_ha_remove))
 
 
 def _devices(args: argparse.Namespace) -> list[str]:
-    return args.device or ["+"]
+    return args.device_id or ["+"]
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -219,7 +226,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """Run ``plot``."""
     from edge.tools.subscribe.plot import plot_recording
 
-    for path in plot_recording(args.db, args.out, args.device, args.since, args.until, args.width, args.height,
+    for path in plot_recording(args.db, args.out, args.device_id, args.since, args.until, args.width, args.height,
                                args.dpi, args.max_bins, local_time=args.local_time):
         print(path)
     return 0
@@ -249,8 +256,8 @@ def cmd_ha_remove(args: argparse.Namespace) -> int:
     from edge.config import load_config
     from edge.tools.ha_remove import remove_device_from_broker
 
-    cfg = load_config(getattr(args, "config", None))
-    device = getattr(args, "device_id", None) or cfg.device.id
+    cfg = load_config(args.config)
+    device = args.device_id or cfg.device.id
     settings = settings_from_args(args)
     cleared = remove_device_from_broker(settings, device, cfg.homeassistant.discovery_prefix, purge=args.purge)
     for topic in cleared:

@@ -174,7 +174,7 @@ class PostgresRecording(Recording):
                 if not there.fetchone()[0]:
                     self._db.close()
                     raise StoreError(f"{self.where}: no recording in this database; record one with "
-                                     f"`python -m edge record --db {self.where}`")
+                                     f"`emotion-edge record --db {self.where}`")
             else:
                 with self._db.transaction():
                     self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))

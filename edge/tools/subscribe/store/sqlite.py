@@ -73,7 +73,7 @@ class SqliteRecording(Recording):
         self.where = str(self.path)
         self._lock = threading.Lock()
         if readonly and not self.path.is_file():
-            raise StoreError(f"{self.path}: no such recording; record one with `python -m edge record --db {self.path}`")
+            raise StoreError(f"{self.path}: no such recording; record one with `emotion-edge record --db {self.path}`")
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
