@@ -15,8 +15,8 @@ from typing import Any
 
 from edge.config import SourceConfig
 from edge.runtime.backoff import backoff_delay
-from edge.runtime.capture import may_appear_later, open_source
 from edge.runtime.capture.base import Frame, Source, SourceError, SourceFatal
+from edge.runtime.capture.uri import may_appear_later, open_source
 
 log = logging.getLogger(__name__)
 
