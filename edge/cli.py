@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for annotations only: each command imports its modules where it runs
     from edge.config import Config
+    from edge.runtime.publish.base import BrokerSession
 
 log = logging.getLogger("edge")
 
@@ -100,17 +101,17 @@ def _setup_logging(level: str, verbose: bool) -> None:
     )
 
 
-def _attach_extensions(daemon: Any, sink: Any, cfg: Any) -> None:
-    """Register Home Assistant discovery and model push when enabled and a broker is behind the sink."""
-    if not sink.has_broker:
+def _attach_extensions(daemon: Any, session: BrokerSession | None, cfg: Any) -> None:
+    """Register Home Assistant discovery and model push when enabled and there is a broker (``session``)."""
+    if session is None:
         return
     from edge.runtime import homeassistant
 
-    homeassistant.attach(daemon, sink, cfg)
+    homeassistant.attach(daemon, session, cfg)
     if cfg.model_push.enabled:
         from edge.runtime.models.push import ModelPushReceiver
 
-        daemon.add_extension(ModelPushReceiver(cfg, sink, daemon))
+        daemon.add_extension(ModelPushReceiver(cfg, session, daemon))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -126,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("state folder %s (outbox, seq counter, pause, pushed models)", cfg.state_dir_path())
     from edge.runtime.capture.base import SourceError, SourceFatal
     from edge.runtime.daemon import Daemon
-    from edge.runtime.publish import choose_sink
+    from edge.runtime.publish import open_publisher
     from edge.runtime.publish.base import SinkError
 
     daemon = Daemon(cfg)  # load model, detector before touching the network
@@ -151,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("source %s not available yet (%s); retrying with backoff", uri, exc)
         daemon.source.schedule_retry(str(exc))
     try:
-        sink = choose_sink(cfg)
+        sink, session = open_publisher(cfg)
     except SinkError as exc:
         daemon.close()
         raise ConfigError(str(exc)) from None
@@ -159,7 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.close()
         raise
     daemon.attach_sink(sink)
-    _attach_extensions(daemon, sink, cfg)
+    commands = None
+    if session is not None:
+        from edge.runtime.publish.command_channel import CommandChannel
+
+        commands = CommandChannel(session, cfg, daemon.handle_command)
+    _attach_extensions(daemon, session, cfg)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -170,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         frames = daemon.run(max_frames=args.max_frames)
     finally:
+        if commands is not None:  # before the sink: no answer is sent on a closed sink
+            commands.close()
         sink.close()
     log.info("processed %d frames", frames)
     if daemon.source.state == "failed":  # e.g. the camera stack went away: systemd should show the unit failed

@@ -30,7 +30,7 @@ from edge.runtime.emotions import EmotionWatch
 from edge.runtime.models.active import ActiveModel
 from edge.runtime.pause import PauseFile
 from edge.runtime.preview import PreviewWriter
-from edge.runtime.publish.base import Sink
+from edge.runtime.publish.base import Sink, SinkStats
 from edge.runtime.report import (
     SummaryWindow,
     faces_body,
@@ -145,9 +145,8 @@ class Daemon:
         return Path(self.models.classifier.bundle_dir)
 
     def attach_sink(self, sink: Sink) -> None:
-        """Publish through ``sink`` from now on; its commands go to :meth:`handle_command`."""
+        """Publish through ``sink`` from now on (its owner routes commands to :meth:`handle_command`)."""
         self.sink = sink
-        sink.set_command_handler(self.handle_command)
 
     def add_extension(self, obj: Any) -> None:
         """Register a feature (Home Assistant discovery, model push) whose ``start()``/``stop()`` follow the daemon."""
@@ -207,9 +206,9 @@ class Daemon:
         return True, "capture resumed" + (f" (but {problem}: a restart comes back paused)" if problem else "")
 
     def status_body(self) -> dict[str, Any]:
-        """The ``status`` payload body (see the MQTT contract)."""
+        """The ``status`` body (see the MQTT contract) with the sink's figures: the one place one is made."""
         clf = self.models.classifier
-        stats = self.sink.stats() if self.sink is not None else {"pending": 0, "dropped": 0}
+        stats: SinkStats = self.sink.stats() if self.sink is not None else {"pending": 0, "dropped": 0}
         push = None
         for ext in self._extensions:
             if getattr(ext, "last_result", None) is not None:
@@ -230,6 +229,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "version": package_version(),
             "model_push": push,
+            **({"mqtt": stats["mqtt"]} if "mqtt" in stats else {}),  # the broker connection, last as always
         }
 
     def close(self) -> None:
@@ -415,3 +415,6 @@ class Daemon:
         self.source.close()
         with contextlib.suppress(Exception):
             self.detector.close()
+        # The last status: a stopped device processes nothing (the caller closes the sink after this).
+        self.state, self.fps = "offline", 0.0
+        self._send_status()
