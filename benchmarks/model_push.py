@@ -135,7 +135,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
         })
         sink = MqttSink(cfg)
         daemon = Daemon(cfg, sink)
-        receiver = ModelPushReceiver(cfg, sink, daemon)
+        receiver = ModelPushReceiver(cfg, sink.session, daemon)
         receiver.start()
         sink.wait_connected(10)
         time.sleep(0.3)

@@ -123,7 +123,7 @@ class SimulatedFleet:
             })
             sink = MqttSink(cfg)
             daemon = StandInDaemon(sink)
-            receiver = ModelPushReceiver(cfg, sink, daemon)
+            receiver = ModelPushReceiver(cfg, sink.session, daemon)
             receiver.start()
             self.sinks.append(sink)
             self.daemons.append(daemon)

@@ -247,7 +247,7 @@ def test_discovery_through_the_mqtt_sink_once_per_start_republish_migration_and_
 
     sink = MqttSink(cfg)
     model = {"id": "m1", "labels": list(LABELS)}
-    ha = HomeAssistantDiscovery(cfg, sink, lambda: (model["id"], model["labels"]), check_interval_s=0.1,
+    ha = HomeAssistantDiscovery(cfg, sink.session, lambda: (model["id"], model["labels"]), check_interval_s=0.1,
                                 migration_gap_s=0.2)
     watcher = Collector(broker, topic="homeassistant/#", client_id="ha-watch").start()
     try:
@@ -311,7 +311,7 @@ def test_disabled_discovery_publishes_nothing(broker, tmp_path):
     daemon = Registry()
     try:
         assert sink.wait_connected(10)
-        assert attach(daemon, sink, cfg) is None and daemon.extensions == []
+        assert attach(daemon, sink.session, cfg) is None and daemon.extensions == []
         sink.publish("status", status_body())
         assert sink.flush(10)
         assert _retained_configs(broker, wait=0.5) == {}

@@ -62,7 +62,7 @@ def rig(tmp_path, broker, tiny_bundle):
     })
     sink = MqttSink(cfg)
     daemon = SwapFailsDaemon(cfg, sink)
-    receiver = ModelPushReceiver(cfg, sink, daemon)
+    receiver = ModelPushReceiver(cfg, sink.session, daemon)
     daemon.add_extension(receiver)
     receiver.start()
     assert sink.wait_connected(10)
@@ -184,7 +184,7 @@ def test_a_pinned_classifier_model_is_warned_about_when_pushes_are_accepted(tmp_
         "model_push": {"enabled": True, "trusted_keys": [str(public)]},
     })
     sink = MqttSink(cfg)
-    receiver = ModelPushReceiver(cfg, sink, Daemon(cfg, sink))
+    receiver = ModelPushReceiver(cfg, sink.session, Daemon(cfg, sink))
     try:
         with caplog.at_level("WARNING", logger="edge.runtime.models.push"):
             receiver.start()
