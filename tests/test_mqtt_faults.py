@@ -200,7 +200,9 @@ def test_a_message_the_broker_keeps_refusing_is_dropped_and_counted(broker, tmp_
 
 def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path):
     col = Collector(broker, topic="emotion/dev1/events").start()
-    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    cfg = sink_config(tmp_path / "state", broker)
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg)
     try:
         assert sink.wait_subscribed(10)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -211,6 +213,7 @@ def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path)
         pub.loop_stop()
         pub.disconnect()
     finally:
+        channel.close()
         sink.close(2)
         col.stop()
 

@@ -134,6 +134,7 @@ def test_broker_absent_at_start_then_everything_arrives(broker, tmp_path):
         assert sink.flush(10), sink.stats()
         assert col.wait_for(lambda c: len(c.unique_seqs()) >= 120), len(col.unique_seqs())
     finally:
+        sink.publish("status", {**status_body("offline", frames=120), "fps": 0.0})  # the daemon's last status
         sink.close()
         col.stop()
     assert_in_order_without_gaps(col.unique_seqs(), range(seqs[0], seqs[-1] + 2))

@@ -53,7 +53,7 @@ class MqttSink:
 
     Args:
         config: The device configuration (``device`` and ``mqtt`` sections are used).
-        host: Broker host overriding ``mqtt.host`` (used by :func:`edge.runtime.publish.choose_sink` for the
+        host: Broker host overriding ``mqtt.host`` (used by :func:`edge.runtime.publish.open_publisher` for the
             localhost probe).
         backoff_wait: How the reconnect loop waits its backoff delay (default: until the delay passes or the sink
             closes); the seam a test uses to check the delays without waiting them.
