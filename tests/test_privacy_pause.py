@@ -17,6 +17,7 @@ from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
 from edge.runtime.daemon import Daemon
 from edge.runtime.pause import PAUSE_FILE
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.publish.stdout import StdoutSink
 from tests.mqtt_support import Collector, validator, wait_until
@@ -168,6 +169,7 @@ def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(
     cfg = make_config(tmp_path / "state", host=broker.host, port=broker.port, reconnect_min_s=0.2)
     camera, sink = CountingCamera(), MqttSink(cfg)
     d, t = start(cfg, camera, sink)
+    commands = CommandChannel(sink.session, cfg, d.handle_command)
     client = Collector(broker, topic="emotion/pause-dev/events", client_id="ha-switch").start()
     try:
         assert sink.wait_subscribed(10) and wait_until(lambda: camera.reads > 3)
@@ -179,6 +181,7 @@ def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(
     finally:
         client.stop()
         stop(d, t)
+        commands.close()
         sink.close(2)
     # What a subscriber that comes later (Home Assistant restarting) reads: retained values.
     late = Collector(broker, topic="emotion/pause-dev/#", client_id="late").start()

@@ -21,6 +21,7 @@ from edge.runtime.capture.base import Frame
 from edge.runtime.daemon import Daemon
 from edge.runtime.models.push import ModelPushReceiver
 from edge.runtime.models.store import ModelStore
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from edge.tools.push_mqtt import PushTarget, publish_push
 from tests.mqtt_support import Collector, validator
@@ -62,6 +63,7 @@ def rig(tmp_path, broker, tiny_bundle):
     })
     sink = MqttSink(cfg)
     daemon = SwapFailsDaemon(cfg, sink)
+    commands = CommandChannel(sink.session, cfg, daemon.handle_command)
     receiver = ModelPushReceiver(cfg, sink.session, daemon)
     daemon.add_extension(receiver)
     receiver.start()
@@ -70,6 +72,7 @@ def rig(tmp_path, broker, tiny_bundle):
     assert sink.wait_subscribed(10), "the push topics must be subscribed before anything is pushed"
     yield daemon, receiver, store, private, broker, collector
     receiver.stop()
+    commands.close()
     collector.stop()
     sink.close(2)
 

@@ -2,8 +2,8 @@
 
 Device-based discovery (Home Assistant 2024.11 and later): one retained config on
 ``<discovery_prefix>/device/emotion_edge_<device>/config`` with the device (``dev``), the origin (``o``) and its
-components (``cmps``), published on the broker session (``session.publish_raw``) once per start (on the first connect),
-whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
+components (``cmps``), published on the broker session (``session.publish_raw``) once per start (on the first
+connect), whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
 changes the labels (a component left out of an update is removed by Home Assistant). Turned off with
 ``[homeassistant] enabled = false``. Every component's key and ``unique_id`` are the same
 (``emotion_edge_<device>_<name>``; ``default_entity_id`` is ``<platform>.`` that; no ``object_id``, which Home

@@ -16,8 +16,8 @@ Whoever may publish on a push topic may send anything, so the push topics are gu
 ``model_push.max_bytes`` is never read (answered ``oversized``), at most :data:`PUSH_RATE` messages per second
 are looked at (the rest are dropped unread and counted in the log), at most :data:`QUEUE_SIZE` pushes wait while
 one is handled (one more is answered ``busy``), and a worker thread does the verifying and loading, never paho's
-network thread. Every text field of a result is clipped (a reason to :data:`REASON_CHARS`, an unverified id to :data:`edge.protocol.envelope.ECHO_CHARS`), and a
-refusal is logged once per code, then counted.
+network thread. Every text field of a result is clipped (a reason to :data:`REASON_CHARS`, an unverified id to
+:data:`edge.protocol.envelope.ECHO_CHARS`), and a refusal is logged once per code, then counted.
 """
 
 from __future__ import annotations
