@@ -130,12 +130,9 @@ class CommandChannel:
         return self._inbound.dropped
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        """A message on the command topic (network thread): check and queue it, or answer why not."""
+        """Take a message as if it arrived on the command topic (its subscription does the same on the network
+        thread): check and queue it, or answer why not."""
         self._inbound.receive(self._parse_command, topic, payload, properties)
-
-    def on_switch(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        """A message on the plain pause switch topic (network thread): ``ON``/``OFF`` become ``pause``/``resume``."""
-        self._inbound.receive(self._parse_switch, topic, payload, properties)
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop answering and end the worker after the command in progress."""
