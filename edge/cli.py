@@ -151,6 +151,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # A camera or stream may come up later: retry with backoff, visible in status.
         log.warning("source %s not available yet (%s); retrying with backoff", uri, exc)
         daemon.source.schedule_retry(str(exc))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    # Before the broker hears of this run: a stop asked as soon as it says "online" is a clean stop.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         sink, session = open_publisher(cfg)
     except SinkError as exc:
@@ -161,18 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     daemon.attach_sink(sink)
     commands = None
-    if session is not None:
+    if session is not None:  # imported here: paho is for MQTT runs only
         from edge.runtime.publish.command_channel import CommandChannel
 
         commands = CommandChannel(session, cfg, daemon.handle_command)
     _attach_extensions(daemon, session, cfg)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         frames = daemon.run(max_frames=args.max_frames)
     finally:
