@@ -136,7 +136,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
         })
         sink = MqttSink(cfg)
         parts = contextlib.ExitStack()
-        daemon = parts.enter_context(assemble(cfg, sink=sink))
+        daemon = parts.enter_context(assemble(cfg, sink=sink, session=sink.session))
         receiver = next(e for e in daemon.extensions if isinstance(e, ModelPushReceiver))
         receiver.start()
         sink.wait_connected(10)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for annotations only: each command imports its modules where it runs
     from edge.config import Config
+    from edge.runtime.daemon import Daemon
 
 log = logging.getLogger("edge")
 
@@ -109,6 +110,31 @@ def _setup_logging(level: str, verbose: bool) -> None:
     )
 
 
+class _StopOnSignal:
+    """SIGTERM and SIGINT stop the daemon after the current frame; one that comes while the daemon is still being
+    assembled stops it as soon as it exists (a second one interrupts the start)."""
+
+    def __init__(self) -> None:
+        self._daemon: Daemon | None = None
+        self._asked = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def attach(self, daemon: Daemon) -> None:
+        """Route signals to ``daemon`` from now on (and stop it at once if one came already)."""
+        self._daemon = daemon
+        if self._asked:
+            daemon.stop()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        if self._daemon is None and self._asked:
+            raise KeyboardInterrupt
+        self._asked = True
+        if self._daemon is not None:
+            self._daemon.stop()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``: build everything (:func:`edge.runtime.assemble.assemble`), run until a signal or ``--max-frames``,
     then close it all (the sink flushes and says offline)."""
@@ -123,14 +149,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("state folder %s (outbox, seq counter, pause, pushed models)", cfg.state_dir_path())
     from edge.runtime.assemble import assemble
 
+    stop = _StopOnSignal()  # before the broker hears of this run: a stop as soon as it says "online" is clean
     with assemble(cfg) as daemon:
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            daemon.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop.attach(daemon)
         frames = daemon.run(max_frames=args.max_frames)
     log.info("processed %d frames", frames)
     if daemon.source.state == "failed":  # e.g. the camera stack went away: systemd should show the unit failed

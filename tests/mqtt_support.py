@@ -156,9 +156,11 @@ def _probs(top: int) -> dict[str, float]:
     return {label: (0.6 if i == top else rest) for i, label in enumerate(LABELS)}
 
 
-def status_body(state: str = "running", frames: int = 0) -> dict[str, Any]:
-    """A complete status body as the daemon sends it (the sink adds outbox and mqtt)."""
-    return {
+def status_body(state: str = "running", frames: int = 0, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete status body as the daemon sends it: ``stats`` (default: an empty outbox) is the sink's
+    ``stats()``, put in as :meth:`edge.runtime.daemon.Daemon.status_body` does (outbox, then mqtt last)."""
+    stats = stats or {"pending": 0, "dropped": 0}
+    body = {
         "state": state,
         "model_id": "tiny-test-0",
         "model": {"id": "tiny-test-0", "runtime": "ai_edge_litert", "labels": LABELS},
@@ -168,11 +170,15 @@ def status_body(state: str = "running", frames: int = 0) -> dict[str, Any]:
         "frames": frames,
         "dropped_frames": 0,
         "latency_ms": {"capture": 0.4, "detect": 1.1, "classify": 0.2, "track": 0.05, "publish": 0.1},
+        "outbox": {"pending": stats["pending"], "dropped": stats["dropped"]},
         "cpu_temp_c": None,
         "uptime_s": 12.5,
         "version": "0.1.0",
         "model_push": None,
     }
+    if "mqtt" in stats:
+        body["mqtt"] = stats["mqtt"]
+    return body
 
 
 def faces_body(frame: int, n_faces: int = 1) -> dict[str, Any]:
@@ -223,3 +229,32 @@ def publish_mixed(sink: Any, start: int, n: int) -> None:
         body = {"faces": faces_body(i, 1 + i % 3), "summary": summary_body(), "events": event_body(i),
                 "status": status_body(frames=i)}[kind]
         sink.publish(kind, body)
+
+
+class RecordingSession:
+    """A broker session with no broker behind it (:class:`edge.runtime.publish.base.BrokerSession`): it keeps what
+    is published and which topics were subscribed, so a channel's own checks and answers can be driven directly."""
+
+    connected = False
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.subscribed: list[str] = []
+
+    def publish(self, kind: str, body: dict[str, Any]) -> int:
+        self.published.append((kind, body))
+        return len(self.published)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The ``events`` bodies published so far."""
+        return [body for kind, body in self.published if kind == "events"]
+
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+                    properties: Any = None) -> None:
+        self.published.append(("raw", {"topic": topic, "payload": payload}))
+
+    def subscribe(self, topic: str, callback: Any, **options: Any) -> None:
+        self.subscribed.append(topic)
+
+    def add_connect_hook(self, fn: Any) -> None:
+        """Never called back: this session never connects."""

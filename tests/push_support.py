@@ -105,7 +105,7 @@ class SimulatedFleet:
                 # A small status (the real one carries much more; nothing here reads it).
                 sink.publish("status", {"state": "running", "model_id": models.model_id})
 
-            receiver = ModelPushReceiver(cfg, sink, models, publish_status)
+            receiver = ModelPushReceiver(cfg, sink.session, models, publish_status)
             receiver.start()
             self.sinks.append(sink)
             self.models.append(models)

@@ -97,8 +97,10 @@ def test_demo_run_publishes_valid_faces_tracks_summary_and_status(daemon_factory
     assert summary["frames"] == 170 and summary["faces_max"] == 2 and 1 < summary["faces_mean"] <= 2
     assert {t["track_id"] for t in summary["tracks"]} == {1, 2}
     statuses = sink.of("status")
-    assert statuses[0]["state"] == "running" and statuses[-1]["state"] == "stopping"
-    last = statuses[-1]
+    # The run ends with "stopping", then its last status "offline" (as true as ever: nothing is processed now).
+    assert statuses[0]["state"] == "running" and [s["state"] for s in statuses[-2:]] == ["stopping", "offline"]
+    assert statuses[-1]["fps"] == 0.0 and statuses[-1]["frames"] == 170
+    last = statuses[-2]
     assert last["frames"] == 170 and last["model_id"].startswith("tiny-test")
     assert last["model"]["runtime"] == "ai_edge_litert" and last["detector"] == "blazeface"
     assert all(last["latency_ms"][k] is not None and last["latency_ms"][k] >= 0
@@ -294,7 +296,7 @@ def test_stop_from_another_thread_ends_the_loop_gracefully(daemon_factory):
     d.stop()
     thread.join(10)
     assert not thread.is_alive()
-    assert sink.of("status")[-1]["state"] == "stopping"
+    assert [s["state"] for s in sink.of("status")[-2:]] == ["stopping", "offline"]
     assert sink.of("events", "track_end")
 
 

@@ -247,7 +247,7 @@ def test_discovery_through_the_mqtt_sink_once_per_start_republish_migration_and_
 
     sink = MqttSink(cfg)
     model = {"id": "m1", "labels": list(LABELS)}
-    ha = HomeAssistantDiscovery(cfg, sink, lambda: (model["id"], model["labels"]), check_interval_s=0.1,
+    ha = HomeAssistantDiscovery(cfg, sink.session, lambda: (model["id"], model["labels"]), check_interval_s=0.1,
                                 migration_gap_s=0.2)
     watcher = Collector(broker, topic="homeassistant/#", client_id="ha-watch").start()
     try:
@@ -302,7 +302,7 @@ def test_disabled_discovery_publishes_nothing(broker, tmp_path):
     sink = MqttSink(cfg)
     try:
         assert sink.wait_connected(10)
-        assert discovery(cfg, sink, lambda: ("tiny", list(LABELS))) is None
+        assert discovery(cfg, sink.session, lambda: ("tiny", list(LABELS))) is None
         sink.publish("status", status_body())
         assert sink.flush(10)
         assert _retained_configs(broker, wait=0.5) == {}

@@ -4,7 +4,6 @@ commands, push refusals that would echo megabytes, and a TLS client at a plain p
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import time
@@ -15,9 +14,9 @@ from edge.config import parse_config
 from edge.protocol.envelope import DETAIL_CHARS, ECHO_CHARS
 from edge.runtime.models.manager import ModelManager
 from edge.runtime.models.push import REASON_CHARS, ModelPushReceiver
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
-from edge.runtime.publish.stdout import StdoutSink
-from tests.mqtt_support import Collector, sink_config, validator, wait_until
+from tests.mqtt_support import Collector, RecordingSession, sink_config, validator, wait_until
 from tests.push_support import make_keys
 
 TOPIC = "emotion/dev1/command"
@@ -48,7 +47,9 @@ def test_oversized_nested_and_garbage_commands_get_short_coded_answers(broker, t
         got.append(cmd)
         raise RuntimeError("Z" * 100_000)  # a handler failure that would quote its input
 
-    sink = MqttSink(sink_config(tmp_path / "state", broker), on_command=handle)
+    cfg = sink_config(tmp_path / "state", broker)
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg, handle)
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     pub = _operator(broker)
     try:
@@ -60,6 +61,7 @@ def test_oversized_nested_and_garbage_commands_get_short_coded_answers(broker, t
         assert col.wait_for(lambda c: len(c.envelopes("events")) >= 4), col.envelopes("events")
     finally:
         pub.loop_stop()
+        channel.close()
         sink.close()
         col.stop()
     answers = col.envelopes("events")
@@ -85,7 +87,8 @@ def test_a_command_flood_is_answered_at_the_rate_and_leaves_the_outbox_small(bro
     caplog.set_level(logging.WARNING, logger="edge.runtime.publish.command_channel")
     handled: list[dict] = []
     cfg = sink_config(tmp_path / "state", broker, command_rate=20.0, outbox={"memory_s": 0.05})
-    sink = MqttSink(cfg, on_command=lambda cmd: handled.append(cmd))
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg, lambda cmd: handled.append(cmd))
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     pub = _operator(broker)
     try:
@@ -95,16 +98,17 @@ def test_a_command_flood_is_answered_at_the_rate_and_leaves_the_outbox_small(bro
         for info in infos:
             info.wait_for_publish(30)
         # Every message reached the device once the broker has nothing left for it: wait for the drops.
-        assert wait_until(lambda: sink.commands.dropped + len(col.envelopes("events")) >= 2000, 30)
+        assert wait_until(lambda: channel.dropped + len(col.envelopes("events")) >= 2000, 30)
         elapsed = time.monotonic() - started
         assert sink.flush(10)
     finally:
         pub.loop_stop()
+        channel.close()
         sink.close()
         col.stop()
     answers = len(col.envelopes("events"))
     assert 20 <= answers <= 20 + 20 * elapsed + 5, (answers, elapsed)
-    assert sink.commands.dropped == 2000 - answers
+    assert channel.dropped == 2000 - answers
     lines = [r.getMessage() for r in caplog.records]
     assert sum("dropping commands unanswered" in ln for ln in lines) == 1, lines  # then counted, once a minute
     assert len(lines) <= 4, lines
@@ -119,7 +123,7 @@ def test_push_refusals_never_echo_unbounded_fields(tmp_path, caplog):
     cfg = parse_config({"device": {"id": "dev1", "state_dir": str(tmp_path / "state")},
                         "model_push": {"enabled": True, "trusted_keys": [str(public)]}})
     models = ModelManager(cfg.classifier, cfg.state_dir())
-    receiver = ModelPushReceiver(cfg, StdoutSink("dev1", stream=io.StringIO()), models)
+    receiver = ModelPushReceiver(cfg, RecordingSession(), models)
     receiver.start()
     big = "K" * 2_000_000
     sig = base64.b64encode(bytes(64)).decode()

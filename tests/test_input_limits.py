@@ -16,6 +16,7 @@ from edge.runtime.capture.managed import ManagedSource
 from edge.runtime.loglimit import ARG_CHARS, LogLimiter
 from edge.runtime.publish.command_channel import CommandChannel, CommandRefused, parse_command
 from edge.runtime.ratelimit import TokenBucket
+from tests.mqtt_support import RecordingSession, sink_config
 
 
 class Clock:
@@ -99,12 +100,14 @@ def test_answers_clip_what_they_echo_and_match_the_schema():
     assert tuple(command_rule["then"]["properties"]["code"]["enum"]) == COMMAND_CODES
 
 
-def test_a_command_flood_gets_at_most_the_rate_of_answers(caplog):
+def test_a_command_flood_gets_at_most_the_rate_of_answers(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="edge.runtime.publish.command_channel")
-    answers: list[dict] = []
-    channel = CommandChannel(answers.append, max_bytes=1024, rate=3)
+    session = RecordingSession()
+    channel = CommandChannel(session, sink_config(tmp_path / "state", None, max_command_bytes=1024, command_rate=3))
     for _ in range(500):
         channel.on_message("p/d/command", b"[" * 1000)
+    channel.close()
+    answers = session.events()
     assert len(answers) == 3 and all(a["code"] == "malformed" for a in answers)
     assert channel.dropped == 497
     lines = _lines(caplog, "edge.runtime.publish.command_channel")

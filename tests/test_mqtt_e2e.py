@@ -69,6 +69,8 @@ def test_daemon_publishes_schema_valid_messages_from_real_faces(broker, tmp_path
     assert states[-1] == "offline"
     last_running = [e for e in col.envelopes("status") if e["state"] != "offline"][-1]
     assert last_running["model_id"] == "tiny-test-0" and last_running["mqtt"]["connected"] is True
+    offline = col.envelopes("status")[-1]
+    assert offline["frames"] == last_running["frames"] == frames and offline["fps"] == 0.0, "the last status is true"
     assert col.raw("emotion/e2e/availability")[0] == b"online"
     # Privacy: no payload carries pixels (every payload is small JSON of numbers and labels).
     assert max(len(p) for t, p, _ in col.messages) < 8000

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.runtime.assemble import assemble
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.sdnotify import Notifier
 from tests.broker import free_port
@@ -202,7 +203,9 @@ def test_a_message_the_broker_keeps_refusing_is_dropped_and_counted(broker, tmp_
 
 def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path):
     col = Collector(broker, topic="emotion/dev1/events").start()
-    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    cfg = sink_config(tmp_path / "state", broker)
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg)
     try:
         assert sink.wait_subscribed(10)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -213,6 +216,7 @@ def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path)
         pub.loop_stop()
         pub.disconnect()
     finally:
+        channel.close()
         sink.close(2)
         col.stop()
 
@@ -223,16 +227,19 @@ def test_a_command_flood_does_not_hold_up_publishing(broker, tmp_path):
     from benchmarks.fault_suite import flood_commands
 
     col = Collector(broker).start()
-    sink = MqttSink(sink_config(tmp_path / "state", broker, command_rate=5.0))
+    cfg = sink_config(tmp_path / "state", broker, command_rate=5.0)
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg)
     try:
         assert sink.wait_subscribed(10)
         flood_commands(broker, 20_000)
         seqs = [sink.publish("faces", faces_body(i)) for i in range(20)]
         assert col.wait_for(lambda c: set(seqs) <= set(c.unique_seqs()), 30)
-        assert wait_until(lambda: sink.commands.dropped >= 19_000, 60), sink.commands.dropped
+        assert wait_until(lambda: channel.dropped >= 19_000, 60), channel.dropped
         answers = [e for e in col.envelopes("events") if e.get("event") == "command"]
         assert 1 <= len(answers) <= 5 + 5 * 60  # the burst, then the rate at most
     finally:
+        channel.close()
         sink.close(2)
         col.stop()
 

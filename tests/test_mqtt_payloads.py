@@ -9,7 +9,7 @@ import math
 import pytest
 
 from edge.protocol.envelope import ENVELOPE_FIELDS, PayloadError, encode, make_envelope
-from edge.runtime.publish import choose_sink
+from edge.runtime.publish import open_publisher
 from edge.runtime.publish.seq import SeqCounter
 from edge.runtime.publish.stdout import StdoutSink
 from tests.broker import free_port
@@ -79,17 +79,19 @@ def test_seq_counter_persists_across_reopen(tmp_path):
     c.close()
 
 
-def test_stdout_sink_prints_valid_envelopes_and_offline_status_on_close(tmp_path):
+def test_stdout_sink_prints_valid_envelopes_and_the_last_status_before_close(tmp_path):
     cfg = sink_config(tmp_path / "state", None)
     out = io.StringIO()
     sink = StdoutSink.from_config(cfg, out)
     seqs = [sink.publish("status", status_body("starting")), sink.publish("faces", faces_body(1)),
             sink.publish("summary", summary_body()), sink.publish("events", event_body(0))]
+    sink.publish("status", {**status_body("offline"), "fps": 0.0})  # the daemon's last status, before the close
     sink.close()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [m["kind"] for m in lines] == ["status", "faces", "summary", "events", "status"]
     assert [m["seq"] for m in lines] == seqs + [seqs[-1] + 1]
     assert lines[-1]["state"] == "offline"
+    assert lines[0]["outbox"] == {"pending": 0, "dropped": 0}, "the body goes out as the daemon made it"
     for m in lines:
         validator().validate(m)
     # The sequence continues in the next run (same state dir).
@@ -101,15 +103,15 @@ def test_stdout_sink_prints_valid_envelopes_and_offline_status_on_close(tmp_path
         sink2.publish("events", event_body(2))
 
 
-def test_choose_sink_falls_back_to_stdout_when_no_broker_answers(tmp_path, caplog):
+def test_open_publisher_falls_back_to_stdout_when_no_broker_answers(tmp_path, caplog):
     cfg = sink_config(tmp_path / "state", None, port=free_port())
-    sink = choose_sink(cfg, io.StringIO())
+    sink = open_publisher(cfg, io.StringIO())[0]
     try:
         assert isinstance(sink, StdoutSink)
         assert "printing the JSON time series to stdout" in caplog.text
     finally:
         sink.close()
     disabled = sink_config(tmp_path / "state", None, enabled=False, host="127.0.0.1")
-    sink = choose_sink(disabled, io.StringIO())
+    sink = open_publisher(disabled, io.StringIO())[0]
     assert isinstance(sink, StdoutSink)
     sink.close()

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.runtime.publish.base import SinkError
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import Collector, event_body, sink_config, validator, wait_until
 
@@ -203,7 +204,9 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
     b = _dynsec_broker(broker_factory, tmp_path / "dynsec", "s3cret")
     monkeypatch.setenv("TEST_MQTT_PW", "s3cret")
     caplog.set_level(logging.DEBUG, logger="edge.runtime.publish")
-    sink = MqttSink(sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW"))
+    cfg = sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW")
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg)
     try:
         assert sink.wait_connected(10), sink.connection_state()
         assert wait_until(lambda: any("refused the subscription" in r.getMessage() for r in caplog.records))
@@ -219,4 +222,5 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
         sink.publish("events", event_body(1))
         assert sink.flush(10)
     finally:
+        channel.close()
         sink.close(timeout=2)

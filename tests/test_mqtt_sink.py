@@ -10,7 +10,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.runtime.publish import choose_sink
+from edge.runtime.publish import open_publisher
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import (
     Collector,
@@ -46,10 +47,13 @@ def test_all_messages_arrive_valid_and_in_order(broker, tmp_path):
         seqs = _publish_mix(sink, 500)
         assert seqs == list(range(1, 501))
         assert col.wait_for(lambda c: len(c.unique_seqs()) >= 500)
-        assert sink.flush(5) and sink.stats() == {"pending": 0, "dropped": 0}
+        assert sink.flush(5)
+        stats = sink.stats()
+        assert (stats["pending"], stats["dropped"], stats["mqtt"]["connected"]) == (0, 0, True)
+        sink.publish("status", {**status_body("offline", frames=500), "fps": 0.0})  # the daemon's last status
     finally:
         sink.close()
-    assert_in_order_without_gaps(col.unique_seqs(), range(1, 502))  # + the offline status of close()
+    assert_in_order_without_gaps(col.unique_seqs(), range(1, 502))  # + the last status, sent before close()
     for env in col.envelopes():
         validator().validate(env)
         assert env["device_id"] == "dev1"
@@ -63,7 +67,7 @@ def test_all_messages_arrive_valid_and_in_order(broker, tmp_path):
 def test_retained_status_and_availability_then_clean_offline(broker, tmp_path):
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     assert sink.wait_connected(5)
-    sink.publish("status", status_body("running", frames=42))
+    sink.publish("status", status_body("running", frames=42, stats=sink.stats()))
     assert sink.flush(5)
     # A subscriber arriving later gets the retained state.
     late = Collector(broker, client_id="late").start()
@@ -71,12 +75,14 @@ def test_retained_status_and_availability_then_clean_offline(broker, tmp_path):
     assert late.raw("emotion/dev1/availability")[-1] == b"online"
     status = late.envelopes("status")[-1]
     assert status["frames"] == 42 and status["mqtt"]["connected"] is True and status["state"] == "running"
+    # The daemon's last status (Daemon._shutdown), then the close.
+    sink.publish("status", {**status_body("offline", frames=42, stats=sink.stats()), "fps": 0.0})
     sink.close()
     assert late.wait_for(lambda c: c.raw("emotion/dev1/availability")[-1:] == [b"offline"])
     assert late.wait_for(lambda c: c.envelopes("status")[-1]["state"] == "offline")
     offline = late.envelopes("status")[-1]
     validator().validate(offline)
-    assert offline["frames"] == 42, "the offline status repeats the last known state"
+    assert offline["frames"] == 42
     late.stop()
     # And it is retained: a new subscriber sees offline without anyone publishing.
     later = Collector(broker, client_id="later").start()
@@ -128,6 +134,7 @@ def test_broker_absent_at_start_then_everything_arrives(broker, tmp_path):
         assert sink.flush(10), sink.stats()
         assert col.wait_for(lambda c: len(c.unique_seqs()) >= 120), len(col.unique_seqs())
     finally:
+        sink.publish("status", {**status_body("offline", frames=120), "fps": 0.0})  # the daemon's last status
         sink.close()
         col.stop()
     assert_in_order_without_gaps(col.unique_seqs(), range(seqs[0], seqs[-1] + 2))
@@ -141,7 +148,8 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
             raise RuntimeError("boom")
         got.append(cmd)
 
-    sink = MqttSink(sink_config(tmp_path / "state", broker), on_command=handle)
+    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    channel = CommandChannel(sink.session, sink_config(tmp_path / "state", broker), handle)
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     assert sink.wait_connected(5)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")
@@ -167,6 +175,7 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
             validator().validate(a)
     finally:
         pub.loop_stop()
+        channel.close()
         sink.close()
         col.stop()
 
@@ -179,10 +188,10 @@ def test_extension_hooks_resubscribe_and_run_after_every_reconnect(broker, tmp_p
 
     def on_connect() -> None:
         connects.append(time.monotonic())
-        sink.publish_raw("homeassistant/sensor/dev1/config", b'{"name":"x"}', retain=True)
+        sink.session.publish_raw("homeassistant/sensor/dev1/config", b'{"name":"x"}', retain=True)
 
-    sink.add_connect_hook(on_connect)
-    sink.subscribe("emotion/group/+/model/push", lambda t, p: received.append((t, p)))
+    sink.session.add_connect_hook(on_connect)
+    sink.session.subscribe("emotion/group/+/model/push", lambda t, p: received.append((t, p)))
     col = Collector(broker, topic="homeassistant/#", client_id="ha").start()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pusher")
     try:
@@ -211,8 +220,8 @@ def test_extension_hooks_resubscribe_and_run_after_every_reconnect(broker, tmp_p
         col.stop()
 
 
-def test_choose_sink_uses_a_broker_on_localhost_when_no_host_is_set(broker, tmp_path):
-    sink = choose_sink(sink_config(tmp_path / "state", None, port=broker.port))
+def test_open_publisher_uses_a_broker_on_localhost_when_no_host_is_set(broker, tmp_path):
+    sink = open_publisher(sink_config(tmp_path / "state", None, port=broker.port))[0]
     try:
         assert isinstance(sink, MqttSink) and sink.host == "localhost"
         assert sink.wait_connected(5)

@@ -15,6 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.protocol.envelope import KINDS
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from tests.broker import Broker
 from tests.mqtt_support import (
@@ -199,7 +200,8 @@ def _request(client: mqtt.Client, payload: str, response_topic: str, correlation
 
 
 def test_commands_answer_the_response_topic_with_the_correlation_data(broker, tmp_path):
-    sink = MqttSink(sink_config(tmp_path / "state", broker))
+    cfg = sink_config(tmp_path / "state", broker)
+    sink = MqttSink(cfg)
     handled = []
 
     def handler(cmd):
@@ -208,7 +210,7 @@ def test_commands_answer_the_response_topic_with_the_correlation_data(broker, tm
         sink.publish("events", body)
         return body
 
-    sink.set_command_handler(handler)
+    channel = CommandChannel(sink.session, cfg, handler)
     replies = V5Subscriber(broker, "requester/replies/#", "requester").start()
     events = Collector(broker, topic="emotion/dev1/events").start()
     try:
@@ -234,15 +236,17 @@ def test_commands_answer_the_response_topic_with_the_correlation_data(broker, tm
     finally:
         replies.stop()
         events.stop()
+        channel.close()
         sink.close(2)
 
 
 def test_a_wildcard_response_topic_is_not_answered_and_keeps_the_session(broker, tmp_path):
     """paho refuses to publish to a topic with '+' or '#': such a response topic is refused up front, so it can
     neither raise in the network loop nor cost the session."""
-    sink = MqttSink(sink_config(tmp_path / "state", broker))
-    sink.set_command_handler(lambda cmd: {"event": "command", "track_id": None, "command": cmd["command"],
-                                          "ok": True, "detail": "done"})
+    cfg = sink_config(tmp_path / "state", broker)
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg, lambda cmd: {"event": "command", "track_id": None,
+                                                             "command": cmd["command"], "ok": True, "detail": "done"})
     replies = V5Subscriber(broker, "requester/#", "requester-w").start()
     try:
         assert sink.wait_subscribed(10)
@@ -254,4 +258,5 @@ def test_a_wildcard_response_topic_is_not_answered_and_keeps_the_session(broker,
         assert {m.topic for m in replies.messages} == {"requester/ok"}
     finally:
         replies.stop()
+        channel.close()
         sink.close(2)

@@ -97,9 +97,10 @@ def stack():
         yield s
 
 
-def start(config: Config, camera: CountingCamera, sink, stack) -> tuple[Daemon, threading.Thread]:
+def start(config: Config, camera: CountingCamera, sink, stack, session=None) -> tuple[Daemon, threading.Thread]:
     # The assembly opens the source before the loop starts (as for `run`), unless the device is paused.
-    d = stack.enter_context(assemble(config, sink=sink, source=ManagedSource(camera.open, "camera", max_fps=30)))
+    d = stack.enter_context(assemble(config, sink=sink, session=session,
+                                     source=ManagedSource(camera.open, "camera", max_fps=30)))
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     return d, t
@@ -155,7 +156,8 @@ def test_pause_releases_the_camera_reads_nothing_survives_a_restart_and_only_res
         assert wait_until(lambda: sink2.state("state/presence") == "ON"), "the demo face is tracked again"
     finally:
         stop(d2, t2)
-    assert sink2.of("status")[-1]["state"] == "stopping" and sink2.state("state/presence") == "OFF"
+    assert [s["state"] for s in sink2.of("status")[-2:]] == ["stopping", "offline"]
+    assert sink2.state("state/presence") == "OFF"
 
 
 def test_an_unreadable_pause_file_keeps_the_camera_off(tmp_path):
@@ -171,7 +173,7 @@ def test_an_unreadable_pause_file_keeps_the_camera_off(tmp_path):
 def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(broker, tmp_path, stack):
     cfg = make_config(tmp_path / "state", host=broker.host, port=broker.port, reconnect_min_s=0.2)
     camera, sink = CountingCamera(), MqttSink(cfg)
-    d, t = start(cfg, camera, sink, stack)
+    d, t = start(cfg, camera, sink, stack, session=sink.session)
     client = Collector(broker, topic="emotion/pause-dev/events", client_id="ha-switch").start()
     try:
         assert sink.wait_subscribed(10) and wait_until(lambda: camera.reads > 3)
@@ -194,4 +196,4 @@ def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(
     assert retained["emotion/pause-dev/state/presence"] == b"OFF"
     assert retained["emotion/pause-dev/state/face_count"] == b"0"
     status = json.loads(retained["emotion/pause-dev/status"])
-    assert status["paused"] is True  # the last status before the clean stop's offline copy keeps the flag
+    assert status["paused"] is True  # the clean stop's last status, offline, keeps the flag

@@ -74,7 +74,7 @@ def rig(tmp_path, broker, tiny_bundle):
         "model_push": {"enabled": True, "trusted_keys": [str(public)]},
     })
     sink = MqttSink(cfg)
-    with assemble(cfg, sink=sink) as daemon:
+    with assemble(cfg, sink=sink, session=sink.session) as daemon:
         SwapFails.install(daemon.models)
         receiver = push_receiver(daemon)
         receiver.start()
@@ -198,7 +198,7 @@ def test_a_pinned_classifier_model_is_warned_about_when_pushes_are_accepted(tmp_
     })
     sink = MqttSink(cfg)
     try:
-        with assemble(cfg, sink=sink) as daemon:
+        with assemble(cfg, sink=sink, session=sink.session) as daemon:
             receiver = push_receiver(daemon)
             try:
                 with caplog.at_level("WARNING", logger="edge.runtime.models.push"):

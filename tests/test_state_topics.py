@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from edge.protocol.topics import STATE_FACE_COUNT, STATE_TOPICS
+from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.mqtt import MqttSink
 from tests.mqtt_support import Collector, assert_in_order_without_gaps, event_body, sink_config, wait_until
 
@@ -115,7 +116,8 @@ def test_a_new_sink_corrects_a_crashed_runs_retained_values_before_it_says_onlin
 def test_the_plain_switch_goes_through_the_command_guards(broker, tmp_path):
     cfg = sink_config(tmp_path / "state", broker, command_rate=2.0, max_command_bytes=1024)
     ran: list[dict] = []
-    sink = MqttSink(cfg, on_command=lambda cmd: ran.append(cmd) or {"event": "command"})
+    sink = MqttSink(cfg)
+    channel = CommandChannel(sink.session, cfg, lambda cmd: ran.append(cmd) or {"event": "command"})
     col = Collector(broker, topic="emotion/dev1/events", client_id="guards").start()
     try:
         assert sink.wait_subscribed(10)
@@ -131,5 +133,6 @@ def test_the_plain_switch_goes_through_the_command_guards(broker, tmp_path):
         time.sleep(1.0)
         assert 2 <= len(ran) <= 5 and all(c == {"command": "resume"} for c in ran[1:])
     finally:
+        channel.close()
         sink.close(2)
         col.stop()

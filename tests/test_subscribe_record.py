@@ -21,7 +21,7 @@ from edge.protocol.broker import BrokerSettings
 from edge.runtime.publish.mqtt import MqttSink
 from edge.tools.subscribe.record import Recorder
 from edge.tools.subscribe.store import Recording, StoreError
-from tests.mqtt_support import faces_body, publish_mixed, sink_config, summary_body
+from tests.mqtt_support import faces_body, publish_mixed, sink_config, status_body, summary_body
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,11 +107,13 @@ def test_a_device_whose_seq_restarted_and_foreign_messages_lose_nothing(broker, 
         first = MqttSink(sink_config(tmp_path / "state-a", broker))
         publish_mixed(first, 0, 10)
         assert first.flush(20)
+        first.publish("status", {**status_body("offline", frames=9), "fps": 0.0})  # a daemon's last status
         first.close(2)
         time.sleep(0.05)
         again = MqttSink(sink_config(tmp_path / "state-b", broker))  # a wiped state folder: seq 1 again
         publish_mixed(again, 10, 5)
         assert again.flush(20)
+        again.publish("status", {**status_body("offline", frames=14), "fps": 0.0})
         again.close(2)
         assert _wait(lambda: recorder.stored >= 15 + 2), recorder.stored  # + the two offline statuses at close
         assert recorder.ignored == 25

@@ -9,11 +9,13 @@ the moment it exists, so a failure at any step closes what was built before it:
 3. the metrics endpoint's package check: a missing package fails the start before the camera opens;
 4. the source is opened (a camera or stream that is not there yet is retried with backoff, see
    :meth:`edge.runtime.capture.managed.ManagedSource.start`);
-5. the sink (the network), and the daemon with its command handler;
-6. the extensions the config asks for (metrics, Home Assistant discovery, model push), started by
-   :meth:`edge.runtime.daemon.Daemon.run`.
+5. the sink and its broker session (:func:`edge.runtime.publish.open_publisher`: the network), the daemon, and
+   the guarded command topics on the session (:class:`edge.runtime.publish.command_channel.CommandChannel`);
+6. the extensions the config asks for (metrics; with a broker, Home Assistant discovery and model push),
+   started by :meth:`edge.runtime.daemon.Daemon.run`.
 
-Leaving the ``with`` block closes the sink (flush, retained offline status), then the source and the detector.
+Leaving the ``with`` block closes the command topics, then the sink (flush, availability offline; the daemon's
+run ends with its offline status), then the source and the detector.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from edge.runtime.detect.base import FaceDetector
 from edge.runtime.detect.carry import CarryingDetector
 from edge.runtime.models.manager import ModelManager
 from edge.runtime.pause import PauseFile
-from edge.runtime.publish.base import Sink, SinkError
+from edge.runtime.publish.base import BrokerSession, Sink, SinkError
 from edge.runtime.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,17 @@ def build_detector(config: Config) -> FaceDetector:
 
 
 @contextlib.contextmanager
-def assemble(config: Config, *, sink: Sink | None = None, source: ManagedSource | None = None,
-             notifier: Notifier | None = None) -> Iterator[Daemon]:
+def assemble(config: Config, *, sink: Sink | None = None, session: BrokerSession | None = None,
+             source: ManagedSource | None = None, notifier: Notifier | None = None) -> Iterator[Daemon]:
     """The daemon of ``config``, ready to :meth:`~edge.runtime.daemon.Daemon.run`; what was built is closed on
     leaving the block (also when a step fails).
 
     Args:
         config: Validated configuration.
-        sink: A sink to publish through instead of :func:`edge.runtime.publish.choose_sink`'s (tests, benchmarks);
-            its caller closes it.
+        sink: A sink to publish through instead of :func:`edge.runtime.publish.open_publisher`'s (tests,
+            benchmarks); its caller closes it.
+        session: The broker session behind ``sink`` (``MqttSink.session``) when one is given: commands, Home
+            Assistant discovery and model push need it; ignored without ``sink``.
         source: A frame source instead of the ``[source]`` section's; its caller closes it.
         notifier: systemd notifier (default: from the environment).
 
@@ -86,38 +90,42 @@ def assemble(config: Config, *, sink: Sink | None = None, source: ManagedSource 
                 raise ConfigError(str(exc)) from None
         source.start()
         if sink is None:
-            sink = _open_sink(config)
+            sink, session = _open_publisher(config)
             stack.callback(sink.close)
         daemon = Daemon(config, sink, source=source, detector=detector, models=models, pause=pause,
                         notifier=notifier)
-        sink.set_command_handler(daemon.handle_command)
-        _add_extensions(daemon, sink, models, config)
+        if session is not None:  # imported here: paho is for MQTT runs only
+            from edge.runtime.publish.command_channel import CommandChannel
+
+            # Closed before the sink (the stack unwinds in reverse): no answer is sent on a closed sink.
+            stack.callback(CommandChannel(session, config, daemon.handle_command).close)
+        _add_extensions(daemon, session, models, config)
         yield daemon
 
 
-def _open_sink(config: Config) -> Sink:
-    from edge.runtime.publish import choose_sink
+def _open_publisher(config: Config) -> tuple[Sink, BrokerSession | None]:
+    from edge.runtime.publish import open_publisher
 
     try:
-        return choose_sink(config)
+        return open_publisher(config)
     except SinkError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _add_extensions(daemon: Daemon, sink: Sink, models: ModelManager, config: Config) -> None:
-    """Metrics when enabled; Home Assistant discovery and model push when enabled and a broker is behind the sink."""
+def _add_extensions(daemon: Daemon, session: BrokerSession | None, models: ModelManager, config: Config) -> None:
+    """Metrics when enabled; Home Assistant discovery and model push when enabled and there is a broker."""
     if config.metrics.enabled:
         from edge.runtime.metrics import MetricsServer
 
         daemon.add_extension(MetricsServer(config, daemon))
-    if not sink.has_broker:
+    if session is None:
         return
     from edge.runtime.homeassistant import discovery
 
-    ha = discovery(config, sink, lambda: (models.model_id, list(models.classifier.labels)))
+    ha = discovery(config, session, lambda: (models.model_id, list(models.classifier.labels)))
     if ha is not None:
         daemon.add_extension(ha)
     if config.model_push.enabled:
         from edge.runtime.models.push import ModelPushReceiver
 
-        daemon.add_extension(ModelPushReceiver(config, sink, models, daemon.publish_status))
+        daemon.add_extension(ModelPushReceiver(config, session, models, daemon.publish_status))

@@ -28,7 +28,7 @@ from edge.runtime.loopstats import STAGES, LoopStats
 from edge.runtime.models.manager import ModelManager
 from edge.runtime.pause import PauseFile
 from edge.runtime.preview import PreviewWriter
-from edge.runtime.publish.base import Sink
+from edge.runtime.publish.base import Sink, SinkStats
 from edge.runtime.report import (
     SummaryWindow,
     faces_body,
@@ -163,9 +163,9 @@ class Daemon:
         return True, "capture resumed" + (f" (but {problem}: a restart comes back paused)" if problem else "")
 
     def status_body(self) -> dict[str, Any]:
-        """The ``status`` payload body (see the MQTT contract)."""
+        """The ``status`` body (see the MQTT contract) with the sink's figures: the one place one is made."""
         clf = self.models.classifier
-        stats = self.sink.stats()
+        stats: SinkStats = self.sink.stats()
         return {
             "state": self.state.value,
             "paused": self.pause.paused,
@@ -182,6 +182,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "version": package_version(),
             "model_push": self.models.last_report,
+            **({"mqtt": stats["mqtt"]} if "mqtt" in stats else {}),  # the broker connection, last as always
         }
 
     def run(self, max_frames: int | None = None) -> int:
@@ -334,3 +335,7 @@ class Daemon:
         self.source.close()
         with contextlib.suppress(Exception):
             self.detector.close()
+        # The last status: a stopped device processes nothing (the caller closes the sink after this).
+        self.state = DaemonState.OFFLINE
+        self.stats.reset_fps()
+        self._send_status()

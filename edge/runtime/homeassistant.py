@@ -2,8 +2,8 @@
 
 Device-based discovery (Home Assistant 2024.11 and later): one retained config on
 ``<discovery_prefix>/device/emotion_edge_<device>/config`` with the device (``dev``), the origin (``o``) and its
-components (``cmps``), published through the sink (``sink.publish_raw``) once per start (on the first connect),
-whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
+components (``cmps``), published on the broker session (``session.publish_raw``) once per start (on the first
+connect), whenever Home Assistant announces itself (``<discovery_prefix>/status`` = ``online``), and when a pushed model
 changes the labels (a component left out of an update is removed by Home Assistant). Turned off with
 ``[homeassistant] enabled = false``. Every component's key and ``unique_id`` are the same
 (``emotion_edge_<device>_<name>``; ``default_entity_id`` is ``<platform>.`` that; no ``object_id``, which Home
@@ -48,7 +48,7 @@ from edge.protocol.topics import (
     STATE_PRESENCE,
     topic,
 )
-from edge.runtime.publish.base import Sink
+from edge.runtime.publish.base import BrokerSession
 from edge.runtime.state import STATE_NAMES
 from edge.version import package_version
 
@@ -178,16 +178,16 @@ class HomeAssistantDiscovery:
 
     Args:
         config: The daemon config (device id, topic prefix, discovery prefix).
-        sink: An MQTT sink with ``publish_raw``, ``subscribe`` and ``add_connect_hook``.
+        session: The broker session (:attr:`edge.runtime.publish.mqtt.MqttSink.session`).
         model_info: Returns ``(model_id, labels)`` of the model in use; called on every publish.
         check_interval_s: How often to look for a model change (a hot swap may change the labels).
         migration_gap_s: Wait between clearing old per-entity configs and publishing the device config.
     """
 
-    def __init__(self, config: Config, sink: Sink, model_info: Callable[[], tuple[str, list[str]]],
+    def __init__(self, config: Config, session: BrokerSession, model_info: Callable[[], tuple[str, list[str]]],
                  check_interval_s: float = 5.0, migration_gap_s: float = MIGRATION_GAP_S) -> None:
         self.config = config
-        self.sink = sink
+        self.session = session
         self.model_info = model_info
         self.check_interval_s = check_interval_s
         self.migration_gap_s = migration_gap_s
@@ -210,11 +210,11 @@ class HomeAssistantDiscovery:
         with self._lock:
             stale = sorted(self.published - {device_topic})
             for old in stale:
-                self.sink.publish_raw(old, b"", retain=True, qos=1)  # empty retained = entity removed
+                self.session.publish_raw(old, b"", retain=True, qos=1)  # empty retained = entity removed
             if stale:
                 log.info("cleared %d Home Assistant discovery configs of an earlier version", len(stale))
                 time.sleep(self.migration_gap_s)
-            self.sink.publish_raw(device_topic, json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            self.session.publish_raw(device_topic, json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
                                   retain=True, qos=1)
             self.published = {device_topic}
             self._last = (model_id, tuple(labels))
@@ -286,9 +286,9 @@ class HomeAssistantDiscovery:
                 self._safe_publish()
 
     def start(self) -> None:
-        """Hook into the sink (the first connect, HA status) and watch for model changes."""
-        self.sink.subscribe(f"{self.config.homeassistant.discovery_prefix}/status", self._on_ha_status)
-        self.sink.add_connect_hook(self._on_connect)  # also runs at once when the sink is connected already
+        """Hook into the broker session (the first connect, HA status) and watch for model changes."""
+        self.session.subscribe(f"{self.config.homeassistant.discovery_prefix}/status", self._on_ha_status)
+        self.session.add_connect_hook(self._on_connect)  # also runs at once when the sink is connected already
         self._thread = threading.Thread(target=self._watch_model, name="ha-model-watch", daemon=True)
         self._thread.start()
 
@@ -299,12 +299,14 @@ class HomeAssistantDiscovery:
             self._thread.join(timeout=2)
 
 
-def discovery(config: Config, sink: Sink, model_info: Callable[[], tuple[str, list[str]]]) -> HomeAssistantDiscovery | None:
-    """The extension when ``homeassistant.enabled`` and a broker is behind the sink, else None (said in the log)."""
+def discovery(config: Config, session: BrokerSession | None,
+              model_info: Callable[[], tuple[str, list[str]]]) -> HomeAssistantDiscovery | None:
+    """The extension when ``homeassistant.enabled`` and there is a broker (``session`` is None for the stdout
+    sink), else None (said in the log)."""
     if not config.homeassistant.enabled:
         log.info("Home Assistant discovery is off (homeassistant.enabled = false)")
         return None
-    if not sink.has_broker:
+    if session is None:
         log.info("Home Assistant discovery needs the MQTT sink; not publishing it")
         return None
-    return HomeAssistantDiscovery(config, sink, model_info)
+    return HomeAssistantDiscovery(config, session, model_info)

@@ -56,7 +56,7 @@ class DaemonCollector:
     """A prometheus-client collector that reads the daemon's figures at scrape time.
 
     Args:
-        daemon: The running :class:`edge.runtime.daemon.Daemon` (its ``status_body()``, ``face_count``, ``sink``).
+        daemon: The running :class:`edge.runtime.daemon.Daemon` (its ``status_body()`` and ``face_count``).
     """
 
     def __init__(self, daemon: Any) -> None:
@@ -97,7 +97,7 @@ class DaemonCollector:
         yield gauge("faces", "Faces tracked right now.", d.face_count)
         yield gauge("outbox_pending", "Messages waiting for the broker's acknowledgement.", s["outbox"]["pending"])
         yield counter("outbox_dropped", "Messages the outbox dropped at its bound.", s["outbox"]["dropped"])
-        yield gauge("mqtt_connected", "1 while a broker session is up.", bool(getattr(d.sink, "connected", False)))
+        yield gauge("mqtt_connected", "1 while a broker session is up.", bool(s.get("mqtt", {}).get("connected")))
         yield gauge("source_ok", "1 while the frame source delivers.", s["source"]["state"] == "ok")
         yield counter("source_retries", "Times the frame source was reopened after a failure.", s["source"]["retries"])
         if s["cpu_temp_c"] is not None:

@@ -1,8 +1,8 @@
 """The daemon's states: what ``status.state`` says, what Home Assistant lists and what /metrics exports.
 
 A str-valued enum, so the payloads keep the same plain strings (``DaemonState.RUNNING == "running"``).
-``offline`` is never set by the daemon itself: the sink writes it into the last status when it closes
-(:func:`edge.runtime.publish.base.offline_copy`).
+``offline`` is the last status a run publishes (after the extensions stopped and the source closed); the broker's
+Last Will says ``offline`` on the availability topic when a run dies without it.
 """
 
 from __future__ import annotations

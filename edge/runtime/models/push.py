@@ -11,23 +11,21 @@ restart would load stay the old one.
 
 Every push ends with a result object, published as an ``events`` message (``event: "model_push"``) and kept
 by the model manager for the ``model_push`` block of the status (as are the manager's own rollbacks, which this
-receiver publishes). MQTT callbacks run on
-paho's network thread, so messages are only queued there and handled by a worker thread.
+receiver publishes).
 
-Whoever may publish on a push topic may send anything, so the receiver is bounded like the command topic: a
-payload above ``model_push.max_bytes`` is never read (answered ``oversized``), at most :data:`PUSH_RATE`
-messages per second are answered (the rest are dropped and counted in the log), every text field of a result
-is clipped (a reason to :data:`REASON_CHARS`, an unverified id to :data:`edge.protocol.envelope.ECHO_CHARS`), and a
-refusal is logged once per code, then counted.
+Whoever may publish on a push topic may send anything, so the push topics are guarded inbound topics
+(:mod:`edge.runtime.publish.inbound`), like the command topics, with their own limits: a payload above
+``model_push.max_bytes`` is never read (answered ``oversized``), at most :data:`PUSH_RATE` messages per second
+are looked at (the rest are dropped unread and counted in the log), at most :data:`QUEUE_SIZE` pushes wait while
+one is handled (one more is answered ``busy``), and a worker thread does the verifying and loading, never paho's
+network thread. Every text field of a result is clipped (a reason to :data:`REASON_CHARS`, an unverified id to
+:data:`edge.protocol.envelope.ECHO_CHARS`), and a refusal is logged once per code, then counted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,8 +42,8 @@ from edge.runtime.loglimit import LogLimiter
 from edge.runtime.models.check import check_bundle
 from edge.runtime.models.manager import ModelManager, SwapFailed
 from edge.runtime.models.store import parse_created
-from edge.runtime.publish.base import Sink
-from edge.runtime.ratelimit import TokenBucket
+from edge.runtime.publish.base import BrokerSession
+from edge.runtime.publish.inbound import GuardedInbound, InboundLimits, Refused
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +57,10 @@ PUSH_BURST = 20
 REASON_CHARS = 400
 #: Result fields that may carry unverified text from the payload (model ids come from the signed manifest).
 _ECHOED = ("push_id", "key_id")
+#: Longest wait for the push in progress when the receiver stops.
+STOP_WAIT_S = 30.0
+#: A queued push: its topic and payload.
+_Item = tuple[str, bytes]
 
 
 class ModelPushReceiver:
@@ -66,26 +68,23 @@ class ModelPushReceiver:
 
     Args:
         config: The daemon configuration (sections ``model_push``, ``mqtt``, ``device``, ``classifier``).
-        sink: The :class:`edge.runtime.publish.mqtt.MqttSink` (needs ``subscribe`` and ``publish``).
+        session: The broker session (:attr:`edge.runtime.publish.mqtt.MqttSink.session`): push topics are
+            subscribed on it, results published through it.
         models: The model manager: the running model, the store, the swap.
         publish_status: Asks the daemon for a fresh status (its ``model_push`` block shows the result).
     """
 
-    def __init__(self, config: Any, sink: Sink, models: ModelManager,
+    def __init__(self, config: Any, session: BrokerSession, models: ModelManager,
                  publish_status: Callable[[], None] | None = None):
         self.config = config
-        self.sink = sink
+        self.session = session
         self.models = models
         self.store = models.store
         self._publish_status = publish_status
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._worker: threading.Thread | None = None
+        self._inbound: GuardedInbound[_Item] | None = None
         self._trusted: list[Ed25519PublicKey] = []
         self._key_errors: list[str] = []
-        self._bucket = TokenBucket(PUSH_RATE, PUSH_BURST)
         self._log = LogLimiter(log)
-        #: Push messages dropped unanswered by the rate limit since start.
-        self.dropped = 0
 
     @property
     def last_result(self) -> dict[str, Any] | None:
@@ -116,10 +115,12 @@ class ModelPushReceiver:
         is reported first; the manager's later rollbacks are reported as they happen.
         """
         self._load_keys()
-        self._worker = threading.Thread(target=self._run, name="model-push", daemon=True)
-        self._worker.start()
+        limits = InboundLimits(noun="push", plural="model push messages", max_bytes=self.config.model_push.max_bytes,
+                               size_setting="model_push.max_bytes", rate=PUSH_RATE, burst=PUSH_BURST,
+                               queue_size=QUEUE_SIZE, busy_detail="another model push is in progress; retry later")
+        self._inbound = GuardedInbound(self.session, limits, self._work, self._refused, log, "model-push")
         for t in self.topics():
-            self.sink.subscribe(t, self._on_message, self.config.model_push.max_bytes, self._on_oversized)
+            self._inbound.listen(t, self._parse)
         log.info("model push: listening on %s", ", ".join(self.topics()))
         if self.config.classifier.model is not None:
             log.warning("classifier.model is set (%s): pushed models run until the next restart, which loads that "
@@ -127,49 +128,29 @@ class ModelPushReceiver:
         self.models.connect(self.announce)
 
     def stop(self) -> None:
-        """Stop the worker thread after the push in progress (if any)."""
-        if self._worker is None:
+        """Stop answering and end the worker after the push in progress (if any)."""
+        if self._inbound is None:
             return
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=1)
-        self._worker.join(timeout=30)
-        self._worker = None
+        self._inbound.close(STOP_WAIT_S)
+        self._inbound = None
 
-    def _admit(self) -> bool:
-        if self._bucket.take():
-            return True
-        self.dropped += 1
-        self._log.warning("rate", "model push: dropping push messages unanswered, more than %g per second (%d "
-                          "dropped since start)", PUSH_RATE, self.dropped)
-        return False
+    @property
+    def dropped(self) -> int:
+        """Push messages dropped unanswered by the rate limit since start."""
+        return self._inbound.dropped if self._inbound is not None else 0
 
-    def _on_oversized(self, topic: str, size: int) -> None:
-        # Network thread: the payload was never read (see edge.runtime.publish.bounded_client).
-        if self._admit():
-            limit = self.config.model_push.max_bytes
-            self._report(topic, None, PushRejected("oversized", f"push is {size} bytes, above model_push.max_bytes = "
-                                                   f"{limit}; it was not read"))
+    @staticmethod
+    def _parse(topic: str, payload: bytes, properties: object) -> _Item | None:
+        # Network thread: never verify or load here, only queue. A zero-length retained message only clears an old
+        # retained push: nothing to do.
+        return (topic, bytes(payload)) if payload else None
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        # Runs on paho's network thread: never verify or load here, only queue.
-        if not payload:  # a zero-length retained message only clears an old retained push: nothing to do
-            return
-        if not self._admit():
-            return
-        try:
-            self._queue.put_nowait((topic, bytes(payload)))
-        except queue.Full:
-            self._report(topic, peek_push_id(payload), PushRejected("busy", "another model push is in progress; retry later"))
+    def _work(self, item: _Item) -> None:
+        self.handle(*item)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self.handle(*item)
-            except Exception:  # the worker must survive anything so later pushes are still handled
-                log.exception("model push: unexpected error")
+    def _refused(self, refusal: Refused, topic: str, item: _Item | None, properties: object) -> None:
+        push_id = peek_push_id(item[1]) if item is not None else None
+        self._report(topic, push_id, PushRejected(refusal.code, refusal.detail))
 
     # ----- the work -----
     def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
@@ -289,7 +270,7 @@ class ModelPushReceiver:
         self.models.record(result)
         body = {"event": "model_push", "track_id": None, **result}
         try:
-            self.sink.publish("events", body)
+            self.session.publish("events", body)
         except Exception:
             log.exception("model push: cannot publish the result event")
         # Status carries the result too (its model_push block): ask the daemon for a fresh one.

@@ -1,19 +1,20 @@
 """The command topics: check what arrives on ``<prefix>/<device>/command`` (JSON) and ``<prefix>/<device>/paused/set``
 (the plain pause switch, ``ON``/``OFF``) and run it off the network thread.
 
-The topic carries no signature, so anyone who may publish there may send anything, and every step is bounded:
+The topics carry no signature, so anyone who may publish there may send anything, and every step is bounded by
+the guarded inbound topics of :mod:`edge.runtime.publish.inbound`, with these limits and answers:
 
-- at most ``mqtt.command_rate`` messages per second are looked at (a token bucket); the rest are dropped
-  unanswered and counted in the log once a minute, so a flood can neither fill the outbox with answers nor the
-  log with lines;
-- a payload above ``mqtt.max_command_bytes`` is never read (see
-  :mod:`edge.runtime.publish.bounded_client`) and is answered ``oversized``;
+- at most ``mqtt.command_rate`` messages per second are looked at, on both topics together; the rest are dropped
+  unanswered and counted in the log once a minute;
+- a payload above ``mqtt.max_command_bytes`` is never read and is answered ``oversized``; at most
+  :data:`QUEUE_SIZE` commands wait, one more is answered ``busy``;
 - deeply nested JSON ("[[[[..."): Python's parser recurses once per level and raises RecursionError at about a
   thousand; that is caught like any other unreadable payload and answered ``malformed``;
 - answers and log lines echo at most :data:`edge.protocol.envelope.ECHO_CHARS` characters of the input.
 
 Messages are checked on paho's network thread (cheap) and queued; one worker thread hands each command to the
-handler (:meth:`edge.runtime.daemon.Daemon.handle_command`), so a slow command never stalls the network.
+handler (:meth:`edge.runtime.daemon.Daemon.handle_command`), so a slow command never stalls the network. Answers
+are ``command`` events through the sink's outbox (:meth:`edge.runtime.publish.base.BrokerSession.publish`).
 
 MQTT 5 request/response: a command that carries a Response Topic is answered there too (the body of its
 ``command`` event as JSON, not retained, with the command's Correlation Data echoed), besides the ``events``
@@ -25,17 +26,18 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.config import Config
 from edge.protocol.envelope import clip, command_event
+from edge.protocol.topics import COMMAND, PAUSED_SET, topic
 from edge.runtime.loglimit import LogLimiter
-from edge.runtime.publish.base import CommandHandler
-from edge.runtime.ratelimit import TokenBucket
+from edge.runtime.publish.base import BrokerSession, SinkError
+from edge.runtime.publish.inbound import GuardedInbound, InboundLimits, Refused
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,16 @@ log = logging.getLogger(__name__)
 #: max_command_bytes can take some 25 times that as Python objects, so this also bounds what waiting commands hold.
 QUEUE_SIZE = 16
 
-#: Publishes ``(response topic, body, correlation data)``.
-ReplyPublisher = Callable[[str, dict[str, Any], "bytes | None"], None]
+#: Runs a command; may return the body of its ``command`` event (for an MQTT 5 response topic).
+CommandHandler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+#: Where an MQTT 5 request wants its answer: ``(response topic, correlation data)``.
 Reply = tuple[str, "bytes | None"]
-class CommandRefused(ValueError):
-    """A message that is not a command; ``code`` is ``malformed`` or ``oversized``."""
+#: A queued command and its reply address.
+_Item = tuple[dict[str, Any], "Reply | None"]
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+
+class CommandRefused(Refused):
+    """A message that is not a command; ``code`` is ``malformed`` or ``oversized``."""
 
 
 #: What the plain switch topic (``<prefix>/<device>/paused/set``) accepts, upper-cased, and the command it means.
@@ -89,110 +91,77 @@ def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
 
 
 class CommandChannel:
-    """Receives commands and answers the ones it cannot run.
+    """The device's command topics on a broker session: subscribes ``<prefix>/<device>/command`` and
+    ``<prefix>/<device>/paused/set`` at once, runs what arrives through ``handler`` and answers what it cannot run.
 
     Args:
-        publish_event: Publishes an ``events`` body (the sink's outbox); must not block on the network.
-        max_bytes: Largest accepted payload (``mqtt.max_command_bytes``).
-        rate: Messages handled per second at most (``mqtt.command_rate``), in bursts of as many.
-        publish_reply: Answers an MQTT 5 response topic; None answers on ``events`` only.
-        reply_forbidden: Topic prefixes a response topic must not start with (the device's tree, discovery).
+        session: The broker session (:attr:`edge.runtime.publish.mqtt.MqttSink.session`).
+        config: The device configuration (``device.id``, ``mqtt.topic_prefix``, ``mqtt.max_command_bytes``,
+            ``mqtt.command_rate``, ``homeassistant.discovery_prefix``).
+        handler: Runs each command on the worker thread (:meth:`edge.runtime.daemon.Daemon.handle_command`); None
+            answers "no command handler" until :attr:`handler` is set.
+
+    Close it (:meth:`close`) before the sink: answers stop, and the worker ends after the command in progress.
     """
 
-    def __init__(self, publish_event: Callable[[dict[str, Any]], None], max_bytes: int = 64 * 1024,
-                 rate: float = 10.0, publish_reply: ReplyPublisher | None = None,
-                 reply_forbidden: tuple[str, ...] = ()) -> None:
-        self._publish_event = publish_event
-        self.max_bytes = max_bytes
-        self._publish_reply = publish_reply
-        self._reply_forbidden = reply_forbidden
+    def __init__(self, session: BrokerSession, config: Config, handler: CommandHandler | None = None) -> None:
+        m = config.mqtt
+        self._session = session
+        self._device_id = config.device.id
+        self.max_bytes = m.max_command_bytes
         #: Runs each command (on the worker thread); None answers "no command handler".
-        self.handler: CommandHandler | None = None
-        #: Messages dropped unanswered by the rate limit since start.
-        self.dropped = 0
-        self._rate = rate
-        self._bucket = TokenBucket(rate)
-        #: Messages :meth:`gate` admitted that have not reached :meth:`on_message` yet (network thread only).
-        self._gated = 0
+        self.handler = handler
+        # A command must not make the device write into topics others read as data.
+        self._reply_forbidden = (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/")
         self._log = LogLimiter(log)
-        self._closed = False
-        self._queue: queue.Queue[tuple[dict[str, Any], Reply | None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._worker = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
+        limits = InboundLimits(noun="command", plural="commands", max_bytes=m.max_command_bytes,
+                               size_setting="mqtt.max_command_bytes", rate=m.command_rate,
+                               rate_setting="mqtt.command_rate", queue_size=QUEUE_SIZE,
+                               busy_detail="too many queued commands; try again later")
+        self._inbound: GuardedInbound[_Item] = GuardedInbound(session, limits, self._run, self._refused, log,
+                                                              "mqtt-commands")
+        # The plain switch shares the command topic's rate (gated before parsing too), size bound and queue.
+        self._inbound.listen(topic(m.topic_prefix, self._device_id, COMMAND), self._parse_command)
+        self._inbound.listen(topic(m.topic_prefix, self._device_id, PAUSED_SET), self._parse_switch)
 
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._worker.start()
-
-    def gate(self, topic: str) -> bool:
-        """Whether a message on the command topic is taken, asked before it is even parsed (network thread): a
-        flood beyond ``rate`` is dropped unread and counted; what passes is not counted again on arrival."""
-        if self._admit():
-            self._gated += 1
-            return True
-        return False
-
-    def _arrived(self) -> bool:
-        """A message arrived: admitted by :meth:`gate` already, or now by the rate."""
-        if self._gated:
-            self._gated -= 1
-            return True
-        return self._admit()
+    @property
+    def dropped(self) -> int:
+        """Messages dropped unanswered by the rate limit since start."""
+        return self._inbound.dropped
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        """A message on the command topic (network thread): check and queue it, or answer why not."""
-        self._receive(parse_command, payload, properties)
-
-    def on_switch(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        """A message on the plain pause switch topic (network thread): ``ON``/``OFF`` become ``pause``/``resume``,
-        through the same rate limit, size bound, queue and answers as a JSON command."""
-        self._receive(parse_switch, payload, properties)
-
-    def _receive(self, parse: Callable[[bytes, int], dict[str, Any]], payload: bytes,
-                 properties: Properties | None) -> None:
-        if not self._arrived():
-            return
-        reply = self._reply_to(properties)
-        try:
-            cmd = parse(payload, self.max_bytes)
-        except CommandRefused as exc:
-            self._answer(None, False, exc.detail, code=exc.code, reply=reply)
-            return
-        try:
-            self._queue.put_nowait((cmd, reply))
-        except queue.Full:
-            self._answer(cmd["command"], False, "too many queued commands; try again later", cmd, "busy", reply)
-
-    def on_oversized(self, topic: str, size: int) -> None:
-        """A message above ``max_bytes`` was dropped unread (network thread): answer ``oversized``."""
-        if self._arrived():
-            self._answer(None, False, f"command is {size} bytes, above mqtt.max_command_bytes = {self.max_bytes}; "
-                         "it was not read", code="oversized")
-
-    def _reply_to(self, properties: Properties | None) -> Reply | None:
-        """``(response topic, correlation data)`` of an MQTT 5 request, None when there is none or it is refused."""
-        topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
-        if not topic or self._publish_reply is None:
-            return None
-        if (topic.startswith("$") or any(c in topic for c in "+#\0")
-                or any(topic == p.rstrip("/") or topic.startswith(p) for p in self._reply_forbidden)):
-            self._log.warning("reply topic", "MQTT command: not answering response topic %s (a wildcard, or inside "
-                              "%s); answering on events only", clip(topic), " or ".join(self._reply_forbidden))
-            return None
-        return topic, getattr(properties, "CorrelationData", None)
+        """Take a message as if it arrived on the command topic (its subscription does the same on the network
+        thread): check and queue it, or answer why not."""
+        self._inbound.receive(self._parse_command, topic, payload, properties)
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop answering and end the worker after the command in progress."""
-        self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
+        self._inbound.close(timeout)
 
-    def _admit(self) -> bool:
-        if self._bucket.take():
-            return True
-        self.dropped += 1
-        self._log.warning("rate", "dropping commands unanswered: more than mqtt.command_rate = %g per second "
-                          "(%d dropped since start)", self._rate, self.dropped)
-        return False
+    def _parse_command(self, topic: str, payload: bytes, properties: Properties | None) -> _Item:
+        return parse_command(payload, self.max_bytes), self._reply_to(properties)
+
+    def _parse_switch(self, topic: str, payload: bytes, properties: Properties | None) -> _Item:
+        return parse_switch(payload, self.max_bytes), self._reply_to(properties)
+
+    def _refused(self, refusal: Refused, topic: str, item: _Item | None, properties: Properties | None) -> None:
+        if item is None:
+            self._answer(None, False, refusal.detail, code=refusal.code, reply=self._reply_to(properties))
+        else:
+            cmd, reply = item
+            self._answer(cmd["command"], False, refusal.detail, cmd, refusal.code, reply)
+
+    def _reply_to(self, properties: Properties | None) -> Reply | None:
+        """``(response topic, correlation data)`` of an MQTT 5 request, None when there is none or it is refused."""
+        reply_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
+        if not reply_topic:
+            return None
+        if (reply_topic.startswith("$") or any(c in reply_topic for c in "+#\0")
+                or any(reply_topic == p.rstrip("/") or reply_topic.startswith(p) for p in self._reply_forbidden)):
+            self._log.warning("reply topic", "MQTT command: not answering response topic %s (a wildcard, or inside "
+                              "%s); answering on events only", clip(reply_topic), " or ".join(self._reply_forbidden))
+            return None
+        return reply_topic, getattr(properties, "CorrelationData", None)
 
     def _answer(self, command: str | None, ok: bool, detail: str, request: Any = None, code: str | None = None,
                 reply: Reply | None = None) -> None:
@@ -200,26 +169,33 @@ class CommandChannel:
         if not ok:
             self._log.warning(f"refused {event['code']}", "MQTT command %s not done (%s): %s", event["command"],
                               event["code"], event["detail"])
-        if not self._closed:
-            self._publish_event(event)
-            self._send_reply(reply, event)
+        if self._inbound.closed:
+            return
+        try:
+            self._session.publish("events", event)
+        except SinkError:  # the sink closed before this channel: there is no session left to answer on
+            return
+        self._send_reply(reply, event)
 
     def _send_reply(self, reply: Reply | None, body: dict[str, Any] | None) -> None:
-        if reply is not None and body is not None and self._publish_reply is not None and not self._closed:
-            self._publish_reply(reply[0], body, reply[1])
+        """The MQTT 5 response to a command: its event body, to the requester's topic, not through the outbox (it
+        takes no seq: subscribers of the device's topics never see a gap for it)."""
+        if reply is None or body is None or self._inbound.closed:
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        if reply[1] is not None:
+            props.CorrelationData = reply[1]
+        payload = json.dumps({"device_id": self._device_id, **body}, separators=(",", ":"))
+        self._session.publish_raw(reply[0], payload, retain=False, qos=1, properties=props)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            cmd, reply = item
-            handler = self.handler
-            if handler is None:
-                self._answer(cmd["command"], False, "this device has no command handler", cmd, reply=reply)
-                continue
-            try:
-                self._send_reply(reply, handler(cmd))
-            except Exception as exc:
-                self._log.log(logging.ERROR, "failed", "command %s failed", clip(cmd["command"]), exc_info=True)
-                self._answer(cmd["command"], False, f"command failed: {clip(exc)}", cmd, reply=reply)
+    def _run(self, item: _Item) -> None:
+        cmd, reply = item
+        handler = self.handler
+        if handler is None:
+            self._answer(cmd["command"], False, "this device has no command handler", cmd, reply=reply)
+            return
+        try:
+            self._send_reply(reply, handler(cmd))
+        except Exception as exc:
+            self._log.log(logging.ERROR, "failed", "command %s failed", clip(cmd["command"]), exc_info=True)
+            self._answer(cmd["command"], False, f"command failed: {clip(exc)}", cmd, reply=reply)

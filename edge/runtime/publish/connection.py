@@ -34,11 +34,11 @@ from paho.mqtt.properties import Properties
 from edge.protocol.broker import BrokerSettings, make_client
 from edge.runtime.backoff import backoff_delay
 from edge.runtime.loglimit import LogLimiter
-from edge.runtime.publish.base import OversizedCallback
+from edge.runtime.publish.base import MessageCallback, OversizedCallback, PropertiesCallback
 from edge.runtime.publish.bounded_client import BoundedClient, SizeCaps
 from edge.runtime.publish.connection_callbacks import PROTOCOL_NAMES, PahoCallbacks
 from edge.runtime.publish.latest import LatestValues
-from edge.runtime.publish.subscriptions import MessageCallback, PropertiesCallback, Subscriptions
+from edge.runtime.publish.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 

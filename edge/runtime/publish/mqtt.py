@@ -7,14 +7,14 @@ PUBACK (:mod:`edge.runtime.publish.pump`), remove a message from the outbox only
 a lost connection start a fresh session that resends from the oldest unacknowledged message. Owning the retries
 (instead of paho's in-memory resend) is what keeps the order intact: paho would resend its held messages after
 ``on_connect`` returns, racing newer ones. A duplicate after a reconnect or restart carries the same ``seq``.
-Commands arriving on the device's command topic go through :mod:`edge.runtime.publish.command_channel`. The
+The broker itself (raw publishes, subscriptions, connect hooks) is reached through :attr:`MqttSink.session`, an
+:class:`MqttSession`: Home Assistant discovery, the command channel and model pushes take that, not the sink. The
 retained plain-value topics (``<prefix>/<device>/state/...``) bypass the outbox: only their newest value matters
 (:mod:`edge.runtime.publish.latest`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -22,23 +22,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import Config
 from edge.protocol.broker import BrokerError, settings_from_config, tls_context
 from edge.protocol.envelope import encode, make_envelope
-from edge.protocol.topics import AVAILABILITY, COMMAND, NOBODY_STATE, PAUSED_SET, topic
+from edge.protocol.topics import AVAILABILITY, NOBODY_STATE, topic
 from edge.runtime.loglimit import LogLimiter
 from edge.runtime.publish.base import (
     OUTBOX_FILE,
-    CommandHandler,
     MessageCallback,
     OversizedCallback,
+    PropertiesCallback,
     SinkError,
-    offline_copy,
+    SinkStats,
 )
-from edge.runtime.publish.command_channel import CommandChannel
 from edge.runtime.publish.connection import MqttConnection
 from edge.runtime.publish.outbox import Outbox
 from edge.runtime.publish.pump import OutboxPump
@@ -50,15 +48,13 @@ class MqttSink:
     """Publishes payloads over MQTT (paho-mqtt 2.x, MQTT 5 with a fallback to 3.1.1) through the disk outbox.
 
     Topics: ``<prefix>/<device>/<kind>`` for the four payload kinds (``status`` retained), the retained
-    ``<prefix>/<device>/availability`` ("online" on every connect, "offline" by the Last Will or on close), and
-    ``<prefix>/<device>/command`` (subscribed; JSON commands go to the handler of :meth:`set_command_handler`).
+    ``<prefix>/<device>/availability`` ("online" on every connect, "offline" by the Last Will or on close). Bodies
+    go out as given: the daemon builds status whole, with :meth:`stats` (outbox and connection) in it.
 
     Args:
         config: The device configuration (``device`` and ``mqtt`` sections are used).
-        host: Broker host overriding ``mqtt.host`` (used by :func:`edge.runtime.publish.choose_sink` for the
+        host: Broker host overriding ``mqtt.host`` (used by :func:`edge.runtime.publish.open_publisher` for the
             localhost probe).
-        on_command: Called with each command dict, on a worker thread (so a slow handler never stalls the
-            network); can be set later with :meth:`set_command_handler`.
         backoff_wait: How the reconnect loop waits its backoff delay (default: until the delay passes or the sink
             closes); the seam a test uses to check the delays without waiting them.
 
@@ -66,14 +62,11 @@ class MqttSink:
         SinkError: The TLS files cannot be loaded, or the outbox database cannot be opened.
     """
 
-    has_broker = True
-
     def __init__(
         self,
         config: Config,
         *,
         host: str | None = None,
-        on_command: CommandHandler | None = None,
         backoff_wait: Callable[[float], Any] | None = None,
     ):
         m = config.mqtt
@@ -82,7 +75,6 @@ class MqttSink:
         settings = settings_from_config(m, host)
         self.host, self.port = settings.host, settings.port
         self.client_id = m.client_id or f"emotion-edge-{self.device_id}"
-        self.command_topic = topic(m.topic_prefix, self.device_id, COMMAND)
         if m.username and settings.password is None:
             log.warning(
                 "mqtt.username is set but no password was found in $%s or credential %s; connecting without one",
@@ -98,8 +90,6 @@ class MqttSink:
             raise SinkError(str(exc)) from None
         self._readdress(m.topic_prefix)
         self._closed = False
-        self._last_status: dict[str, Any] | None = None
-        self._status_lock = threading.Lock()
         self.pump = OutboxPump(self.outbox, m.max_inflight, {"faces": m.faces_expiry_s})
         self.connection = MqttConnection(
             settings, self.client_id, topic(m.topic_prefix, self.device_id, AVAILABILITY), self.pump,
@@ -107,16 +97,8 @@ class MqttSink:
             credentials_hint=f"${m.password_env} or credential {m.password_credential}", tls_context=context,
             backoff_wait=backoff_wait, max_message_bytes=m.max_command_bytes,
         )
-        self.commands = CommandChannel(self._publish_event, m.max_command_bytes, m.command_rate, self._publish_reply,
-                                       (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/"))
-        self.commands.handler = on_command
-        self.connection.subscribe(self.command_topic, self.commands.on_message, with_properties=True,
-                                  max_bytes=m.max_command_bytes, on_oversized=self.commands.on_oversized,
-                                  gate=self.commands.gate)
-        # The plain switch shares the command channel's rate (gated before parsing too) and size bound.
-        self.connection.subscribe(topic(m.topic_prefix, self.device_id, PAUSED_SET), self.commands.on_switch,
-                                  with_properties=True, max_bytes=m.max_command_bytes,
-                                  on_oversized=self.commands.on_oversized, gate=self.commands.gate)
+        #: The broker behind this sink, for whoever talks to it (discovery, commands, model pushes).
+        self.session = MqttSession(self.connection, self.publish)
         # Messages wait in memory only while a session is up; what it does not acknowledge in time goes to disk.
         self.outbox.memory_ok = lambda: self.connection.connected
         self._flusher_stop = threading.Event()
@@ -124,7 +106,6 @@ class MqttSink:
         for leaf, value in NOBODY_STATE.items():  # a crashed run may have left "someone is there" retained
             self.publish_state(leaf, value)
         self.connection.start()
-        self.commands.start()
         self._flusher.start()
 
     def _readdress(self, prefix: str) -> None:
@@ -148,20 +129,6 @@ class MqttSink:
                 failures.log(logging.ERROR, f"{type(exc).__name__}: {exc}", "outbox flusher failed: %s; retrying",
                              str(exc), exc_info=True)
 
-    def _publish_event(self, body: dict[str, Any]) -> None:
-        # A command answered while the sink closes is dropped: there is no session left to send it on.
-        if not self._closed:
-            self.publish("events", body)
-
-    def _publish_reply(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
-        """The MQTT 5 response to a command: its event body, to the requester's topic, not through the outbox
-        (it takes no seq: subscribers of the device's topics never see a gap for it)."""
-        props = Properties(PacketTypes.PUBLISH)
-        if correlation is not None:
-            props.CorrelationData = correlation
-        payload = json.dumps({"device_id": self.device_id, **body}, separators=(",", ":"))
-        self.connection.publish_raw(topic, payload, retain=False, qos=1, properties=props)
-
     # ----------------------------------------------------------------------------------------- the Sink
 
     @property
@@ -175,19 +142,10 @@ class MqttSink:
         return self._closed or (self.connection.alive() and self._flusher.is_alive())
 
     def publish(self, kind: str, body: dict[str, Any]) -> int:
-        """Store ``body`` with its envelope in the outbox and return its seq (no network I/O here).
-
-        Status bodies are published retained; the sink fills in ``outbox`` (its stats) and ``mqtt`` (its
-        connection state) when the body does not have them.
-        """
+        """Store ``body`` with its envelope in the outbox and return its seq (no network I/O here); status bodies
+        are published retained."""
         if self._closed:
             raise SinkError("publish() after close(): the sink is closed")
-        if kind == "status":
-            body = dict(body)
-            body.setdefault("outbox", self.stats())
-            body.setdefault("mqtt", self.connection.state())
-            with self._status_lock:
-                self._last_status = body
         return self.outbox.add(
             kind,
             topic(self._cfg.topic_prefix, self.device_id, kind),
@@ -196,36 +154,18 @@ class MqttSink:
             retain=kind == "status",
         )
 
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
-        """Publish without envelope or outbox (discovery configs); held in memory while disconnected."""
-        self.connection.publish_raw(topic, payload, retain, qos)
-
     def publish_state(self, leaf: str, value: str) -> None:
         """Set the retained plain-value topic ``<prefix>/<device>/<leaf>`` (QoS 1); only the newest value is kept."""
         if not self._closed:
             self.connection.publish_state(topic(self._cfg.topic_prefix, self.device_id, leaf), value)
 
-    def subscribe(self, topic: str, callback: MessageCallback, max_bytes: int | None = None,
-                  on_oversized: OversizedCallback | None = None) -> None:
-        """Subscribe (QoS 1) now and after every reconnect; ``callback(topic, payload)`` runs on the network
-        thread. A payload above ``max_bytes`` (default ``mqtt.max_command_bytes``) is never read into memory:
-        ``on_oversized(topic, size)`` hears of it instead."""
-        self.connection.subscribe(topic, callback, max_bytes=max_bytes, on_oversized=on_oversized)
-
-    def add_connect_hook(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` on the network thread after every (re)connect, and at once if connected already."""
-        self.connection.add_connect_hook(fn)
-
-    def set_command_handler(self, handler: CommandHandler) -> None:
-        """Run ``handler(command dict)`` for each command on the device's command topic (worker thread)."""
-        self.commands.handler = handler
-
-    def stats(self) -> dict[str, int]:
-        """``{"pending": messages not yet acknowledged, "dropped": messages dropped by the outbox bound}``."""
-        return {"pending": self.outbox.pending(), "dropped": self.outbox.dropped()}
+    def stats(self) -> SinkStats:
+        """Messages not yet acknowledged (``pending``), dropped by the outbox bound (``dropped``), and the
+        connection (``mqtt``: :meth:`connection_state`)."""
+        return {"pending": self.outbox.pending(), "dropped": self.outbox.dropped(), "mqtt": self.connection.state()}
 
     def connection_state(self) -> dict[str, Any]:
-        """``{"connected": bool, "refused": bool, "error": last problem or None}`` (also put into status)."""
+        """``{"connected": bool, "refused": bool, "error": last problem or None, "protocol": "5" or "3.1.1"}``."""
         return self.connection.state()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -246,23 +186,18 @@ class MqttSink:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Publish a last status with state "offline" (if a status was published), flush the outbox within
-        ``timeout``, publish availability "offline", and disconnect cleanly. What is not acknowledged by then stays
-        in the outbox for the next run."""
+        """Flush the outbox within ``timeout``, publish availability "offline", and disconnect cleanly. What is not
+        acknowledged by then stays in the outbox for the next run. (The daemon's last status, state "offline", is
+        its own last publish before this.)"""
         if self._closed:
             return
         deadline = time.monotonic() + timeout
-        with self._status_lock:
-            last = self._last_status
-        if last is not None:
-            self.publish("status", offline_copy(last))
         self._closed = True
         # Wait while a session is up or the first attempt is still under way; when the broker is unreachable or
         # refuses us, waiting only delays the shutdown: the messages stay in the outbox for the next run.
         while self.outbox.pending() > 0 and time.monotonic() < deadline and not self.connection.gave_up_waiting:
             time.sleep(0.02)
         self.connection.stop(deadline)
-        self.commands.close()
         self._flusher_stop.set()
         self._flusher.join(1.0)
         left = self.outbox.pending()
@@ -271,3 +206,43 @@ class MqttSink:
             log.warning("MQTT sink closed with %d message(s) left in the outbox; they are sent on the next run", left)
         else:
             log.info("MQTT sink closed; outbox empty")
+
+
+class MqttSession:
+    """The broker behind an :class:`MqttSink` (a :class:`edge.runtime.publish.base.BrokerSession`).
+
+    Args:
+        connection: The sink's network thread.
+        publish: The sink's :meth:`MqttSink.publish` (events through the outbox, in the device's sequence).
+    """
+
+    def __init__(self, connection: MqttConnection, publish: Callable[[str, dict[str, Any]], int]) -> None:
+        self._connection = connection
+        self._publish = publish
+
+    @property
+    def connected(self) -> bool:
+        """Whether a broker session is up right now."""
+        return self._connection.connected
+
+    def publish(self, kind: str, body: dict[str, Any]) -> int:
+        """Store ``body`` with its envelope in the sink's outbox and return its seq."""
+        return self._publish(kind, body)
+
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+                    properties: Properties | None = None) -> None:
+        """Publish without envelope or outbox (discovery configs, command responses); held in memory while
+        disconnected."""
+        self._connection.publish_raw(topic, payload, retain, qos, properties)
+
+    def subscribe(self, topic: str, callback: MessageCallback | PropertiesCallback, *, with_properties: bool = False,
+                  max_bytes: int | None = None, on_oversized: OversizedCallback | None = None,
+                  gate: Callable[[str], bool] | None = None) -> None:
+        """Subscribe (QoS 1) now and after every reconnect (see
+        :meth:`edge.runtime.publish.connection.MqttConnection.subscribe`)."""
+        self._connection.subscribe(topic, callback, with_properties=with_properties, max_bytes=max_bytes,
+                                   on_oversized=on_oversized, gate=gate)
+
+    def add_connect_hook(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on the network thread after every (re)connect, and at once if connected already."""
+        self._connection.add_connect_hook(fn)

@@ -13,14 +13,10 @@ from collections.abc import Callable
 from typing import cast
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
 
-from edge.runtime.publish.base import MessageCallback
+from edge.runtime.publish.base import MessageCallback, PropertiesCallback
 
 log = logging.getLogger(__name__)
-
-#: A callback that also gets the message's MQTT 5 properties (None on MQTT 3.1.1).
-PropertiesCallback = Callable[[str, bytes, Properties | None], None]
 
 
 class Subscriptions:
