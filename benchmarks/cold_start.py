@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7, help="Timed runs per row (after one untimed run).")
     args = ap.parse_args(argv)
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     rows: dict[str, list[float]] = {"python -c pass": [], "python -c 'import numpy'": [], "edge run, stdout": [],
                                     "edge run --max-frames 1, stdout: CPU s of the whole process": []}

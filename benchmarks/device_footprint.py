@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.hostile import proc_mb
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from tests.hostile_support import proc_mb  # noqa: E402  (after the sys.path entries above)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_pipeline import fer_folder
 
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 STAGES = ("capture", "detect", "classify", "track", "publish")
 LOOP = ("detect", "classify", "track", "publish")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
@@ -219,8 +218,6 @@ def run_worker(python: str, kind: str, args: argparse.Namespace, **extra: object
 def fer_folder(data: Path, out: Path, n: int = 100) -> Path:
     """640x480 JPEGs of the first ``n`` faces of ``data``, each upsampled 4x onto a canvas (crop_calibration)."""
     import cv2
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from crop_calibration import place
 
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from edge.bundle import BundleError, load_bundle
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     try:
         manifest, _ = load_bundle(args.model)

@@ -14,7 +14,7 @@ tracebacks)::
 
 ``disk`` puts the state folder on a 2 MB tmpfs filled up to ``--free-kb`` (root only: ``mount -t tmpfs``; the case
 is skipped where mounting is not allowed). ``--edge-root`` runs another checkout's daemon for a before/after.
-:func:`run_case` is what the short version in ``tests/test_fault_suite.py`` calls.
+:func:`run_case` is what the short version in ``tests/project/test_fault_suite.py`` calls.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.hostile import DaemonProcess
+from tests.support.mqtt import Collector
 
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.hostile_support import DaemonProcess  # noqa: E402
-from tests.mqtt_support import Collector  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 KINDS = ("faces", "summary", "status", "events")
 

@@ -17,14 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.hostile import DaemonProcess, fuzz_payload
+from tests.support.mqtt import Collector
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.hostile_support import DaemonProcess, fuzz_payload  # noqa: E402
-from tests.mqtt_support import Collector  # noqa: E402
 
 COMMAND = "emotion/dev1/command"
 

@@ -25,9 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 
 def _median_ms(fn, repeat: int) -> float:
     times = []
@@ -45,7 +42,7 @@ def _bundle(arg: str | None, work: Path) -> Path:
         return Path(arg)
     if (default_bundle_dir() / MODEL_FILE).exists():
         return default_bundle_dir()
-    from tests.model_fixture import make_tiny_bundle
+    from tests.support.bundles import make_tiny_bundle
 
     return make_tiny_bundle(work / "tiny")
 
@@ -119,7 +116,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
     from edge.runtime.models.push import ModelPushReceiver
     from edge.runtime.publish.mqtt import MqttSink
     from edge.tools.push_mqtt import PushTarget, publish_push
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
         print("end to end: skipped (apt-get install -y mosquitto)")

@@ -26,7 +26,6 @@ import numpy as np
 from train_export.cli import positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 FER_TRAIN = ROOT.parent / "shared" / "data" / "fer2013" / "train.npz"
 EPOCH_FACES = 28709
 VARIANTS = ["mini_xception:1", "sepse:1", "sepse:1.5", "mini_xception:4"]

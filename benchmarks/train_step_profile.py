@@ -16,14 +16,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from train_export.cli import positive_int  # noqa: E402
+from train_export.cli import positive_int
 
 
 def timed(fn: Callable[[int], object], steps: int) -> tuple[float, float]:
