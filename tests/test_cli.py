@@ -16,6 +16,7 @@ import tomllib
 from edge.config import Config, parse_config
 from edge.protocol.envelope import SCHEMA_PATH
 from tests.support.broker import free_port
+from tests.support.cli import run_edge
 from tests.support.paths import REPO as ROOT
 
 EXAMPLE = ROOT / "deploy" / "config.example.toml"
@@ -61,12 +62,6 @@ def test_unusable_state_dir_is_a_config_error(tmp_path):
     cfg = parse_config({"device": {"state_dir": str(blocker / "state")}})
     with pytest.raises(ConfigError, match="device.state_dir"):
         cfg.state_dir()
-
-
-def run_edge(*args, env_extra=None, timeout=120, **kwargs):
-    env = {**os.environ, "GLOG_minloglevel": "2", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT, **kwargs)
 
 
 def test_check_config_ok_prints_a_summary():

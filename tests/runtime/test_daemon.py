@@ -6,58 +6,19 @@ published JSON Schema, and the loop's behaviour (tracks, status, swaps, commands
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import threading
 import time
 
-import jsonschema
 import pytest
 
 from edge.bundle import BundleError
-from edge.config import Config
-from edge.protocol.envelope import SCHEMA_PATH
 from edge.runtime.capture.base import SourceError
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
 from edge.runtime.daemon import Daemon
-from edge.runtime.publish.stdout import StdoutSink
-
-VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-
-
-class ListSink(StdoutSink):
-    """The real stdout sink (its envelope, seq counter and status handling) writing JSON lines into memory;
-    each message is checked against the published JSON Schema when the test reads it back."""
-
-    def __init__(self) -> None:
-        self._buffer = io.StringIO()
-        super().__init__("test-dev", stream=self._buffer)
-
-    @property
-    def messages(self) -> list[dict]:
-        with self._lock:
-            text = self._buffer.getvalue()
-        messages = [json.loads(line) for line in text.splitlines()]
-        for msg in messages:
-            VALIDATOR.validate(msg)
-        return messages
-
-    def of(self, kind: str, event: str | None = None) -> list[dict]:
-        return [m for m in self.messages if m["kind"] == kind and (event is None or m.get("event") == event)]
-
-
-def make_config(tmp_path, **sections) -> Config:
-    data = {
-        "device": {"id": "test-dev", "state_dir": str(tmp_path / "state")},
-        "source": {"uri": "demo", "max_fps": 0},
-        "mqtt": {"status_interval_s": 60, "summary_interval_s": 60},
-        "tracking": {"max_missed_frames": 2},
-    }
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    return Config.model_validate(data)
+from tests.support.daemon import ListSink, make_config
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     from edge.runtime.capture.base import Frame
     from edge.runtime.capture.demo import DEMO_FACES, DemoSource
     from edge.runtime.daemon import Daemon
-    from tests.runtime.test_daemon import ListSink
+    from tests.support.daemon import ListSink
 
     def config(uncertain_below: float) -> Config:
         return Config.model_validate({

@@ -13,7 +13,7 @@ from edge.bundle import MODEL_FILE, default_bundle_dir
 from edge.config import ConfigError, parse_config
 from edge.runtime import preflight
 from edge.runtime.models.store import ModelStore
-from tests.test_cli import run_edge
+from tests.support.cli import run_edge
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from tests.support.paths import REPO as ROOT
-from tests.train_export.test_e2e import LABELS, synthetic_faces  # noqa: E402
+from tests.support.synthetic import LABELS, synthetic_faces  # noqa: E402
 from train_export.hparams import HParams  # noqa: E402
 from train_export.training.distribute import Placement, placement  # noqa: E402
 

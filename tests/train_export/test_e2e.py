@@ -19,29 +19,12 @@ pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from edge.bundle import FER_LABELS, load_bundle  # noqa: E402
+from tests.support.synthetic import LABELS, synthetic_faces  # noqa: E402
 from train_export.cli import main  # noqa: E402
 from train_export.hparams import HParams  # noqa: E402
 from train_export.training.optim import cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-LABELS = ["angry", "happy", "sad", "neutral"]  # a subset: exercises the id remapping as well
-
-
-def synthetic_faces(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Faces with a bright band in a class-specific quarter of the height (flip-invariant, like emotions);
-    ``y`` in FER ids of :data:`LABELS`."""
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for k, name in enumerate(LABELS):
-        for _ in range(n_per_class):
-            face = rng.integers(40, 120, (48, 48)).astype(np.uint8)
-            y0, x0 = 2 + 12 * k + rng.integers(0, 3), rng.integers(0, 12)
-            face[y0 : y0 + 8, x0 : x0 + 24 + rng.integers(0, 12)] = rng.integers(200, 256)
-            xs.append(face)
-            ys.append(FER_LABELS.index(name))
-    return np.stack(xs), np.array(ys)
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:

@@ -18,10 +18,10 @@ import pytest
 from edge.runtime.daemon import Daemon
 from edge.runtime.publish.mqtt import MqttSink
 from edge.runtime.sdnotify import Notifier
-from tests.runtime.test_daemon import ListSink, make_config
 from tests.support.broker import free_port
+from tests.support.cli import run_edge
+from tests.support.daemon import ListSink, make_config
 from tests.support.mqtt import Collector, event_body, faces_body, sink_config, wait_until
-from tests.test_cli import run_edge
 
 
 def test_an_error_on_the_network_thread_is_logged_once_and_publishing_goes_on(broker, tmp_path, caplog):
