@@ -12,7 +12,7 @@ them all alike and the comparison between them stays fair even when the absolute
 
 Run (needs TensorFlow, for the int8 conversion)::
 
-    nice -n 10 python3 benchmarks/arch_latency.py --variant width=1.5 --variant width=1.5,stem_stride=2 \\
+    PYTHONPATH=. nice -n 10 python3 benchmarks/arch_latency.py --variant width=1.5 --variant width=1.5,stem_stride=2 \\
         --variant width=1.5,se=false --variant width=1.25 [--rounds 10] [--n 200] [--threads 1]
 """
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| row | median s | min s | max s |\n|---|---:|---:|---:|")
     for key, values in rows.items():
         print(f"| {key} | {np.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    print(f"\ncommand: python3 benchmarks/cold_start.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"\ncommand: PYTHONPATH=. python3 benchmarks/cold_start.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 0
 
 

@@ -22,7 +22,7 @@ Rows:
 
 The last line gives fer's ms per frame over our loop's, per frame set. Run::
 
-    nice -n 10 python3 benchmarks/edge_pipeline.py [--frames 300] [--fer-python /tmp/fervenv/bin/python]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/edge_pipeline.py [--frames 300] [--fer-python /tmp/fervenv/bin/python]
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
     if ratios:
         print("\nfer's pipeline / our loop (p50, the same decoded frames for both): " + "; ".join(ratios))
-    print(f"\ncommand: {' '.join(['python3', 'benchmarks/edge_pipeline.py', *(argv or sys.argv[1:])])}")
+    print(f"\ncommand: {' '.join(['PYTHONPATH=.', 'python3', 'benchmarks/edge_pipeline.py', *(argv or sys.argv[1:])])}")
     return 0
 
 

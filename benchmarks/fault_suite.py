@@ -9,7 +9,7 @@ daemon publishes again) and to the first *fresh* ``faces`` message (one made aft
 of a ``faces`` message (arrival minus its ``ts``), the daemon's peak RSS (``VmHWM``), and its log (lines,
 tracebacks)::
 
-    nice -n 10 python3 benchmarks/fault_suite.py [--edge-root ../main] [--outage 20] [--flaps 10] \\
+    PYTHONPATH=. nice -n 10 python3 benchmarks/fault_suite.py [--edge-root ../main] [--outage 20] [--flaps 10] \\
         [--disk-outage 45] [--flood 100000] [--only outage,flaps,disk,flood]
 
 ``disk`` puts the state folder on a 2 MB tmpfs filled up to ``--free-kb`` (root only: ``mount -t tmpfs``; the case
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)
         return 2
     root = args.edge_root.resolve()
-    print(f"edge from {root}; command: nice -n 10 python3 benchmarks/fault_suite.py --edge-root {args.edge_root} "
+    print(f"edge from {root}; command: PYTHONPATH=. nice -n 10 python3 benchmarks/fault_suite.py --edge-root {args.edge_root} "
           f"--outage {args.outage:g} --flaps {args.flaps} --disk-outage {args.disk_outage:g} --free-kb "
           f"{args.free_kb} --flood {args.flood} --only {args.only}")
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:

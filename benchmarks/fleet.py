@@ -21,7 +21,7 @@ What is real and what is simulated:
 
 Usage::
 
-    nice -n 10 python3 benchmarks/fleet.py [--devices 1 10 50] [--seconds 60] [--procs 2] [--record-s 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/fleet.py [--devices 1 10 50] [--seconds 60] [--procs 2] [--record-s 20]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the time from ``publish_push`` to the device's result event (alternating two mod
 
 Usage::
 
-    nice -n 10 python3 benchmarks/model_push.py [--bundle DIR] [--repeat 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/model_push.py [--bundle DIR] [--repeat 20]
 
 Without ``--bundle`` it uses the shipped default model if present, else builds the tiny test bundle (needs
 TensorFlow). A second model for the end-to-end swaps is the same bundle with another model id.

@@ -12,7 +12,7 @@ Starts a private Mosquitto on a free loopback port (apt ``mosquitto``) and a sta
 
 Usage::
 
-    nice -n 10 python3 benchmarks/mqtt_publish.py [--n 5000] [--max-inflight 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/mqtt_publish.py [--n 5000] [--max-inflight 20]
 """
 
 from __future__ import annotations

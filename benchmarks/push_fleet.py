@@ -10,7 +10,7 @@ on a fleet the time is closer to one device's own verify+swap plus the transfer.
 
 Usage::
 
-    nice -n 10 python3 benchmarks/push_fleet.py [--devices 20] [--pushes 3] [--bundle DIR]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/push_fleet.py [--devices 20] [--pushes 3] [--bundle DIR]
 
 Without ``--bundle`` it pushes the shipped default model (edge/models/default).
 """

@@ -12,7 +12,7 @@ committed before its PUBACK (one transaction per message): SQLite with WAL and `
 
 Usage::
 
-    nice -n 10 python3 benchmarks/recorder_ingest.py [--messages 3000] [--members 1 3]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/recorder_ingest.py [--messages 3000] [--members 1 3]
 """
 
 from __future__ import annotations

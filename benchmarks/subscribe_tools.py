@@ -1,6 +1,6 @@
 """Throughput of the subscriber tools: how fast ``record`` stores a burst, how long ``plot`` takes for a day.
 
-    python3 benchmarks/subscribe_tools.py [--messages 5000] [--hours 24]
+    PYTHONPATH=. python3 benchmarks/subscribe_tools.py [--messages 5000] [--hours 24]
 
 Starts its own Mosquitto on a free loopback port (apt ``mosquitto``). Prints:
 - record: messages/s from the first to the last stored message of a burst of contract-shaped ``faces``

@@ -5,10 +5,10 @@ Runs ``--steps`` timed steps (after ``--warmup`` untimed ones that include traci
 extrapolates to an epoch of 28,709 faces (FER2013 train), or times one real epoch with ``--full``.
 Uses ../shared/data/fer2013/train.npz when present, random faces of the same shape otherwise.
 
-    nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
-    python3 benchmarks/train_speed.py --full --variants sepse:1
-    python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
-    python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --mixed-precision bfloat16
+    PYTHONPATH=. nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
+    PYTHONPATH=. python3 benchmarks/train_speed.py --full --variants sepse:1
+    PYTHONPATH=. python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
+    PYTHONPATH=. python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --mixed-precision bfloat16
 """
 
 from __future__ import annotations
