@@ -9,13 +9,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-_enabled = True
+
+class _Switch:
+    """Whether bars may show in this process (one switch, set once from the command line)."""
+
+    enabled = True
 
 
 def set_enabled(enabled: bool) -> None:
     """Turn every progress bar of this process on (the default: on a terminal) or off."""
-    global _enabled
-    _enabled = enabled
+    _Switch.enabled = enabled
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, **kwargs: Any):
@@ -23,4 +26,4 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool 
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr,
-                disable=None if _enabled else True, dynamic_ncols=True, **kwargs)
+                disable=None if _Switch.enabled else True, dynamic_ncols=True, **kwargs)

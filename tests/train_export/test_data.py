@@ -165,7 +165,7 @@ def test_csv_with_a_byte_order_mark_loads(tmp_path):
 
 
 def test_the_csv_split_is_part_of_the_source_name(fer_csv, tmp_path):
-    """train refuses --train == --val faces by comparing these names (see test_train_e2e)."""
+    """train refuses --train == --val faces by comparing these names (see tests/train_export/test_e2e.py)."""
     assert load_dataset(fer_csv, split="train").source.endswith("[training]")
     assert load_dataset(fer_csv, split="val").source.endswith("[publictest]")
     plain = tmp_path / "plain.csv"
