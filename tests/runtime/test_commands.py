@@ -32,7 +32,7 @@ class Device:
         self.status_requests = 0
         self.swapped: list[Path] = []
         self.paused: list[bool] = []
-        self._pause_answer = pause_answer
+        self.pause_answer = pause_answer
         self.commands = DeviceCommands(self.models, self._swap, self._status, self.events.append,
                                        self._set_paused if pause_answer is not None else None)
 
@@ -45,8 +45,8 @@ class Device:
 
     def _set_paused(self, paused: bool) -> tuple[bool, str]:
         self.paused.append(paused)
-        assert self._pause_answer is not None
-        return self._pause_answer
+        assert self.pause_answer is not None
+        return self.pause_answer
 
     def run(self, cmd: dict[str, Any]) -> dict[str, Any]:
         answer = self.commands.handle(cmd)
@@ -109,7 +109,7 @@ def test_pause_and_resume_go_to_the_privacy_pause_and_say_when_it_failed(tmp_pat
     device = Device(tmp_path, pause_answer=(True, "capture paused"))
     answer = device.run({"command": "pause"})
     assert (answer["ok"], answer["code"], answer["detail"]) == (True, "ok", "capture paused")
-    device._pause_answer = (False, "cannot write the pause file")
+    device.pause_answer = (False, "cannot write the pause file")
     answer = device.run({"command": "resume"})
     assert (answer["ok"], answer["code"], answer["detail"]) == (False, "failed", "cannot write the pause file")
     assert device.paused == [True, False]
