@@ -12,7 +12,7 @@ them all alike and the comparison between them stays fair even when the absolute
 
 Run (needs TensorFlow, for the int8 conversion)::
 
-    nice -n 10 python3 benchmarks/arch_latency.py --variant width=1.5 --variant width=1.5,stem_stride=2 \\
+    PYTHONPATH=. nice -n 10 python3 benchmarks/arch_latency.py --variant width=1.5 --variant width=1.5,stem_stride=2 \\
         --variant width=1.5,se=false --variant width=1.25 [--rounds 10] [--n 200] [--threads 1]
 """
 
@@ -24,13 +24,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from model_latency import DEFAULT_FACES, DeviceModel, load_faces, time_calls
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_latency import DEFAULT_FACES, DeviceModel, load_faces, time_calls  # noqa: E402
-
-from edge.preprocess import Preprocessing  # noqa: E402
-from train_export.cli import positive_int  # noqa: E402
-from train_export.hparams import HParams, parse_assignments  # noqa: E402
+from edge.preprocess import Preprocessing
+from train_export.cli import positive_int
+from train_export.hparams import HParams, parse_assignments
 
 
 def build_variant(hp: HParams, out_dir: Path, seed: int = 0) -> dict:

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _spawn(cmd: list[str]) -> subprocess.Popen:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7, help="Timed runs per row (after one untimed run).")
     args = ap.parse_args(argv)
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     rows: dict[str, list[float]] = {"python -c pass": [], "python -c 'import numpy'": [], "edge run, stdout": [],
                                     "edge run --max-frames 1, stdout: CPU s of the whole process": []}
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| row | median s | min s | max s |\n|---|---:|---:|---:|")
     for key, values in rows.items():
         print(f"| {key} | {np.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    print(f"\ncommand: python3 benchmarks/cold_start.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"\ncommand: PYTHONPATH=. python3 benchmarks/cold_start.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 0
 
 

@@ -7,7 +7,7 @@ this records ``ratio`` = FER image side / box longer side and ``offset`` = (FER 
 height) the FER-matching values are crop_scale = ratio and crop_shift = offset. The script prints the medians
 and the BoxAdjust that makes the detector's boxes FER-framed under the shared defaults.
 
-Run: ``python3 benchmarks/crop_calibration.py --data ../shared/data/fer2013/val.npz [--limit 600]``
+Run: ``PYTHONPATH=. python3 benchmarks/crop_calibration.py --data ../shared/data/fer2013/val.npz [--limit 600]``
 (reads the faces; writes nothing).
 """
 

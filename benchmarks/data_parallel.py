@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         where = ", ".join(res["devices"]) or "one (default)"
         print(f"| {mode} | {where} | {res['global_batch']} | {res['steps_per_s']:.2f} | {res['faces_per_s']:.0f} | "
               f"{res['step_s']:.3f} |", flush=True)
-    print(f"\ncommand: python3 benchmarks/data_parallel.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"\ncommand: PYTHONPATH=. python3 benchmarks/data_parallel.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 0
 
 

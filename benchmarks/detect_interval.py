@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['detector_runs_per_frame']:.2f} | {r['ms_per_frame']:.2f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(f"\ncommand: python3 benchmarks/detect_interval.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"\ncommand: PYTHONPATH=. python3 benchmarks/detect_interval.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
     return 0
 
 

@@ -14,7 +14,7 @@ Peak RSS is the process's VmHWM; disk writes are ``write_bytes`` of ``/proc/PID/
 layer: the outbox database and its WAL; logs go to the journal through stderr and are not counted), measured
 from the end of a warm-up to the end of the run and scaled to a day. Run::
 
-    nice -n 10 python3 benchmarks/device_footprint.py [--seconds 60] [--warmup 10]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/device_footprint.py [--seconds 60] [--warmup 10]
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.hostile import proc_mb
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from tests.hostile_support import proc_mb  # noqa: E402  (after the sys.path entries above)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_pipeline import fer_folder
 
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             if broker is not None:
                 broker.stop()
         print(f"| {label} | {res['rss_mb']:.1f} | {res['kb_per_s']:.2f} | {res['gb_per_day']:.3f} |", flush=True)
-    print(f"\ncommand: python3 benchmarks/device_footprint.py {' '.join(argv or sys.argv[1:])}".rstrip())
+    print(f"\ncommand: PYTHONPATH=. python3 benchmarks/device_footprint.py {' '.join(argv or sys.argv[1:])}".rstrip())
     return 0
 
 

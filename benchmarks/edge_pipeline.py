@@ -22,7 +22,7 @@ Rows:
 
 The last line gives fer's ms per frame over our loop's, per frame set. Run::
 
-    nice -n 10 python3 benchmarks/edge_pipeline.py [--frames 300] [--fer-python /tmp/fervenv/bin/python]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/edge_pipeline.py [--frames 300] [--fer-python /tmp/fervenv/bin/python]
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 STAGES = ("capture", "detect", "classify", "track", "publish")
 LOOP = ("detect", "classify", "track", "publish")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "val.npz"
@@ -223,8 +222,6 @@ def run_worker(python: str, kind: str, args: argparse.Namespace, **extra: object
 def fer_folder(data: Path, out: Path, n: int = 100) -> Path:
     """640x480 JPEGs of the first ``n`` faces of ``data``, each upsampled 4x onto a canvas (crop_calibration)."""
     import cv2
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from crop_calibration import place
 
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from edge.bundle import BundleError, load_bundle
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     try:
         manifest, _ = load_bundle(args.model)
@@ -326,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
     if ratios:
         print("\nfer's pipeline / our loop (p50, the same decoded frames for both): " + "; ".join(ratios))
-    print(f"\ncommand: {' '.join(['python3', 'benchmarks/edge_pipeline.py', *(argv or sys.argv[1:])])}")
+    print(f"\ncommand: {' '.join(['PYTHONPATH=.', 'python3', 'benchmarks/edge_pipeline.py', *(argv or sys.argv[1:])])}")
     return 0
 
 

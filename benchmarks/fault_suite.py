@@ -9,12 +9,12 @@ daemon publishes again) and to the first *fresh* ``faces`` message (one made aft
 of a ``faces`` message (arrival minus its ``ts``), the daemon's peak RSS (``VmHWM``), and its log (lines,
 tracebacks)::
 
-    nice -n 10 python3 benchmarks/fault_suite.py [--edge-root ../main] [--outage 20] [--flaps 10] \\
+    PYTHONPATH=. nice -n 10 python3 benchmarks/fault_suite.py [--edge-root ../main] [--outage 20] [--flaps 10] \\
         [--disk-outage 45] [--flood 100000] [--only outage,flaps,disk,flood]
 
 ``disk`` puts the state folder on a 2 MB tmpfs filled up to ``--free-kb`` (root only: ``mount -t tmpfs``; the case
 is skipped where mounting is not allowed). ``--edge-root`` runs another checkout's daemon for a before/after.
-:func:`run_case` is what the short version in ``tests/test_fault_suite.py`` calls.
+:func:`run_case` is what the short version in ``tests/project/test_fault_suite.py`` calls.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.hostile import DaemonProcess
+from tests.support.mqtt import Collector
 
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.hostile_support import DaemonProcess  # noqa: E402
-from tests.mqtt_support import Collector  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 KINDS = ("faces", "summary", "status", "events")
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)
         return 2
     root = args.edge_root.resolve()
-    print(f"edge from {root}; command: nice -n 10 python3 benchmarks/fault_suite.py --edge-root {args.edge_root} "
+    print(f"edge from {root}; command: PYTHONPATH=. nice -n 10 python3 benchmarks/fault_suite.py --edge-root {args.edge_root} "
           f"--outage {args.outage:g} --flaps {args.flaps} --disk-outage {args.disk_outage:g} --free-kb "
           f"{args.free_kb} --flood {args.flood} --only {args.only}")
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:

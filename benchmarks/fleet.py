@@ -21,7 +21,7 @@ What is real and what is simulated:
 
 Usage::
 
-    nice -n 10 python3 benchmarks/fleet.py [--devices 1 10 50] [--seconds 60] [--procs 2] [--record-s 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/fleet.py [--devices 1 10 50] [--seconds 60] [--procs 2] [--record-s 20]
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DAY_S = 86_400
 #: Spreads device phases over the recording period without two devices in step (golden-ratio sequence).
@@ -166,7 +163,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def run_fleet(n: int, procs: int, events: list, period: float, seconds: float, work: Path) -> dict[str, Any]:
     """One measurement with ``n`` simulated devices; returns the row of the table."""
-    from tests.broker import Broker
+    from tests.support.broker import Broker
 
     broker = Broker(work / f"broker-{n}")
     # Mosquitto's defaults, as a user runs it, instead of the tests' debug-logging, persisting config.
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=2, help="Processes hosting the simulated devices.")
     ap.add_argument("--record-s", type=float, default=20.0, help="Seconds of the real daemon's demo stream to replay.")
     args = ap.parse_args(argv)
-    from tests.broker import mosquitto_available
+    from tests.support.broker import mosquitto_available
 
     if not mosquitto_available():
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)

@@ -5,7 +5,7 @@ checkout given by ``--edge-root`` (default: this one), so a before/after compari
 two checkouts. For each case it prints the daemon's peak resident memory before and after (``VmHWM`` from
 /proc), the answer it published, its log (bytes, longest line, tracebacks) and its outbox file::
 
-    nice -n 10 python3 benchmarks/hostile_input.py [--edge-root ../main] [--mb 40] [--fuzz 300]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/hostile_input.py [--edge-root ../main] [--mb 40] [--fuzz 300]
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.hostile import DaemonProcess, fuzz_payload
+from tests.support.mqtt import Collector
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.hostile_support import DaemonProcess, fuzz_payload  # noqa: E402
-from tests.mqtt_support import Collector  # noqa: E402
 
 COMMAND = "emotion/dev1/command"
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.edge_root.resolve()
     # Older checkouts have no mqtt.command_rate key (and no rate limit to lift for the fuzz).
     rate_key = "command_rate" in (root / "edge" / "config.py").read_text()
-    print(f"edge from {root}; command: nice -n 10 python3 benchmarks/hostile_input.py --edge-root {args.edge_root} "
+    print(f"edge from {root}; command: PYTHONPATH=. nice -n 10 python3 benchmarks/hostile_input.py --edge-root {args.edge_root} "
           f"--mb {args.mb} --fuzz {args.fuzz}")
     rng = random.Random(25)
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:

@@ -6,7 +6,7 @@ site-packages in total, without the venv's own pip and setuptools (deploy/instal
 without them), and the largest entries. This machine's architecture decides the wheels (x86_64 here; the arm64
 sizes come from deploy/pi_check.sh). Run::
 
-    nice -n 10 python3 benchmarks/install_size.py [--extra edge]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/install_size.py [--extra edge]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  site-packages: {total / mb:.0f} MiB; without the venv's pip and setuptools: {(total - tools) / mb:.0f} MiB")
     for name, size in sorted(entries.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {size / mb:7.1f} MiB  {name}")
-    print(f"command: python3 benchmarks/install_size.py --extra {args.extra}")
+    print(f"command: PYTHONPATH=. python3 benchmarks/install_size.py --extra {args.extra}")
     return 0
 
 

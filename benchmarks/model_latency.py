@@ -9,7 +9,7 @@ augmentation (the face and its mirror image: two invocations per face, probabili
 
 Run (no TensorFlow needed; works on the Pi)::
 
-    nice -n 10 python3 benchmarks/model_latency.py --model edge/models/default [--threads 1] [--n 1000] [--flip-tta]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/model_latency.py --model edge/models/default [--threads 1] [--n 1000] [--flip-tta]
 """
 
 from __future__ import annotations

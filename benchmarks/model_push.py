@@ -8,7 +8,7 @@ the time from ``publish_push`` to the device's result event (alternating two mod
 
 Usage::
 
-    nice -n 10 python3 benchmarks/model_push.py [--bundle DIR] [--repeat 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/model_push.py [--bundle DIR] [--repeat 20]
 
 Without ``--bundle`` it uses the shipped default model if present, else builds the tiny test bundle (needs
 TensorFlow). A second model for the end-to-end swaps is the same bundle with another model id.
@@ -25,9 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -46,7 +43,7 @@ def _bundle(arg: str | None, work: Path) -> Path:
         return Path(arg)
     if (default_bundle_dir() / MODEL_FILE).exists():
         return default_bundle_dir()
-    from tests.model_fixture import make_tiny_bundle
+    from tests.support.bundles import make_tiny_bundle
 
     return make_tiny_bundle(work / "tiny")
 
@@ -120,7 +117,7 @@ def end_to_end(work: Path, a: Path, b: Path, pub: Path, pushes: int) -> None:
     from edge.runtime.models.push import ModelPushReceiver
     from edge.runtime.publish.mqtt import MqttSink
     from edge.tools.push_mqtt import PushTarget, publish_push
-    from tests.broker import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
         print("end to end: skipped (apt-get install -y mosquitto)")

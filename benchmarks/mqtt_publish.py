@@ -12,7 +12,7 @@ Starts a private Mosquitto on a free loopback port (apt ``mosquitto``) and a sta
 
 Usage::
 
-    nice -n 10 python3 benchmarks/mqtt_publish.py [--n 5000] [--max-inflight 20]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/mqtt_publish.py [--n 5000] [--max-inflight 20]
 """
 
 from __future__ import annotations
@@ -27,16 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import paho.mqtt.client as mqtt
 
-import paho.mqtt.client as mqtt  # noqa: E402
-
-from edge.config import parse_config  # noqa: E402
-from edge.protocol.envelope import encode, make_envelope  # noqa: E402
-from edge.runtime.publish.mqtt import MqttSink  # noqa: E402
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.mqtt_support import faces_body  # noqa: E402
+from edge.config import parse_config
+from edge.protocol.envelope import encode, make_envelope
+from edge.runtime.publish.mqtt import MqttSink
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.mqtt import faces_body
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -17,7 +17,7 @@ surprise, neutral (``FER._get_labels``; checked at run time against the data's l
 Prints a markdown table (accuracy, macro-F1, p50/p90 ms per face) and the command. Needs TensorFlow (for
 fer's Keras model) and ``fer`` (see benchmarks/README.md for the venv it lives in). Run::
 
-    nice -n 10 /tmp/fervenv/bin/python benchmarks/peer_fer.py [--model BUNDLE] [--data FILE.npz] [--limit N]
+    PYTHONPATH=. nice -n 10 /tmp/fervenv/bin/python benchmarks/peer_fer.py [--model BUNDLE] [--data FILE.npz] [--limit N]
 """
 
 from __future__ import annotations

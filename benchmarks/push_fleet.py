@@ -10,7 +10,7 @@ on a fleet the time is closer to one device's own verify+swap plus the transfer.
 
 Usage::
 
-    nice -n 10 python3 benchmarks/push_fleet.py [--devices 20] [--pushes 3] [--bundle DIR]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/push_fleet.py [--devices 20] [--pushes 3] [--bundle DIR]
 
 Without ``--bundle`` it pushes the shipped default model (edge/models/default).
 """
@@ -26,9 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 
 def main() -> int:
     """Command line entry point; prints one line per push and a summary."""
@@ -43,8 +40,8 @@ def main() -> int:
     from edge.bundle import default_bundle_dir
     from edge.protocol.broker import BrokerSettings
     from edge.tools.push_mqtt import PushTarget, publish_push
-    from tests.broker import Broker, mosquitto_available
-    from tests.push_support import SimulatedFleet, make_keys, restamped_signed_copy
+    from tests.support.broker import Broker, mosquitto_available
+    from tests.support.push import SimulatedFleet, make_keys, restamped_signed_copy
 
     if not mosquitto_available():
         print("error: mosquitto is not installed (apt-get install -y mosquitto)", file=sys.stderr)

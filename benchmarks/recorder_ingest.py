@@ -12,7 +12,7 @@ committed before its PUBACK (one transaction per message): SQLite with WAL and `
 
 Usage::
 
-    nice -n 10 python3 benchmarks/recorder_ingest.py [--messages 3000] [--members 1 3]
+    PYTHONPATH=. nice -n 10 python3 benchmarks/recorder_ingest.py [--messages 3000] [--members 1 3]
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.mqtt import faces_body
+from tests.support.postgres import PgServer, postgres_available
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 
-from tests.broker import Broker, mosquitto_available  # noqa: E402
-from tests.mqtt_support import faces_body  # noqa: E402
-from tests.postgres import PgServer, postgres_available  # noqa: E402
 
 
 def _members(broker: Broker, db: str, n: int, tag: str) -> list[subprocess.Popen]:

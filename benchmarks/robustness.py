@@ -12,7 +12,7 @@ Models run the way the device runs them: our bundles through :class:`edge.runtim
 (its own 64x64 [-1, 1] preprocessing, see ``peer_fer.py``) sees the same corrupted 48x48 faces. No TensorFlow
 is imported. Run::
 
-    nice -n 10 python3 benchmarks/robustness.py [--model BUNDLE ...] [--data FILE.npz] [--limit N] [--fer] \
+    PYTHONPATH=. nice -n 10 python3 benchmarks/robustness.py [--model BUNDLE ...] [--data FILE.npz] [--limit N] [--fer] \
         [--json OUT.json] [--png OUT.png]
 """
 

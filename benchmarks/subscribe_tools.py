@@ -1,6 +1,6 @@
 """Throughput of the subscriber tools: how fast ``record`` stores a burst, how long ``plot`` takes for a day.
 
-    python3 benchmarks/subscribe_tools.py [--messages 5000] [--hours 24]
+    PYTHONPATH=. python3 benchmarks/subscribe_tools.py [--messages 5000] [--hours 24]
 
 Starts its own Mosquitto on a free loopback port (apt ``mosquitto``). Prints:
 - record: messages/s from the first to the last stored message of a burst of contract-shaped ``faces``
@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import paho.mqtt.client as mqtt
 
-import paho.mqtt.client as mqtt  # noqa: E402
-
-from edge.protocol.broker import BrokerSettings  # noqa: E402
-from edge.tools.subscribe.plot import plot_recording  # noqa: E402
-from edge.tools.subscribe.record import Recorder  # noqa: E402
-from edge.tools.subscribe.store import Recording  # noqa: E402
-from tests.broker import Broker  # noqa: E402
-from tests.mqtt_support import LABELS, faces_body  # noqa: E402
+from edge.protocol.broker import BrokerSettings
+from edge.tools.subscribe.plot import plot_recording
+from edge.tools.subscribe.record import Recorder
+from edge.tools.subscribe.store import Recording
+from tests.support.broker import Broker
+from tests.support.mqtt import LABELS, faces_body
 
 
 def bench_record(workdir: Path, n: int) -> float:

@@ -6,8 +6,8 @@ which rebuilds a teacher to compute in the run's mixed policy when its run folde
 times their summed forward passes on random faces, compiled (``tf.function`` / ``jax.jit``), after a warm-up. It
 also reports how far the mixed policy's probabilities are from float32's.
 
-    nice -n 10 python3 benchmarks/teacher_speed.py --teacher runs/T1/best.keras --teacher runs/T2/best.keras
-    python3 benchmarks/teacher_speed.py --teacher runs/T1/best.keras --policy mixed_bfloat16 --batch-size 256
+    PYTHONPATH=. nice -n 10 python3 benchmarks/teacher_speed.py --teacher runs/T1/best.keras --teacher runs/T2/best.keras
+    PYTHONPATH=. python3 benchmarks/teacher_speed.py --teacher runs/T1/best.keras --policy mixed_bfloat16 --batch-size 256
 """
 
 from __future__ import annotations

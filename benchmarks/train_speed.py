@@ -5,10 +5,10 @@ Runs ``--steps`` timed steps (after ``--warmup`` untimed ones that include traci
 extrapolates to an epoch of 28,709 faces (FER2013 train), or times one real epoch with ``--full``.
 Uses ../shared/data/fer2013/train.npz when present, random faces of the same shape otherwise.
 
-    nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
-    python3 benchmarks/train_speed.py --full --variants sepse:1
-    python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
-    python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --mixed-precision bfloat16
+    PYTHONPATH=. nice -n 10 python3 benchmarks/train_speed.py            # 4 variants, about 3-5 minutes on 2 busy cores
+    PYTHONPATH=. python3 benchmarks/train_speed.py --full --variants sepse:1
+    PYTHONPATH=. python3 benchmarks/train_speed.py --variants sepse:3:depth=3 vgg:1:depth=3 --steps 8   # teachers
+    PYTHONPATH=. python3 benchmarks/train_speed.py --variants vgg:1:depth=3 --steps 8 --mixed-precision bfloat16
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np
 from train_export.cli import positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 FER_TRAIN = ROOT.parent / "shared" / "data" / "fer2013" / "train.npz"
 EPOCH_FACES = 28709
 VARIANTS = ["mini_xception:1", "sepse:1", "sepse:1.5", "mini_xception:4"]

@@ -6,7 +6,7 @@ normalising, mixing), the augmenter (``BatchAugmenter``, compiled on JAX), the c
 (``train_on_batch`` on ready batches) and the forward pass alone (``predict_on_batch``). Written after
 two GPU leases where a step took 0.5-5 s on an H100, to find which part is slow there.
 
-    KERAS_BACKEND=jax python3 benchmarks/train_step_profile.py --variants sepse:1.5:stem_stride=2 vgg:1:depth=3
+    KERAS_BACKEND=jax PYTHONPATH=. python3 benchmarks/train_step_profile.py --variants sepse:1.5:stem_stride=2 vgg:1:depth=3
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from train_export.cli import positive_int  # noqa: E402
+from train_export.cli import positive_int
 
 
 def timed(fn: Callable[[int], object], steps: int) -> tuple[float, float]:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import Broker, mosquitto_available
-from tests.postgres import PgServer, postgres_available
-
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013"
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.paths import REPO
+from tests.support.postgres import PgServer, postgres_available
 
 
 @pytest.fixture
@@ -65,7 +64,7 @@ def pg_url(pg_server) -> str:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A real int8 bundle of an untrained width-0.5 mini-Xception (TensorFlow needed to build it)."""
-    from tests.model_fixture import make_tiny_bundle
+    from tests.support.bundles import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
 
@@ -77,7 +76,7 @@ def built_wheel(tmp_path_factory) -> Path:
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     src = tmp_path_factory.mktemp("wheel-src")
     # A copy of what git tracks or would track, so local build outputs (egg-info, build/) cannot leak in.
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,

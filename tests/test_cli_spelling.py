@@ -13,8 +13,8 @@ import pytest
 
 from edge.cli import build_parser, load_run_config
 from edge.version import package_version
+from tests.support.paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Every sub-command that names devices, with the arguments it needs besides the device.
 DEVICE_COMMANDS = {"run": [], "watch": [], "record": [], "plot": [], "dashboard": [], "ha-remove": [],
                    "push-mqtt": ["bundle"]}

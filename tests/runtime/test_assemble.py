@@ -20,8 +20,8 @@ from edge.runtime.detect.base import DetectorError
 from edge.runtime.detect.blazeface import BlazeFaceDetector
 from edge.runtime.homeassistant import HomeAssistantDiscovery
 from edge.runtime.models.push import ModelPushReceiver
-from tests.mqtt_support import Collector
-from tests.push_support import make_keys
+from tests.support.mqtt import Collector
+from tests.support.push import make_keys
 
 
 class Recorder:

@@ -57,7 +57,7 @@ BATCH=${BATCH:-256}
 # The median of a few timed steps of the real loop picks the backend: JAX unless it is slow (SLOW_MS) and PyTorch is
 # faster (2026-11-27: JAX 16 ms a step of sepse w1.5 at batch 256 on an H100; PyTorch's eager augmenter about 0.3 s).
 probe() {
-  KERAS_BACKEND=$1 timeout "${PROBE_S:-60}" python3 benchmarks/train_speed.py --variants sepse:1.5 --warmup 3 \
+  KERAS_BACKEND=$1 PYTHONPATH="${PYTHONPATH:-$PWD}" timeout "${PROBE_S:-60}" python3 benchmarks/train_speed.py --variants sepse:1.5 --warmup 3 \
       --steps 8 --batch-size "$BATCH" 2>/dev/null | tee -a "$OUT/speed.txt" | awk -F'|' '
         /^\| model / {for (i = 1; i <= NF; i++) {h = $i; gsub(/ /, "", h); if (h == "ms/step") c = i}}
         c && /^\| sepse/ {gsub(/ /, "", $c); print $c; exit}'  # the ms/step column, found by its name

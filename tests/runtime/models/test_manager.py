@@ -14,8 +14,8 @@ from edge.bundle import default_bundle_dir, read_manifest
 from edge.config import ClassifierConfig, parse_config
 from edge.runtime.models.manager import ModelManager, SwapFailed
 from edge.runtime.models.store import ModelStore
-from tests.model_fixture import with_manifest
-from tests.push_support import corrupt_model_keep_manifest_valid
+from tests.support.bundles import with_manifest
+from tests.support.push import corrupt_model_keep_manifest_valid
 
 SHIPPED = read_manifest(default_bundle_dir()).model_id
 BOX = [(200.0, 120.0, 200.0, 200.0)]

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 
 from edge.runtime.publish.inbound import GuardedInbound, InboundLimits, Refused
 from edge.runtime.publish.mqtt import MqttSink
-from tests.mqtt_support import RecordingSession, sink_config, wait_until
+from tests.support.mqtt import RecordingSession, sink_config, wait_until
 
 TOPIC = "lab/dev1/things"
 log = logging.getLogger("tests.inbound")

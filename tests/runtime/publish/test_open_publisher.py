@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from edge.runtime.publish import open_publisher
-from tests.mqtt_support import Collector, event_body, sink_config, wait_until
+from tests.support.mqtt import Collector, event_body, sink_config, wait_until
 
 
 def test_stdout_has_no_broker_session(tmp_path):

@@ -1,19 +1,100 @@
-"""The outbox pump (edge.runtime.publish.pump) over a real Mosquitto: an in-flight window in seq order, removal
-from the outbox only on PUBACK, a fresh session resending from the oldest unacknowledged message, and MQTT 5
-expiry on the kinds that have one."""
+"""The outbox pump (edge.runtime.publish.pump) over a real paho client and a real Mosquitto: a bounded window of
+messages in flight, in seq order; a message leaves the outbox only after its PUBACK; a session that ends resends
+what was unacknowledged; a message paho refuses is dropped (counted) instead of blocking the ones after it."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from edge.runtime.publish.outbox import Outbox
 from edge.runtime.publish.pump import OutboxPump
-from tests.mqtt_support import Collector, wait_until
+from tests.support.mqtt import Collector, wait_until
 
 
-def _client(broker, client_id: str) -> mqtt.Client:
+@pytest.fixture
+def client(broker):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pump-test")
+    c.connect(broker.host, broker.port, keepalive=5)
+    c.loop_start()
+    assert wait_until(c.is_connected)
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+def fill(outbox: Outbox, n: int, topic: str = "emotion/dev1/events") -> list[int]:
+    return [outbox.add("events", topic, lambda seq: json.dumps({"seq": seq}).encode()) for _ in range(n)]
+
+
+def seqs_received(col: Collector) -> list[int]:
+    return [json.loads(p)["seq"] for _, p, _ in col.messages]
+
+
+def test_a_bounded_window_goes_out_in_seq_order_and_leaves_the_outbox_only_once_acknowledged(broker, client, tmp_path):
+    col = Collector(broker, topic="emotion/dev1/events").start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    sent = fill(outbox, 5)
+    pump = OutboxPump(outbox, max_inflight=2)
+    try:
+        pump.tick(client)
+        assert list(pump.in_flight) == sent[:2]  # the window, oldest first
+        assert outbox.pending() == 5  # nothing is removed before its PUBACK is seen
+        for _ in range(5):  # 5 messages, 2 at a time: at most 3 rounds
+            assert wait_until(lambda: all(info.is_published() for info in pump.in_flight.values()))
+            pump.tick(client)  # settles the acknowledged ones, then refills the window
+            assert len(pump.in_flight) <= 2
+        assert outbox.pending() == 0
+        assert col.wait_for(lambda c: len(c.messages) == 5)
+        assert seqs_received(col) == sent
+    finally:
+        col.stop()
+        outbox.close()
+
+
+def test_after_a_session_ends_the_unacknowledged_messages_go_out_again_from_the_oldest(broker, client, tmp_path):
+    outbox = Outbox(tmp_path / "outbox.db")
+    sent = fill(outbox, 3)
+    pump = OutboxPump(outbox, max_inflight=10)
+    try:
+        pump.tick(client)
+        assert list(pump.in_flight) == sent
+        pump.reset()  # the session ended before anything was settled
+        assert not pump.in_flight and outbox.pending() == 3
+        pump.tick(client)
+        assert list(pump.in_flight) == sent  # resent in order (QoS 1: at least once)
+        assert wait_until(lambda: all(info.is_published() for info in pump.in_flight.values()))
+        pump.settle()
+        assert outbox.pending() == 0 and not pump.in_flight
+    finally:
+        outbox.close()
+
+
+def test_a_message_paho_refuses_is_dropped_and_counted_and_the_next_one_still_goes(broker, client, tmp_path):
+    col = Collector(broker, topic="emotion/dev1/events").start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    bad = fill(outbox, 1, topic="emotion/dev1/#")  # a wildcard: no PUBLISH may carry it
+    good = fill(outbox, 1)
+    pump = OutboxPump(outbox, max_inflight=10)
+    try:
+        pump.tick(client)
+        assert list(pump.in_flight) == good and bad[0] not in pump.in_flight
+        assert outbox.dropped() == 1
+        assert wait_until(lambda: all(info.is_published() for info in pump.in_flight.values()))
+        pump.settle()
+        assert outbox.pending() == 0
+        assert col.wait_for(lambda c: len(c.messages) == 1)
+        assert seqs_received(col) == good
+    finally:
+        col.stop()
+        outbox.close()
+
+
+def _client5(broker, client_id: str) -> mqtt.Client:
+    """An MQTT 5 client (message expiry is an MQTT 5 property)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -21,69 +102,16 @@ def _client(broker, client_id: str) -> mqtt.Client:
     return client
 
 
-def _fill(outbox: Outbox, n: int) -> list[int]:
-    return [outbox.add("events", "lab/dev1/events", lambda seq: f'{{"seq":{seq}}}'.encode()) for _ in range(n)]
-
-
-def test_the_window_fills_in_order_and_only_acknowledged_messages_leave_the_outbox(broker, tmp_path):
-    outbox = Outbox(tmp_path / "outbox.db")
-    pump = OutboxPump(outbox, max_inflight=3)
-    seqs = _fill(outbox, 8)
-    col = Collector(broker, topic="lab/dev1/#").start()
-    client = _client(broker, "pump")
-    try:
-        pump.tick(client)
-        assert list(pump.in_flight) == seqs[:3], "no more than max_inflight at once, oldest first"
-        assert outbox.pending() == 8, "sent is not done: nothing leaves before its PUBACK"
-        assert wait_until(lambda: all(info.is_published() for info in pump.in_flight.values()))
-        pump.tick(client)  # settles the three, sends the next three
-        assert outbox.pending() == 5 and list(pump.in_flight) == seqs[3:6]
-        assert wait_until(lambda: (pump.tick(client), outbox.pending() == 0)[1]), outbox.pending()
-        assert col.wait_for(lambda c: len(c.messages) >= 8)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-        col.stop()
-        outbox.close()
-    assert [t for t, _, _ in col.messages] == ["lab/dev1/events"] * 8
-    assert [int(p.decode().split(":")[1].rstrip("}")) for _, p, _ in col.messages] == seqs
-
-
-def test_a_new_session_resends_from_the_oldest_unacknowledged_message(broker, tmp_path):
-    outbox = Outbox(tmp_path / "outbox.db")
-    pump = OutboxPump(outbox, max_inflight=4)
-    seqs = _fill(outbox, 4)
-    # A session whose PUBACKs are never read (its network loop does not run after the CONNACK): it ends with all
-    # four in flight.
-    first = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="first", protocol=mqtt.MQTTv5)
-    first.connect(broker.host, broker.port)
-    assert wait_until(lambda: (first.loop(0.05), first.is_connected())[1])
-    pump.tick(first)
-    assert list(pump.in_flight) == seqs and not any(i.is_published() for i in pump.in_flight.values())
-    first.disconnect()
-    pump.reset()
-    assert not pump.in_flight and outbox.pending() == 4, "what was in flight stays in the outbox"
-    client = _client(broker, "second")
-    try:
-        pump.tick(client)
-        assert list(pump.in_flight) == seqs, "the next session starts again from the oldest message"
-        assert wait_until(lambda: (pump.tick(client), outbox.pending() == 0)[1])
-    finally:
-        client.loop_stop()
-        client.disconnect()
-        outbox.close()
-
-
 def test_faces_carry_their_expiry_on_mqtt5_and_other_kinds_none(broker, tmp_path):
     outbox = Outbox(tmp_path / "outbox.db")
     pump = OutboxPump(outbox, max_inflight=10, expiry_s={"faces": 7, "summary": 0})
     got: list[tuple[str, int | None]] = []
     subscribed = threading.Event()
-    sub = _client(broker, "watcher")
+    sub = _client5(broker, "watcher")
     sub.on_message = lambda c, u, m: got.append((m.topic, getattr(m.properties, "MessageExpiryInterval", None)))
     sub.on_subscribe = lambda *args: subscribed.set()
     sub.subscribe("lab/dev1/#", qos=1)
-    client = _client(broker, "pump-3")
+    client = _client5(broker, "pump-3")
     try:
         assert subscribed.wait(10)
         for kind in ("faces", "summary", "events"):
