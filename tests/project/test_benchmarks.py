@@ -394,3 +394,23 @@ def test_detect_interval_scores_each_interval_on_the_same_stream(monkeypatch, tm
     for r in rows:
         assert 0 <= r["acc_seen"] <= 1 and 0 <= r["coverage"] <= 1 and r["found"] > 0
     assert "| clean | 3 |" in capsys.readouterr().out
+
+
+def test_frame_walk_names_each_stage_of_a_frame_from_the_camera_to_the_broker(monkeypatch, capsys):
+    from tests.support.broker import mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import frame_walk
+
+    assert frame_walk.main(["--frames", "16", "--warmup", "6"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    loop = lines[next(k for k in lines if k.startswith("frame loop"))].split(", ")
+    threads = lines[next(k for k in lines if k.startswith("publishing threads"))].split(", ")
+    # Capture, detection, classification, tracking and the sink on the loop; the outbox pump on its own thread.
+    for module in ("edge.runtime.capture.demo", "edge.runtime.daemon", "edge.runtime.detect.carry",
+                   "edge.runtime.classify.classifier", "edge.runtime.track", "edge.runtime.publish.mqtt"):
+        assert module in loop, module
+    assert "edge.runtime.publish.pump" in threads
+    assert int(lines["one frame, camera to broker"].split()[0]) == len(set(loop) | set(threads))

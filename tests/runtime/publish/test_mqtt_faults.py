@@ -236,8 +236,13 @@ def test_a_command_flood_does_not_hold_up_publishing(broker, tmp_path):
         seqs = [sink.publish("faces", faces_body(i)) for i in range(20)]
         assert col.wait_for(lambda c: set(seqs) <= set(c.unique_seqs()), 30)
         assert wait_until(lambda: channel.dropped >= 19_000, 60), channel.dropped
-        answers = [e for e in col.envelopes("events") if e.get("event") == "command"]
-        assert 1 <= len(answers) <= 5 + 5 * 60  # the burst, then the rate at most
+
+        def answers(c: Collector) -> list[dict]:
+            return [e for e in c.envelopes("events") if e.get("event") == "command"]
+
+        # The answers travel apart from the drop count: wait for the first (on a loaded machine it comes later).
+        assert col.wait_for(lambda c: answers(c), 30)
+        assert len(answers(col)) <= 5 + 5 * 60  # the burst, then the rate at most
     finally:
         channel.close()
         sink.close(2)
