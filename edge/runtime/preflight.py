@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.config import Config
+from edge.version import opencv_missing, opencv_uses
 
 #: How :func:`_bundle_to_run` names a pushed model: the one choice whose failure ``run`` survives (rollback).
 _PUSHED = "the model store's current (pushed) model"
@@ -128,6 +129,8 @@ def _check_source(config: Config, report: Report) -> None:
         else:
             report.ok.append(("source", "picamera2 importable (camera not opened)"))
         return
+    if opencv_uses({"source": {"uri": uri}}) and importlib.util.find_spec("cv2") is None:
+        return  # check() reports the missing OpenCV
     if uri.isdigit() or "://" in uri:
         report.notes.append(f"source {uri}: cameras and streams are not opened by check-config; run retries them")
         return
@@ -187,6 +190,8 @@ def _check_detector(config: Config, report: Report) -> None:
     from edge.runtime.detect.base import DetectorError
 
     d = config.detector
+    if opencv_uses({"detector": {"backend": d.backend}}) and importlib.util.find_spec("cv2") is None:
+        return  # check() reports the missing OpenCV
     try:
         det = make_detector(d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
     except DetectorError as exc:
@@ -253,6 +258,8 @@ def check(config: Config) -> Report:
     _check_detector(config, report)
     _check_files(config, report)
     _check_broker_host(config, report)
+    if importlib.util.find_spec("cv2") is None:
+        report.errors.extend(opencv_missing(use) for use in opencv_uses(config.model_dump(mode="json")))
     if config.metrics.enabled:
         import importlib.util
 
@@ -266,4 +273,5 @@ def check(config: Config) -> Report:
         problem = writable_dir_problem(preview, "privacy.debug_preview_dir")
         if problem:
             report.errors.append(problem)
+
     return report
