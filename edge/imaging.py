@@ -3,10 +3,11 @@ classifier) needs no OpenCV: grey conversion, area/linear resize and bilinear af
 
 The conventions are OpenCV's (pixel centres at integer coordinates; a resize maps output pixel ``i`` to the input
 interval ``[i * s, (i + 1) * s)``, ``s`` = input / output size), so the results agree with ``cv2.cvtColor``,
-``cv2.resize(INTER_AREA / INTER_LINEAR)`` and ``cv2.warpAffine(INTER_LINEAR)`` to within a grey level or two
-(tests/test_imaging.py states the bounds). OpenCV computes in fixed point with positions rounded to 1/32 pixel;
-this module computes in floating point and rounds once at the end, which is why they are not bit-identical.
-Everything is vectorised: a Pi runs these on every frame.
+``cv2.resize(INTER_AREA / INTER_LINEAR)`` and ``cv2.warpAffine(INTER_LINEAR)`` to within a grey level
+(tests/test_imaging.py states the bounds). The warps use OpenCV's own fixed point (positions rounded to 1/32
+pixel, integer weights) and give its pixels exactly; the resize computes in floating point and rounds once at the
+end (OpenCV's linear resize uses 11-bit weights), so it may differ by one grey level. Everything is vectorised:
+a Pi runs these on every frame.
 """
 
 from __future__ import annotations
@@ -75,36 +76,51 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return _to_uint8(out)
 
 
-def _taps(coords: np.ndarray, n: int, border: Border) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The two bilinear taps of each (float) source coordinate along an axis of ``n`` pixels: indices into the
-    image (always valid) and their weights. ``replicate``: a tap outside reads the edge pixel; ``zero``: it reads
-    black (its weight is 0)."""
-    i0 = np.floor(coords)
-    f = coords - i0
-    i0 = i0.astype(np.int64)
+#: OpenCV's fixed point for warps, kept so that the tensors are its tensors bit for bit: map coordinates in 1/1024
+#: pixel, sample positions rounded to 1/32 pixel, so each axis's two bilinear weights are integers summing to 32.
+_MAP_SCALE = 1024
+_SUBPIXELS = 32
+
+
+def _positions(step: float, starts: np.ndarray, n_out: int) -> np.ndarray:
+    """Sample positions in 1/32 pixel of the outputs ``0 .. n_out - 1`` along a row, ``starts`` (one per row) being
+    each row's map value at output 0 and ``step`` its change per output pixel: OpenCV's warpAffine rounding."""
+    along = np.rint(step * np.arange(n_out) * _MAP_SCALE).astype(np.int64)
+    at_start = np.rint(np.asarray(starts, np.float64) * _MAP_SCALE).astype(np.int64)
+    return (along[None, :] + at_start[:, None] + _MAP_SCALE // _SUBPIXELS // 2) >> 5
+
+
+def _taps(pos: np.ndarray, n: int, border: Border) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two bilinear taps of each position (in 1/32 pixel) along an axis of ``n`` pixels: indices into the image
+    (always valid) and their integer weights (summing to 32). ``replicate``: a tap outside reads the edge pixel;
+    ``zero``: it reads black (its weight is 0)."""
+    i0 = pos >> 5
+    w1 = (pos & (_SUBPIXELS - 1)).astype(np.int32)
+    w0 = _SUBPIXELS - w1
     i1 = i0 + 1
-    w0, w1 = 1.0 - f, f
     if border == "zero":
-        w0 = np.where((i0 >= 0) & (i0 < n), w0, 0.0)
-        w1 = np.where((i1 >= 0) & (i1 < n), w1, 0.0)
+        w0 = np.where((i0 >= 0) & (i0 < n), w0, 0)
+        w1 = np.where((i1 >= 0) & (i1 < n), w1, 0)
     return np.clip(i0, 0, n - 1), np.clip(i1, 0, n - 1), w0, w1
+
+
+def _weighted_to_uint8(acc: np.ndarray) -> np.ndarray:
+    """Sums of pixel * (32 * 32 weight units) back to rounded uint8 pixels."""
+    return ((acc + (_SUBPIXELS * _SUBPIXELS // 2)) >> 10).astype(np.uint8)
 
 
 def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border) -> np.ndarray:
     """Bilinear sampling of ``image`` (HxW or HxWxC uint8) through the 2x3 map ``m`` from output pixels to image
     pixels (``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``), ``width`` x ``height`` out."""
     h, w = image.shape[:2]
-    u = np.arange(width, dtype=np.float64)[None, :]
-    v = np.arange(height, dtype=np.float64)[:, None]
-    xs = m[0, 0] * u + m[0, 1] * v + m[0, 2]
-    ys = m[1, 0] * u + m[1, 1] * v + m[1, 2]
-    x0, x1, wx0, wx1 = _taps(xs, w, border)
-    y0, y1, wy0, wy1 = _taps(ys, h, border)
+    v = np.arange(height, dtype=np.float64)
+    x0, x1, wx0, wx1 = _taps(_positions(m[0, 0], m[0, 1] * v + m[0, 2], width), w, border)
+    y0, y1, wy0, wy1 = _taps(_positions(m[1, 0], m[1, 1] * v + m[1, 2], width), h, border)
     if image.ndim == 3:  # the weights broadcast over the channels
         wx0, wx1, wy0, wy1 = (a[..., None] for a in (wx0, wx1, wy0, wy1))
-    img = image.astype(np.float32)
-    out = (img[y0, x0] * wx0 + img[y0, x1] * wx1) * wy0 + (img[y1, x0] * wx0 + img[y1, x1] * wx1) * wy1
-    return _to_uint8(out)
+    img = image.astype(np.int32)
+    acc = (img[y0, x0] * wx0 + img[y0, x1] * wx1) * wy0 + (img[y1, x0] * wx0 + img[y1, x1] * wx1) * wy1
+    return _weighted_to_uint8(acc)
 
 
 class AxisAlignedSampler:
@@ -122,10 +138,9 @@ class AxisAlignedSampler:
                  oy: float) -> None:
         (w, h), (tw, th) = size, out_size
         self.size = (w, h)
-        x0, x1, wx0, wx1 = _taps(kx * np.arange(tw, dtype=np.float64) + ox, w, "zero")
-        self._x = (x0, x1, wx0.astype(np.float32), wx1.astype(np.float32))
-        y0, y1, wy0, wy1 = _taps(ky * np.arange(th, dtype=np.float64) + oy, h, "zero")
-        self._y = (y0, y1, wy0.astype(np.float32)[:, None], wy1.astype(np.float32)[:, None])
+        self._x = _taps(_positions(kx, np.array([ox]), tw)[0], w, "zero")
+        y0, y1, wy0, wy1 = _taps(_positions(ky, np.array([oy]), th)[0], h, "zero")
+        self._y = (y0, y1, wy0[:, None], wy1[:, None])
 
     def __call__(self, image: np.ndarray, out: np.ndarray) -> None:
         """Sample ``image`` (HxW or HxWxC uint8 of the size given at construction) into ``out`` (uint8)."""
@@ -134,5 +149,5 @@ class AxisAlignedSampler:
         if image.ndim == 3:
             wy0, wy1 = wy0[..., None], wy1[..., None]
             wx0, wx1 = wx0[:, None], wx1[:, None]
-        rows = image[y0] * wy0 + image[y1] * wy1  # float32, (out height) x (image width) [x C]
-        np.copyto(out, _to_uint8(rows[:, x0] * wx0 + rows[:, x1] * wx1))
+        rows = image[y0] * wy0 + image[y1] * wy1  # int32, (out height) x (image width) [x C]
+        np.copyto(out, _weighted_to_uint8(rows[:, x0] * wx0 + rows[:, x1] * wx1))
