@@ -260,14 +260,11 @@ def check(config: Config) -> Report:
     _check_broker_host(config, report)
     if importlib.util.find_spec("cv2") is None:
         report.errors.extend(opencv_missing(use) for use in opencv_uses(config.model_dump(mode="json")))
-    if config.metrics.enabled:
-        import importlib.util
+    if config.metrics.enabled and importlib.util.find_spec("prometheus_client") is None:
+        from edge.version import install_hint
 
-        if importlib.util.find_spec("prometheus_client") is None:
-            from edge.version import install_hint
-
-            report.errors.append(f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
-                                 "or pip install prometheus-client; or set metrics.enabled = false")
+        report.errors.append(f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+                             "or pip install prometheus-client; or set metrics.enabled = false")
     preview = config.privacy.debug_preview_dir
     if preview is not None:
         problem = writable_dir_problem(preview, "privacy.debug_preview_dir")
