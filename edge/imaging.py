@@ -63,16 +63,32 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_axis_weights` as a band: for each output pixel the indices of the few input pixels it reads and
+    their weights (``n_out`` x K each, K = the most any output reads; unused taps have weight 0)."""
+    weights = _axis_weights(n_in, n_out)
+    used = weights > 0
+    first = used.argmax(axis=1)
+    k = int((n_in - used[:, ::-1].argmax(axis=1) - first).max())
+    idx = np.minimum(first[:, None] + np.arange(k), n_in - 1)
+    band = np.take_along_axis(weights, idx, axis=1)
+    band[first[:, None] + np.arange(k) >= n_in] = 0.0
+    return idx, band
+
+
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize an HxW or HxWxC uint8 image to ``width`` x ``height``: each axis by pixel area when it shrinks
-    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``), as two small matrix products."""
+    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``). Rows first, then columns, each output
+    pixel a weighted sum of its few input pixels (gathered, not a dense matrix product: no BLAS call, whose
+    threads cost more to wake on a busy Pi than these few thousand multiplications)."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return np.ascontiguousarray(image, dtype=np.uint8)
-    wy, wx = _axis_weights(h, height), _axis_weights(w, width)
-    # Rows first, then columns: (height x h) @ image @ (w x width), per channel.
-    out = np.tensordot(wy, image.astype(np.float64), axes=(1, 0))
-    out = np.moveaxis(np.tensordot(wx, out, axes=(1, 1)), 0, 1)
+    extra = (None,) * (image.ndim - 2)  # the weights broadcast over the channels
+    iy, wy = _axis_taps(h, height)
+    ix, wx = _axis_taps(w, width)
+    rows = (image[iy] * wy[(..., None) + extra]).sum(axis=1)
+    out = (rows[:, ix] * wx[(...,) + extra]).sum(axis=2)
     return _to_uint8(out)
 
 
@@ -118,9 +134,13 @@ def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, borde
     y0, y1, wy0, wy1 = _taps(_positions(m[1, 0], m[1, 1] * v + m[1, 2], width), h, border)
     if image.ndim == 3:  # the weights broadcast over the channels
         wx0, wx1, wy0, wy1 = (a[..., None] for a in (wx0, wx1, wy0, wy1))
-    img = image.astype(np.int32)
-    acc = (img[y0, x0] * wx0 + img[y0, x1] * wx1) * wy0 + (img[y1, x0] * wx0 + img[y1, x1] * wx1) * wy1
-    return _weighted_to_uint8(acc)
+    # Gathers from the flat image (one index per tap instead of a row and a column index).
+    flat = image.reshape(h * w, -1) if image.ndim == 3 else image.reshape(-1)
+    y0 *= w
+    y1 *= w
+    top = flat[y0 + x0] * wx0 + flat[y0 + x1] * wx1
+    bottom = flat[y1 + x0] * wx0 + flat[y1 + x1] * wx1
+    return _weighted_to_uint8(top * wy0 + bottom * wy1)
 
 
 class AxisAlignedSampler:
