@@ -101,8 +101,8 @@ _SUBPIXELS = 32
 def _positions(step: float, starts: np.ndarray, n_out: int) -> np.ndarray:
     """Sample positions in 1/32 pixel of the outputs ``0 .. n_out - 1`` along a row, ``starts`` (one per row) being
     each row's map value at output 0 and ``step`` its change per output pixel: OpenCV's warpAffine rounding."""
-    along = np.rint(step * np.arange(n_out) * _MAP_SCALE).astype(np.int64)
-    at_start = np.rint(np.asarray(starts, np.float64) * _MAP_SCALE).astype(np.int64)
+    along = np.rint(step * np.arange(n_out) * _MAP_SCALE).astype(np.int32)
+    at_start = np.rint(np.asarray(starts, np.float64) * _MAP_SCALE).astype(np.int32)
     return (along[None, :] + at_start[:, None] + _MAP_SCALE // _SUBPIXELS // 2) >> 5
 
 
@@ -111,13 +111,15 @@ def _taps(pos: np.ndarray, n: int, border: Border) -> tuple[np.ndarray, np.ndarr
     (always valid) and their integer weights (summing to 32). ``replicate``: a tap outside reads the edge pixel;
     ``zero``: it reads black (its weight is 0)."""
     i0 = pos >> 5
-    w1 = (pos & (_SUBPIXELS - 1)).astype(np.int32)
+    w1 = pos & (_SUBPIXELS - 1)
     w0 = _SUBPIXELS - w1
     i1 = i0 + 1
+    if i0.min() >= 0 and i1.max() < n:
+        return i0, i1, w0, w1  # every tap inside: the usual case, spared the clipping
     if border == "zero":
         w0 = np.where((i0 >= 0) & (i0 < n), w0, 0)
         w1 = np.where((i1 >= 0) & (i1 < n), w1, 0)
-    return np.clip(i0, 0, n - 1), np.clip(i1, 0, n - 1), w0, w1
+    return np.minimum(np.maximum(i0, 0), n - 1), np.minimum(np.maximum(i1, 0), n - 1), w0, w1
 
 
 def _weighted_to_uint8(acc: np.ndarray) -> np.ndarray:
