@@ -20,8 +20,8 @@
 #      `runuser -u emotion-edge -- /opt/emotion-edge/bin/python -m edge run --config
 #      /etc/emotion-edge/config.toml --source demo --max-frames N --stdout`,
 #   5. prints a summary: Python version, install time, whether OpenCV was installed and why, venv and
-#      site-packages sizes, the 10 largest
-#      site-packages entries, the face detector in use, the messages on stdout and the frames processed.
+#      site-packages sizes, the 10 largest site-packages entries, the face detector in use, the messages on
+#      stdout and the frames processed.
 # Emulation is 10-50x slower than a Pi: times say nothing about speed on a Pi; installability,
 # correctness and sizes do. Exits non-zero if an install or a run fails or no frame was processed.
 #
