@@ -122,3 +122,18 @@ def test_a_source_that_needs_opencv_says_so_in_one_line_without_it(tmp_path):
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert errors[0].startswith(f"error: image folder {tmp_path} needs OpenCV") and "--with-opencv" in errors[0]
     assert "pip install -e '.[opencv]'" in errors[0]
+
+
+def test_check_config_names_each_setting_that_needs_opencv_once_without_it(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n[source]\nuri = "0"\n'
+                      f'[detector]\nbackend = "opencv"\n[privacy]\ndebug_preview_dir = "{tmp_path / "preview"}"\n')
+    r = _run("""
+        from edge.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """, "check-config", str(config), state_dir=tmp_path / "state")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "needs OpenCV" in line]
+    assert len(errors) == 3, r.stderr
+    for setting in ("source.uri = '0'", "detector.backend = 'opencv'", "privacy.debug_preview_dir"):
+        assert sum(setting in line for line in errors) == 1, (setting, errors)
