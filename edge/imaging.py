@@ -3,11 +3,11 @@ classifier) needs no OpenCV: grey conversion, area/linear resize and bilinear af
 
 The conventions are OpenCV's (pixel centres at integer coordinates; a resize maps output pixel ``i`` to the input
 interval ``[i * s, (i + 1) * s)``, ``s`` = input / output size), so the results agree with ``cv2.cvtColor``,
-``cv2.resize(INTER_AREA / INTER_LINEAR)`` and ``cv2.warpAffine(INTER_LINEAR)`` to within a grey level
-(tests/test_imaging.py states the bounds). The warps use OpenCV's own fixed point (positions rounded to 1/32
-pixel, integer weights) and give its pixels exactly; the resize computes in floating point and rounds once at the
-end (OpenCV's linear resize uses 11-bit weights), so it may differ by one grey level. Everything is vectorised:
-a Pi runs these on every frame.
+``cv2.resize(INTER_AREA / INTER_LINEAR)`` and ``cv2.warpAffine(INTER_LINEAR)`` (tests/test_imaging.py). The warps use OpenCV's own fixed point (positions rounded to 1/32
+pixel, integer weights) and so does an area shrink (OpenCV's float32 sums): both give its pixels exactly. The
+linear enlargement computes in floating point where OpenCV uses 11-bit weights, so it may differ by one grey
+level (a face crop is enlarged only when it is smaller than the model's input). Everything is vectorised: a Pi
+runs these on every frame.
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ from typing import Literal
 
 import numpy as np
 
-#: ITU-R BT.601 luma weights of B, G and R in 14-bit fixed point: OpenCV's, so the grey levels are its grey levels.
-_GRAY_BGR_14BIT = (1868, 9617, 4899)
+#: ITU-R BT.601 luma weights of B, G and R in 15-bit fixed point, as OpenCV 4's vectorised cvtColor uses them
+#: (its grey of every one of the 2^24 colours, checked): the grey levels are its grey levels.
+_GRAY_BGR_15BIT = (3735, 19235, 9798)
 
 Border = Literal["replicate", "zero"]
 
 
 def bgr_to_gray(image: np.ndarray) -> np.ndarray:
     """Grey (HxW uint8) of an HxWx3 or HxWx4 BGR(A) uint8 image: ``0.114 B + 0.587 G + 0.299 R``, rounded."""
-    b, g, r = _GRAY_BGR_14BIT
+    b, g, r = _GRAY_BGR_15BIT
     acc = image[..., 0].astype(np.uint32) * b
     acc += image[..., 1].astype(np.uint32) * g
     acc += image[..., 2].astype(np.uint32) * r
-    acc += 1 << 13
-    acc >>= 14
+    acc += 1 << 14
+    acc >>= 15
     return acc.astype(np.uint8)
 
 
@@ -78,17 +79,27 @@ def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize an HxW or HxWxC uint8 image to ``width`` x ``height``: each axis by pixel area when it shrinks
-    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``). Rows first, then columns, each output
-    pixel a weighted sum of its few input pixels (gathered, not a dense matrix product: no BLAS call, whose
-    threads cost more to wake on a busy Pi than these few thousand multiplications)."""
+    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``).
+
+    A shrink is OpenCV's to the pixel: by whole factors, block sums (a 2x2 block rounded half up, others scaled in
+    float32); otherwise columns first, then rows, in float32 as OpenCV sums them. Each output pixel is a
+    weighted sum of its few input pixels, gathered rather than a dense matrix product: no BLAS call, whose threads
+    cost more to wake on a busy Pi than these few thousand multiplications.
+    """
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return np.ascontiguousarray(image, dtype=np.uint8)
+    if h % height == 0 and w % width == 0:
+        ky, kx = h // height, w // width
+        sums = image.reshape(height, ky, width, kx, *image.shape[2:]).sum(axis=(1, 3), dtype=np.int32)
+        if ky == kx == 2:
+            return ((sums + 2) >> 2).astype(np.uint8)
+        return _to_uint8(sums.astype(np.float32) * np.float32(1.0 / (kx * ky)))
     extra = (None,) * (image.ndim - 2)  # the weights broadcast over the channels
     iy, wy = _axis_taps(h, height)
     ix, wx = _axis_taps(w, width)
-    rows = (image[iy] * wy[(..., None) + extra]).sum(axis=1)
-    out = (rows[:, ix] * wx[(...,) + extra]).sum(axis=2)
+    cols = (image[:, ix] * wx.astype(np.float32)[(...,) + extra]).sum(axis=2)  # h x width [x C]
+    out = (cols[iy] * wy.astype(np.float32)[(..., None) + extra]).sum(axis=1)
     return _to_uint8(out)
 
 
@@ -125,6 +136,15 @@ def _taps(pos: np.ndarray, n: int, border: Border) -> tuple[np.ndarray, np.ndarr
 def _weighted_to_uint8(acc: np.ndarray) -> np.ndarray:
     """Sums of pixel * (32 * 32 weight units) back to rounded uint8 pixels."""
     return ((acc + (_SUBPIXELS * _SUBPIXELS // 2)) >> 10).astype(np.uint8)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """The inverse of the 2x3 affine map ``m``, computed as ``cv2.invertAffineTransform`` (and cv2.warpAffine
+    without WARP_INVERSE_MAP) computes it, operation for operation, so that sampling through it is OpenCV's."""
+    d = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22, a12, a21 = m[1, 1] * d, m[0, 0] * d, -m[0, 1] * d, -m[1, 0] * d
+    return np.array([[a11, a12, -a11 * m[0, 2] - a12 * m[1, 2]], [a21, a22, -a21 * m[0, 2] - a22 * m[1, 2]]])
 
 
 def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border) -> np.ndarray:

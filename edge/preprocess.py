@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.imaging import bgr_to_gray, resize, warp_affine
+from edge.imaging import bgr_to_gray, invert_affine, resize, warp_affine
 
 #: Identifier of this preprocessing, written into every model bundle's manifest.
 PREPROCESSING_ID = "gray-sqcrop-area-v1"
@@ -145,21 +145,24 @@ def crop_face(
         # same area resize as every crop). The centre is the crop's middle pixel, so a zero turn would give the
         # plain crop below, border replication included.
         centre = (x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0)
-        # The map from crop pixels to frame pixels: a turn by the roll about the centre (in image coordinates,
-        # y down, a positive roll turns the eye line back to level), then the crop's offset.
+        # The map from frame pixels to crop pixels: a turn by the roll about the centre (OpenCV's
+        # getRotationMatrix2D, term for term: y is down, so a positive roll turns the eye line back to level),
+        # then the crop's offset. It is inverted for sampling the way cv2.warpAffine inverts it, so the sample
+        # positions are OpenCV's to the last bit.
         a = math.radians(roll)
         cos, sin = math.cos(a), math.sin(a)
-        cu, cv = (side - 1) / 2.0, (side - 1) / 2.0
-        m = np.array([[cos, -sin, centre[0] - cos * cu + sin * cv], [sin, cos, centre[1] - sin * cu - cos * cv]])
+        m = np.array([[cos, sin, (1 - cos) * centre[0] - sin * centre[1] - x0],
+                      [-sin, cos, sin * centre[0] + (1 - cos) * centre[1] - y0]])
         # Only the part of the frame the turned square can read (its bounding box, 2 px more for the bilinear
         # taps), clipped to the frame: where it is clipped, the frame's own edge is replicated, as before.
         reach = side / 2.0 * (abs(cos) + abs(sin)) + 2.0
         rx0, ry0 = max(0, int(np.floor(centre[0] - reach))), max(0, int(np.floor(centre[1] - reach)))
         rx1, ry1 = min(w, int(np.ceil(centre[0] + reach)) + 1), min(h, int(np.ceil(centre[1] + reach)) + 1)
         region = to_gray(frame[ry0:ry1, rx0:rx1])
-        # A region pixel (a, b) is the frame pixel (a + rx0, b + ry0).
-        m[:, 2] -= (rx0, ry0)
-        crop = warp_affine(region, m, side, side, "replicate")
+        # m maps frame pixels to crop pixels; a region pixel (a, b) is the frame pixel (a + rx0, b + ry0).
+        m[0, 2] += m[0, 0] * rx0 + m[0, 1] * ry0
+        m[1, 2] += m[1, 0] * rx0 + m[1, 1] * ry0
+        crop = warp_affine(region, invert_affine(m), side, side, "replicate")
         return resize_face(crop, prep.input_size)
     crop = to_gray(frame[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)])
     pad_l, pad_t = max(0, -x0), max(0, -y0)
