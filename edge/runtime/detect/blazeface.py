@@ -95,6 +95,9 @@ class BlazeFaceDetector:
             raise DetectorError(f"{path} is not a BlazeFace model (outputs {sorted(outs)})")
         self._boxes_index, self._scores_index = outs[ncoord], outs[1]
         self.anchors = ssd_anchors(**{**SHORT_RANGE_ANCHORS, "input_size": (tw, th)})
+        # uint8 [0, 255] -> float32 [-1, 1] (v * 2/255 - 1) as a table of the 256 values, each rounded once from
+        # float32 operands as OpenCV's convertTo / addWeighted rounds them (MediaPipe's tensors, bit for bit).
+        self._to_float = (np.arange(256) * float(np.float32(2.0 / 255.0)) - 1.0).astype(np.float32)
         # Preallocated once: the warped uint8 image and the float input tensor.
         self._warped3 = np.empty((th, tw, 3), np.uint8)
         self._warped1 = np.empty((th, tw), np.uint8)
@@ -155,11 +158,12 @@ class BlazeFaceDetector:
         else:
             sampler(image, warped)
         # Gray: replicate the one warped channel (what MediaPipeDetector's GRAY2RGB before the warp gives).
-        # BGR: swap channels on the small 128x128 result rather than on the whole frame. Then uint8 [0, 255] ->
-        # float32 [-1, 1], written straight into the input buffer: v * 2/255 - 1.
-        rgb = warped[:, :, None] if image.ndim == 2 else warped[:, :, ::-1]
-        np.multiply(rgb, np.float32(2.0 / 255.0), out=self._input[0], casting="unsafe")
-        self._input -= np.float32(1.0)
+        # BGR: swap channels on the small 128x128 result rather than on the whole frame. Then to float, written
+        # straight into the input buffer.
+        if image.ndim == 2:
+            self._input[0] = self._to_float[warped][:, :, None]
+        else:
+            np.take(self._to_float, warped[:, :, ::-1], out=self._input[0])
         return kx, ky, ox, oy
 
     def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:
