@@ -1,4 +1,5 @@
-"""The installed emotion-edge version, for status payloads and Home Assistant's device block."""
+"""The installed emotion-edge version (status payloads, Home Assistant's device block) and how to install what an
+optional part needs (the extras of pyproject.toml, OpenCV above all)."""
 
 from __future__ import annotations
 
