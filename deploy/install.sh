@@ -246,7 +246,7 @@ extra=($PIP_ARGS)
 if [[ -n "$opencv_why" ]]; then
     say "OpenCV: installing it, needed by: $opencv_why"
 else
-    say "OpenCV: not installed (the Pi camera and the demo run without it; --with-opencv adds it for a USB camera, a file, a stream or a folder)"
+    say "OpenCV: not needed (the Pi camera and the demo run without it; --with-opencv adds it for a USB camera, a file, a stream or a folder)"
 fi
 # Bookworm's apt numpy (1.x) is what python3-picamera2's compiled parts are built against; a numpy 2 in the
 # venv would shadow it and the camera would not import. Keep pip on numpy 1.x there, with an OpenCV that

@@ -98,10 +98,10 @@ def test_install_adds_opencv_only_where_the_config_or_a_flag_needs_it_and_says_s
         return [line for line in r.stdout.splitlines() if line.startswith("==> OpenCV")], pip
 
     lines, pip = opencv_lines(None)
-    assert len(lines) == 1 and lines[0].startswith("==> OpenCV: not installed") and pip.endswith("[edge\\]")
+    assert len(lines) == 1 and lines[0].startswith("==> OpenCV: not needed") and pip.endswith("[edge\\]")
     for config in ('[source]\nuri = "picamera2"\n', '[source]\nuri = "demo:2"\n', '[device]\nid = "x"\n'):
         lines, pip = opencv_lines(config)
-        assert lines[0].startswith("==> OpenCV: not installed") and pip.endswith("[edge\\]"), config
+        assert lines[0].startswith("==> OpenCV: not needed") and pip.endswith("[edge\\]"), config
     for config, named in (('[source]\nuri = "0"\n', "source.uri = '0'"),
                           ('[source]\nuri = "rtsp://cam/1"\n', "source.uri = 'rtsp://cam/1'"),
                           ('[detector]\nbackend = "opencv"\n', "detector.backend = 'opencv'"),
