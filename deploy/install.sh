@@ -2,7 +2,7 @@
 # Install (or update) the emotion-edge daemon as a hardened systemd service on Raspberry Pi OS.
 #
 # Targets the 64-bit Raspberry Pi OS (aarch64) Bookworm (Debian 12, Python 3.11) and Trixie (Debian 13, Python
-# 3.13); 32-bit (armv7l) is refused: numpy, OpenCV and LiteRT publish no 32-bit ARM wheels. Idempotent: re-running
+# 3.13); 32-bit (armv7l) is refused: numpy and LiteRT publish no 32-bit ARM wheels. Idempotent: re-running
 # it updates the package and the unit, and never overwrites an existing config or secret.
 #
 #   git clone --depth 1 <repository> emotion-edge && cd emotion-edge    # no history needed on a Pi
@@ -15,8 +15,11 @@
 #   2. a static system user 'emotion-edge' in group 'video'
 #   3. a venv at /opt/emotion-edge with --system-site-packages (so apt's picamera2/libcamera are importable) and
 #      without pip of its own (the system's pip installs into it),
-#      then pip install '<source>[edge]' (with --with-mediapipe also the optional MediaPipe detector backend:
-#      [mediapipe-deps] and mediapipe --no-deps, whose 1.x wheels would pull the GUI opencv-contrib-python)
+#      then pip install '<source>[edge]': no OpenCV, which a Pi camera and the demo do not need; '[edge,opencv]'
+#      when the existing config's source needs it (camera index, video file, stream, image folder; also the Haar
+#      detector and the debug preview) or with --with-opencv; with --with-mediapipe also the optional MediaPipe
+#      detector backend: [mediapipe-deps] (OpenCV included) and mediapipe --no-deps, whose 1.x wheels would pull
+#      the GUI opencv-contrib-python
 #   4. /etc/emotion-edge/config.toml (only if missing), mqtt_password (empty, 0600, only if missing), keys/
 #   5. the unit /etc/systemd/system/emotion-edge.service; daemon-reload, enable, (re)start
 #   6. prints how to check status and logs
@@ -27,6 +30,9 @@
 #   --prefix DIR       venv location (default /opt/emotion-edge)
 #   --mqtt-host HOST   broker written into a NEW config (default: none, i.e. localhost if one answers)
 #   --device-id ID     device id written into a NEW config (default: the host name)
+#   --with-opencv      also install OpenCV (opencv-python-headless, about 90 MB): for a USB camera ("0"), a video
+#                      file, an RTSP/HTTP stream, an image folder, the Haar detector or the debug preview. Added
+#                      without asking when an existing config needs it; a new config's source is the Pi camera
 #   --with-mediapipe   also install MediaPipe (detector.backend = "mediapipe"; the default BlazeFace detector runs
 #                      in LiteRT without it; MediaPipe needs libegl1 and libgles2 and adds about 190 MB)
 #   --no-start         install and enable, but do not (re)start the service
@@ -57,6 +63,7 @@ DEVICE_ID=""
 MEDIAPIPE_VERSION="1.2.2"
 DRY_RUN=0
 WITH_MEDIAPIPE=0
+WITH_OPENCV=0
 START=1
 DO_APT=1
 DO_USER=1
@@ -75,6 +82,7 @@ while [[ $# -gt 0 ]]; do
         --device-id) DEVICE_ID="${2:?--device-id needs a value}"; shift 2 ;;
         --pip-args) PIP_ARGS="${2?--pip-args needs a value}"; shift 2 ;;
         --with-mediapipe) WITH_MEDIAPIPE=1; shift ;;
+        --with-opencv) WITH_OPENCV=1; shift ;;
         --no-system-site-packages) SYSTEM_SITE=0; shift ;;
         --no-start) START=0; shift ;;
         --skip-apt) DO_APT=0; shift ;;
@@ -90,7 +98,7 @@ if [[ -n "$DEVICE_ID" && ! "$DEVICE_ID" =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     die "--device-id '$DEVICE_ID' may only hold letters, digits, '_' and '-' (at most 64)"
 fi
 
-# 64-bit only: there are no 32-bit ARM wheels of numpy, OpenCV or LiteRT on PyPI, so an armv7l install would
+# 64-bit only: there are no 32-bit ARM wheels of numpy or LiteRT on PyPI, so an armv7l install would
 # end in a compiler error an hour later. EMOTION_EDGE_MACHINE stands in for `uname -m` in tests.
 machine="${EMOTION_EDGE_MACHINE:-$(uname -m)}"
 case "$machine" in
@@ -99,7 +107,31 @@ case "$machine" in
     *) say "warning: untested machine type $machine; continuing" ;;
 esac
 
+# OpenCV only where something configured reads or draws with it (edge.version.opencv_uses, asked with the
+# standard library before anything is installed); a new config's source is the Pi camera, which does not.
+opencv_why=""
+if [[ $WITH_OPENCV -eq 1 ]]; then
+    opencv_why="--with-opencv"
+elif [[ $WITH_MEDIAPIPE -eq 1 ]]; then
+    opencv_why="--with-mediapipe (the MediaPipe backend converts colours with it)"
+elif [[ -f "$ETC/config.toml" ]] && command -v python3 >/dev/null; then
+    opencv_why="$(PYTHONPATH="$repo" python3 -c '
+import sys
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+from edge.version import opencv_uses
+try:
+    with open(sys.argv[1], "rb") as f:
+        uses = opencv_uses(tomllib.load(f))
+except (OSError, ValueError) as exc:
+    uses = [f"{sys.argv[1]}, which could not be read to tell ({exc})"]
+print("; ".join(uses))
+' "$ETC/config.toml" 2>&1 | tail -n 1)" || opencv_why="$ETC/config.toml, which could not be checked"
+fi
 extras="edge"
+[[ -n "$opencv_why" ]] && extras="edge,opencv"
 [[ $WITH_MEDIAPIPE -eq 1 ]] && extras="edge,mediapipe-deps"
 # The extras go after the project's name: a folder or wheel path, a URL, or a pip requirement (name==1.2).
 if [[ -e "$SOURCE" ]]; then
@@ -211,14 +243,20 @@ fi
 pip=(python3 -m pip --disable-pip-version-check --python "$PREFIX/bin/python")
 # shellcheck disable=SC2206  # PIP_ARGS is split on purpose
 extra=($PIP_ARGS)
+if [[ -n "$opencv_why" ]]; then
+    say "OpenCV: installing it, needed by: $opencv_why"
+else
+    say "OpenCV: not needed (the Pi camera and the demo run without it; --with-opencv adds it for a USB camera, a file, a stream or a folder)"
+fi
 # Bookworm's apt numpy (1.x) is what python3-picamera2's compiled parts are built against; a numpy 2 in the
 # venv would shadow it and the camera would not import. Keep pip on numpy 1.x there, with an OpenCV that
-# supports it (opencv-python-headless 4.12 and later need numpy 2).
+# supports it (opencv-python-headless 4.12 and later need numpy 2) when OpenCV is installed.
 pins=()
 sys_numpy="$(python3 -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
 if [[ "$sys_numpy" == 1.* ]]; then
     say "the system numpy is $sys_numpy (apt's, for picamera2): keeping the venv on numpy 1.x"
-    pins=("numpy<2" "opencv-python-headless<4.12")
+    pins=("numpy<2")
+    [[ -n "$opencv_why" ]] && pins+=("opencv-python-headless<4.12")
 fi
 run "${pip[@]}" install "${extra[@]}" --upgrade "$spec" "${pins[@]}"
 if [[ $WITH_MEDIAPIPE -eq 1 ]]; then

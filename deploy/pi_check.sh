@@ -5,6 +5,7 @@
 #
 #   sudo deploy/pi_check.sh                         # bookworm and trixie, this checkout
 #   sudo deploy/pi_check.sh --suite bookworm --frames 50 --keep
+#   sudo deploy/pi_check.sh --with-opencv           # the install for a USB camera, a file or a stream
 #
 # Per suite it
 #   1. builds (once; cached as a tarball in --cache) an arm64 minbase root with python3, python3-venv,
@@ -13,12 +14,14 @@
 #      not ignored files), the host's resolv.conf, hosts and CA bundle (a TLS-intercepting proxy's CA lives
 #      there), binds /proc and writes fake /sys cpu files (the host's /sys is NOT bound: XNNPACK would read the
 #      x86 CPU topology and crash under qemu),
-#   3. runs `deploy/install.sh --skip-systemd --device-id pi-check-SUITE` in the root, timed,
+#   3. runs `deploy/install.sh --skip-systemd --device-id pi-check-SUITE` in the root, timed (a new config, so
+#      the Pi camera's install, without OpenCV; with --with-opencv the install for the sources that need it),
 #   4. runs the daemon as the service user with the installed config, the way the unit does:
 #      `runuser -u emotion-edge -- /opt/emotion-edge/bin/python -m edge run --config
 #      /etc/emotion-edge/config.toml --source demo --max-frames N --stdout`,
-#   5. prints a summary: Python version, install time, venv and site-packages sizes, the 10 largest
-#      site-packages entries, the face detector in use, the messages on stdout and the frames processed.
+#   5. prints a summary: Python version, install time, whether OpenCV was installed and why, venv and
+#      site-packages sizes, the 10 largest site-packages entries, the face detector in use, the messages on
+#      stdout and the frames processed.
 # Emulation is 10-50x slower than a Pi: times say nothing about speed on a Pi; installability,
 # correctness and sizes do. Exits non-zero if an install or a run fails or no frame was processed.
 #
@@ -28,6 +31,7 @@
 #   --cache DIR   base tarballs, per-run roots and logs (default /var/cache/emotion-edge-pi-check)
 #   --frames N    frames the daemon processes (default 20)
 #   --keep        keep each suite's root fs (its path is printed; enter it with chroot after binding /proc)
+#   --with-opencv pass --with-opencv to install.sh (OpenCV for a USB camera, a video file, a stream, a folder)
 #
 # Needs root, about 2 GB free in --cache per suite (a 0.1 GB tarball, a 0.3 GB root growing to about 1.1 GB),
 # network access to a Debian mirror and to PyPI. Environment: PI_CHECK_INSTALL_TIMEOUT (seconds, default
@@ -39,6 +43,7 @@ SRC=""
 CACHE=/var/cache/emotion-edge-pi-check
 FRAMES=20
 KEEP=0
+INSTALL_FLAGS=""
 INSTALL_TIMEOUT="${PI_CHECK_INSTALL_TIMEOUT:-5400}"
 RUN_TIMEOUT="${PI_CHECK_RUN_TIMEOUT:-1800}"
 # Bump when the base root's contents change, so old tarballs are not reused.
@@ -59,6 +64,7 @@ while [[ $# -gt 0 ]]; do
         --cache) CACHE="${2:?--cache needs a value}"; shift 2 ;;
         --frames) FRAMES="${2:?--frames needs a value}"; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --with-opencv) INSTALL_FLAGS+=" --with-opencv"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -329,7 +335,7 @@ run_suite() {
     install_rc=0
     chroot "$root" /bin/true || die "$suite: cannot run arm64 binaries in $root (binfmt/qemu?)"
     bg_wait in_root "$root" timeout "$INSTALL_TIMEOUT" bash -c \
-        "cd '$SRC_IN_ROOT' && deploy/install.sh --skip-systemd --device-id 'pi-check-$suite'" \
+        "cd '$SRC_IN_ROOT' && deploy/install.sh --skip-systemd --device-id 'pi-check-$suite'$INSTALL_FLAGS" \
         </dev/null >"$logs/install.log" 2>&1 || install_rc=$?
     install_s=$((SECONDS - t0))
     say "$suite: install.sh exited $install_rc after $install_s s"
@@ -352,7 +358,7 @@ run_suite() {
     fi
 
     # ---- the summary ----
-    local py venv_mb sp sp_mb detector fallback frames msgs top
+    local py venv_mb sp sp_mb detector fallback frames msgs top opencv
     py="$(in_root "$root" python3 -c 'import platform; print(platform.python_version(), platform.machine())' 2>/dev/null || echo '?')"
     venv_mb="$(du -sm "$root$PREFIX" 2>/dev/null | cut -f1 || true)"
     sp="$(find "$root$PREFIX/lib" -maxdepth 2 -type d -name site-packages 2>/dev/null | head -n 1 || true)"
@@ -363,6 +369,7 @@ run_suite() {
         top="$(du -sm "$sp"/* 2>/dev/null | sort -rn | head -n 10 \
             | awk '{ n = $2; sub(".*/", "", n); printf "    %5d MB  %s\n", $1, n }' || true)"
     fi
+    opencv="$(grep -h '^==> OpenCV: ' "$logs/install.log" 2>/dev/null | tail -n 1 | sed 's/^==> OpenCV: //' || true)"
     detector="$(grep -h 'face detector:' "$logs/run.stderr" 2>/dev/null | tail -n 1 \
         | sed 's/.*face detector: *//' || true)"
     fallback="$(grep -h 'detector unavailable' "$logs/run.stderr" 2>/dev/null | tail -n 1 \
@@ -413,7 +420,8 @@ print(f"{lines} JSON lines: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.it
         "==== $suite (arm64, emulated): $status"
         "  python:        $py"
         "  base root:     $base_line"
-        "  install.sh:    exit $install_rc, $install_s s"
+        "  install.sh:    exit $install_rc, $install_s s${INSTALL_FLAGS:+ (with$INSTALL_FLAGS)}"
+        "  OpenCV:        ${opencv:-?}"
         "  venv:          ${venv_mb:-?} MB ($PREFIX), site-packages $sp_mb MB; largest entries:"
         "$top"
         "  detector:      ${detector:-?}"

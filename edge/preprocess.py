@@ -8,7 +8,8 @@ frames a face, and with level eyes the crop is pixel for pixel the unaligned one
 :data:`PREPROCESSING_ID` and records its parameters, so a bundle made for another preprocessing is refused
 at load time.
 
-Only numpy and OpenCV are used here: this module runs on a Raspberry Pi.
+Only numpy is used here (the resampling is :mod:`edge.imaging`'s): this module runs on a Raspberry Pi, where
+the Pi camera's install carries no OpenCV.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from edge.imaging import bgr_to_gray, invert_affine, resize, warp_affine
 
 #: Identifier of this preprocessing, written into every model bundle's manifest.
 PREPROCESSING_ID = "gray-sqcrop-area-v1"
@@ -66,16 +69,12 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 
     Accepts 2-D grayscale, HxWx1, and HxWx3 BGR (OpenCV's and Picamera2 "RGB888" memory order) images.
     """
-    import cv2
-
     if frame.ndim == 2:
         gray = frame
     elif frame.ndim == 3 and frame.shape[2] == 1:
         gray = frame[:, :, 0]
-    elif frame.ndim == 3 and frame.shape[2] == 3:
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    elif frame.ndim == 3 and frame.shape[2] == 4:
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    elif frame.ndim == 3 and frame.shape[2] in (3, 4):
+        gray = bgr_to_gray(frame)
     else:
         raise ValueError(f"unsupported frame shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
     if gray.dtype != np.uint8:
@@ -97,15 +96,10 @@ def square_box(
 def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
     """Resize a square grayscale face to ``size`` x ``size`` uint8.
 
-    Area interpolation when shrinking (what camera crops usually need) and linear when enlarging.
+    Area interpolation when shrinking (what camera crops usually need) and linear when enlarging
+    (:func:`edge.imaging.resize`).
     """
-    import cv2
-
-    if gray.shape[0] == size and gray.shape[1] == size:
-        return np.ascontiguousarray(gray, dtype=np.uint8)
-    shrinking = gray.shape[0] > size or gray.shape[1] > size
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(gray, (size, size), interpolation=interp)
+    return resize(gray, size, size)
 
 
 Point = tuple[float, float]
@@ -139,8 +133,6 @@ def crop_face(
     converted to gray only where the crop reads it (gray is per pixel, so this is the crop of the whole gray
     frame, pixel for pixel, at a fraction of the cost: the face is a few percent of a room camera's frame).
     """
-    import cv2
-
     prep = prep or Preprocessing()
     x0, y0, side = square_box(box, prep.crop_scale, prep.crop_shift)
     h, w = frame.shape[:2]
@@ -153,24 +145,30 @@ def crop_face(
         # same area resize as every crop). The centre is the crop's middle pixel, so a zero turn would give the
         # plain crop below, border replication included.
         centre = (x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0)
-        m = cv2.getRotationMatrix2D(centre, roll, 1.0)
-        m[:, 2] -= (x0, y0)
+        # The map from frame pixels to crop pixels: a turn by the roll about the centre (OpenCV's
+        # getRotationMatrix2D, term for term: y is down, so a positive roll turns the eye line back to level),
+        # then the crop's offset. It is inverted for sampling the way cv2.warpAffine inverts it, so the sample
+        # positions are OpenCV's to the last bit.
+        a = math.radians(roll)
+        cos, sin = math.cos(a), math.sin(a)
+        m = np.array([[cos, sin, (1 - cos) * centre[0] - sin * centre[1] - x0],
+                      [-sin, cos, sin * centre[0] + (1 - cos) * centre[1] - y0]])
         # Only the part of the frame the turned square can read (its bounding box, 2 px more for the bilinear
         # taps), clipped to the frame: where it is clipped, the frame's own edge is replicated, as before.
-        reach = side / 2.0 * (abs(m[0, 0]) + abs(m[0, 1])) + 2.0
+        reach = side / 2.0 * (abs(cos) + abs(sin)) + 2.0
         rx0, ry0 = max(0, int(np.floor(centre[0] - reach))), max(0, int(np.floor(centre[1] - reach)))
         rx1, ry1 = min(w, int(np.ceil(centre[0] + reach)) + 1), min(h, int(np.ceil(centre[1] + reach)) + 1)
         region = to_gray(frame[ry0:ry1, rx0:rx1])
         # m maps frame pixels to crop pixels; a region pixel (a, b) is the frame pixel (a + rx0, b + ry0).
         m[0, 2] += m[0, 0] * rx0 + m[0, 1] * ry0
         m[1, 2] += m[1, 0] * rx0 + m[1, 1] * ry0
-        crop = cv2.warpAffine(region, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = warp_affine(region, invert_affine(m), side, side, "replicate")
         return resize_face(crop, prep.input_size)
     crop = to_gray(frame[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)])
     pad_l, pad_t = max(0, -x0), max(0, -y0)
     pad_r, pad_b = max(0, x1 - w), max(0, y1 - h)
     if pad_l or pad_t or pad_r or pad_b:
-        crop = cv2.copyMakeBorder(crop, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+        crop = np.pad(crop, ((pad_t, pad_b), (pad_l, pad_r)), mode="edge")
     return resize_face(crop, prep.input_size)
 
 

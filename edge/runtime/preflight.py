@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.config import Config
+from edge.version import opencv_missing, opencv_uses
 
 #: Files in the state folder that ``run`` writes to when they exist.
 _STATE_FILES = ("outbox.db", "outbox.db-wal", "outbox.db-shm", "models", "ha_discovery_topics.json")
@@ -126,6 +127,8 @@ def _check_source(config: Config, report: Report) -> None:
         else:
             report.ok.append(("source", "picamera2 importable (camera not opened)"))
         return
+    if opencv_uses({"source": {"uri": uri}}) and importlib.util.find_spec("cv2") is None:
+        return  # check() reports the missing OpenCV
     if uri.isdigit() or "://" in uri:
         report.notes.append(f"source {uri}: cameras and streams are not opened by check-config; run retries them")
         return
@@ -172,6 +175,8 @@ def _check_detector(config: Config, report: Report) -> None:
     from edge.runtime.detect.base import DetectorError
 
     d = config.detector
+    if opencv_uses({"detector": {"backend": d.backend}}) and importlib.util.find_spec("cv2") is None:
+        return  # check() reports the missing OpenCV
     try:
         det = make_detector(d)
     except DetectorError as exc:
@@ -238,17 +243,17 @@ def check(config: Config) -> Report:
     _check_detector(config, report)
     _check_files(config, report)
     _check_broker_host(config, report)
-    if config.metrics.enabled:
-        import importlib.util
+    if importlib.util.find_spec("cv2") is None:
+        report.errors.extend(opencv_missing(use) for use in opencv_uses(config.model_dump(mode="json")))
+    if config.metrics.enabled and importlib.util.find_spec("prometheus_client") is None:
+        from edge.version import install_hint
 
-        if importlib.util.find_spec("prometheus_client") is None:
-            from edge.version import install_hint
-
-            report.errors.append(f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
-                                 "or pip install prometheus-client; or set metrics.enabled = false")
+        report.errors.append(f"metrics.enabled = true needs the prometheus-client package: {install_hint('edge')}, "
+                             "or pip install prometheus-client; or set metrics.enabled = false")
     preview = config.privacy.debug_preview_dir
     if preview is not None:
         problem = writable_dir_problem(preview, "privacy.debug_preview_dir")
         if problem:
             report.errors.append(problem)
+
     return report

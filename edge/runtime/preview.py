@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import ConfigError
 from edge.runtime.capture.base import Frame
 from edge.runtime.track import Track
+from edge.version import opencv_missing
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,16 @@ class PreviewWriter:
 
     Args:
         folder: Where the preview goes (created when missing).
+
+    Raises:
+        ConfigError: OpenCV (which draws and encodes the preview) is not installed.
     """
 
     def __init__(self, folder: Path) -> None:
+        try:
+            import cv2  # noqa: F401  (write() draws with it: refuse the setting now, not on every frame)
+        except ImportError:
+            raise ConfigError(opencv_missing("privacy.debug_preview_dir (the debug preview)")) from None
         self.folder = Path(folder)
         self._error: str | None = None
         log.warning("privacy.debug_preview_dir is set: annotated frames are written to %s (local only)", self.folder)

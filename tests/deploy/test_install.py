@@ -83,6 +83,38 @@ def test_install_puts_the_extras_in_any_kind_of_source(tmp_path):
     assert r.returncode == 1 and "does not exist" in r.stderr and "+ " not in r.stdout
 
 
+def test_install_adds_opencv_only_where_the_config_or_a_flag_needs_it_and_says_so_in_one_line(tmp_path):
+    """A new config's source is the Pi camera (no OpenCV); an existing config with a USB camera, a file, a stream,
+    a folder, the Haar detector or the debug preview gets the [opencv] extra, as does --with-opencv."""
+    base = ["--dry-run", "--skip-apt", "--skip-user", "--skip-systemd"]
+
+    def opencv_lines(config: str | None, *args: str) -> tuple[list[str], str]:
+        etc = tmp_path / f"etc{len(list(tmp_path.iterdir()))}"
+        etc.mkdir()
+        if config is not None:
+            (etc / "config.toml").write_text(config)
+        r = _run(INSTALL, *base, *args, etc=etc)
+        assert r.returncode == 0, r.stderr
+        pip = next(line for line in r.stdout.splitlines() if " -m pip " in line)
+        return [line for line in r.stdout.splitlines() if line.startswith("==> OpenCV")], pip
+
+    lines, pip = opencv_lines(None)
+    assert len(lines) == 1 and lines[0].startswith("==> OpenCV: not needed") and pip.endswith("[edge\\]")
+    for config in ('[source]\nuri = "picamera2"\n', '[source]\nuri = "demo:2"\n', '[device]\nid = "x"\n'):
+        lines, pip = opencv_lines(config)
+        assert lines[0].startswith("==> OpenCV: not needed") and pip.endswith("[edge\\]"), config
+    for config, named in (('[source]\nuri = "0"\n', "source.uri = '0'"),
+                          ('[source]\nuri = "rtsp://cam/1"\n', "source.uri = 'rtsp://cam/1'"),
+                          ('[detector]\nbackend = "opencv"\n', "detector.backend = 'opencv'"),
+                          ('[privacy]\ndebug_preview_dir = "/tmp/p"\n', "privacy.debug_preview_dir"),
+                          ("[source\n", "could not be read")):
+        lines, pip = opencv_lines(config)
+        assert len(lines) == 1 and lines[0].startswith("==> OpenCV: installing it, needed by: "), lines
+        assert named in lines[0] and pip.endswith("[edge\\,opencv\\]"), (config, lines, pip)
+    lines, pip = opencv_lines(None, "--with-opencv")
+    assert lines == ["==> OpenCV: installing it, needed by: --with-opencv"] and pip.endswith("[edge\\,opencv\\]")
+
+
 def test_install_with_mediapipe_adds_the_optional_backend_and_its_egl_library(tmp_path):
     r = _run(INSTALL, "--dry-run", "--skip-user", "--skip-systemd", "--with-mediapipe", etc=tmp_path / "etc")
     assert r.returncode == 0, r.stderr
@@ -102,17 +134,19 @@ def test_install_refuses_a_32_bit_system_in_one_line(tmp_path):
 
 def test_install_keeps_numpy_1_where_the_system_numpy_is_1(tmp_path):
     """Bookworm: apt's picamera2 is built against numpy 1.x, so the venv must not get numpy 2."""
-    def dry_run_with_system_numpy(version: str) -> str:
+    def dry_run_with_system_numpy(version: str, *args: str) -> str:
         fake = tmp_path / version
-        fake.mkdir()
+        fake.mkdir(exist_ok=True)
         (fake / "python3").write_text(f"#!/bin/sh\necho {version}\n")
         (fake / "python3").chmod(0o755)
-        r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", etc=tmp_path / "etc",
+        r = _run(INSTALL, "--dry-run", "--skip-apt", "--skip-user", "--skip-systemd", *args, etc=tmp_path / "etc",
                  extra_env={"PATH": f"{fake}:{os.environ['PATH']}"})
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    out = dry_run_with_system_numpy("1.24.2")
+    out = dry_run_with_system_numpy("1.24.2")  # the Pi camera: no OpenCV, so no OpenCV pin either
+    assert "numpy\\<2" in out and "opencv-python-headless" not in out and "system numpy is 1.24.2" in out
+    out = dry_run_with_system_numpy("1.24.2", "--with-opencv")
     assert "numpy\\<2 opencv-python-headless\\<4.12" in out and "system numpy is 1.24.2" in out
     assert "numpy\\<2" not in dry_run_with_system_numpy("2.2.4")  # Trixie: no pins
 
@@ -194,11 +228,17 @@ def test_empty_credential_file_made_by_install_lets_the_environment_provide_the_
 
 
 def test_a_missing_dependency_is_one_line_not_a_traceback():
-    """What check-config says in a venv that lacks a dependency (OpenCV here): the module, the interpreter, the
-    fix; exit 2."""
-    code = ("import sys; sys.modules['cv2'] = None; from edge.cli import main; "
-            f"sys.exit(main(['check-config', {str(REPO / 'deploy' / 'config.example.toml')!r}]))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    """What check-config says in a venv that lacks a dependency (cryptography, which verifies pushed models, here):
+    the module, the interpreter, the fix; exit 2. OpenCV is no such dependency: the example config (the demo
+    source) checks clean without it."""
+    def check_config_without(module: str) -> subprocess.CompletedProcess:
+        code = (f"import sys; sys.modules[{module!r}] = None; from edge.cli import main; "
+                f"sys.exit(main(['check-config', {str(REPO / 'deploy' / 'config.example.toml')!r}]))")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    r = check_config_without("cryptography")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: the Python module cv2 is missing") and "pip install" in lines[0]
+    assert lines[0].startswith("error: the Python module cryptography") and "pip install" in lines[0]
+    r = check_config_without("cv2")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

@@ -9,7 +9,7 @@ def test_the_wheel_holds_the_default_model_assets_and_schema(built_wheel):
     names = set(zipfile.ZipFile(built_wheel).namelist())
     for needed in ("edge/models/default/model.tflite", "edge/models/default/manifest.json",
                    "edge/models/default/README.md", "edge/assets/face_detection_short_range.tflite",
-                   "edge/assets/demo/astronaut.jpg", "edge/assets/demo/grace_hopper.jpg",
+                   "edge/assets/demo/astronaut.npy", "edge/assets/demo/grace_hopper.npy",
                    "edge/protocol/payloads.schema.json", "edge/modelctl.py", "edge/runtime/daemon.py",
                    "edge/tools/dashboard/static/index.html", "edge/tools/dashboard/static/uPlot.iife.min.js",
                    "edge/tools/dashboard/static/LICENSE.uPlot.txt",

@@ -109,7 +109,7 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     # Another face in the same place (the demo's other portrait pasted over the patch), then milder changes.
     x, y, side = src.positions(0)[0] or (0, 0, 0)
     swapped = image.copy()
-    swapped[y : y + side, x : x + side] = cv2.resize(cv2.imread(str(DEMO_FACES / "grace_hopper.jpg")), (side, side))
+    swapped[y : y + side, x : x + side] = cv2.resize(np.load(DEMO_FACES / "grace_hopper.npy"), (side, side))
     variants = [swapped, cv2.flip(image, 1), cv2.convertScaleAbs(image, alpha=0.5, beta=60),
                 cv2.GaussianBlur(image, (9, 9), 4), cv2.convertScaleAbs(image, alpha=1.6, beta=-60)]
     with assemble(config(0.0), sink=ListSink()) as probe:

@@ -15,19 +15,21 @@ import time
 
 import numpy as np
 
+from edge.imaging import bgr_to_gray, resize
 from edge.package_data import package_path
 from edge.runtime.capture.base import Frame, SourceError
 
-#: The demo's face patches: square crops of 1.5x the face box, 160x160 JPEG.
+#: The demo's face patches: square crops of 1.5x the face box, 160x160 BGR uint8 arrays in numpy's ``.npy``
+#: format (the portraits' pixels, so that reading them needs no image library).
 DEMO_FACES = package_path("assets", "demo")
 #: (patch file, horizontal mirror, drawn side in px, grayscale). A patch drawn at 176-184 px holds a face of
 #: 117-124 px, which both BlazeFace and the Haar cascade find in every frame (Hopper's neutral reading is the
 #: weaker one, the first to fall under the tracker's "uncertain" threshold as a face shrinks; desaturated faces
 #: are missed by BlazeFace in a few frames, so all three stay in colour).
 _FACES = (
-    ("astronaut.jpg", False, 184, False),
-    ("grace_hopper.jpg", False, 176, False),
-    ("astronaut.jpg", True, 176, False),
+    ("astronaut.npy", False, 184, False),
+    ("grace_hopper.npy", False, 176, False),
+    ("astronaut.npy", True, 176, False),
 )
 #: Frames in one motion cycle; with ``vanish`` the second face is absent for the last fifth of each cycle.
 CYCLE = 200
@@ -35,16 +37,17 @@ CYCLE = 200
 
 def _patch(name: str, mirror: bool, side: int, gray: bool) -> np.ndarray:
     """Read one face patch (BGR), mirrored, resized and desaturated as asked."""
-    import cv2
-
-    img = cv2.imread(str(DEMO_FACES / name), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        img = np.load(DEMO_FACES / name, allow_pickle=False)
+    except (OSError, ValueError):
+        img = None
+    if img is None or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise SourceError(f"the demo face {DEMO_FACES / name} is missing or unreadable; reinstall emotion-edge")
     if gray:
-        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        img = np.repeat(bgr_to_gray(img)[:, :, None], 3, axis=2)
     if mirror:
         img = img[:, ::-1]
-    return cv2.resize(np.ascontiguousarray(img), (side, side), interpolation=cv2.INTER_AREA)
+    return resize(img, side, side)
 
 
 #: Smallest face side the demo draws (the detector's default min_face_size is 40 px).
@@ -70,10 +73,7 @@ class DemoSource:
         # Each face keeps to its own lane of width / faces: in a small frame the faces are scaled down to fit.
         fit = min(width // faces, height - 1) / max(p.shape[0] for p in self._patches)
         if fit < 1:
-            import cv2
-
-            self._patches = [cv2.resize(p, (max(1, int(p.shape[0] * fit)),) * 2, interpolation=cv2.INTER_AREA)
-                             for p in self._patches]
+            self._patches = [resize(p, *(max(1, int(p.shape[0] * fit)),) * 2) for p in self._patches]
         if min(p.shape[0] for p in self._patches) < MIN_FACE_SIDE:
             raise SourceError(f"demo frame {width}x{height} is too small for {faces} face(s) of at least "
                               f"{MIN_FACE_SIDE} px; use at least 320x240")

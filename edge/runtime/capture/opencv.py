@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.runtime.capture.base import Frame, SourceError
+from edge.runtime.capture.base import Frame, SourceError, SourceFatal
+from edge.version import opencv_missing
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,10 @@ class OpenCVSource:
     """
 
     def __init__(self, uri: str, width: int = 640, height: int = 480, live: bool | None = None) -> None:
-        import cv2
+        try:
+            import cv2
+        except ImportError:
+            raise SourceFatal(opencv_missing(f"source {uri!r} (a camera index, video file or stream)")) from None
 
         self.uri = uri
         self.is_camera = uri.isdigit()

@@ -6,7 +6,8 @@ google-ai-edge/mediapipe at 85c0cdc, 2026-08-21):
 1. Image to tensor (``tasks/cc/vision/face_detector/face_detector_graph.cc``: ``keep_aspect_ratio=true``,
    ``BORDER_ZERO``; ``calculators/tensor/image_to_tensor_utils.cc`` ``PadRoi``;
    ``image_to_tensor_converter_opencv.cc``): the whole image is padded to a centred square of side
-   ``max(w, h)`` (letterbox), sampled with ``cv::warpPerspective`` INTER_LINEAR, black outside the image,
+   ``max(w, h)`` (letterbox), sampled with ``cv::warpPerspective`` INTER_LINEAR, black outside the image
+   (here: :class:`edge.imaging.AxisAlignedSampler`, numpy, within a grey level of OpenCV's),
    then ``convertTo`` uint8 [0, 255] -> float [-1, 1] (the range MediaPipe derives from the model's metadata;
    our scores equal MediaPipe's to 5e-7, so it is that).
    Tensor pixel ``d`` samples source pixel ``d * side / 128 + offset`` (pixel indices, no half-pixel shift;
@@ -35,9 +36,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from edge.imaging import AxisAlignedSampler
 from edge.runtime.classify.interpreter import make_interpreter
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
 from edge.runtime.detect.blazeface_decode import (
@@ -94,12 +95,13 @@ class BlazeFaceDetector:
             raise DetectorError(f"{path} is not a BlazeFace model (outputs {sorted(outs)})")
         self._boxes_index, self._scores_index = outs[ncoord], outs[1]
         self.anchors = ssd_anchors(**{**SHORT_RANGE_ANCHORS, "input_size": (tw, th)})
-        # Preallocated once: the warped uint8 image, its RGB copy, and the float input tensor.
+        # uint8 [0, 255] -> float32 [-1, 1] (v * 2/255 - 1) as a table of the 256 values, each rounded once from
+        # float32 operands as OpenCV's convertTo / addWeighted rounds them (MediaPipe's tensors, bit for bit).
+        self._to_float = (np.arange(256) * float(np.float32(2.0 / 255.0)) - 1.0).astype(np.float32)
+        # Preallocated once: the warped uint8 image and the float input tensor.
         self._warped3 = np.empty((th, tw, 3), np.uint8)
         self._warped1 = np.empty((th, tw), np.uint8)
-        self._rgb = np.empty((th, tw, 3), np.uint8)
         self._input = np.empty((1, th, tw, 3), np.float32)
-        self._input_rows = self._input.reshape(th, tw * 3)  # 2-D view for cv2 (same memory)
         self._maps: dict[tuple[int, int], tuple] = {}
         self.min_confidence = min_confidence
         self.min_face_size = min_face_size
@@ -107,12 +109,12 @@ class BlazeFaceDetector:
         self.nms_threshold = NMS_THRESHOLD
         self.adjust = BOX_ADJUST["blazeface"]
 
-    def _map(self, w: int, h: int) -> tuple[np.ndarray, float, float, float, float, tuple[int, int] | None]:
+    def _map(self, w: int, h: int) -> tuple[AxisAlignedSampler, float, float, float, float, tuple[int, int] | None]:
         """Tensor->image affine map for a ``w`` x ``h`` image (cached): MediaPipe's letterbox ROI.
 
         The ROI is the whole image padded to the tensor's aspect ratio about its centre (PadRoi); tensor
         pixel (u, v) samples image pixel (kx * u + ox, ky * v + oy), like MediaPipe's warpPerspective from the
-        ROI corners to the tensor corners. Returns (2x3 matrix, kx, ky, ox, oy, rows) where ``rows`` is
+        ROI corners to the tensor corners. Returns (its sampler, kx, ky, ox, oy, rows) where ``rows`` is
         (first, count) of the tensor rows the image fills when the sampling is an exact integer subsampling
         (see :meth:`_to_tensor`), else None.
         """
@@ -125,49 +127,43 @@ class BlazeFaceDetector:
                 rw, rh = h * tw / th, float(h)
             kx, ky = rw / tw, rh / th
             ox, oy = w / 2 - rw / 2, h / 2 - rh / 2
-            self._maps[key] = (np.array([[kx, 0.0, ox], [0.0, ky, oy]]), kx, ky, ox, oy, self._subsampling(w, h, kx, ky, ox, oy))
+            sampler = AxisAlignedSampler((w, h), (tw, th), kx, ox, ky, oy)
+            self._maps[key] = (sampler, kx, ky, ox, oy, self._subsampling(w, h, kx, ky, ox, oy))
         return self._maps[key]
 
     def _subsampling(self, w: int, h: int, kx: float, ky: float, ox: float, oy: float) -> tuple[int, int] | None:
         """(first row, rows) if MediaPipe's bilinear sampling is plain every-k-th-pixel picking, else None.
 
         With an integer step k, no horizontal padding and a vertical padding that is a multiple of k (640x480,
-        1280x720, 1280x960 ...), every sample lands exactly on a pixel, so bilinear = nearest and
-        ``cv2.resize(INTER_NEAREST)`` into the inner rows gives the same tensor at half the cost of
-        warpAffine. Checked once per shape on index ramps, since resize derives its step from a float ratio.
+        1280x720, 1280x960 ...), every sample lands exactly on a pixel, so bilinear = nearest and a strided
+        slice of the image gives the same tensor at a fraction of the cost of sampling.
         """
         tw, th = self._tensor_wh
         k = round(kx)
         if not (kx == ky == k >= 1 and ox == 0 and w == k * tw and h % k == 0 and oy <= 0 and (-oy) % k == 0):
             return None
-        first, rows = int(-oy) // k, h // k
-        ramp_x = cv2.resize(np.arange(w, dtype=np.uint16)[None, :], (tw, 1), interpolation=cv2.INTER_NEAREST)
-        ramp_y = cv2.resize(np.arange(h, dtype=np.uint16)[:, None], (1, rows), interpolation=cv2.INTER_NEAREST)
-        if np.array_equal(ramp_x.ravel(), np.arange(0, w, k)) and np.array_equal(ramp_y.ravel(), np.arange(0, h, k)):
-            return first, rows
-        return None
+        return int(-oy) // k, h // k
 
     def _to_tensor(self, image: np.ndarray) -> tuple[float, float, float, float]:
         """Letterbox ``image`` into the preallocated input tensor; return the map (kx, ky, ox, oy)."""
         h, w = image.shape[:2]
-        m, kx, ky, ox, oy, rows = self._map(w, h)
-        tw, th = self._tensor_wh
+        sampler, kx, ky, ox, oy, rows = self._map(w, h)
         warped = self._warped1 if image.ndim == 2 else self._warped3
         if rows is not None:
             first, count = rows
+            k = round(kx)
             warped[:first] = 0  # BORDER_ZERO letterbox bands
             warped[first + count :] = 0
-            cv2.resize(image, (tw, count), dst=warped[first : first + count], interpolation=cv2.INTER_NEAREST)
+            warped[first : first + count] = image[::k, ::k]
         else:
-            # m maps tensor -> image pixels, exactly how MediaPipe's warpPerspective samples.
-            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-            cv2.warpAffine(image, m, (tw, th), dst=warped, flags=flags, borderMode=cv2.BORDER_CONSTANT)
+            sampler(image, warped)
         # Gray: replicate the one warped channel (what MediaPipeDetector's GRAY2RGB before the warp gives).
-        # BGR: swap channels on the small 128x128 result rather than on the whole frame.
-        cv2.cvtColor(warped, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB, dst=self._rgb)
-        # uint8 [0, 255] -> float32 [-1, 1], written straight into the input buffer: v * 2/255 - 1.
-        rows2d = self._rgb.reshape(th, tw * 3)
-        cv2.addWeighted(rows2d, 2.0 / 255.0, rows2d, 0.0, -1.0, dst=self._input_rows, dtype=cv2.CV_32F)
+        # BGR: swap channels on the small 128x128 result rather than on the whole frame. Then to float, written
+        # straight into the input buffer.
+        if image.ndim == 2:
+            self._input[0] = self._to_float[warped][:, :, None]
+        else:
+            np.take(self._to_float, warped[:, :, ::-1], out=self._input[0])
         return kx, ky, ox, oy
 
     def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:

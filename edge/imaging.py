@@ -1,0 +1,195 @@
+"""Image resampling in plain numpy, so that the device's image path (a Pi camera or the demo, BlazeFace, the
+classifier) needs no OpenCV: grey conversion, area/linear resize and bilinear affine sampling.
+
+The conventions are OpenCV's (pixel centres at integer coordinates; a resize maps output pixel ``i`` to the input
+interval ``[i * s, (i + 1) * s)``, ``s`` = input / output size), so the results agree with ``cv2.cvtColor``,
+``cv2.resize(INTER_AREA / INTER_LINEAR)`` and ``cv2.warpAffine(INTER_LINEAR)`` (tests/test_imaging.py). The warps use OpenCV's own fixed point (positions rounded to 1/32
+pixel, integer weights) and so does an area shrink (OpenCV's float32 sums): both give its pixels exactly. The
+linear enlargement computes in floating point where OpenCV uses 11-bit weights, so it may differ by one grey
+level (a face crop is enlarged only when it is smaller than the model's input). Everything is vectorised: a Pi
+runs these on every frame.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+#: ITU-R BT.601 luma weights of B, G and R in 15-bit fixed point, as OpenCV 4's vectorised cvtColor uses them
+#: (its grey of every one of the 2^24 colours, checked): the grey levels are its grey levels.
+_GRAY_BGR_15BIT = (3735, 19235, 9798)
+
+Border = Literal["replicate", "zero"]
+
+
+def bgr_to_gray(image: np.ndarray) -> np.ndarray:
+    """Grey (HxW uint8) of an HxWx3 or HxWx4 BGR(A) uint8 image: ``0.114 B + 0.587 G + 0.299 R``, rounded."""
+    b, g, r = _GRAY_BGR_15BIT
+    acc = image[..., 0].astype(np.uint32) * b
+    acc += image[..., 1].astype(np.uint32) * g
+    acc += image[..., 2].astype(np.uint32) * r
+    acc += 1 << 14
+    acc >>= 15
+    return acc.astype(np.uint8)
+
+
+def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The ``n_out`` x ``n_in`` matrix that resamples one axis: pixel-area averaging when shrinking, linear
+    interpolation (half-pixel centres, edge pixels repeated) when enlarging, the identity otherwise."""
+    if n_in == n_out:
+        return np.eye(n_out)
+    s = n_in / n_out
+    out = np.zeros((n_out, n_in))
+    if n_in > n_out:
+        # Output pixel i covers [i * s, (i + 1) * s) of the input: each input pixel counts by its overlap.
+        starts = np.arange(n_out) * s
+        edges = np.arange(n_in + 1)
+        lo = np.maximum(starts[:, None], edges[None, :-1])
+        hi = np.minimum(starts[:, None] + s, edges[None, 1:])
+        out = np.clip(hi - lo, 0.0, None) / s
+    else:
+        x = np.maximum((np.arange(n_out) + 0.5) * s - 0.5, 0.0)
+        i0 = np.floor(x).astype(np.int64)
+        f = x - i0
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        rows = np.arange(n_out)
+        np.add.at(out, (rows, i0), 1.0 - f)
+        np.add.at(out, (rows, i1), f)
+    return out
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Round and saturate floats to uint8 (OpenCV's saturate_cast: round half to even, clip to [0, 255])."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_axis_weights` as a band: for each output pixel the indices of the few input pixels it reads and
+    their weights (``n_out`` x K each, K = the most any output reads; unused taps have weight 0)."""
+    weights = _axis_weights(n_in, n_out)
+    used = weights > 0
+    first = used.argmax(axis=1)
+    k = int((n_in - used[:, ::-1].argmax(axis=1) - first).max())
+    idx = np.minimum(first[:, None] + np.arange(k), n_in - 1)
+    band = np.take_along_axis(weights, idx, axis=1)
+    band[first[:, None] + np.arange(k) >= n_in] = 0.0
+    return idx, band
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an HxW or HxWxC uint8 image to ``width`` x ``height``: each axis by pixel area when it shrinks
+    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``).
+
+    A shrink is OpenCV's to the pixel: by whole factors, block sums (a 2x2 block rounded half up, others scaled in
+    float32); otherwise columns first, then rows, in float32 as OpenCV sums them. Each output pixel is a
+    weighted sum of its few input pixels, gathered rather than a dense matrix product: no BLAS call, whose threads
+    cost more to wake on a busy Pi than these few thousand multiplications.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    if h % height == 0 and w % width == 0:
+        ky, kx = h // height, w // width
+        sums = image.reshape(height, ky, width, kx, *image.shape[2:]).sum(axis=(1, 3), dtype=np.int32)
+        if ky == kx == 2:
+            return ((sums + 2) >> 2).astype(np.uint8)
+        return _to_uint8(sums.astype(np.float32) * np.float32(1.0 / (kx * ky)))
+    extra = (None,) * (image.ndim - 2)  # the weights broadcast over the channels
+    iy, wy = _axis_taps(h, height)
+    ix, wx = _axis_taps(w, width)
+    cols = (image[:, ix] * wx.astype(np.float32)[(...,) + extra]).sum(axis=2)  # h x width [x C]
+    out = (cols[iy] * wy.astype(np.float32)[(..., None) + extra]).sum(axis=1)
+    return _to_uint8(out)
+
+
+#: OpenCV's fixed point for warps, kept so that the tensors are its tensors bit for bit: map coordinates in 1/1024
+#: pixel, sample positions rounded to 1/32 pixel, so each axis's two bilinear weights are integers summing to 32.
+_MAP_SCALE = 1024
+_SUBPIXELS = 32
+
+
+def _positions(step: float, starts: np.ndarray, n_out: int) -> np.ndarray:
+    """Sample positions in 1/32 pixel of the outputs ``0 .. n_out - 1`` along a row, ``starts`` (one per row) being
+    each row's map value at output 0 and ``step`` its change per output pixel: OpenCV's warpAffine rounding."""
+    along = np.rint(step * np.arange(n_out) * _MAP_SCALE).astype(np.int32)
+    at_start = np.rint(np.asarray(starts, np.float64) * _MAP_SCALE).astype(np.int32)
+    return (along[None, :] + at_start[:, None] + _MAP_SCALE // _SUBPIXELS // 2) >> 5
+
+
+def _taps(pos: np.ndarray, n: int, border: Border) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two bilinear taps of each position (in 1/32 pixel) along an axis of ``n`` pixels: indices into the image
+    (always valid) and their integer weights (summing to 32). ``replicate``: a tap outside reads the edge pixel;
+    ``zero``: it reads black (its weight is 0)."""
+    i0 = pos >> 5
+    w1 = pos & (_SUBPIXELS - 1)
+    w0 = _SUBPIXELS - w1
+    i1 = i0 + 1
+    if i0.min() >= 0 and i1.max() < n:
+        return i0, i1, w0, w1  # every tap inside: the usual case, spared the clipping
+    if border == "zero":
+        w0 = np.where((i0 >= 0) & (i0 < n), w0, 0)
+        w1 = np.where((i1 >= 0) & (i1 < n), w1, 0)
+    return np.minimum(np.maximum(i0, 0), n - 1), np.minimum(np.maximum(i1, 0), n - 1), w0, w1
+
+
+def _weighted_to_uint8(acc: np.ndarray) -> np.ndarray:
+    """Sums of pixel * (32 * 32 weight units) back to rounded uint8 pixels."""
+    return ((acc + (_SUBPIXELS * _SUBPIXELS // 2)) >> 10).astype(np.uint8)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """The inverse of the 2x3 affine map ``m``, computed as ``cv2.invertAffineTransform`` (and cv2.warpAffine
+    without WARP_INVERSE_MAP) computes it, operation for operation, so that sampling through it is OpenCV's."""
+    d = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22, a12, a21 = m[1, 1] * d, m[0, 0] * d, -m[0, 1] * d, -m[1, 0] * d
+    return np.array([[a11, a12, -a11 * m[0, 2] - a12 * m[1, 2]], [a21, a22, -a21 * m[0, 2] - a22 * m[1, 2]]])
+
+
+def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border) -> np.ndarray:
+    """Bilinear sampling of ``image`` (HxW or HxWxC uint8) through the 2x3 map ``m`` from output pixels to image
+    pixels (``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``), ``width`` x ``height`` out."""
+    h, w = image.shape[:2]
+    v = np.arange(height, dtype=np.float64)
+    x0, x1, wx0, wx1 = _taps(_positions(m[0, 0], m[0, 1] * v + m[0, 2], width), w, border)
+    y0, y1, wy0, wy1 = _taps(_positions(m[1, 0], m[1, 1] * v + m[1, 2], width), h, border)
+    if image.ndim == 3:  # the weights broadcast over the channels
+        wx0, wx1, wy0, wy1 = (a[..., None] for a in (wx0, wx1, wy0, wy1))
+    # Gathers from the flat image (one index per tap instead of a row and a column index).
+    flat = image.reshape(h * w, -1) if image.ndim == 3 else image.reshape(-1)
+    y0 *= w
+    y1 *= w
+    top = flat[y0 + x0] * wx0 + flat[y0 + x1] * wx1
+    bottom = flat[y1 + x0] * wx0 + flat[y1 + x1] * wx1
+    return _weighted_to_uint8(top * wy0 + bottom * wy1)
+
+
+class AxisAlignedSampler:
+    """Bilinear sampling through a map without rotation, ``x = kx * u + ox``, ``y = ky * v + oy`` (a letterbox),
+    black outside the image: ``warp_affine(..., border="zero")`` for that map, done separably (rows, then
+    columns) with the taps computed once per image size, for a detector that runs it on every frame.
+
+    Args:
+        size: The input image's (width, height).
+        out_size: The output's (width, height).
+        kx, ox, ky, oy: The map from output pixels to image pixels.
+    """
+
+    def __init__(self, size: tuple[int, int], out_size: tuple[int, int], kx: float, ox: float, ky: float,
+                 oy: float) -> None:
+        (w, h), (tw, th) = size, out_size
+        self.size = (w, h)
+        self._x = _taps(_positions(kx, np.array([ox]), tw)[0], w, "zero")
+        y0, y1, wy0, wy1 = _taps(_positions(ky, np.array([oy]), th)[0], h, "zero")
+        self._y = (y0, y1, wy0[:, None], wy1[:, None])
+
+    def __call__(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Sample ``image`` (HxW or HxWxC uint8 of the size given at construction) into ``out`` (uint8)."""
+        y0, y1, wy0, wy1 = self._y
+        x0, x1, wx0, wx1 = self._x
+        if image.ndim == 3:
+            wy0, wy1 = wy0[..., None], wy1[..., None]
+            wx0, wx1 = wx0[:, None], wx1[:, None]
+        rows = image[y0] * wy0 + image[y1] * wy1  # int32, (out height) x (image width) [x C]
+        np.copyto(out, _weighted_to_uint8(rows[:, x0] * wx0 + rows[:, x1] * wx1))

@@ -1,0 +1,83 @@
+"""edge/imaging.py (numpy only) against OpenCV, which the device's image path used before and which the
+[opencv] extra still installs: grey, the area shrink and the warps give OpenCV's pixels exactly; the linear
+enlargement is within one grey level (OpenCV's 11-bit weights round a few pixels the other way)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import imaging
+from edge.runtime.capture.demo import DEMO_FACES
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.fixture(scope="module")
+def face():
+    """A real photograph (the demo's astronaut, BGR): smooth areas and sharp edges, unlike noise."""
+    return np.load(DEMO_FACES / "astronaut.npy")
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return np.random.default_rng(3).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+
+
+def test_grey_is_opencvs_exactly_for_every_colour(face, noise):
+    assert np.array_equal(imaging.bgr_to_gray(face), cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))
+    levels = np.arange(256, dtype=np.uint8)
+    every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
+    assert np.array_equal(imaging.bgr_to_gray(every), cv2.cvtColor(every, cv2.COLOR_BGR2GRAY))
+    bgra = np.dstack([noise, np.full(noise.shape[:2], 7, np.uint8)])
+    assert np.array_equal(imaging.bgr_to_gray(bgra), imaging.bgr_to_gray(noise))  # the alpha channel is ignored
+
+
+@pytest.mark.parametrize("side_in", [49, 61, 96, 100, 144, 160, 187, 200, 240, 333])
+def test_an_area_shrink_is_opencvs_exactly(face, noise, side_in):
+    """By whole factors (96, 144, 240 -> 48: OpenCV's block sums) and by any other (its float32 area sums)."""
+    gray = cv2.resize(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), (side_in, side_in), interpolation=cv2.INTER_LINEAR)
+    ref = cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(imaging.resize(gray, 48, 48), ref)
+    big = np.random.default_rng(side_in).integers(0, 256, (side_in, side_in + 48, 3), dtype=np.uint8)
+    assert np.array_equal(imaging.resize(big, 48, 48), cv2.resize(big, (48, 48), interpolation=cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize("side_in, side_out", [(30, 48), (47, 48), (160, 184)])
+def test_a_linear_enlargement_is_opencvs_within_one_level(face, side_in, side_out):
+    gray = cv2.resize(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), (side_in, side_in), interpolation=cv2.INTER_AREA)
+    ref = cv2.resize(gray, (side_out, side_out), interpolation=cv2.INTER_LINEAR)
+    assert _max_diff(imaging.resize(gray, side_out, side_out), ref) <= 1
+
+
+def test_resize_keeps_an_image_of_the_asked_size(noise):
+    assert np.array_equal(imaging.resize(noise, 131, 97), noise)
+
+
+@pytest.mark.parametrize("roll", [0.5, 3.0, -12.5, 30.0, 89.0])
+def test_a_turn_with_replicated_border_is_opencvs_exactly(face, roll):
+    gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+    m = cv2.getRotationMatrix2D((70.3, 90.8), roll, 1.0)
+    ref = cv2.warpAffine(gray, m, (150, 140), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inverse = imaging.invert_affine(m)
+    assert np.array_equal(inverse, cv2.invertAffineTransform(m))
+    assert np.array_equal(imaging.warp_affine(gray, inverse, 150, 140, "replicate"), ref)
+
+
+@pytest.mark.parametrize("shape", [(240, 320), (240, 320, 3), (480, 640, 3), (300, 411), (500, 377, 3)])
+def test_the_letterbox_sampler_is_opencvs_warp_with_black_border_exactly(shape):
+    img = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    side = max(w, h)
+    k, ox, oy = side / 128, (w - side) / 2, (h - side) / 2
+    m = np.array([[k, 0.0, ox], [0.0, k, oy]])
+    ref = cv2.warpAffine(img, m, (128, 128), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT)
+    out = np.empty_like(ref)
+    imaging.AxisAlignedSampler((w, h), (128, 128), k, ox, k, oy)(img, out)
+    assert np.array_equal(out, ref)
+    assert np.array_equal(imaging.warp_affine(img, m, 128, 128, "zero"), ref)
