@@ -8,11 +8,17 @@ pixel, integer weights) and so does an area shrink (OpenCV's float32 sums): both
 linear enlargement computes in floating point where OpenCV uses 11-bit weights, so it may differ by one grey
 level (a face crop is enlarged only when it is smaller than the model's input). Everything is vectorised: a Pi
 runs these on every frame.
+
+Where OpenCV is installed (the ``[opencv]`` extra, which USB cameras, files and streams need anyway), each function
+runs the same operation through it instead (``opencv=True``, the default): the same pixels (tests/test_imaging.py
+holds the numpy path to OpenCV's), about four times faster per face (benchmarks/imaging_speed.py). A Pi camera
+install without OpenCV runs the numpy path.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,8 +29,22 @@ _GRAY_BGR_15BIT = (3735, 19235, 9798)
 Border = Literal["replicate", "zero"]
 
 
-def bgr_to_gray(image: np.ndarray) -> np.ndarray:
-    """Grey (HxW uint8) of an HxWx3 or HxWx4 BGR(A) uint8 image: ``0.114 B + 0.587 G + 0.299 R``, rounded."""
+@functools.cache
+def _cv2() -> Any | None:
+    """OpenCV if this interpreter has it (imported on first use: a start-up that does not need it does not pay)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def bgr_to_gray(image: np.ndarray, opencv: bool = True) -> np.ndarray:
+    """Grey (HxW uint8) of an HxWx3 or HxWx4 BGR(A) uint8 image: ``0.114 B + 0.587 G + 0.299 R``, rounded
+    (through OpenCV when ``opencv`` and it is installed)."""
+    cv2 = _cv2() if opencv else None
+    if cv2 is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
     b, g, r = _GRAY_BGR_15BIT
     acc = image[..., 0].astype(np.uint32) * b
     acc += image[..., 1].astype(np.uint32) * g
@@ -64,6 +84,7 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=256)
 def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_axis_weights` as a band: for each output pixel the indices of the few input pixels it reads and
     their weights (``n_out`` x K each, K = the most any output reads; unused taps have weight 0)."""
@@ -74,12 +95,14 @@ def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.minimum(first[:, None] + np.arange(k), n_in - 1)
     band = np.take_along_axis(weights, idx, axis=1)
     band[first[:, None] + np.arange(k) >= n_in] = 0.0
+    idx.flags.writeable = band.flags.writeable = False  # cached: shared by every later call with these sizes
     return idx, band
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(image: np.ndarray, width: int, height: int, opencv: bool = True) -> np.ndarray:
     """Resize an HxW or HxWxC uint8 image to ``width`` x ``height``: each axis by pixel area when it shrinks
-    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``).
+    (``cv2.INTER_AREA``) and linearly when it grows (``cv2.INTER_LINEAR``); through OpenCV when ``opencv`` and
+    it is installed and both axes shrink or both grow (OpenCV takes one interpolation for both).
 
     A shrink is OpenCV's to the pixel: by whole factors, block sums (a 2x2 block rounded half up, others scaled in
     float32); otherwise columns first, then rows, in float32 as OpenCV sums them. Each output pixel is a
@@ -89,6 +112,10 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return np.ascontiguousarray(image, dtype=np.uint8)
+    cv2 = _cv2() if opencv else None
+    if cv2 is not None and (h >= height) == (w >= width):
+        mode = cv2.INTER_AREA if h >= height else cv2.INTER_LINEAR
+        return cv2.resize(image, (width, height), interpolation=mode)
     if h % height == 0 and w % width == 0:
         ky, kx = h // height, w // width
         sums = image.reshape(height, ky, width, kx, *image.shape[2:]).sum(axis=(1, 3), dtype=np.int32)
@@ -147,9 +174,16 @@ def invert_affine(m: np.ndarray) -> np.ndarray:
     return np.array([[a11, a12, -a11 * m[0, 2] - a12 * m[1, 2]], [a21, a22, -a21 * m[0, 2] - a22 * m[1, 2]]])
 
 
-def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border) -> np.ndarray:
+def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border,
+                opencv: bool = True) -> np.ndarray:
     """Bilinear sampling of ``image`` (HxW or HxWxC uint8) through the 2x3 map ``m`` from output pixels to image
-    pixels (``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``), ``width`` x ``height`` out."""
+    pixels (``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``, which runs it when ``opencv`` and it
+    is installed), ``width`` x ``height`` out."""
+    cv2 = _cv2() if opencv else None
+    if cv2 is not None:
+        mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
+        return cv2.warpAffine(image, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=mode)
     h, w = image.shape[:2]
     v = np.arange(height, dtype=np.float64)
     x0, x1, wx0, wx1 = _taps(_positions(m[0, 0], m[0, 1] * v + m[0, 2], width), w, border)
@@ -174,18 +208,27 @@ class AxisAlignedSampler:
         size: The input image's (width, height).
         out_size: The output's (width, height).
         kx, ox, ky, oy: The map from output pixels to image pixels.
+        opencv: Sample through OpenCV's warpAffine when it is installed.
     """
 
     def __init__(self, size: tuple[int, int], out_size: tuple[int, int], kx: float, ox: float, ky: float,
-                 oy: float) -> None:
+                 oy: float, opencv: bool = True) -> None:
         (w, h), (tw, th) = size, out_size
         self.size = (w, h)
+        self._m = np.array([[kx, 0.0, ox], [0.0, ky, oy]])
+        self._opencv = opencv
         self._x = _taps(_positions(kx, np.array([ox]), tw)[0], w, "zero")
         y0, y1, wy0, wy1 = _taps(_positions(ky, np.array([oy]), th)[0], h, "zero")
         self._y = (y0, y1, wy0[:, None], wy1[:, None])
 
     def __call__(self, image: np.ndarray, out: np.ndarray) -> None:
         """Sample ``image`` (HxW or HxWxC uint8 of the size given at construction) into ``out`` (uint8)."""
+        cv2 = _cv2() if self._opencv else None
+        if cv2 is not None:
+            th, tw = out.shape[:2]
+            cv2.warpAffine(image, self._m, (tw, th), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT)
+            return
         y0, y1, wy0, wy1 = self._y
         x0, x1, wx0, wx1 = self._x
         if image.ndim == 3:

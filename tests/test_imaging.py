@@ -29,12 +29,12 @@ def noise():
 
 
 def test_grey_is_opencvs_exactly_for_every_colour(face, noise):
-    assert np.array_equal(imaging.bgr_to_gray(face), cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))
+    assert np.array_equal(imaging.bgr_to_gray(face, opencv=False), cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))
     levels = np.arange(256, dtype=np.uint8)
     every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
-    assert np.array_equal(imaging.bgr_to_gray(every), cv2.cvtColor(every, cv2.COLOR_BGR2GRAY))
+    assert np.array_equal(imaging.bgr_to_gray(every, opencv=False), cv2.cvtColor(every, cv2.COLOR_BGR2GRAY))
     bgra = np.dstack([noise, np.full(noise.shape[:2], 7, np.uint8)])
-    assert np.array_equal(imaging.bgr_to_gray(bgra), imaging.bgr_to_gray(noise))  # the alpha channel is ignored
+    assert np.array_equal(imaging.bgr_to_gray(bgra, opencv=False), imaging.bgr_to_gray(noise, opencv=False))  # the alpha channel is ignored
 
 
 @pytest.mark.parametrize("side_in", [49, 61, 96, 100, 144, 160, 187, 200, 240, 333])
@@ -42,20 +42,20 @@ def test_an_area_shrink_is_opencvs_exactly(face, noise, side_in):
     """By whole factors (96, 144, 240 -> 48: OpenCV's block sums) and by any other (its float32 area sums)."""
     gray = cv2.resize(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), (side_in, side_in), interpolation=cv2.INTER_LINEAR)
     ref = cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(imaging.resize(gray, 48, 48), ref)
+    assert np.array_equal(imaging.resize(gray, 48, 48, opencv=False), ref)
     big = np.random.default_rng(side_in).integers(0, 256, (side_in, side_in + 48, 3), dtype=np.uint8)
-    assert np.array_equal(imaging.resize(big, 48, 48), cv2.resize(big, (48, 48), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(imaging.resize(big, 48, 48, opencv=False), cv2.resize(big, (48, 48), interpolation=cv2.INTER_AREA))
 
 
 @pytest.mark.parametrize("side_in, side_out", [(30, 48), (47, 48), (160, 184)])
 def test_a_linear_enlargement_is_opencvs_within_one_level(face, side_in, side_out):
     gray = cv2.resize(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), (side_in, side_in), interpolation=cv2.INTER_AREA)
     ref = cv2.resize(gray, (side_out, side_out), interpolation=cv2.INTER_LINEAR)
-    assert _max_diff(imaging.resize(gray, side_out, side_out), ref) <= 1
+    assert _max_diff(imaging.resize(gray, side_out, side_out, opencv=False), ref) <= 1
 
 
 def test_resize_keeps_an_image_of_the_asked_size(noise):
-    assert np.array_equal(imaging.resize(noise, 131, 97), noise)
+    assert np.array_equal(imaging.resize(noise, 131, 97, opencv=False), noise)
 
 
 @pytest.mark.parametrize("roll", [0.5, 3.0, -12.5, 30.0, 89.0])
@@ -65,7 +65,7 @@ def test_a_turn_with_replicated_border_is_opencvs_exactly(face, roll):
     ref = cv2.warpAffine(gray, m, (150, 140), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inverse = imaging.invert_affine(m)
     assert np.array_equal(inverse, cv2.invertAffineTransform(m))
-    assert np.array_equal(imaging.warp_affine(gray, inverse, 150, 140, "replicate"), ref)
+    assert np.array_equal(imaging.warp_affine(gray, inverse, 150, 140, "replicate", opencv=False), ref)
 
 
 @pytest.mark.parametrize("shape", [(240, 320), (240, 320, 3), (480, 640, 3), (300, 411), (500, 377, 3)])
@@ -78,6 +78,21 @@ def test_the_letterbox_sampler_is_opencvs_warp_with_black_border_exactly(shape):
     ref = cv2.warpAffine(img, m, (128, 128), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT)
     out = np.empty_like(ref)
-    imaging.AxisAlignedSampler((w, h), (128, 128), k, ox, k, oy)(img, out)
+    imaging.AxisAlignedSampler((w, h), (128, 128), k, ox, k, oy, opencv=False)(img, out)
     assert np.array_equal(out, ref)
-    assert np.array_equal(imaging.warp_affine(img, m, 128, 128, "zero"), ref)
+    assert np.array_equal(imaging.warp_affine(img, m, 128, 128, "zero", opencv=False), ref)
+
+
+def test_with_opencv_installed_each_operation_runs_through_it_and_gives_the_numpy_paths_pixels():
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    gray = imaging.bgr_to_gray(frame)
+    assert np.array_equal(gray, imaging.bgr_to_gray(frame, opencv=False))
+    assert np.array_equal(imaging.resize(gray, 48, 48), imaging.resize(gray, 48, 48, opencv=False))
+    m = imaging.invert_affine(cv2.getRotationMatrix2D((150.2, 110.7), 12.0, 1.0))
+    assert np.array_equal(imaging.warp_affine(gray, m, 140, 140, "replicate"),
+                          imaging.warp_affine(gray, m, 140, 140, "replicate", opencv=False))
+    fast, slow = np.empty((128, 128, 3), np.uint8), np.empty((128, 128, 3), np.uint8)
+    imaging.AxisAlignedSampler((320, 240), (128, 128), 2.5, 0.0, 2.5, -40.0)(frame, fast)
+    imaging.AxisAlignedSampler((320, 240), (128, 128), 2.5, 0.0, 2.5, -40.0, opencv=False)(frame, slow)
+    assert np.array_equal(fast, slow)

@@ -49,7 +49,9 @@ def test_a_pi_camera_frame_goes_through_blazeface_and_the_classifier_without_ope
         from edge.preprocess import to_gray
         from edge.runtime.capture import open_source
         from edge.runtime.capture.demo import DemoSource
-        from edge.runtime.daemon import Daemon
+        from edge.runtime.assemble import assemble
+        from edge.runtime.capture.managed import ManagedSource
+        from edge.runtime.publish.stdout import StdoutSink
 
         class Request:
             def __init__(self, arrays):
@@ -98,13 +100,17 @@ def test_a_pi_camera_frame_goes_through_blazeface_and_the_classifier_without_ope
                                         "source": {"uri": "picamera2"}})
         camera = Camera(DemoSource(faces=1).render(0))  # the astronaut (grey faces are harder for BlazeFace)
         source = open_source("picamera2", config.source, camera_factory=lambda: camera)
-        daemon = Daemon(config)
+        import contextlib, io
+        parts = contextlib.ExitStack()
+        daemon = parts.enter_context(assemble(config, sink=StdoutSink("pi", stream=io.StringIO()),
+                                              source=ManagedSource(lambda: source, "picamera2", max_fps=0)))
         frame = source.read()
         assert frame.detect_image.shape == (240, 320)  # BlazeFace runs on the lores Y plane
         tracks = daemon.process_frame(frame)
-        labels = daemon.classifier.labels
+        labels = daemon.models.classifier.labels
         print(json.dumps({"detector": daemon.detector.name, "cv2": sys.modules["cv2"] is None,
                           "emotions": [labels[int(np.argmax(t.probs))] for t in sorted(tracks, key=lambda t: t.box[0])]}))
+        parts.close()
         source.close()
         """, str(tmp_path), state_dir=tmp_path)
     assert r.returncode == 0, r.stderr
