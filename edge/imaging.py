@@ -11,7 +11,7 @@ runs these on every frame.
 
 Where OpenCV is installed (the ``[opencv]`` extra, which USB cameras, files and streams need anyway), each function
 runs the same operation through it instead (``opencv=True``, the default): the same pixels (tests/test_imaging.py
-holds the numpy path to OpenCV's), about four times faster per face (benchmarks/imaging_speed.py). A Pi camera
+holds the numpy path to OpenCV's; a linear enlargement within one grey level), about four times faster per face (benchmarks/imaging_speed.py). A Pi camera
 install without OpenCV runs the numpy path.
 """
 
@@ -39,11 +39,17 @@ def _cv2() -> Any | None:
     return cv2
 
 
+def _opencv_shape(image: np.ndarray) -> bool:
+    """Whether OpenCV returns what the numpy path does for ``image``: uint8, grey (HxW) or 3-channel (OpenCV drops
+    a lone channel axis, which the numpy path keeps)."""
+    return image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
+
+
 def bgr_to_gray(image: np.ndarray, opencv: bool = True) -> np.ndarray:
     """Grey (HxW uint8) of an HxWx3 or HxWx4 BGR(A) uint8 image: ``0.114 B + 0.587 G + 0.299 R``, rounded
     (through OpenCV when ``opencv`` and it is installed)."""
     cv2 = _cv2() if opencv else None
-    if cv2 is not None:
+    if cv2 is not None and image.dtype == np.uint8:
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
     b, g, r = _GRAY_BGR_15BIT
     acc = image[..., 0].astype(np.uint32) * b
@@ -112,7 +118,7 @@ def resize(image: np.ndarray, width: int, height: int, opencv: bool = True) -> n
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return np.ascontiguousarray(image, dtype=np.uint8)
-    cv2 = _cv2() if opencv else None
+    cv2 = _cv2() if opencv and _opencv_shape(image) else None
     if cv2 is not None and (h >= height) == (w >= width):
         mode = cv2.INTER_AREA if h >= height else cv2.INTER_LINEAR
         return cv2.resize(image, (width, height), interpolation=mode)
@@ -179,7 +185,7 @@ def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, borde
     """Bilinear sampling of ``image`` (HxW or HxWxC uint8) through the 2x3 map ``m`` from output pixels to image
     pixels (``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``, which runs it when ``opencv`` and it
     is installed), ``width`` x ``height`` out."""
-    cv2 = _cv2() if opencv else None
+    cv2 = _cv2() if opencv and _opencv_shape(image) else None
     if cv2 is not None:
         mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
         return cv2.warpAffine(image, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
@@ -223,7 +229,7 @@ class AxisAlignedSampler:
 
     def __call__(self, image: np.ndarray, out: np.ndarray) -> None:
         """Sample ``image`` (HxW or HxWxC uint8 of the size given at construction) into ``out`` (uint8)."""
-        cv2 = _cv2() if self._opencv else None
+        cv2 = _cv2() if self._opencv and _opencv_shape(image) and out.dtype == np.uint8 and out.flags.c_contiguous else None
         if cv2 is not None:
             th, tw = out.shape[:2]
             cv2.warpAffine(image, self._m, (tw, th), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,

@@ -3,7 +3,7 @@ functions (``from edge.runtime.detect import BlazeFaceDetector``) without import
 them, so ``import edge.runtime.publish`` does not bring paho, nor ``import edge.protocol`` pydantic.
 
 Each package lists the same names under ``if TYPE_CHECKING:`` as real imports, for the type checker and for
-``tests/test_architecture.py``'s import graph (a lazy import is still a dependency).
+``tests/project/test_architecture.py``'s import graph (a lazy import is still a dependency).
 """
 
 from __future__ import annotations

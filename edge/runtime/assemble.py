@@ -6,11 +6,13 @@ the moment it exists, so a failure at any step closes what was built before it:
 1. the model (:class:`edge.runtime.models.manager.ModelManager`: configured, pushed or shipped) and the face
    detector: a broken model or a missing runtime fails before anything touches the camera or the network;
 2. the frame source (not opened yet) and the privacy pause (a paused device never opens its camera);
-3. the metrics endpoint's package check: a missing package fails the start before the camera opens;
+3. the debug preview and the metrics endpoint's package check: a missing package fails the start before the
+   camera opens;
 4. the source is opened (a camera or stream that is not there yet is retried with backoff, see
    :meth:`edge.runtime.capture.managed.ManagedSource.start`);
 5. the sink and its broker session (:func:`edge.runtime.publish.open_publisher`: the network), the daemon, and
-   the guarded command topics on the session (:class:`edge.runtime.publish.command_channel.CommandChannel`);
+   the guarded command topics on the session (:class:`edge.runtime.publish.command_channel.CommandChannel`, an
+   extension, so the run stops it before its last status);
 6. the extensions the config asks for (metrics; with a broker, Home Assistant discovery and model push),
    started by :meth:`edge.runtime.daemon.Daemon.run`.
 
@@ -81,6 +83,11 @@ def assemble(config: Config, *, sink: Sink | None = None, session: BrokerSession
         pause = PauseFile(state_dir)
         if pause.paused:
             source.pause()  # before anything can open the camera
+        preview = None
+        if config.privacy.debug_preview_dir is not None:  # it needs OpenCV: refused before the camera opens
+            from edge.runtime.preview import PreviewWriter
+
+            preview = PreviewWriter(config.privacy.debug_preview_dir)
         if config.metrics.enabled:
             from edge.runtime import metrics
 
@@ -93,12 +100,16 @@ def assemble(config: Config, *, sink: Sink | None = None, session: BrokerSession
             sink, session = _open_publisher(config)
             stack.callback(sink.close)
         daemon = Daemon(config, sink, source=source, detector=detector, models=models, pause=pause,
-                        notifier=notifier)
+                        notifier=notifier, preview=preview)
         if session is not None:  # imported here: paho is for MQTT runs only
             from edge.runtime.publish.command_channel import CommandChannel
 
-            # Closed before the sink (the stack unwinds in reverse): no answer is sent on a closed sink.
-            stack.callback(CommandChannel(session, config, daemon.handle_command).close)
+            commands = CommandChannel(session, config, daemon.handle_command)
+            stack.callback(commands.close)  # when the run never starts; closing twice is harmless
+            # An extension, so the run stops it before its last status: nothing it still runs comes after that.
+            daemon.add_extension(commands)
+        elif config.homeassistant.enabled or config.model_push.enabled:
+            log.info("no MQTT broker behind this sink: no commands, Home Assistant discovery or model push")
         _add_extensions(daemon, session, models, config)
         yield daemon
 

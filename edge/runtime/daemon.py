@@ -68,6 +68,7 @@ class Daemon:
         models: ModelManager,
         pause: PauseFile,
         notifier: Notifier | None = None,
+        preview: PreviewWriter | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -87,6 +88,7 @@ class Daemon:
         #: Per-track emotion changes (events) and the per-label figures /metrics serves.
         self.emotions = EmotionWatch(classifier.labels)
         self._extensions: list[Extension] = []
+        self._started_extensions: list[Extension] = []
         self._stop = threading.Event()
         self._status_due = threading.Event()
         self.state = DaemonState.STARTING
@@ -96,8 +98,7 @@ class Daemon:
         self._last_status = float("-inf")
         self._last_faces = float("-inf")
         self._window = SummaryWindow(time.time(), time.monotonic())
-        preview = config.privacy.debug_preview_dir
-        self._preview = PreviewWriter(preview) if preview is not None else None
+        self._preview = preview
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -141,6 +142,9 @@ class Daemon:
         summary window, closes the source (the camera is released) and persists the pause; only resuming
         (``paused`` False) opens it again. Returns ``(ok, detail)`` for the command's answer."""
         with self._loop_lock:
+            if self.state in (DaemonState.STOPPING, DaemonState.OFFLINE):
+                # A command the worker still ran after the loop ended: the last status must stay "offline".
+                return False, "the device is stopping"
             if paused == self.pause.paused:
                 return True, "already paused" if paused else "not paused"
             problem = self.pause.set(paused)
@@ -191,13 +195,14 @@ class Daemon:
         Returns the number of frames processed. Releases the source and the detector at the end; does not close
         the sink (its owner does, after this returns).
         """
-        for ext in self._extensions:
-            ext.start()
-        paused = self.pause.paused
-        self._set_state(DaemonState.PAUSED if paused else DaemonState.RUNNING)
-        self._plain.refresh(None, 0, paused)
-        self.notifier.ready(f"{'paused' if paused else 'running'}, model {self.model_id}")
         try:
+            for ext in self._extensions:
+                ext.start()
+                self._started_extensions.append(ext)
+            paused = self.pause.paused
+            self._set_state(DaemonState.PAUSED if paused else DaemonState.RUNNING)
+            self._plain.refresh(None, 0, paused)
+            self.notifier.ready(f"{'paused' if paused else 'running'}, model {self.model_id}")
             while not self._stop.is_set():
                 self.notifier.watchdog_while(self.sink.alive())
                 if not self._iterate(max_frames):
@@ -319,15 +324,18 @@ class Daemon:
     def _shutdown(self) -> None:
         log.info("stopping after %d frames", self.stats.frames)
         self.notifier.stopping()
-        self._end_tracks(self._tracker.close_all(), self._tracker.labels)
-        if self._window.frames:
-            self._send_summary(time.monotonic())
-        # Retained: a stopped device must not keep saying someone is there, or what they felt.
-        self._plain.refresh(None, 0, self.pause.paused)
-        self.emotions.clear()
-        self.state = DaemonState.STOPPING
-        self._send_status()
-        for ext in reversed(self._extensions):
+        with self._loop_lock:  # a pause from the command worker waits, then sees "stopping" and refuses
+            self._end_tracks(self._tracker.close_all(), self._tracker.labels)
+            if self._window.frames:
+                self._send_summary(time.monotonic())
+            # Retained: a stopped device must not keep saying someone is there, or what they felt.
+            self._plain.refresh(None, 0, self.pause.paused)
+            self.emotions.clear()
+            self.state = DaemonState.STOPPING
+            self._send_status()
+        # Extensions (the command topics among them) stop before the last status, so nothing they still run
+        # can publish after it; only those that started.
+        for ext in reversed(self._started_extensions):
             try:
                 ext.stop()
             except Exception:

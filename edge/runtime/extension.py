@@ -1,5 +1,6 @@
-"""What the daemon needs from a feature that runs beside the frame loop (Home Assistant discovery, model push,
-the metrics endpoint): a start when the loop starts and a stop when it ends.
+"""What the daemon needs from a feature that runs beside the frame loop (the command topics, Home Assistant
+discovery, model push, the metrics endpoint): a start when the loop starts and a stop when it ends, before the
+run's last status.
 
 The assembly (:mod:`edge.runtime.assemble`) builds the extensions the config asks for and registers them with
 :meth:`edge.runtime.daemon.Daemon.add_extension`; the daemon starts them in order and stops them in reverse.
@@ -20,5 +21,6 @@ class Extension(Protocol):
         ...
 
     def stop(self) -> None:
-        """End and release what :meth:`start` took; called once, after the last frame (also after a failed start)."""
+        """End and release what :meth:`start` took; called once, after the last frame, if :meth:`start` returned
+        (when a later extension's start fails, the ones started before it are stopped)."""
         ...

@@ -20,6 +20,7 @@ from edge.runtime.detect.base import DetectorError
 from edge.runtime.detect.blazeface import BlazeFaceDetector
 from edge.runtime.homeassistant import HomeAssistantDiscovery
 from edge.runtime.models.push import ModelPushReceiver
+from edge.runtime.publish.command_channel import CommandChannel
 from tests.support.mqtt import Collector
 from tests.support.push import make_keys
 
@@ -158,10 +159,23 @@ def test_with_a_broker_the_extensions_are_registered_and_the_device_goes_offline
     watcher = Collector(broker, topic="emotion/asm/#", client_id="asm-watch").start()
     try:
         with assemble(cfg) as daemon:
-            assert [type(e) for e in daemon.extensions] == [HomeAssistantDiscovery, ModelPushReceiver]
+            assert [type(e) for e in daemon.extensions] == [CommandChannel, HomeAssistantDiscovery, ModelPushReceiver]
             assert daemon.run(max_frames=3) == 3
         assert watcher.wait_for(lambda c: c.raw("emotion/asm/availability")[-1:] == [b"offline"])
         statuses = watcher.envelopes("status")
         assert statuses and statuses[-1]["state"] == "offline"
     finally:
         watcher.stop()
+
+
+def test_a_pause_that_arrives_after_the_run_ended_is_refused_and_offline_stays_the_last_status(tmp_path):
+    """The command worker may still run a queued command while the run ends: it must not publish a status after
+    the run's last one (a stopped device would then say "paused" or "running" in its retained status)."""
+    from tests.support.daemon import ListSink
+
+    sink = ListSink()
+    with assemble(config(tmp_path), sink=sink) as daemon:
+        assert daemon.run(max_frames=2) == 2
+        assert daemon.set_paused(True) == (False, "the device is stopping")
+    assert sink.of("status")[-1]["state"] == "offline"
+    assert not daemon.pause.paused

@@ -134,6 +134,14 @@ class CommandChannel:
         thread): check and queue it, or answer why not."""
         self._inbound.receive(self._parse_command, topic, payload, properties)
 
+    def start(self) -> None:
+        """Nothing to start: the topics are subscribed and the worker runs from construction (the
+        :class:`edge.runtime.extension.Extension` protocol)."""
+
+    def stop(self) -> None:
+        """:meth:`close` (the :class:`edge.runtime.extension.Extension` protocol)."""
+        self.close()
+
     def close(self, timeout: float = 1.0) -> None:
         """Stop answering and end the worker after the command in progress."""
         self._inbound.close(timeout)
