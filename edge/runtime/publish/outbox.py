@@ -184,11 +184,7 @@ class Outbox(StorageFaults):
             # What waits in memory goes first, so every message on disk stays older than every one in memory.
             spilled = self._write(list(self._memory))
             seq = self._seq.take(reserve=False)  # stored exactly below, in this transaction
-            try:
-                payload = build(seq)
-            except BaseException:
-                self._seq.give_back(seq)
-                raise
+            payload = build(seq)
             self._conn.execute(
                 "INSERT INTO outbox(seq, kind, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)",
                 (seq, kind, topic, payload, qos, int(retain)),
@@ -241,14 +237,9 @@ class Outbox(StorageFaults):
         """Write the ``n`` oldest messages in memory to disk in one transaction (lock held)."""
         batch = [self._memory[i] for i in range(n)]
         rest = len(self._memory) - n
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             written = self._write(batch)
             dropped = self._enforce_bound(self._disk + written, rest)
-        except BaseException:
-            self._rollback()
-            raise
-        self._commit()
         for _ in range(n):
             self._memory.popleft()
         self._disk += written - dropped
@@ -331,20 +322,13 @@ class Outbox(StorageFaults):
                     self._memory = deque(kept)
             if not done or not self._disk:
                 return
+            # With what an earlier storage fault kept acknowledged on disk: one delete for all of them.
+            self._acked |= done
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
-                    removed = max(cur.rowcount, 0)
-                except BaseException:
-                    self._rollback()
-                    raise
-                self._commit()
+                self._delete_acked()
             except sqlite3.Error as exc:  # remembered and skipped, so never sent again; deleted once writes work
                 self._disk_fault(exc)
-                self._acked |= done
                 return
-            self._disk -= removed
             if self._disk == 0:
                 # The backlog is delivered: give the pages back, so a burst does not leave a big file behind.
                 # executescript steps the pragma to its end (execute() would free a single page).

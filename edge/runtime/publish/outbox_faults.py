@@ -8,11 +8,12 @@ runs with the outbox's lock held, except the public :meth:`StorageFaults.readdre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,18 @@ class StorageFaults:
         if works:
             self._disk_ok()
 
+    @contextlib.contextmanager
+    def _transaction(self, works: bool = True) -> Iterator[None]:
+        """One write transaction (lock held): ``BEGIN IMMEDIATE``, rolled back if the block raises, else committed
+        (:meth:`_commit`; with ``works`` a storage-fault episode ends). Raises what the block or SQLite raised."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit(works)
+
     def _rollback(self) -> None:
         # SQLite may have rolled back already (a full disk, an I/O error): then ROLLBACK itself fails.
         if self._conn.in_transaction:
@@ -130,24 +143,14 @@ class StorageFaults:
 
     def _probe(self) -> None:
         """A small real write (the exact seq, and the drops not saved yet): does the disk take writes again?"""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(works=False):  # the episode ends when what waits can be written too
             self._seq.mark_stored(self._seq.last)
-        except BaseException:
-            self._rollback()
-            raise
-        self._commit(works=False)  # the episode ends when what waits can be written too
 
     def _delete_acked(self) -> None:
         """Delete the acknowledged messages that a storage fault kept on disk (lock held; raises sqlite3.Error)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             cur = self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in self._acked])
             removed = max(cur.rowcount, 0)
-        except BaseException:
-            self._rollback()
-            raise
-        self._commit()
         self._acked.clear()
         self._disk -= removed
 
@@ -158,18 +161,13 @@ class StorageFaults:
         with self._lock:
             kinds = [r[0] for r in self._conn.execute("SELECT DISTINCT kind FROM outbox").fetchall()]
             changed = 0
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for kind in kinds:
                     new, suffix = topic_of(kind), suffix_of(kind)
                     cur = self._conn.execute(
                         "UPDATE outbox SET topic = ? WHERE kind = ? AND topic <> ? AND substr(topic, -?) = ?",
                         (new, kind, new, len(suffix), suffix))
                     changed += max(cur.rowcount, 0)
-            except BaseException:
-                self._rollback()
-                raise
-            self._commit()
             return changed
 
     def discard(self, seq: int) -> None:
@@ -182,15 +180,10 @@ class StorageFaults:
                 self._unsaved_drops += 1
                 return
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     removed = max(self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount, 0)
                     if removed:
                         self._save_drops(removed)
-                except BaseException:
-                    self._rollback()
-                    raise
-                self._commit()
             except sqlite3.Error as exc:  # deleted later with the acknowledged ones; skipped meanwhile
                 self._disk_fault(exc)
                 self._acked.add(seq)
