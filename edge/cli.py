@@ -102,9 +102,9 @@ def load_run_config(args: argparse.Namespace) -> Config:
     return parse_config(data, args.config)
 
 
-def _setup_logging(level: str, verbose: bool) -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else level,  # basicConfig takes the level's name (config: DEBUG..ERROR)
+        level=level,  # basicConfig takes the level's name (config: DEBUG..ERROR; -v and -q are folded in already)
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.preflight import check_state_dir
 
     cfg = load_run_config(args)
-    _setup_logging(cfg.device.log_level, args.verbose)
+    _setup_logging(cfg.device.log_level)
     problem = check_state_dir(cfg)  # said once here, instead of a failed write on every frame
     if problem:
         raise ConfigError(problem)

@@ -93,7 +93,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=256)
 def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_axis_weights` as a band: for each output pixel the indices of the few input pixels it reads and
-    their weights (``n_out`` x K each, K = the most any output reads; unused taps have weight 0)."""
+    their weights in float32, as :func:`resize` sums them (``n_out`` x K each, K = the most any output reads;
+    unused taps have weight 0)."""
     weights = _axis_weights(n_in, n_out)
     used = weights > 0
     first = used.argmax(axis=1)
@@ -101,6 +102,7 @@ def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.minimum(first[:, None] + np.arange(k), n_in - 1)
     band = np.take_along_axis(weights, idx, axis=1)
     band[first[:, None] + np.arange(k) >= n_in] = 0.0
+    band = band.astype(np.float32)
     idx.flags.writeable = band.flags.writeable = False  # cached: shared by every later call with these sizes
     return idx, band
 
@@ -131,8 +133,8 @@ def resize(image: np.ndarray, width: int, height: int, opencv: bool = True) -> n
     extra = (None,) * (image.ndim - 2)  # the weights broadcast over the channels
     iy, wy = _axis_taps(h, height)
     ix, wx = _axis_taps(w, width)
-    cols = (image[:, ix] * wx.astype(np.float32)[(...,) + extra]).sum(axis=2)  # h x width [x C]
-    out = (cols[iy] * wy.astype(np.float32)[(..., None) + extra]).sum(axis=1)
+    cols = (image[:, ix] * wx[(...,) + extra]).sum(axis=2)  # h x width [x C]
+    out = (cols[iy] * wy[(..., None) + extra]).sum(axis=1)
     return _to_uint8(out)
 
 
@@ -220,7 +222,6 @@ class AxisAlignedSampler:
     def __init__(self, size: tuple[int, int], out_size: tuple[int, int], kx: float, ox: float, ky: float,
                  oy: float, opencv: bool = True) -> None:
         (w, h), (tw, th) = size, out_size
-        self.size = (w, h)
         self._m = np.array([[kx, 0.0, ox], [0.0, ky, oy]])
         self._opencv = opencv
         self._x = _taps(_positions(kx, np.array([ox]), tw)[0], w, "zero")

@@ -56,6 +56,7 @@ class Daemon:
         models: The model manager (the classifier in use, swaps and rollbacks).
         pause: The privacy pause's persisted state.
         notifier: systemd notifier (default: from the environment; a no-op outside systemd).
+        preview: The local debug preview's writer (``privacy.debug_preview_dir``), or None.
     """
 
     def __init__(

@@ -299,14 +299,11 @@ class HomeAssistantDiscovery:
             self._thread.join(timeout=2)
 
 
-def discovery(config: Config, session: BrokerSession | None,
+def discovery(config: Config, session: BrokerSession,
               model_info: Callable[[], tuple[str, list[str]]]) -> HomeAssistantDiscovery | None:
-    """The extension when ``homeassistant.enabled`` and there is a broker (``session`` is None for the stdout
-    sink), else None (said in the log)."""
+    """The extension on the broker ``session`` when ``homeassistant.enabled``, else None (said in the log); a run
+    without a broker builds none (:mod:`edge.runtime.assemble` says so)."""
     if not config.homeassistant.enabled:
         log.info("Home Assistant discovery is off (homeassistant.enabled = false)")
-        return None
-    if session is None:
-        log.info("Home Assistant discovery needs the MQTT sink; not publishing it")
         return None
     return HomeAssistantDiscovery(config, session, model_info)

@@ -114,7 +114,7 @@ def check_state_dir(config: Config) -> str | None:
 
 
 def _check_source(config: Config, report: Report) -> None:
-    from edge.runtime.capture import open_source
+    from edge.runtime.capture import may_appear_later, open_source
     from edge.runtime.capture.base import SourceError
 
     uri = config.source.uri
@@ -129,7 +129,7 @@ def _check_source(config: Config, report: Report) -> None:
         return
     if opencv_uses({"source": {"uri": uri}}) and importlib.util.find_spec("cv2") is None:
         return  # check() reports the missing OpenCV
-    if uri.isdigit() or "://" in uri:
+    if may_appear_later(uri):  # picamera2 is handled above: a camera index or a stream
         report.notes.append(f"source {uri}: cameras and streams are not opened by check-config; run retries them")
         return
     if not (uri == "demo" or uri.startswith("demo:")):

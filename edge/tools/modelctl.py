@@ -24,8 +24,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("keygen", "sign", "verify-bundle", "install-bundle", "rollback", "models", "push-mqtt", "push-ssh")
-
 
 class CommandFailed(Exception):
     """An expected failure: print the message, exit 1."""
