@@ -96,3 +96,27 @@ def test_with_opencv_installed_each_operation_runs_through_it_and_gives_the_nump
     imaging.AxisAlignedSampler((320, 240), (128, 128), 2.5, 0.0, 2.5, -40.0)(frame, fast)
     imaging.AxisAlignedSampler((320, 240), (128, 128), 2.5, 0.0, 2.5, -40.0, opencv=False)(frame, slow)
     assert np.array_equal(fast, slow)
+
+
+def test_template_matching_is_opencvs_normalised_correlation(face):
+    gray = imaging.bgr_to_gray(face)[::4, ::4].astype(np.float32)  # 40 x 40 samples
+    region = gray[4:32, 6:36].copy()
+    template = gray[10:26, 12:28].copy()
+    template -= template.mean()
+    ncc = imaging.match_template(region, template, opencv=False)
+    ref = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
+    assert ncc.shape == ref.shape == (13, 15)
+    np.testing.assert_allclose(ncc, ref, atol=1e-4)
+    assert np.unravel_index(int(np.argmax(ncc)), ncc.shape) == (6, 6)  # where the template was cut
+    assert ncc.max() == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(imaging.match_template(region, template), ref)  # OpenCV's own when installed
+
+
+def test_a_flat_window_correlates_zero_with_anything():
+    region = np.full((20, 20), 90, np.float32)
+    region[:, 12:] = np.arange(8, dtype=np.float32) * 10  # a ramp on the right, flat on the left
+    template = np.tile(np.arange(6, dtype=np.float32) - 2.5, (6, 1))
+    for opencv in (False, True):
+        ncc = imaging.match_template(region, template, opencv=opencv)
+        assert np.all(ncc[:, :6] == 0)  # windows wholly in the flat part
+        assert ncc[:, -1].max() == pytest.approx(1.0, abs=1e-5)  # the ramp matches the ramp

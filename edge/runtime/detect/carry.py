@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from edge.imaging import match_template
 from edge.runtime.detect.base import Detection, FaceDetector
 
 #: Template side in samples: a face is matched on a grid of about this many samples across its detector box.
@@ -56,7 +56,6 @@ class _Carried:
 
     det: Detection
     template: np.ndarray  # zero-mean samples, th x tw
-    norm: float
     th: int
     tw: int
     step: int  # sample spacing in detection-image pixels
@@ -78,10 +77,9 @@ def _template(image: np.ndarray, det: Detection, scale: tuple[float, float]) -> 
         return None
     t = _sample(image, x0, y0, tw, th, step)
     t -= t.mean()
-    norm = float(np.sqrt((t * t).sum()))
-    if norm < 1e-3:  # a flat patch matches anything
+    if float((t * t).sum()) < 1e-6:  # a flat patch matches anything
         return None
-    return _Carried(det, t, norm, th, tw, step, x0, y0)
+    return _Carried(det, t, th, tw, step, x0, y0)
 
 
 def _peak(values: np.ndarray, i: int) -> float:
@@ -91,13 +89,6 @@ def _peak(values: np.ndarray, i: int) -> float:
     a, b, c = float(values[i - 1]), float(values[i]), float(values[i + 1])
     d = a - 2 * b + c
     return 0.0 if d >= 0 else max(-0.5, min(0.5, 0.5 * (a - c) / d))
-
-
-def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Sum of every ``th`` x ``tw`` window of ``a`` (valid positions), from its integral image."""
-    ii = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.float64)
-    ii[1:, 1:] = a.cumsum(0).cumsum(1)
-    return ii[th:, tw:] - ii[:-th, tw:] - ii[th:, :-tw] + ii[:-th, :-tw]
 
 
 def _match(image: np.ndarray, c: _Carried) -> tuple[float, float, float]:
@@ -113,12 +104,7 @@ def _match(image: np.ndarray, c: _Carried) -> tuple[float, float, float]:
     if nx < tw or ny < th:
         return 0.0, c.dx, c.dy
     rx0, ry0 = cx - left * s, cy - top * s
-    region = _sample(image, rx0, ry0, nx, ny, s)
-    num = np.tensordot(sliding_window_view(region, (th, tw)), c.template, axes=([2, 3], [0, 1]))
-    # Window sums and sums of squares from integral images: the variance term of the correlation's denominator.
-    total, squares = _window_sums(region, th, tw), _window_sums(region.astype(np.float64) ** 2, th, tw)
-    var = np.maximum(squares - total * total / (th * tw), 1e-6)
-    ncc = num / (np.sqrt(var) * c.norm)
+    ncc = match_template(_sample(image, rx0, ry0, nx, ny, s), c.template)
     iy, ix = (int(v) for v in np.unravel_index(int(np.argmax(ncc)), ncc.shape))
     score = float(ncc[iy, ix])
     fx, fy = ix + _peak(ncc[iy, :], ix), iy + _peak(ncc[:, ix], iy)
