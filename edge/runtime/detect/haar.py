@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.imaging import require_opencv
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections
-from edge.version import opencv_missing
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 
@@ -24,10 +24,7 @@ class HaarDetector:
     name = "opencv"
 
     def __init__(self, min_face_size: int = 40, max_faces: int = 5, max_side: int = 320) -> None:
-        try:
-            import cv2
-        except ImportError:
-            raise DetectorError(opencv_missing("the Haar cascade face detector")) from None
+        cv2 = require_opencv("the Haar cascade face detector", DetectorError)
 
         if not hasattr(cv2, "CascadeClassifier"):
             raise DetectorError(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.imaging import require_opencv
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
 from edge.runtime.native import quiet_native_stderr
-from edge.version import opencv_missing
 
 
 def _keep_tensorflow_out_of_mediapipe() -> None:
@@ -71,10 +71,8 @@ class MediaPipeDetector:
         self, min_confidence: float = 0.5, min_face_size: int = 40, max_faces: int = 5, model_path: Path | None = None
     ) -> None:
         path = verify_model() if model_path is None else Path(model_path)
-        try:
-            import cv2  # noqa: F401  (detect() converts colours with it: refuse now rather than on the first frame)
-        except ImportError:
-            raise DetectorError(opencv_missing("the MediaPipe face detector (detector.backend = 'mediapipe')")) from None
+        # detect() converts colours with OpenCV: refuse now rather than on the first frame.
+        require_opencv("the MediaPipe face detector (detector.backend = 'mediapipe')", DetectorError)
         # MediaPipe's C++ core logs to stderr through absl/glog; keep it to errors unless asked otherwise.
         os.environ.setdefault("GLOG_minloglevel", "2")
         _keep_tensorflow_out_of_mediapipe()
