@@ -284,9 +284,10 @@ class HomeAssistantConfig(_Section):
     """``[homeassistant]``: MQTT discovery."""
 
     enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
-    discovery_prefix: str = Field(
-        "homeassistant", description="Home Assistant discovery prefix (no MQTT wildcards).", pattern=r"^[^#+]+$"
-    )
+    discovery_prefix: TopicPrefix = Field(
+        "homeassistant", description="Home Assistant discovery prefix, the first topic level(s) of the discovery "
+        "configs (as mqtt.topic_prefix: UTF-8 without control characters or the wildcards + and #, not starting "
+        "with '$').")
     support_url: Text | None = Field(
         None, description="Link shown as the discovery 'origin' support URL; none is sent when unset."
     )

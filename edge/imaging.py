@@ -12,16 +12,20 @@ runs these on every frame.
 Where OpenCV is installed (the ``[opencv]`` extra, which USB cameras, files and streams need anyway), each function
 runs the same operation through it instead (``opencv=True``, the default): the same pixels (tests/test_imaging.py
 holds the numpy path to OpenCV's; a linear enlargement within one grey level), about four times faster per face (benchmarks/imaging_speed.py). A Pi camera
-install without OpenCV runs the numpy path.
+install without OpenCV runs the numpy path. A part that cannot run without OpenCV (other sources, the Haar and
+MediaPipe detectors, the debug preview) asks for it through :func:`require_opencv`, which refuses it in one line.
 """
 
 from __future__ import annotations
 
 import functools
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from edge.version import opencv_missing
 
 #: ITU-R BT.601 luma weights of B, G and R in 15-bit fixed point, as OpenCV 4's vectorised cvtColor uses them
 #: (its grey of every one of the 2^24 colours, checked): the grey levels are its grey levels.
@@ -37,6 +41,20 @@ def _cv2() -> Any | None:
         import cv2
     except ImportError:
         return None
+    return cv2
+
+
+def require_opencv(what: str, error: type[Exception]) -> ModuleType:
+    """OpenCV, for a part that cannot run without it: called where that part is set up, so that a missing OpenCV
+    is refused there (before a camera opens or a frame is read) rather than on the first frame.
+
+    Raises:
+        error: OpenCV is not installed; its one line (:func:`edge.version.opencv_missing`) says that ``what``
+            needs it and how to install it.
+    """
+    cv2 = _cv2()
+    if cv2 is None:
+        raise error(opencv_missing(what))
     return cv2
 
 

@@ -12,12 +12,12 @@ the moment it exists, so a failure at any step closes what was built before it:
    :meth:`edge.runtime.capture.managed.ManagedSource.start`);
 5. the sink and its broker session (:func:`edge.runtime.publish.open_publisher`: the network), the daemon, and
    the guarded command topics on the session (:class:`edge.runtime.publish.command_channel.CommandChannel`, an
-   extension, so the run stops it before its last status);
+   extension: the run subscribes them when it starts and stops them before its last status);
 6. the extensions the config asks for (metrics; with a broker, Home Assistant discovery and model push),
    started by :meth:`edge.runtime.daemon.Daemon.run`.
 
-Leaving the ``with`` block closes the command topics, then the sink (flush, availability offline; the daemon's
-run ends with its offline status), then the source and the detector.
+Leaving the ``with`` block closes the sink (flush, availability offline; the daemon's run ends with its offline
+status, after stopping the extensions it started), then the source and the detector.
 """
 
 from __future__ import annotations
@@ -104,10 +104,9 @@ def assemble(config: Config, *, sink: Sink | None = None, session: BrokerSession
         if session is not None:  # imported here: paho is for MQTT runs only
             from edge.runtime.publish.command_channel import CommandChannel
 
-            commands = CommandChannel(session, config, daemon.handle_command)
-            stack.callback(commands.close)  # when the run never starts; closing twice is harmless
-            # An extension, so the run stops it before its last status: nothing it still runs comes after that.
-            daemon.add_extension(commands)
+            # An extension, so the run starts it (subscribes) and stops it before its last status: nothing it still
+            # runs comes after that.
+            daemon.add_extension(CommandChannel(session, config, daemon.handle_command))
         elif config.homeassistant.enabled or config.model_push.enabled:
             log.info("no MQTT broker behind this sink: no commands, Home Assistant discovery or model push")
         _add_extensions(daemon, session, models, config)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.config import ConfigError
+from edge.imaging import require_opencv
 from edge.runtime.capture.base import Frame
 from edge.runtime.track import Track
-from edge.version import opencv_missing
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,8 @@ class PreviewWriter:
     """
 
     def __init__(self, folder: Path) -> None:
-        try:
-            import cv2  # noqa: F401  (write() draws with it: refuse the setting now, not on every frame)
-        except ImportError:
-            raise ConfigError(opencv_missing("privacy.debug_preview_dir (the debug preview)")) from None
+        # write() draws with OpenCV: refuse the setting now, not on every frame.
+        require_opencv("privacy.debug_preview_dir (the debug preview)", ConfigError)
         self.folder = Path(folder)
         self._error: str | None = None
         log.warning("privacy.debug_preview_dir is set: annotated frames are written to %s (local only)", self.folder)

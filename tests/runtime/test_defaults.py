@@ -12,6 +12,7 @@ from edge.runtime.capture.managed import ManagedSource
 from edge.runtime.classify.classifier import Classifier
 from edge.runtime.detect import make_detector
 from edge.runtime.detect.blazeface import BlazeFaceDetector
+from edge.runtime.detect.carry import CarryingDetector
 from edge.runtime.detect.haar import HaarDetector
 from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
 from edge.runtime.track import Tracker
@@ -39,6 +40,24 @@ def test_every_runtime_default_is_the_config_default(component, section, shared)
     fields = section.model_fields
     assert {n for n in defaults if n in fields} == shared
     assert {n: defaults[n] for n in shared} == {n: fields[n].default for n in shared}
+
+
+def test_every_detector_setting_has_its_one_default_checked():
+    """Each ``[detector]`` field is a detector's keyword default above, the backend choice (make_detector) or the
+    frame carrying's (CarryingDetector takes both of its settings without defaults): a new field must be added."""
+    covered = set().union(*(shared for _, section, shared in COMPONENTS if section is DetectorConfig))
+    assert covered | {"backend", "every_n_frames", "min_match"} == set(DetectorConfig.model_fields)
+    assert not {"every", "min_match"} & set(_defaults(CarryingDetector))
+
+
+@pytest.mark.parametrize(("backend", "kept"), [("blazeface", {"min_confidence": 0.7, "min_face_size": 50, "max_faces": 3}),
+                                               ("opencv", {"min_face_size": 50, "max_faces": 3})])
+def test_the_detector_factory_hands_the_section_to_the_detector_not_its_defaults(backend, kept):
+    det = make_detector(DetectorConfig(backend=backend, min_confidence=0.7, min_face_size=50, max_faces=3, threads=1))
+    try:
+        assert {name: getattr(det, name) for name in kept} == kept
+    finally:
+        det.close()
 
 
 def test_the_detector_factory_has_no_defaults_of_its_own():

@@ -104,6 +104,7 @@ def test_a_command_flood_gets_at_most_the_rate_of_answers(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="edge.runtime.publish.command_channel")
     session = RecordingSession()
     channel = CommandChannel(session, sink_config(tmp_path / "state", None, max_command_bytes=1024, command_rate=3))
+    channel.start()
     for _ in range(500):
         channel.on_message("p/d/command", b"[" * 1000)
     channel.close()

@@ -49,6 +49,25 @@ def test_strict_types_empty_strings_and_ranges_are_refused_naming_the_key(data, 
     assert f"invalid config key '{key}': " in str(err.value) and text in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("home/#", "must not contain the MQTT wildcards '+' or '#'"),
+        ("", "must not be empty"),
+        ("$SYS/ha", "must not start with '$'"),
+        ("h\u0000a", "must not contain control characters"),
+    ],
+)
+def test_a_discovery_prefix_is_checked_as_the_topic_prefix_is_in_one_line(value, text):
+    """Both start topics the device publishes to, so both refuse what the broker would."""
+    for section, key in (("homeassistant", "discovery_prefix"), ("mqtt", "topic_prefix")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({section: {key: value}})
+        message = str(err.value)
+        assert message.startswith(f"invalid config key '{section}.{key}': ") and text in message, message
+        assert "\n" not in message
+
+
 def test_toml_ints_are_fine_for_floats_and_strings_for_paths():
     cfg = parse_config({"source": {"max_fps": 5}, "device": {"state_dir": "/tmp/x"}, "mqtt": {"reconnect_max_s": 2}})
     assert cfg.source.max_fps == 5.0 and cfg.device.state_dir == Path("/tmp/x")

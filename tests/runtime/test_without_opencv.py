@@ -143,3 +143,41 @@ def test_check_config_names_each_setting_that_needs_opencv_once_without_it(tmp_p
     assert len(errors) == 3, r.stderr
     for setting in ("source.uri = '0'", "detector.backend = 'opencv'", "privacy.debug_preview_dir"):
         assert sum(setting in line for line in errors) == 1, (setting, errors)
+
+
+def test_each_part_that_needs_opencv_refuses_when_set_up_with_its_own_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")  # the folder source refuses before it reads a file
+    r = _run("""
+        import json
+        from pathlib import Path
+
+        from edge.runtime.capture.folder import FolderSource
+        from edge.runtime.capture.opencv import OpenCVSource
+        from edge.runtime.detect.haar import HaarDetector
+        from edge.runtime.detect.mediapipe_tasks import MediaPipeDetector
+        from edge.runtime.preview import PreviewWriter
+
+        parts = {"folder": lambda: FolderSource(sys.argv[1]), "opencv": lambda: OpenCVSource("0"),
+                 "haar": HaarDetector, "mediapipe": MediaPipeDetector,
+                 "preview": lambda: PreviewWriter(Path(sys.argv[1]) / "preview")}
+        out = {}
+        for name, make in parts.items():
+            try:
+                make()
+            except Exception as exc:
+                out[name] = [type(exc).__name__, str(exc)]
+        print(json.dumps(out))
+        """, str(tmp_path), state_dir=tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert {name: kind for name, (kind, _) in out.items()} == {
+        "folder": "SourceFatal", "opencv": "SourceFatal", "haar": "DetectorError", "mediapipe": "DetectorError",
+        "preview": "ConfigError"}
+    whats = {"folder": f"image folder {tmp_path}", "opencv": "source '0' (a camera index, video file or stream)",
+             "haar": "the Haar cascade face detector",
+             "mediapipe": "the MediaPipe face detector (detector.backend = 'mediapipe')",
+             "preview": "privacy.debug_preview_dir (the debug preview)"}
+    for name, (_, message) in out.items():
+        assert message.startswith(f"{whats[name]} needs OpenCV") and "\n" not in message, (name, message)
+        assert "--with-opencv" in message and "pip install -e '.[opencv]'" in message, (name, message)
+    assert not (tmp_path / "preview").exists()

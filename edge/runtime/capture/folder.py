@@ -6,9 +6,9 @@ import logging
 import time
 from pathlib import Path
 
+from edge.imaging import require_opencv
 from edge.runtime.capture.base import IMAGE_SUFFIXES, Frame, SourceError, SourceFatal
 from edge.runtime.loglimit import LogLimiter
-from edge.version import opencv_missing
 
 log = logging.getLogger(__name__)
 # A looping folder meets the same bad file on every pass: say so once per file, then count (see loglimit).
@@ -21,10 +21,8 @@ class FolderSource:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        try:
-            import cv2  # noqa: F401  (read() decodes with it: refuse the folder now rather than at the first frame)
-        except ImportError:
-            raise SourceFatal(opencv_missing(f"image folder {self.folder}")) from None
+        # read() decodes with OpenCV: refuse the folder now rather than at the first frame.
+        require_opencv(f"image folder {self.folder}", SourceFatal)
         try:
             self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         except OSError as exc:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.imaging import require_opencv
 from edge.runtime.capture.base import Frame, SourceError, SourceFatal
-from edge.version import opencv_missing
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ class OpenCVSource:
     """
 
     def __init__(self, uri: str, width: int = 640, height: int = 480, live: bool | None = None) -> None:
-        try:
-            import cv2
-        except ImportError:
-            raise SourceFatal(opencv_missing(f"source {uri!r} (a camera index, video file or stream)")) from None
+        cv2 = require_opencv(f"source {uri!r} (a camera index, video file or stream)", SourceFatal)
 
         self.uri = uri
         self.is_camera = uri.isdigit()

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import DetectorConfig
 from edge.imaging import AxisAlignedSampler
 from edge.runtime.classify.interpreter import make_interpreter
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
@@ -52,6 +53,9 @@ from edge.runtime.detect.blazeface_decode import (
 )
 
 log = logging.getLogger(__name__)
+#: The ``[detector]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = DetectorConfig()
+
 
 class BlazeFaceDetector:
     """MediaPipe's BlazeFace short-range face detector, run directly in LiteRT (no MediaPipe needed).
@@ -72,11 +76,11 @@ class BlazeFaceDetector:
 
     def __init__(
         self,
-        min_confidence: float = 0.5,
-        min_face_size: int = 40,
-        max_faces: int = 5,
+        min_confidence: float = _DEFAULT.min_confidence,
+        min_face_size: int = _DEFAULT.min_face_size,
+        max_faces: int = _DEFAULT.max_faces,
         model_path: Path | None = None,
-        threads: int = 2,
+        threads: int = _DEFAULT.threads,
     ) -> None:
         path = verify_model() if model_path is None else Path(model_path)
         try:

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import DetectorConfig
+from edge.imaging import require_opencv
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections
-from edge.version import opencv_missing
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
+#: The ``[detector]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = DetectorConfig()
 
 
 class HaarDetector:
@@ -23,11 +26,10 @@ class HaarDetector:
 
     name = "opencv"
 
-    def __init__(self, min_face_size: int = 40, max_faces: int = 5, max_side: int = 320) -> None:
-        try:
-            import cv2
-        except ImportError:
-            raise DetectorError(opencv_missing("the Haar cascade face detector")) from None
+    def __init__(
+        self, min_face_size: int = _DEFAULT.min_face_size, max_faces: int = _DEFAULT.max_faces, max_side: int = 320
+    ) -> None:
+        cv2 = require_opencv("the Haar cascade face detector", DetectorError)
 
         if not hasattr(cv2, "CascadeClassifier"):
             raise DetectorError(

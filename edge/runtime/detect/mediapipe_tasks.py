@@ -13,9 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import DetectorConfig
+from edge.imaging import require_opencv
 from edge.runtime.detect.base import BOX_ADJUST, Detection, DetectorError, finish_detections, verify_model
 from edge.runtime.native import quiet_native_stderr
-from edge.version import opencv_missing
+
+#: The ``[detector]`` defaults: the constructor's keyword defaults are these, so no setting has two defaults.
+_DEFAULT = DetectorConfig()
 
 
 def _keep_tensorflow_out_of_mediapipe() -> None:
@@ -68,13 +72,15 @@ class MediaPipeDetector:
     name = "mediapipe"
 
     def __init__(
-        self, min_confidence: float = 0.5, min_face_size: int = 40, max_faces: int = 5, model_path: Path | None = None
+        self,
+        min_confidence: float = _DEFAULT.min_confidence,
+        min_face_size: int = _DEFAULT.min_face_size,
+        max_faces: int = _DEFAULT.max_faces,
+        model_path: Path | None = None,
     ) -> None:
         path = verify_model() if model_path is None else Path(model_path)
-        try:
-            import cv2  # noqa: F401  (detect() converts colours with it: refuse now rather than on the first frame)
-        except ImportError:
-            raise DetectorError(opencv_missing("the MediaPipe face detector (detector.backend = 'mediapipe')")) from None
+        # detect() converts colours with OpenCV: refuse now rather than on the first frame.
+        require_opencv("the MediaPipe face detector (detector.backend = 'mediapipe')", DetectorError)
         # MediaPipe's C++ core logs to stderr through absl/glog; keep it to errors unless asked otherwise.
         os.environ.setdefault("GLOG_minloglevel", "2")
         _keep_tensorflow_out_of_mediapipe()

@@ -91,8 +91,10 @@ def parse_command(payload: bytes, max_bytes: int) -> dict[str, Any]:
 
 
 class CommandChannel:
-    """The device's command topics on a broker session: subscribes ``<prefix>/<device>/command`` and
-    ``<prefix>/<device>/paused/set`` at once, runs what arrives through ``handler`` and answers what it cannot run.
+    """The device's command topics on a broker session, a daemon extension
+    (:class:`edge.runtime.extension.Extension`): :meth:`start` subscribes ``<prefix>/<device>/command`` and
+    ``<prefix>/<device>/paused/set`` and starts the worker, which runs what arrives through ``handler``; what it
+    cannot run is answered. Constructing it subscribes nothing and starts no thread.
 
     Args:
         session: The broker session (:attr:`edge.runtime.publish.mqtt.MqttSink.session`).
@@ -101,50 +103,61 @@ class CommandChannel:
         handler: Runs each command on the worker thread (:meth:`edge.runtime.daemon.Daemon.handle_command`); None
             answers "no command handler" until :attr:`handler` is set.
 
-    Close it (:meth:`close`) before the sink: answers stop, and the worker ends after the command in progress.
+    Stop it (:meth:`stop` or :meth:`close`) before the sink: answers stop, and the worker ends after the command in
+    progress.
     """
 
     def __init__(self, session: BrokerSession, config: Config, handler: CommandHandler | None = None) -> None:
         m = config.mqtt
         self._session = session
         self._device_id = config.device.id
+        self._command_topic = topic(m.topic_prefix, self._device_id, COMMAND)
+        self._switch_topic = topic(m.topic_prefix, self._device_id, PAUSED_SET)
         self.max_bytes = m.max_command_bytes
         #: Runs each command (on the worker thread); None answers "no command handler".
         self.handler = handler
         # A command must not make the device write into topics others read as data.
         self._reply_forbidden = (f"{m.topic_prefix}/", f"{config.homeassistant.discovery_prefix}/")
         self._log = LogLimiter(log)
-        limits = InboundLimits(noun="command", plural="commands", max_bytes=m.max_command_bytes,
-                               size_setting="mqtt.max_command_bytes", rate=m.command_rate,
-                               rate_setting="mqtt.command_rate", queue_size=QUEUE_SIZE,
-                               busy_detail="too many queued commands; try again later")
-        self._inbound: GuardedInbound[_Item] = GuardedInbound(session, limits, self._run, self._refused, log,
-                                                              "mqtt-commands")
-        # The plain switch shares the command topic's rate (gated before parsing too), size bound and queue.
-        self._inbound.listen(topic(m.topic_prefix, self._device_id, COMMAND), self._parse_command)
-        self._inbound.listen(topic(m.topic_prefix, self._device_id, PAUSED_SET), self._parse_switch)
+        self._limits = InboundLimits(noun="command", plural="commands", max_bytes=m.max_command_bytes,
+                                     size_setting="mqtt.max_command_bytes", rate=m.command_rate,
+                                     rate_setting="mqtt.command_rate", queue_size=QUEUE_SIZE,
+                                     busy_detail="too many queued commands; try again later")
+        #: Set by :meth:`start`; kept after :meth:`close`, whose ``closed`` flag silences late answers.
+        self._inbound: GuardedInbound[_Item] | None = None
 
     @property
     def dropped(self) -> int:
-        """Messages dropped unanswered by the rate limit since start."""
-        return self._inbound.dropped
+        """Messages dropped unanswered by the rate limit since start (0 before it)."""
+        return self._inbound.dropped if self._inbound is not None else 0
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         """Take a message as if it arrived on the command topic (its subscription does the same on the network
-        thread): check and queue it, or answer why not."""
+        thread): check and queue it, or answer why not.
+
+        Raises:
+            RuntimeError: The channel has not been started.
+        """
+        if self._inbound is None:
+            raise RuntimeError("the command channel takes messages only after start()")
         self._inbound.receive(self._parse_command, topic, payload, properties)
 
     def start(self) -> None:
-        """Nothing to start: the topics are subscribed and the worker runs from construction (the
-        :class:`edge.runtime.extension.Extension` protocol)."""
+        """Start the worker and subscribe the command topic and the pause switch (the
+        :class:`edge.runtime.extension.Extension` protocol); called once."""
+        self._inbound = GuardedInbound(self._session, self._limits, self._run, self._refused, log, "mqtt-commands")
+        # The plain switch shares the command topic's rate (gated before parsing too), size bound and queue.
+        self._inbound.listen(self._command_topic, self._parse_command)
+        self._inbound.listen(self._switch_topic, self._parse_switch)
 
     def stop(self) -> None:
         """:meth:`close` (the :class:`edge.runtime.extension.Extension` protocol)."""
         self.close()
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop answering and end the worker after the command in progress."""
-        self._inbound.close(timeout)
+        """Stop answering and end the worker after the command in progress (nothing to do before :meth:`start`)."""
+        if self._inbound is not None:
+            self._inbound.close(timeout)
 
     def _parse_command(self, topic: str, payload: bytes, properties: Properties | None) -> _Item:
         return parse_command(payload, self.max_bytes), self._reply_to(properties)
@@ -177,7 +190,7 @@ class CommandChannel:
         if not ok:
             self._log.warning(f"refused {event['code']}", "MQTT command %s not done (%s): %s", event["command"],
                               event["code"], event["detail"])
-        if self._inbound.closed:
+        if self._inbound is None or self._inbound.closed:
             return
         try:
             self._session.publish("events", event)
@@ -188,7 +201,7 @@ class CommandChannel:
     def _send_reply(self, reply: Reply | None, body: dict[str, Any] | None) -> None:
         """The MQTT 5 response to a command: its event body, to the requester's topic, not through the outbox (it
         takes no seq: subscribers of the device's topics never see a gap for it)."""
-        if reply is None or body is None or self._inbound.closed:
+        if reply is None or body is None or self._inbound is None or self._inbound.closed:
             return
         props = Properties(PacketTypes.PUBLISH)
         if reply[1] is not None:

@@ -43,7 +43,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +103,7 @@ class Outbox(StorageFaults):
         #: The cause of the storage fault under way (None: writes work), when it began, and what it cost so far.
         self._fault: str | None = None
         self._fault_since = 0.0
-        self._fault_dropped = 0
+        self._fault_dropped: Counter[str] = Counter()
         #: Drops counted but not yet added to the persisted counter (made while the disk refused writes).
         self._unsaved_drops = 0
         #: Messages on disk the broker acknowledged that could not be deleted yet: skipped, deleted later.

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ class StorageFaults:
     _dropped: int
     _fault: str | None
     _fault_since: float
-    _fault_dropped: int
+    _fault_dropped: Counter[str]
     _unsaved_drops: int
     _acked: set[int]
     _fault_log: LogLimiter
@@ -108,7 +108,7 @@ class StorageFaults:
         if self._fault is None:
             self._fault = fault_cause(exc)
             self._fault_since = self._clock()
-            self._fault_dropped = 0
+            self._fault_dropped.clear()
             # Limited: a disk that is only just full can take a write and refuse the next, again and again.
             self._fault_log.warning("fault", "cannot write to the outbox %s: %s; messages wait in memory (at most "
                                     "%d; the oldest faces are dropped first) and are delivered from there; retrying "
@@ -119,9 +119,11 @@ class StorageFaults:
     def _disk_ok(self) -> None:
         """A write succeeded: end the storage-fault episode, if one was under way (lock held)."""
         if self._fault is not None:
-            self._fault_log.warning("ok", "the outbox %s takes writes again after %.0f s (%s); %d faces message(s) "
-                                    "were dropped meanwhile", str(self.path), self._clock() - self._fault_since,
-                                    self._fault, self._fault_dropped)
+            # By kind: faces go first, but once only other kinds are left in memory those go too.
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self._fault_dropped.most_common())
+            self._fault_log.warning("ok", "the outbox %s takes writes again after %.0f s (%s); %d message(s) were "
+                                    "dropped meanwhile%s", str(self.path), self._clock() - self._fault_since,
+                                    self._fault, self._fault_dropped.total(), f" ({kinds})" if kinds else "")
             self._fault = None
 
     def _shed_memory(self) -> None:
@@ -133,13 +135,13 @@ class StorageFaults:
         faces = [m for m in self._memory if m.kind == DROP_FIRST_KIND][:over + FAULT_MEMORY_MAX // 100]
         gone = {m.seq for m in faces}
         kept = deque(m for m in self._memory if m.seq not in gone)
+        self._fault_dropped[DROP_FIRST_KIND] += len(faces)
         while len(kept) > FAULT_MEMORY_MAX:
-            kept.popleft()
+            self._fault_dropped[kept.popleft().kind] += 1
         n = len(self._memory) - len(kept)
         self._memory = kept
         self._dropped += n
         self._unsaved_drops += n
-        self._fault_dropped += n
 
     def _probe(self) -> None:
         """A small real write (the exact seq, and the drops not saved yet): does the disk take writes again?"""

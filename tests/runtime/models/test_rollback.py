@@ -77,12 +77,15 @@ def rig(tmp_path, broker, tiny_bundle):
     with assemble(cfg, sink=sink, session=sink.session) as daemon:
         SwapFails.install(daemon.models)
         receiver = push_receiver(daemon)
-        receiver.start()
+        # Started as the daemon's run starts them (the command topics, then the push receiver), without frames.
+        for ext in daemon.extensions:
+            ext.start()
         assert sink.wait_connected(10)
         collector = Collector(broker, topic="emotion/pi-rb/events", client_id="rb-watch").start()
-        assert sink.wait_subscribed(10), "the push topics must be subscribed before anything is pushed"
+        assert sink.wait_subscribed(10), "the command and push topics must be subscribed before anything is sent"
         yield daemon, receiver, store, private, broker, collector
-        receiver.stop()
+        for ext in reversed(daemon.extensions):
+            ext.stop()
         collector.stop()
     sink.close(2)
 

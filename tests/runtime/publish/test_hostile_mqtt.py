@@ -50,6 +50,7 @@ def test_oversized_nested_and_garbage_commands_get_short_coded_answers(broker, t
     cfg = sink_config(tmp_path / "state", broker)
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg, handle)
+    channel.start()
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     pub = _operator(broker)
     try:
@@ -89,6 +90,7 @@ def test_a_command_flood_is_answered_at_the_rate_and_leaves_the_outbox_small(bro
     cfg = sink_config(tmp_path / "state", broker, command_rate=20.0, outbox={"memory_s": 0.05})
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg, lambda cmd: handled.append(cmd))
+    channel.start()
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     pub = _operator(broker)
     try:

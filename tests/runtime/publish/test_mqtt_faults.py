@@ -206,6 +206,7 @@ def test_a_lone_surrogate_in_a_command_gets_a_malformed_answer(broker, tmp_path)
     cfg = sink_config(tmp_path / "state", broker)
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg)
+    channel.start()
     try:
         assert sink.wait_subscribed(10)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -230,6 +231,7 @@ def test_a_command_flood_does_not_hold_up_publishing(broker, tmp_path):
     cfg = sink_config(tmp_path / "state", broker, command_rate=5.0)
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg)
+    channel.start()
     try:
         assert sink.wait_subscribed(10)
         flood_commands(broker, 20_000)

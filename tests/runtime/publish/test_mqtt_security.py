@@ -207,6 +207,7 @@ def test_a_subscription_the_broker_refuses_is_reported_in_one_line(broker_factor
     cfg = sink_config(tmp_path / "s", b, username="device", password_env="TEST_MQTT_PW")
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg)
+    channel.start()
     try:
         assert sink.wait_connected(10), sink.connection_state()
         assert wait_until(lambda: any("refused the subscription" in r.getMessage() for r in caplog.records))

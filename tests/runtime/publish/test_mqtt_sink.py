@@ -150,6 +150,7 @@ def test_commands_reach_the_handler_and_bad_ones_are_answered(broker, tmp_path):
 
     sink = MqttSink(sink_config(tmp_path / "state", broker))
     channel = CommandChannel(sink.session, sink_config(tmp_path / "state", broker), handle)
+    channel.start()
     col = Collector(broker, topic="emotion/dev1/events", client_id="events").start()
     assert sink.wait_connected(5)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="operator")

@@ -116,6 +116,7 @@ def test_the_plain_switch_goes_through_the_command_guards(broker, tmp_path):
     ran: list[dict] = []
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg, lambda cmd: ran.append(cmd) or {"event": "command"})
+    channel.start()
     col = Collector(broker, topic="emotion/dev1/events", client_id="guards").start()
     try:
         assert sink.wait_subscribed(10)

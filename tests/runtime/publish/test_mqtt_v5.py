@@ -211,6 +211,7 @@ def test_commands_answer_the_response_topic_with_the_correlation_data(broker, tm
         return body
 
     channel = CommandChannel(sink.session, cfg, handler)
+    channel.start()
     replies = V5Subscriber(broker, "requester/replies/#", "requester").start()
     events = Collector(broker, topic="emotion/dev1/events").start()
     try:
@@ -247,6 +248,7 @@ def test_a_wildcard_response_topic_is_not_answered_and_keeps_the_session(broker,
     sink = MqttSink(cfg)
     channel = CommandChannel(sink.session, cfg, lambda cmd: {"event": "command", "track_id": None,
                                                              "command": cmd["command"], "ok": True, "detail": "done"})
+    channel.start()
     replies = V5Subscriber(broker, "requester/#", "requester-w").start()
     try:
         assert sink.wait_subscribed(10)

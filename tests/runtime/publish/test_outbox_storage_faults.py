@@ -82,12 +82,34 @@ def test_a_full_disk_keeps_messages_in_memory_and_the_disk_takes_over_again(smal
         box.spill_stale()
         assert box.on_disk() == box.pending()
         lines = _fault_lines(caplog)
-        assert len(lines) == 2 and "takes writes again" in lines[1] and f"{dropped} faces" in lines[1], lines
+        assert len(lines) == 2 and "takes writes again" in lines[1], lines
+        assert lines[1].endswith(f"; {dropped} message(s) were dropped meanwhile ({dropped} faces)"), lines
     box.close()
     reopened = Outbox(mnt / "outbox.db")
     assert reopened.pending() == 405 - dropped and reopened.dropped() == dropped  # the drops were saved too
     assert _add(reopened, "events") == seqs[-1] + 1
     reopened.close()
+
+
+def test_when_only_other_kinds_are_left_they_go_too_and_the_recovery_line_counts_each_kind(small_disk, caplog,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(outbox_faults, "FAULT_MEMORY_MAX", 100)
+    mnt = small_disk
+    box = Outbox(mnt / "outbox.db", memory_s=0.0)
+    filler = _fill(mnt)
+    with caplog.at_level(logging.INFO, logger="edge.runtime.publish.outbox"):
+        for _ in range(10):
+            _add(box, "faces")
+        for _ in range(120):
+            _add(box, "status")
+        # 130 waited, the bound is 100: the 10 faces went first, then the 20 oldest status messages.
+        assert box.dropped() == 30 and [m.kind for m in box.peek(0, 1000)] == ["status"] * 100
+        os.unlink(filler)
+        box.spill_stale()
+        lines = _fault_lines(caplog)
+        assert len(lines) == 2 and "takes writes again" in lines[1], lines
+        assert lines[1].endswith("; 30 message(s) were dropped meanwhile (20 status, 10 faces)"), lines
+    box.close()
 
 
 def test_acknowledged_messages_are_not_sent_again_while_the_disk_refuses_to_delete_them(small_disk, caplog):
