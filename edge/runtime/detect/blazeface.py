@@ -153,21 +153,25 @@ class BlazeFaceDetector:
         h, w = image.shape[:2]
         sampler, kx, ky, ox, oy, rows = self._map(w, h)
         warped = self._warped1 if image.ndim == 2 else self._warped3
+        # BGR to the model's RGB on the small 128x128 result rather than on the whole frame: in the strided copy
+        # itself where the tensor is a subsampling, else on the sampler's output.
+        rgb = warped
         if rows is not None:
             first, count = rows
             k = round(kx)
             warped[:first] = 0  # BORDER_ZERO letterbox bands
             warped[first + count :] = 0
-            warped[first : first + count] = image[::k, ::k]
+            warped[first : first + count] = image[::k, ::k] if image.ndim == 2 else image[::k, ::k, ::-1]
         else:
             sampler(image, warped)
-        # Gray: replicate the one warped channel (what MediaPipeDetector's GRAY2RGB before the warp gives).
-        # BGR: swap channels on the small 128x128 result rather than on the whole frame. Then to float, written
-        # straight into the input buffer.
+            if image.ndim == 3:
+                rgb = warped[:, :, ::-1]
+        # Gray: replicate the one warped channel (what MediaPipeDetector's GRAY2RGB before the warp gives). Then
+        # to float, written straight into the input buffer.
         if image.ndim == 2:
             self._input[0] = self._to_float[warped][:, :, None]
         else:
-            np.take(self._to_float, warped[:, :, ::-1], out=self._input[0])
+            np.take(self._to_float, rgb, out=self._input[0])
         return kx, ky, ox, oy
 
     def detect(self, image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> list[Detection]:
