@@ -16,7 +16,8 @@ JPEG, exposure, contrast, roll, shift, tight and loose crops) each bundle is sco
 
 A face the detector misses is fed as it is (the 48x48 variant) in both device configurations, so they stay
 paired; the detection rate is printed. Also printed: the eye-line roll BlazeFace measures on the clean FER2013
-faces (how far from level the training faces are). Every model runs through
+faces (how far from level the training faces are). Labels are the FER+ crowd majority where ``ferplus.npz``
+lies beside the data, FER2013's own with ``--truth fer2013`` (``peer_fer.load_data``). Every model runs through
 :class:`edge.runtime.classify.classifier.Classifier` (int8 LiteRT, 1 thread); no TensorFlow. Run::
 
     PYTHONPATH=. nice -n 10 python3 benchmarks/generalisation.py [--model BUNDLE ...] [--data FILE.npz] \

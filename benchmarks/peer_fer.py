@@ -14,6 +14,10 @@ fer's preprocessing, copied from ``fer/fer.py``: ``cv2.resize`` of the grayscale
 bilinear), ``/255``, ``(x - 0.5) * 2`` (i.e. [-1, 1]); labels 0..6 = angry, disgust, fear, happy, sad,
 surprise, neutral (``FER._get_labels``; checked at run time against the data's label order).
 
+Labels are the FER+ crowd majority where ``ferplus.npz`` lies beside the data (faces without a unique
+majority left out), FER2013's own with ``--truth fer2013`` (:func:`load_data`, which the other accuracy
+benchmarks share).
+
 Prints a markdown table (accuracy, macro-F1, p50/p90 ms per face) and the command. Needs TensorFlow (for
 fer's Keras model) and ``fer`` (see benchmarks/README.md for the venv it lives in). Run::
 

@@ -7,7 +7,9 @@ from the bundle's manifest). This script runs the device classifier
 (:class:`edge.runtime.classify.classifier.Classifier`, int8 LiteRT, 1 thread) on the FER2013 validation faces
 for each ``tau`` of a grid and prints accuracy, macro-F1 and every class's recall, marks the ``tau`` with the
 best macro-F1, and checks that choice on held-out faces (chosen on a random half of the faces, scored on the
-other half, for 20 halvings), since a ``tau`` picked and scored on the same faces flatters itself. Run::
+other half, for 20 halvings), since a ``tau`` picked and scored on the same faces flatters itself. Labels are
+the FER+ crowd majority where ``ferplus.npz`` lies beside the data, FER2013's own with ``--truth fer2013``
+(``peer_fer.load_data``). Run::
 
     PYTHONPATH=. nice -n 10 python3 benchmarks/prior_correction.py [--model BUNDLE] [--data FILE.npz] \
         [--taus 0,0.25,0.5,0.75,1] [--limit N] [--json OUT.json]

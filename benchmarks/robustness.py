@@ -5,7 +5,8 @@ smaller (far from the lens), blurred (focus, motion), noisy and dark (low light)
 rolled (head tilt) and cropped a little off by the detector. This script applies one such change at a time to
 every validation face, with a fixed seed so every model sees the very same corrupted faces, and reports the
 accuracy and macro-F1 of each model on each variant, its drop against the clean faces, and the mean over all
-corruptions (a small FER2013 analogue of ImageNet-C).
+corruptions (a small FER2013 analogue of ImageNet-C). Labels are the FER+ crowd majority where ``ferplus.npz``
+lies beside the data, FER2013's own with ``--truth fer2013`` (``peer_fer.load_data``).
 
 Models run the way the device runs them: our bundles through :class:`edge.runtime.classify.classifier.Classifier` (the shared
 ``quantize_input`` + LiteRT, batched, 1 thread); with ``--fer`` the ``fer`` package's TFLite mini-Xception
