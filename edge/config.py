@@ -177,9 +177,9 @@ class ClassifierConfig(_Section):
     flip_tta: bool = Field(False, description="Average each face with its mirror image (2x classifier cost).")
     align_eyes: bool = Field(
         True, description="Turn each face so its eyes are level before the crop, with the detector's eye "
-        "keypoints (BlazeFace; Haar and MediaPipe give none, so their faces are never turned). On FER2013 val "
-        "(benchmarks/generalisation.py) it changes nothing on upright faces and wins 1.6 pp on heads rolled 15 "
-        "degrees, 5 pp on 30 degrees."
+        "keypoints (BlazeFace; Haar and MediaPipe give none, so their faces are never turned). It changes little on "
+        "upright faces and gives back most of what a rolled head costs (benchmarks/generalisation.py; its numbers "
+        "are in benchmarks/README.md)."
     )
     prior_correction: float = Field(
         0.0, description="Strength tau of the class-prior correction: each face's probabilities are divided by the "
