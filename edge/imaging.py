@@ -158,32 +158,36 @@ def resize(image: np.ndarray, width: int, height: int, opencv: bool = True) -> n
 
 
 def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Sum of every ``th`` x ``tw`` window of ``a`` (valid positions), from its integral image."""
+    """Sum of every ``th`` x ``tw`` window of ``a`` (valid positions), from its integral image (in float64: a
+    float32 running sum loses the small differences the correlation's variance is made of)."""
     ii = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.float64)
-    ii[1:, 1:] = a.cumsum(0).cumsum(1)
+    ii[1:, 1:] = a.cumsum(0, dtype=np.float64).cumsum(1)
     return ii[th:, tw:] - ii[:-th, tw:] - ii[th:, :-tw] + ii[:-th, :-tw]
 
 
 def match_template(image: np.ndarray, template: np.ndarray, opencv: bool = True) -> np.ndarray:
-    """The normalised cross-correlation of a zero-mean ``template`` (th x tw float32) with every th x tw window of
-    ``image`` (float32), in [-1, 1], (H - th + 1) x (W - tw + 1): ``cv2.matchTemplate(..., TM_CCOEFF_NORMED)``,
-    which runs it when ``opencv`` and it is installed. A flat window (no variance) correlates 0 with anything.
+    """The normalised cross-correlation of ``template`` (th x tw float32, its mean taken out) with every th x tw
+    window of ``image`` (float32), in [-1, 1], (H - th + 1) x (W - tw + 1): ``cv2.matchTemplate(...,
+    TM_CCOEFF_NORMED)``, which runs it when ``opencv`` and it is installed.
 
-    A template matcher compares a face with its neighbourhood on every carried frame; OpenCV does it in one call,
-    the numpy path in about fifteen (the same values to float32 rounding, tests/test_imaging.py).
+    The numpy path follows OpenCV's rules: a window whose variance is within float rounding of none (flat)
+    correlates 0 with anything; a ratio that rounding pushed a little past 1 (up to 1.125) is 1, and one further
+    out is 0. A template matcher compares a face with its neighbourhood on every carried frame; OpenCV does it in
+    one call, the numpy path in about fifteen (the same values to float32 rounding, tests/test_imaging.py).
     """
     th, tw = template.shape
     cv2 = _cv2() if opencv else None
     if cv2 is not None:
         return cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
-    num = np.tensordot(sliding_window_view(image, (th, tw)), template, axes=([2, 3], [0, 1]))
-    # Window sums and sums of squares from integral images: the variance term of the correlation's denominator.
+    t = template.astype(np.float64) - template.mean(dtype=np.float64)
+    num = np.tensordot(sliding_window_view(image, (th, tw)), t, axes=([2, 3], [0, 1]))
     total, squares = _window_sums(image, th, tw), _window_sums(image.astype(np.float64) ** 2, th, tw)
-    var = squares - total * total / (th * tw)
-    norm = float(np.sqrt(np.square(template, dtype=np.float64).sum()))
-    flat = var <= 1e-6 * th * tw
-    ncc = np.clip(num / (np.sqrt(np.maximum(var, 1e-12)) * max(norm, 1e-12)), -1.0, 1.0)
-    return np.where(flat, 0.0, ncc).astype(np.float32)
+    var = np.maximum(squares - total * total / (th * tw), 0.0)
+    flat = var <= np.minimum(0.5, 10 * np.finfo(np.float32).eps * squares)
+    denom = np.where(flat, 0.0, np.sqrt(var) * float(np.sqrt((t * t).sum())))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncc = np.where(np.abs(num) < denom, num / denom, np.where(np.abs(num) < 1.125 * denom, np.sign(num), 0.0))
+    return ncc.astype(np.float32)
 
 
 #: OpenCV's fixed point for warps, kept so that the tensors are its tensors bit for bit: map coordinates in 1/1024

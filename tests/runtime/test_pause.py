@@ -176,7 +176,8 @@ def test_the_switch_command_pauses_through_the_broker_and_the_state_is_retained(
     d, t = start(cfg, camera, sink, stack, session=sink.session)
     client = Collector(broker, topic="emotion/pause-dev/events", client_id="ha-switch").start()
     try:
-        assert sink.wait_subscribed(10) and wait_until(lambda: camera.reads > 3)
+        # The run subscribes the command topic as it starts: frames read first, then the subscription acknowledged.
+        assert wait_until(lambda: camera.reads > 3) and sink.wait_subscribed(10)
         # What Home Assistant's privacy switch sends (its payload_on).
         client.client.publish("emotion/pause-dev/command", '{"command":"pause"}', qos=1).wait_for_publish(5)
         assert client.wait_for(lambda c: any(e.get("command") == "pause" and e["ok"] for e in c.envelopes("events")))

@@ -56,6 +56,7 @@ def test_strict_types_empty_strings_and_ranges_are_refused_naming_the_key(data, 
         ("", "must not be empty"),
         ("$SYS/ha", "must not start with '$'"),
         ("h\u0000a", "must not contain control characters"),
+        ("x" * 65001, "must be at most 65000 bytes"),
     ],
 )
 def test_a_discovery_prefix_is_checked_as_the_topic_prefix_is_in_one_line(value, text):

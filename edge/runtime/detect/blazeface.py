@@ -155,7 +155,7 @@ class BlazeFaceDetector:
         warped = self._warped1 if image.ndim == 2 else self._warped3
         # BGR to the model's RGB on the small 128x128 result rather than on the whole frame: in the strided copy
         # itself where the tensor is a subsampling, else on the sampler's output.
-        rgb = warped
+        rgb = warped  # what the lookup reads: the warped image, or its channels reversed (sampler path, BGR)
         if rows is not None:
             first, count = rows
             k = round(kx)

@@ -77,7 +77,7 @@ def _template(image: np.ndarray, det: Detection, scale: tuple[float, float]) -> 
         return None
     t = _sample(image, x0, y0, tw, th, step)
     t -= t.mean()
-    if float((t * t).sum()) < 1e-6:  # a flat patch matches anything
+    if float((t * t).sum()) < 1e-6:  # a flat patch has nothing to locate (it correlates 0 everywhere)
         return None
     return _Carried(det, t, th, tw, step, x0, y0)
 

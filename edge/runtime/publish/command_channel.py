@@ -127,6 +127,11 @@ class CommandChannel:
         self._inbound: GuardedInbound[_Item] | None = None
 
     @property
+    def _open(self) -> bool:
+        """Whether the channel answers: started and not closed (a late answer after close is not sent)."""
+        return self._inbound is not None and not self._inbound.closed
+
+    @property
     def dropped(self) -> int:
         """Messages dropped unanswered by the rate limit since start (0 before it)."""
         return self._inbound.dropped if self._inbound is not None else 0
@@ -144,11 +149,22 @@ class CommandChannel:
 
     def start(self) -> None:
         """Start the worker and subscribe the command topic and the pause switch (the
-        :class:`edge.runtime.extension.Extension` protocol); called once."""
-        self._inbound = GuardedInbound(self._session, self._limits, self._run, self._refused, log, "mqtt-commands")
-        # The plain switch shares the command topic's rate (gated before parsing too), size bound and queue.
-        self._inbound.listen(self._command_topic, self._parse_command)
-        self._inbound.listen(self._switch_topic, self._parse_switch)
+        :class:`edge.runtime.extension.Extension` protocol).
+
+        Raises:
+            RuntimeError: The channel was started before (a second worker would answer every command twice).
+        """
+        if self._inbound is not None:
+            raise RuntimeError("the command channel is started already")
+        inbound = GuardedInbound(self._session, self._limits, self._run, self._refused, log, "mqtt-commands")
+        try:
+            # The plain switch shares the command topic's rate (gated before parsing too), size bound and queue.
+            inbound.listen(self._command_topic, self._parse_command)
+            inbound.listen(self._switch_topic, self._parse_switch)
+        except BaseException:
+            inbound.close(0)  # the run stops only extensions that started: this worker must not outlive it
+            raise
+        self._inbound = inbound
 
     def stop(self) -> None:
         """:meth:`close` (the :class:`edge.runtime.extension.Extension` protocol)."""
@@ -156,8 +172,9 @@ class CommandChannel:
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop answering and end the worker after the command in progress (nothing to do before :meth:`start`)."""
-        if self._inbound is not None:
-            self._inbound.close(timeout)
+        inbound = self._inbound
+        if inbound is not None and not inbound.closed:  # a second close has nothing left to wait for
+            inbound.close(timeout)
 
     def _parse_command(self, topic: str, payload: bytes, properties: Properties | None) -> _Item:
         return parse_command(payload, self.max_bytes), self._reply_to(properties)
@@ -190,7 +207,7 @@ class CommandChannel:
         if not ok:
             self._log.warning(f"refused {event['code']}", "MQTT command %s not done (%s): %s", event["command"],
                               event["code"], event["detail"])
-        if self._inbound is None or self._inbound.closed:
+        if not self._open:
             return
         try:
             self._session.publish("events", event)
@@ -201,7 +218,7 @@ class CommandChannel:
     def _send_reply(self, reply: Reply | None, body: dict[str, Any] | None) -> None:
         """The MQTT 5 response to a command: its event body, to the requester's topic, not through the outbox (it
         takes no seq: subscribers of the device's topics never see a gap for it)."""
-        if reply is None or body is None or self._inbound is None or self._inbound.closed:
+        if reply is None or body is None or not self._open:
             return
         props = Properties(PacketTypes.PUBLISH)
         if reply[1] is not None:

@@ -135,7 +135,8 @@ class StorageFaults:
         faces = [m for m in self._memory if m.kind == DROP_FIRST_KIND][:over + FAULT_MEMORY_MAX // 100]
         gone = {m.seq for m in faces}
         kept = deque(m for m in self._memory if m.seq not in gone)
-        self._fault_dropped[DROP_FIRST_KIND] += len(faces)
+        if faces:  # a kind that lost nothing is not named in the recovery line
+            self._fault_dropped[DROP_FIRST_KIND] += len(faces)
         while len(kept) > FAULT_MEMORY_MAX:
             self._fault_dropped[kept.popleft().kind] += 1
         n = len(self._memory) - len(kept)

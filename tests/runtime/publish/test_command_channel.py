@@ -33,3 +33,19 @@ def test_building_the_channel_subscribes_nothing_and_start_subscribes_both_topic
     finally:
         channel.stop()
     assert not worker.is_alive()
+
+
+def test_a_second_start_is_refused_and_a_second_close_returns_at_once(tmp_path):
+    session = RecordingSession()
+    before = _workers()
+    channel = CommandChannel(session, sink_config(tmp_path / "state", None), lambda cmd: None)
+    channel.start()
+    try:
+        with pytest.raises(RuntimeError, match="started already"):
+            channel.start()
+        assert session.subscribed == ["emotion/dev1/command", "emotion/dev1/paused/set"]  # subscribed once
+        assert len([t for t in _workers() if t not in before]) == 1
+    finally:
+        channel.stop()
+    channel.close(timeout=30)  # nothing left to wait for: a second close does not wait out its timeout
+    assert [t for t in _workers() if t not in before and t.is_alive()] == []

@@ -112,6 +112,22 @@ def test_when_only_other_kinds_are_left_they_go_too_and_the_recovery_line_counts
     box.close()
 
 
+def test_the_recovery_line_names_only_the_kinds_that_lost_messages(small_disk, caplog, monkeypatch):
+    monkeypatch.setattr(outbox_faults, "FAULT_MEMORY_MAX", 100)
+    mnt = small_disk
+    box = Outbox(mnt / "outbox.db", memory_s=0.0)
+    filler = _fill(mnt)
+    with caplog.at_level(logging.INFO, logger="edge.runtime.publish.outbox"):
+        for _ in range(105):  # an empty room: no faces messages to drop first
+            _add(box, "status")
+        assert box.dropped() == 5
+        os.unlink(filler)
+        box.spill_stale()
+        lines = _fault_lines(caplog)
+        assert lines[1].endswith("; 5 message(s) were dropped meanwhile (5 status)"), lines
+    box.close()
+
+
 def test_acknowledged_messages_are_not_sent_again_while_the_disk_refuses_to_delete_them(small_disk, caplog):
     mnt = small_disk
     box = Outbox(mnt / "outbox.db")
