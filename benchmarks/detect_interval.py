@@ -10,7 +10,8 @@ carrying in between, ``--min-match``) and the device classifier (eye alignment, 
 of every frame. Per setting it prints:
 
 * ``acc seen``: accuracy of the frames where a box covers the face (IoU >= 0.3 with its true square), the frame's
-  own probabilities' top class against the FER2013 label (what carrying costs the classifier);
+  own probabilities' top class against the face's label (``--truth``: the FER+ crowd majority where
+  ``ferplus.npz`` lies beside the data, else FER2013's own; what carrying costs the classifier);
 * ``acc all``: the same over every face frame, a frame without such a box counting as wrong (adds the cost of the
   entering delay);
 * frames from a face's first frame to its first box: mean, p90, max;
@@ -34,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from model_latency import DEFAULT_FACES
-from peer_fer import PeerError, load_data
+from peer_fer import PeerError, add_truth_flag, load_data
 from robustness import CORRUPTIONS, corrupt
 
 from edge.bundle import default_bundle_dir
@@ -164,11 +165,11 @@ def run(every: int, faces: np.ndarray, labels: np.ndarray, clf: Classifier, args
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every setting on every variant and print a markdown table."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: settings, faces, stream and labels."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="Bundle (default: the shipped one).")
-    ap.add_argument("--data", type=Path, default=DEFAULT_FACES, help="FER2013 .npz (x, y).")
+    ap.add_argument("--data", type=Path, default=DEFAULT_FACES, help="FER2013 .npz (x, y); ferplus.npz beside it gives the labels (--truth).")
     ap.add_argument("--limit", type=int, default=1000, help="Faces (clips) per setting.")
     ap.add_argument("--every", type=int, nargs="+", default=[1, 2, 3, 5, 8], help="Detector intervals to compare.")
     ap.add_argument("--variant", nargs="+", default=["clean"], choices=sorted(CORRUPTIONS), help="Face corruptions.")
@@ -182,9 +183,15 @@ def main(argv: list[str] | None = None) -> int:
                          "frame: the others then enter beside a carried face and wait for the detector's schedule "
                          "(use --upscale 3 to leave them room to move).")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
-    args = ap.parse_args(argv)
+    add_truth_flag(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every setting on every variant and print a markdown table."""
+    args = build_parser().parse_args(argv)
     try:
-        x, y = load_data(args.data, args.limit)
+        x, y = load_data(args.data, args.limit, args.truth)
     except PeerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

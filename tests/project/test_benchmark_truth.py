@@ -16,7 +16,7 @@ from tests.support.paths import REPO
 from train_export.data.ferplus import FERPLUS_COLUMNS
 
 BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("peer_fer", "robustness", "generalisation", "prior_correction", "calibration")
+SCRIPTS = ("peer_fer", "robustness", "generalisation", "prior_correction", "calibration", "detect_interval")
 
 
 @pytest.fixture
