@@ -148,7 +148,7 @@ class DetectorConfig(_Section):
     threads: int = Field(2, description="Interpreter threads of the BlazeFace detector (the detector is most of a "
                          "frame's work: 2 threads take it from about 1.3 to 0.8 ms a frame on a 2-core x86).", ge=1, le=8)
     every_n_frames: int = Field(
-        5, description="Run the detector on one frame in this many and carry each face in between by matching its "
+        3, description="Run the detector on one frame in this many and carry each face in between by matching its "
         "last detected patch near its previous place (the classifier still runs on every frame). The detector also "
         "runs at once when a carried face no longer matches (min_match), and on every frame while no face is seen. "
         "A face that enters beside a carried one is found within this many frames; 1 detects on every frame. "
