@@ -32,6 +32,8 @@ from edge.version import opencv_missing
 _GRAY_BGR_15BIT = (3735, 19235, 9798)
 
 Border = Literal["replicate", "zero"]
+#: Ten float32 epsilons: OpenCV's template matcher calls a window flat below this share of its sum of squares.
+_FLT_EPSILON_10 = 10 * float(np.finfo(np.float32).eps)
 
 
 @functools.cache
@@ -158,33 +160,35 @@ def resize(image: np.ndarray, width: int, height: int, opencv: bool = True) -> n
 
 
 def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Sum of every ``th`` x ``tw`` window of ``a`` (valid positions), from its integral image (in float64: a
-    float32 running sum loses the small differences the correlation's variance is made of)."""
-    ii = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.float64)
-    ii[1:, 1:] = a.cumsum(0, dtype=np.float64).cumsum(1)
-    return ii[th:, tw:] - ii[:-th, tw:] - ii[th:, :-tw] + ii[:-th, :-tw]
+    """Sums of every ``th`` x ``tw`` window (valid positions) of each image of the stack ``a`` (K x H x W), from
+    their integral images (in float64: a float32 running sum loses the small differences the correlation's
+    variance is made of)."""
+    ii = np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2] + 1), np.float64)
+    ii[:, 1:, 1:] = a.cumsum(1, dtype=np.float64).cumsum(2)
+    return ii[:, th:, tw:] - ii[:, :-th, tw:] - ii[:, th:, :-tw] + ii[:, :-th, :-tw]
 
 
 def match_template(image: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """The normalised cross-correlation of ``template`` (th x tw float32, its mean taken out) with every th x tw
-    window of ``image`` (float32), in [-1, 1], (H - th + 1) x (W - tw + 1): what ``cv2.matchTemplate(...,
-    TM_CCOEFF_NORMED)`` gives, to float32 rounding (tests/test_imaging.py), by OpenCV's rules: a window whose
-    variance is within float rounding of none (flat) correlates 0 with anything; a ratio that rounding pushed a
-    little past 1 (up to 1.125) is 1, and one further out is 0.
+    """The normalised cross-correlation of ``template`` (th x tw float32) with every th x tw window of ``image``
+    (float32), in [-1, 1], (H - th + 1) x (W - tw + 1): what ``cv2.matchTemplate(..., TM_CCOEFF_NORMED)`` gives, to
+    float32 rounding (tests/test_imaging.py). As there, the template's mean is taken out, and a window whose
+    variance is within float rounding of none (flat) correlates 0 with anything.
 
-    Numpy even where OpenCV is installed: on a carried frame's small search region OpenCV's call saves about
-    0.05 ms but its first use maps about 2.6 MB more of the library into the daemon's memory.
+    Numpy even where OpenCV is installed: on a carried frame's small search region OpenCV's call saves little
+    but its first use maps about 2.6 MB more of the library into the daemon's memory.
     """
     th, tw = template.shape
-    t = template.astype(np.float64) - template.mean(dtype=np.float64)
+    t = template - np.float32(template.mean())
     num = np.tensordot(sliding_window_view(image, (th, tw)), t, axes=([2, 3], [0, 1]))
-    total, squares = _window_sums(image, th, tw), _window_sums(image.astype(np.float64) ** 2, th, tw)
-    var = np.maximum(squares - total * total / (th * tw), 0.0)
-    flat = var <= np.minimum(0.5, 10 * np.finfo(np.float32).eps * squares)
-    denom = np.where(flat, 0.0, np.sqrt(var) * float(np.sqrt((t * t).sum())))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ncc = np.where(np.abs(num) < denom, num / denom, np.where(np.abs(num) < 1.125 * denom, np.sign(num), 0.0))
-    return ncc.astype(np.float32)
+    # Window sums and sums of squares, for the variance term of the correlation's denominator.
+    image64 = image.astype(np.float64)
+    total, squares = _window_sums(np.stack([image64, image64 * image64]), th, tw)
+    var = squares - total * total / (th * tw)
+    flat = var <= np.minimum(0.5, _FLT_EPSILON_10 * squares)  # OpenCV's bound
+    var[flat] = 1.0
+    ncc = num / (np.sqrt(var) * np.sqrt(float(np.dot(t.ravel(), t.ravel()))))
+    ncc[flat] = 0.0
+    return np.clip(ncc, -1.0, 1.0, out=ncc).astype(np.float32, copy=False)
 
 
 #: OpenCV's fixed point for warps, kept so that the tensors are its tensors bit for bit: map coordinates in 1/1024
