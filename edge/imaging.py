@@ -12,7 +12,7 @@ runs these on every frame.
 Where OpenCV is installed (the ``[opencv]`` extra, which USB cameras, files and streams need anyway), each function
 runs the same operation through it instead (``opencv=True``, the default): the same pixels (tests/test_imaging.py
 holds the numpy path to OpenCV's; a linear enlargement within one grey level), about four times faster per face (benchmarks/imaging_speed.py). A Pi camera
-install without OpenCV runs the numpy path. A part that cannot run without OpenCV (other sources, the Haar and
+install without OpenCV runs the numpy path. :func:`match_template` is numpy everywhere (its docstring says why). A part that cannot run without OpenCV (other sources, the Haar and
 MediaPipe detectors, the debug preview) asks for it through :func:`require_opencv`, which refuses it in one line.
 """
 
@@ -186,8 +186,12 @@ def match_template(image: np.ndarray, template: np.ndarray) -> np.ndarray:
     var = squares - total * total / (th * tw)
     flat = var <= np.minimum(0.5, _FLT_EPSILON_10 * squares)  # OpenCV's bound
     var[flat] = 1.0
-    ncc = num / (np.sqrt(var) * np.sqrt(float(np.dot(t.ravel(), t.ravel()))))
+    t_squares = float(np.dot(t.ravel(), t.ravel()))
+    if t_squares <= 1e-12:  # a flat template locates nothing: it correlates 0 everywhere (never a NaN to argmax)
+        return np.zeros(var.shape, np.float32)
+    ncc = num / (np.sqrt(var) * np.sqrt(t_squares))
     ncc[flat] = 0.0
+    # Rounding can push a ratio a hair past 1 (OpenCV snaps those within 1.125 to 1; none get further here).
     return np.clip(ncc, -1.0, 1.0, out=ncc).astype(np.float32, copy=False)
 
 

@@ -120,3 +120,5 @@ def test_a_flat_window_correlates_zero_with_anything():
     for ncc in (imaging.match_template(region, template), cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)):
         assert np.all(ncc[:, :6] == 0)  # windows wholly in the flat part
         assert ncc[:, -1].max() == pytest.approx(1.0, abs=1e-5)  # the ramp matches the ramp
+    # a flat template has nothing to find: 0 everywhere, not NaN
+    assert np.array_equal(imaging.match_template(region, np.full((6, 6), 7, np.float32)), np.zeros((15, 15), np.float32))
