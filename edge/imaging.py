@@ -19,6 +19,7 @@ MediaPipe detectors, the debug preview) asks for it through :func:`require_openc
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
@@ -168,28 +169,47 @@ def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
     return ii[:, th:, tw:] - ii[:, :-th, tw:] - ii[:, th:, :-tw] + ii[:, :-th, :-tw]
 
 
-def match_template(image: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """The normalised cross-correlation of ``template`` (th x tw float32) with every th x tw window of ``image``
-    (float32), in [-1, 1], (H - th + 1) x (W - tw + 1): what ``cv2.matchTemplate(..., TM_CCOEFF_NORMED)`` gives, to
-    float32 rounding (tests/test_imaging.py). As there, the template's mean is taken out, and a window whose
-    variance is within float rounding of none (flat) correlates 0 with anything.
+@dataclass(frozen=True)
+class Template:
+    """A patch prepared once for :func:`match_template`: its samples (float32) with their mean taken out, as OpenCV
+    takes it out, and their root sum of squares. A tracker matches one patch on many frames; this is the part that
+    does not change from frame to frame."""
+
+    values: np.ndarray
+    norm: float
+
+    @classmethod
+    def of(cls, patch: np.ndarray) -> Template:
+        """The template of ``patch`` (th x tw)."""
+        t = patch.astype(np.float32) - np.float32(patch.mean())
+        return cls(t, float(np.sqrt(np.dot(t.ravel(), t.ravel()))))
+
+    @property
+    def flat(self) -> bool:
+        """Whether the patch is (within rounding) one grey level: it locates nothing, correlating 0 everywhere."""
+        return self.norm < 1e-3
+
+
+def match_template(image: np.ndarray, template: Template) -> np.ndarray:
+    """The normalised cross-correlation of ``template`` with every window of its size in ``image`` (float32), in
+    [-1, 1], (H - th + 1) x (W - tw + 1): what ``cv2.matchTemplate(..., TM_CCOEFF_NORMED)`` gives, to float32
+    rounding (tests/test_imaging.py). As there, a window whose variance is within float rounding of none (flat)
+    correlates 0 with anything, and so does a flat template.
 
     Numpy even where OpenCV is installed: on a carried frame's small search region OpenCV's call saves little
     but its first use maps about 2.6 MB more of the library into the daemon's memory.
     """
-    th, tw = template.shape
-    t = template - np.float32(template.mean())
-    num = np.tensordot(sliding_window_view(image, (th, tw)), t, axes=([2, 3], [0, 1]))
+    th, tw = template.values.shape
+    if template.flat:  # never a NaN to argmax
+        return np.zeros((image.shape[0] - th + 1, image.shape[1] - tw + 1), np.float32)
+    num = np.tensordot(sliding_window_view(image, (th, tw)), template.values, axes=([2, 3], [0, 1]))
     # Window sums and sums of squares, for the variance term of the correlation's denominator.
     image64 = image.astype(np.float64)
     total, squares = _window_sums(np.stack([image64, image64 * image64]), th, tw)
     var = squares - total * total / (th * tw)
     flat = var <= np.minimum(0.5, _FLT_EPSILON_10 * squares)  # OpenCV's bound
     var[flat] = 1.0
-    t_squares = float(np.dot(t.ravel(), t.ravel()))
-    if t_squares <= 1e-12:  # a flat template locates nothing: it correlates 0 everywhere (never a NaN to argmax)
-        return np.zeros(var.shape, np.float32)
-    ncc = num / (np.sqrt(var) * np.sqrt(t_squares))
+    ncc = num / (np.sqrt(var) * template.norm)
     ncc[flat] = 0.0
     # Rounding can push a ratio a hair past 1 (OpenCV snaps those within 1.125 to 1; none get further here).
     return np.clip(ncc, -1.0, 1.0, out=ncc).astype(np.float32, copy=False)

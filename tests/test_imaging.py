@@ -103,22 +103,24 @@ def test_template_matching_is_opencvs_normalised_correlation(face):
     region = gray[4:32, 6:36].copy()
     template = gray[10:26, 12:28].copy()
     template -= template.mean()
-    ncc = imaging.match_template(region, template)
+    ncc = imaging.match_template(region, imaging.Template.of(template))
     ref = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
     assert ncc.shape == ref.shape == (13, 15)
     np.testing.assert_allclose(ncc, ref, atol=1e-4)
     assert np.unravel_index(int(np.argmax(ncc)), ncc.shape) == (6, 6)  # where the template was cut
     assert ncc.max() == pytest.approx(1.0, abs=1e-5)
     # OpenCV takes the template's mean out itself, and so does the numpy path
-    np.testing.assert_allclose(imaging.match_template(region, template + 40), ref, atol=1e-4)
+    np.testing.assert_allclose(imaging.match_template(region, imaging.Template.of(template + 40)), ref, atol=1e-4)
 
 
 def test_a_flat_window_correlates_zero_with_anything():
     region = np.full((20, 20), 90, np.float32)
     region[:, 12:] = np.arange(8, dtype=np.float32) * 10  # a ramp on the right, flat on the left
     template = np.tile(np.arange(6, dtype=np.float32) - 2.5, (6, 1))
-    for ncc in (imaging.match_template(region, template), cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)):
+    for ncc in (imaging.match_template(region, imaging.Template.of(template)),
+                cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)):
         assert np.all(ncc[:, :6] == 0)  # windows wholly in the flat part
         assert ncc[:, -1].max() == pytest.approx(1.0, abs=1e-5)  # the ramp matches the ramp
     # a flat template has nothing to find: 0 everywhere, not NaN
-    assert np.array_equal(imaging.match_template(region, np.full((6, 6), 7, np.float32)), np.zeros((15, 15), np.float32))
+    flat = imaging.Template.of(np.full((6, 6), 7, np.float32))
+    assert flat.flat and np.array_equal(imaging.match_template(region, flat), np.zeros((15, 15), np.float32))

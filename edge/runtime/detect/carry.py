@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.imaging import match_template
+from edge.imaging import Template, match_template
 from edge.runtime.detect.base import Detection, FaceDetector
 
 #: Template side in samples: a face is matched on a grid of about this many samples across its detector box.
@@ -55,7 +55,7 @@ class _Carried:
     """One face being carried: its last detection, its template and where that template sits."""
 
     det: Detection
-    template: np.ndarray  # zero-mean samples, th x tw
+    template: Template  # the samples of the last detection's box, th x tw
     th: int
     tw: int
     step: int  # sample spacing in detection-image pixels
@@ -75,11 +75,10 @@ def _template(image: np.ndarray, det: Detection, scale: tuple[float, float]) -> 
     th = min(round(h / step), (image.shape[0] - 1 - y0) // step + 1)
     if tw < TEMPLATE_SIDE // 2 or th < TEMPLATE_SIDE // 2:
         return None
-    t = _sample(image, x0, y0, tw, th, step)
-    t -= t.mean()
-    if float((t * t).sum()) < 1e-6:  # a flat patch has nothing to locate (it correlates 0 everywhere)
+    template = Template.of(_sample(image, x0, y0, tw, th, step))
+    if template.flat:  # nothing to locate: carrying it would never succeed
         return None
-    return _Carried(det, t, th, tw, step, x0, y0)
+    return _Carried(det, template, th, tw, step, x0, y0)
 
 
 def _peak(values: np.ndarray, i: int) -> float:
