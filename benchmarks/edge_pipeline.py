@@ -100,12 +100,12 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def worker_daemon(args: argparse.Namespace) -> dict:
     """The full frame loop, frame by frame, recording each stage."""
-    from edge.config import Config
+    from edge.config import parse_config
     from edge.runtime.assemble import assemble
     from edge.runtime.capture.managed import ManagedSource
 
     state = tempfile.mkdtemp(prefix="edge-bench-")
-    cfg = Config.model_validate({
+    cfg = parse_config({
         "device": {"id": "bench", "state_dir": state},
         "source": {"max_fps": 0},
         "detector": {"backend": args.detector, "threads": args.threads,

@@ -1,4 +1,4 @@
-"""Write deploy/config.example.toml from the pydantic models in edge/config.py (every option, its default, its
+"""Write deploy/config.example.toml from the dataclasses in edge/config.py (every option, its default, its
 description), so the example can never drift from the code: ``python3 deploy/gen_config_example.py``.
 
 Options whose default is computed or empty (host name, unset paths) are written commented out with an example.
@@ -6,13 +6,13 @@ Options whose default is computed or empty (host name, unset paths) are written 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from edge.config import Config
+from edge.schema import Validated, rules_of
 
 OUT = Path(__file__).resolve().parent / "config.example.toml"
 #: Example values for options whose default cannot be written in TOML (None or computed).
@@ -51,16 +51,16 @@ def toml_value(value) -> str | None:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def section(model: BaseModel, name: str, lines: list[str]) -> None:
+def section(model: Validated, name: str, lines: list[str]) -> None:
     """Append the table ``[name]`` for ``model`` (its sub-tables after its own keys)."""
     lines.append(f"[{name}]")
     nested = []
-    for key, field in type(model).model_fields.items():
-        value = getattr(model, key)
-        if isinstance(value, BaseModel):
+    for field in dataclasses.fields(model):  # type: ignore[arg-type]  # the sections are dataclasses
+        key, value = field.name, getattr(model, field.name)
+        if isinstance(value, Validated):
             nested.append((key, value))
             continue
-        for text in textwrap.wrap(field.description or "", 106):
+        for text in textwrap.wrap(rules_of(field).doc, 106):
             lines.append(f"# {text}")
         dotted = f"{name}.{key}"
         literal = toml_value(value)
@@ -85,8 +85,8 @@ def render() -> str:
         "",
     ]
     cfg = Config()
-    for key in Config.model_fields:
-        section(getattr(cfg, key), key, lines)
+    for field in dataclasses.fields(cfg):
+        section(getattr(cfg, field.name), field.name, lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Annotated, Any, Literal
 
 from edge.preprocess import PREPROCESSING_ID, Preprocessing
+from edge.schema import Invalid, Validated, option, parse
 
 #: The format train_export writes. 2 added the ``calibration`` block: a runtime that reads only 1 refuses such a
 #: bundle by its version ("upgrade the edge package") instead of by an unknown key.
@@ -34,82 +34,88 @@ class BundleError(Exception):
     """A model bundle is missing, malformed, or does not match this runtime."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _image_shape(v: list[int]) -> list[int]:
+    if len(v) != 4 or v[3] != 1 or v[1] != v[2] or v[1] < 8:
+        raise ValueError(f"expected [batch, S, S, 1] grayscale square input, got {v}")
+    return v
 
 
+def _known_version(v: int) -> int:
+    if v not in READ_VERSIONS:
+        raise ValueError(f"bundle format {v} is not supported by this runtime (reads {', '.join(map(str, READ_VERSIONS))}); "
+                         "upgrade the edge package")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Strict(Validated):
+    """A block of the manifest: unknown keys refused, frozen."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Quantization(_Strict):
     """Affine quantization of a tensor."""
 
-    scale: float = Field(description="Real value = scale * (q - zero_point).", gt=0)
-    zero_point: int = Field(description="Integer that represents real zero.")
+    scale: float = option(doc="Real value = scale * (q - zero_point).", gt=0)
+    zero_point: int = option(doc="Integer that represents real zero.")
 
 
+@dataclass(frozen=True, kw_only=True)
 class Normalization(_Strict):
     """How a uint8 pixel becomes the model's float input."""
 
-    scale: float = Field(description="Float input = pixel * scale + offset for a uint8 pixel.")
-    offset: float = Field(description="See scale.")
+    scale: float = option(doc="Float input = pixel * scale + offset for a uint8 pixel.")
+    offset: float = option(doc="See scale.")
 
 
+@dataclass(frozen=True, kw_only=True)
 class InputSpec(_Strict):
     """The ``input`` block of a manifest."""
 
-    shape: list[int] = Field(description="Model input shape, batch first, e.g. [1, 48, 48, 1].")
-    dtype: Literal["int8", "uint8", "float32"] = Field(description="Input tensor element type.")
-    quantization: Quantization | None = Field(None, description="Input quantization; null for float input.")
-    normalization: Normalization = Field(description="How a uint8 pixel becomes the float input.")
-
-    @field_validator("shape")
-    @classmethod
-    def _shape_is_image(cls, v: list[int]) -> list[int]:
-        if len(v) != 4 or v[3] != 1 or v[1] != v[2] or v[1] < 8:
-            raise ValueError(f"expected [batch, S, S, 1] grayscale square input, got {v}")
-        return v
+    shape: Annotated[list[int], _image_shape] = option(doc="Model input shape, batch first, e.g. [1, 48, 48, 1].")
+    dtype: Literal["int8", "uint8", "float32"] = option(doc="Input tensor element type.")
+    quantization: Quantization | None = option(None, doc="Input quantization; null for float input.")
+    normalization: Normalization = option(doc="How a uint8 pixel becomes the float input.")
 
 
+@dataclass(frozen=True, kw_only=True)
 class OutputSpec(_Strict):
     """The ``output`` block of a manifest."""
 
-    shape: list[int] = Field(description="Model output shape, batch first, e.g. [1, 7].")
-    dtype: Literal["int8", "uint8", "float32"] = Field(description="Output tensor element type.")
-    quantization: Quantization | None = Field(None, description="Output quantization; null for float output.")
-    activation: Literal["softmax"] = Field("softmax", description="What the outputs are.")
+    shape: list[int] = option(doc="Model output shape, batch first, e.g. [1, 7].")
+    dtype: Literal["int8", "uint8", "float32"] = option(doc="Output tensor element type.")
+    quantization: Quantization | None = option(None, doc="Output quantization; null for float output.")
+    activation: Literal["softmax"] = option("softmax", doc="What the outputs are.")
 
 
+@dataclass(frozen=True, kw_only=True)
 class Calibration(_Strict):
     """The ``calibration`` block of a manifest: how the device turns the model's probabilities into calibrated ones."""
 
-    method: Literal["temperature"] = Field("temperature", description="Temperature scaling of the probabilities.")
-    temperature: float = Field(description="p ** (1 / T), renormalised (softmax of logits / T); 1 changes nothing.",
+    method: Literal["temperature"] = option("temperature", doc="Temperature scaling of the probabilities.")
+    temperature: float = option(doc="p ** (1 / T), renormalised (softmax of logits / T); 1 changes nothing.",
                                gt=0, le=100)
-    fitted_on: str = Field("", description="The faces and labels the temperature was fitted on (provenance).")
+    fitted_on: str = option("", doc="The faces and labels the temperature was fitted on (provenance).")
 
 
+@dataclass(frozen=True, kw_only=True)
 class Manifest(_Strict):
     """``manifest.json`` of a model bundle."""
 
-    format_version: int = Field(description="Bundle format version; this runtime reads 1 and 2.")
-    model_id: str = Field(description="Human-readable unique id, e.g. 'sepse-w48-20261123T1200'.", min_length=1)
-    labels: list[str] = Field(description="Class labels in model output order.", min_length=2)
-    input: InputSpec = Field(description="Input tensor contract.")
-    output: OutputSpec = Field(description="Output tensor contract.")
-    preprocessing: dict[str, Any] = Field(description="Parameters of edge.preprocess.Preprocessing.")
-    sha256: str = Field(description="sha256 hex digest of model.tflite.", pattern=r"^[0-9a-f]{64}$")
-    model_bytes: int | None = Field(None, description="Size of model.tflite in bytes.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics of this model.")
-    training: dict[str, Any] = Field(default_factory=dict, description="Training configuration and data.")
-    created: str = Field(description="ISO-8601 UTC creation time.")
-    architecture: dict[str, Any] = Field(default_factory=dict, description="Model family, params, MACs.")
-    calibration: Calibration | None = Field(None, description="Calibration the device applies; null: none.")
-
-    @field_validator("format_version")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v not in READ_VERSIONS:
-            raise ValueError(f"bundle format {v} is not supported by this runtime (reads {', '.join(map(str, READ_VERSIONS))}); "
-                             "upgrade the edge package")
-        return v
+    format_version: Annotated[int, _known_version] = option(doc="Bundle format version; this runtime reads 1 and 2.")
+    model_id: str = option(doc="Human-readable unique id, e.g. 'sepse-w48-20261123T1200'.", min_length=1)
+    labels: list[str] = option(doc="Class labels in model output order.", min_length=2)
+    input: InputSpec = option(doc="Input tensor contract.")
+    output: OutputSpec = option(doc="Output tensor contract.")
+    preprocessing: dict[str, Any] = option(doc="Parameters of edge.preprocess.Preprocessing.")
+    sha256: str = option(doc="sha256 hex digest of model.tflite.", pattern=r"^[0-9a-f]{64}$",
+                         pattern_hint="64 lowercase hex digits")
+    model_bytes: int | None = option(None, doc="Size of model.tflite in bytes.")
+    metrics: dict[str, Any] = option(factory=dict, doc="Validation metrics of this model.")
+    training: dict[str, Any] = option(factory=dict, doc="Training configuration and data.")
+    created: str = option(doc="ISO-8601 UTC creation time.")
+    architecture: dict[str, Any] = option(factory=dict, doc="Model family, params, MACs.")
+    calibration: Calibration | None = option(None, doc="Calibration the device applies; null: none.")
 
     def prep(self) -> Preprocessing:
         """The preprocessing parameters as an object (checked by :func:`validate_manifest`)."""
@@ -141,17 +147,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "manifest"
-    return f"{loc}: {err['msg']}"
+def _first_error(exc: Invalid) -> str:
+    problem = exc.problems[0]
+    return f"{problem.key or 'manifest'}: {problem.message}"
 
 
 def validate_manifest(data: dict[str, Any]) -> Manifest:
     """Validate a manifest dict against the contract; raise :class:`BundleError` naming the first problem."""
     try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
+        manifest = parse(Manifest, data)
+    except Invalid as exc:
         raise BundleError(f"invalid manifest: {_first_error(exc)}; re-export the bundle with train_export") from None
     try:
         prep = manifest.prep()

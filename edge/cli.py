@@ -89,12 +89,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def load_run_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line flags applied; raises ConfigError."""
     from edge.config import load_config, parse_config
+    from edge.schema import dump
 
     cfg = load_config(args.config)
     overrides = _overrides(args)
     if not overrides:
         return cfg
-    data = cfg.model_dump(exclude_unset=True, mode="json")
+    data = dump(cfg)
     for section, values in overrides.items():
         merged = data.setdefault(section, {})
         for key, value in values.items():

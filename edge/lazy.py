@@ -1,6 +1,6 @@
 """Package surfaces that cost nothing until used: a package's ``__init__`` names its public classes and
 functions (``from edge.runtime.detect import BlazeFaceDetector``) without importing the modules that define
-them, so ``import edge.runtime.publish`` does not bring paho, nor ``import edge.protocol`` pydantic.
+them, so ``import edge.runtime.publish`` does not bring paho, nor ``import edge.runtime.detect`` LiteRT.
 
 Each package lists the same names under ``if TYPE_CHECKING:`` as real imports, for the type checker and for
 ``tests/project/test_architecture.py``'s import graph (a lazy import is still a dependency).

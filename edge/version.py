@@ -38,7 +38,7 @@ _SOURCES_WITHOUT_OPENCV = ("picamera2", "demo")
 def opencv_uses(config: dict) -> list[str]:
     """What in a configuration needs OpenCV, one phrase each (``[]`` for a Pi camera or the demo with the default
     detector and no debug preview). ``config`` holds the TOML file's tables as plain dicts (or a ``Config``'s
-    ``model_dump()``): standard library only, so that deploy/install.sh can ask before anything is installed."""
+    plain data, :func:`edge.schema.dump`): standard library only, so that deploy/install.sh can ask before anything is installed."""
     source, detector, privacy = (config.get(k) or {} for k in ("source", "detector", "privacy"))
     uses = []
     uri = str(source.get("uri", "demo"))

@@ -152,12 +152,12 @@ def test_config_options_are_validated_and_reach_the_classifier(tmp_path):
 
 
 def test_the_frame_loop_hands_the_detector_eyes_to_the_classifier(tmp_path, tiny_bundle):
-    from edge.config import Config
+    from edge.config import parse_config
     from edge.runtime.assemble import assemble
     from edge.runtime.capture.demo import DemoSource
     from edge.runtime.publish.stdout import StdoutSink
 
-    config = Config.model_validate({
+    config = parse_config({
         "device": {"id": "t", "state_dir": str(tmp_path / "state")},
         # Every frame detected: the second detect() below must see the frame as the loop did, not carry it.
         "detector": {"backend": "blazeface", "every_n_frames": 1},

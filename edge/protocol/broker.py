@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.config import MqttConfig, TlsConfig, load_config, parse_config, resolve_secret
+from edge.schema import dump
 
 if TYPE_CHECKING:  # paho and ssl load only where a client is made: `run --stdout` and the CLI's parser skip them
     import ssl
@@ -170,7 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
     cfg = load_config(args.config)
     overrides = config_overrides(args)
     if overrides:
-        data = cfg.model_dump(exclude_unset=True, mode="json")
+        data = dump(cfg)
         mqtt_data = data.setdefault("mqtt", {})
         tls = overrides.pop("tls", None)
         mqtt_data.update(overrides)

@@ -37,6 +37,7 @@ from edge.protocol.envelope import SCHEMA_VERSION
 from edge.protocol.topics import NO_EMOTION
 from edge.runtime.state import STATE_NAMES
 from edge.runtime.track import UNCERTAIN
+from edge.schema import dump
 from edge.version import install_hint, package_version
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def redacted_config(config: Config) -> dict[str, Any]:
             return [scrub(v) for v in value]
         return value
 
-    return scrub(config.model_dump(mode="json"))
+    return scrub(dump(config))
 
 
 def api_body(daemon: Any, path: str) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.config import Config
+from edge.schema import dump
 from edge.version import opencv_missing, opencv_uses
 
 #: Files in the state folder that ``run`` writes to when they exist.
@@ -244,7 +245,7 @@ def check(config: Config) -> Report:
     _check_files(config, report)
     _check_broker_host(config, report)
     if importlib.util.find_spec("cv2") is None:
-        report.errors.extend(opencv_missing(use) for use in opencv_uses(config.model_dump(mode="json")))
+        report.errors.extend(opencv_missing(use) for use in opencv_uses(dump(config)))
     if config.metrics.enabled and importlib.util.find_spec("prometheus_client") is None:
         from edge.version import install_hint
 

@@ -32,11 +32,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any, Literal
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
+from edge.schema import Invalid, Validated, option, parse
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,61 +49,62 @@ class InventoryError(Exception):
     """The inventory file is missing or invalid; the message names the key."""
 
 
-class HostSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class HostSettings(Validated):
     """Settings of one host; the ``[defaults]`` table gives them for all hosts."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    user: str = Field("pi", description="SSH user; it needs passwordless sudo unless sudo = false.")
-    port: int = Field(22, description="SSH port.", ge=1, le=65535)
-    identity_file: Path | None = Field(None, description="SSH private key; default: ssh's own choice (agent, ~/.ssh).")
-    known_hosts_file: Path | None = Field(None, description="known_hosts file; default: ssh's own (~/.ssh/known_hosts).")
-    strict_host_key_checking: Literal["yes", "accept-new"] = Field(
-        "accept-new", description="'accept-new' trusts a host on first contact and refuses a changed key; 'yes' needs it known."
+    user: str = option("pi", doc="SSH user; it needs passwordless sudo unless sudo = false.")
+    port: int = option(22, doc="SSH port.", ge=1, le=65535)
+    identity_file: Path | None = option(None, doc="SSH private key; default: ssh's own choice (agent, ~/.ssh).")
+    known_hosts_file: Path | None = option(None, doc="known_hosts file; default: ssh's own (~/.ssh/known_hosts).")
+    strict_host_key_checking: Literal["yes", "accept-new"] = option(
+        "accept-new", doc="'accept-new' trusts a host on first contact and refuses a changed key; 'yes' needs it known."
     )
-    connect_timeout_s: int = Field(10, description="SSH connect timeout.", ge=1)
-    ssh_options: list[str] = Field(default_factory=list, description="Extra '-o' options for ssh, e.g. ['ProxyJump=bastion'].")
-    multiplex: bool = Field(True, description="Reuse one SSH connection for all steps of a host (ControlMaster).")
-    python: str = Field("/opt/emotion-edge/bin/python", description="The device's venv python (deploy/install.sh puts it here).")
-    state_dir: str = Field("/var/lib/emotion-edge", description="The daemon's state folder (systemd StateDirectory).")
-    sudo: bool = Field(True, description="Use 'sudo -n' to act as run_as and to restart the service.")
-    run_as: str = Field("emotion-edge", description="User that owns the state folder; model files are written as it.")
-    service: str = Field("emotion-edge", description="systemd unit name (without .service).")
-    reload: Literal["restart", "mqtt", "none"] = Field(
-        "restart", description="After the swap: restart the service, send a reload_model MQTT command, or do nothing."
+    connect_timeout_s: int = option(10, doc="SSH connect timeout.", ge=1)
+    ssh_options: list[str] = option(factory=list, doc="Extra '-o' options for ssh, e.g. ['ProxyJump=bastion'].")
+    multiplex: bool = option(True, doc="Reuse one SSH connection for all steps of a host (ControlMaster).")
+    python: str = option("/opt/emotion-edge/bin/python", doc="The device's venv python (deploy/install.sh puts it here).")
+    state_dir: str = option("/var/lib/emotion-edge", doc="The daemon's state folder (systemd StateDirectory).")
+    sudo: bool = option(True, doc="Use 'sudo -n' to act as run_as and to restart the service.")
+    run_as: str = option("emotion-edge", doc="User that owns the state folder; model files are written as it.")
+    service: str = option("emotion-edge", doc="systemd unit name (without .service).")
+    reload: Literal["restart", "mqtt", "none"] = option(
+        "restart", doc="After the swap: restart the service, send a reload_model MQTT command, or do nothing."
     )
-    restart_command: str | None = Field(None, description="Replaces 'systemctl restart <service>' (run on the device).")
-    health_command: str | None = Field(
-        None, description="Run on the device after the reload; a non-zero exit rolls back. Default: systemctl is-active."
+    restart_command: str | None = option(None, doc="Replaces 'systemctl restart <service>' (run on the device).")
+    health_command: str | None = option(
+        None, doc="Run on the device after the reload; a non-zero exit rolls back. Default: systemctl is-active."
     )
-    device_id: str | None = Field(None, description="Device id for reload = 'mqtt'; default: the host's name.")
-    mqtt_host: str = Field("localhost", description="Broker the workstation uses for reload = 'mqtt'.")
-    mqtt_port: int = Field(1883, description="Broker port for reload = 'mqtt'.", ge=1, le=65535)
-    mqtt_prefix: str = Field("emotion", description="Topic prefix for reload = 'mqtt'.")
-    mqtt_username: str | None = Field(
-        None, description="Broker user for reload = 'mqtt'; the password comes from $EMOTION_EDGE_MQTT_PASSWORD."
+    device_id: str | None = option(None, doc="Device id for reload = 'mqtt'; default: the host's name.")
+    mqtt_host: str = option("localhost", doc="Broker the workstation uses for reload = 'mqtt'.")
+    mqtt_port: int = option(1883, doc="Broker port for reload = 'mqtt'.", ge=1, le=65535)
+    mqtt_prefix: str = option("emotion", doc="Topic prefix for reload = 'mqtt'.")
+    mqtt_username: str | None = option(
+        None, doc="Broker user for reload = 'mqtt'; the password comes from $EMOTION_EDGE_MQTT_PASSWORD."
     )
-    mqtt_tls: bool = Field(False, description="Use TLS to the broker for reload = 'mqtt' (system CA certificates).")
-    mqtt_ca_file: Path | None = Field(None, description="CA certificate of the broker for reload = 'mqtt' (implies TLS).")
+    mqtt_tls: bool = option(False, doc="Use TLS to the broker for reload = 'mqtt' (system CA certificates).")
+    mqtt_ca_file: Path | None = option(None, doc="CA certificate of the broker for reload = 'mqtt' (implies TLS).")
 
 
-class HostEntry(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class HostEntry(Validated):
     """One ``[[hosts]]`` entry: a name, an address, groups, and any setting of :class:`HostSettings`."""
 
-    model_config = ConfigDict(extra="allow")
+    extra_key = "overrides"
 
-    name: str = Field(description="Name shown in the report (and default device id).", min_length=1)
-    host: str = Field(description="Address or DNS name to ssh to.", min_length=1)
-    groups: list[str] = Field(default_factory=list, description="Groups for --group selection.")
+    name: str = option(doc="Name shown in the report (and default device id).", min_length=1)
+    host: str = option(doc="Address or DNS name to ssh to.", min_length=1)
+    groups: list[str] = option(factory=list, doc="Groups for --group selection.")
+    overrides: dict[str, Any] = option(factory=dict, doc="The entry's other keys: settings of "
+                                      ":class:`HostSettings` for this host alone, over ``[defaults]``.")
 
 
-class Inventory(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Inventory(Validated):
     """The inventory file."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    defaults: HostSettings = Field(default_factory=HostSettings, description="Settings for every host.")
-    hosts: list[HostEntry] = Field(default_factory=list, description="The devices.")
+    defaults: HostSettings = option(factory=HostSettings, doc="Settings for every host.")
+    hosts: list[HostEntry] = option(factory=list, doc="The devices.")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,11 @@ class Host:
     control_dir: str | None = None
 
 
+def _first_problem(exc: Invalid) -> str:
+    problem = exc.problems[0]
+    return f"{problem.key}: {problem.message}"
+
+
 def load_inventory(path: Path | str) -> list[Host]:
     """Read an inventory TOML; raise :class:`InventoryError` with a one-line message naming the bad key."""
     path = Path(path)
@@ -129,23 +134,17 @@ def load_inventory(path: Path | str) -> list[Host]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InventoryError(f"{path}: cannot read inventory ({exc})") from None
     try:
-        inv = Inventory.model_validate(data)
-        hosts = []
-        for i, entry in enumerate(inv.hosts):
-            overrides = dict(entry.model_extra or {})
-            try:
-                settings = HostSettings.model_validate({**inv.defaults.model_dump(exclude_unset=True), **overrides})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(str(p) for p in err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                raise InventoryError(f"{path}: hosts[{i}] ({entry.name}).{key}: {msg}") from None
-            hosts.append(Host(entry.name, entry.host, tuple(entry.groups), settings))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InventoryError(f"{path}: {key}: {msg}") from None
+        inv = parse(Inventory, data)
+    except Invalid as exc:
+        raise InventoryError(f"{path}: {_first_problem(exc)}") from None
+    defaults = data.get("defaults", {})
+    hosts = []
+    for i, entry in enumerate(inv.hosts):
+        try:
+            settings = parse(HostSettings, {**defaults, **entry.overrides})
+        except Invalid as exc:
+            raise InventoryError(f"{path}: hosts[{i}] ({entry.name}).{_first_problem(exc)}") from None
+        hosts.append(Host(entry.name, entry.host, tuple(entry.groups), settings))
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
         raise InventoryError(f"{path}: host names must be unique")

@@ -3,6 +3,7 @@ model's default (so `threads` cannot be 2 in the config and 1 in the classifier 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
@@ -37,7 +38,7 @@ def _defaults(component: object) -> dict[str, object]:
 @pytest.mark.parametrize(("component", "section", "shared"), COMPONENTS, ids=lambda c: getattr(c, "__name__", ""))
 def test_every_runtime_default_is_the_config_default(component, section, shared):
     defaults = _defaults(component)
-    fields = section.model_fields
+    fields = {f.name: f for f in dataclasses.fields(section)}
     assert {n for n in defaults if n in fields} == shared
     assert {n: defaults[n] for n in shared} == {n: fields[n].default for n in shared}
 
@@ -46,7 +47,7 @@ def test_every_detector_setting_has_its_one_default_checked():
     """Each ``[detector]`` field is a detector's keyword default above, the backend choice (make_detector) or the
     frame carrying's (CarryingDetector takes both of its settings without defaults): a new field must be added."""
     covered = set().union(*(shared for _, section, shared in COMPONENTS if section is DetectorConfig))
-    assert covered | {"backend", "every_n_frames", "min_match"} == set(DetectorConfig.model_fields)
+    assert covered | {"backend", "every_n_frames", "min_match"} == {f.name for f in dataclasses.fields(DetectorConfig)}
     assert not {"every", "min_match"} & set(_defaults(CarryingDetector))
 
 

@@ -92,14 +92,14 @@ def test_the_daemon_publishes_the_change_of_a_tracked_face(tmp_path):
     ``emotion_change`` with the emotions the model reported for each frame."""
     import cv2
 
-    from edge.config import Config
+    from edge.config import Config, parse_config
     from edge.runtime.assemble import assemble
     from edge.runtime.capture.base import Frame
     from edge.runtime.capture.demo import DEMO_FACES, DemoSource
     from tests.support.daemon import ListSink
 
     def config(uncertain_below: float) -> Config:
-        return Config.model_validate({
+        return parse_config({
             "device": {"id": "test-dev", "state_dir": str(tmp_path / "state")},
             "mqtt": {"status_interval_s": 60, "summary_interval_s": 60},
             "tracking": {"smoothing": 1.0, "uncertain_below": uncertain_below}})

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.config import Config
+from edge.config import Config, parse_config
 from edge.runtime.metrics import MetricsServer, MetricsUnavailable
 from tests.support.broker import free_port
 from tests.support.paths import REPO as ROOT
@@ -91,6 +91,6 @@ def test_off_by_default_and_local_by_default(tmp_path):
 
 def test_without_the_package_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
-    cfg = Config.model_validate({"metrics": {"enabled": True}})
+    cfg = parse_config({"metrics": {"enabled": True}})
     with pytest.raises(MetricsUnavailable, match=r"from a checkout: pip install -e '\.\[edge\]'"):
         MetricsServer(cfg, daemon=None)

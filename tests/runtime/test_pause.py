@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from edge.config import Config
+from edge.config import Config, parse_config
 from edge.runtime.assemble import assemble
 from edge.runtime.capture.demo import DemoSource
 from edge.runtime.capture.managed import ManagedSource
@@ -83,7 +83,7 @@ class RecordingSink(StdoutSink):
 
 
 def make_config(state_dir, **mqtt) -> Config:
-    return Config.model_validate({
+    return parse_config({
         "device": {"id": "pause-dev", "state_dir": str(state_dir)},
         "source": {"uri": "demo", "max_fps": 30},
         "mqtt": {"status_interval_s": 0.3, "summary_interval_s": 0.3, **mqtt},

@@ -44,7 +44,7 @@ def test_a_pi_camera_frame_goes_through_blazeface_and_the_classifier_without_ope
 
         import numpy as np
 
-        from edge.config import Config
+        from edge.config import parse_config
         from edge.imaging import resize
         from edge.preprocess import to_gray
         from edge.runtime.capture import open_source
@@ -96,7 +96,7 @@ def test_a_pi_camera_frame_goes_through_blazeface_and_the_classifier_without_ope
             def close(self):
                 pass
 
-        config = Config.model_validate({"device": {"id": "pi", "state_dir": sys.argv[1]},
+        config = parse_config({"device": {"id": "pi", "state_dir": sys.argv[1]},
                                         "source": {"uri": "picamera2"}})
         camera = Camera(DemoSource(faces=1).render(0))  # the astronaut (grey faces are harder for BlazeFace)
         source = open_source("picamera2", config.source, camera_factory=lambda: camera)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.config import Config
+from edge.config import Config, parse_config
 from edge.runtime.publish.stdout import StdoutSink
 from tests.support.mqtt import validator
 
@@ -46,4 +46,4 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
-    return Config.model_validate(data)
+    return parse_config(data)

@@ -8,11 +8,13 @@ when chosen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from edge.lazy import lazy_exports
 from edge.runtime.detect.base import BLAZEFACE_MODEL, Detection, DetectorError, FaceDetector
+from edge.schema import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,14 @@ def make_detector(section: DetectorConfig | None = None, **overrides: Any) -> Fa
     Raises:
         DetectorError: the backend is unknown or cannot be created.
     """
-    # Overrides are not validated here: a bad backend gets _create's message, which lists the valid ones.
     if section is None:
         from edge.config import DetectorConfig
 
         section = DetectorConfig()
-    d = section.model_copy(update=overrides)
+    try:
+        d = dataclasses.replace(section, **overrides)
+    except Invalid as exc:  # the message names the field and, for the backend, the valid ones
+        raise DetectorError(str(exc)) from None
     backend, min_confidence, min_face_size, max_faces, threads = (
         d.backend, d.min_confidence, d.min_face_size, d.max_faces, d.threads)
     if backend != "auto":

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from edge.config import Config
+from edge.config import parse_config
 from edge.runtime.capture.demo import CYCLE, DemoSource
 from edge.runtime.detect.blazeface import BlazeFaceDetector
 from edge.runtime.detect.carry import CarryingDetector
@@ -105,7 +105,7 @@ def test_the_daemon_detects_on_one_frame_in_every_n_frames(tmp_path, every):
     from edge.runtime.assemble import assemble
     from edge.runtime.publish.stdout import StdoutSink
 
-    cfg = Config.model_validate({"device": {"id": "carry", "state_dir": str(tmp_path)}, "source": {"uri": "demo"},
+    cfg = parse_config({"device": {"id": "carry", "state_dir": str(tmp_path)}, "source": {"uri": "demo"},
                                  "detector": {"backend": "blazeface", "every_n_frames": every}})
     with assemble(cfg, sink=StdoutSink("carry", stream=io.StringIO())) as daemon:
         runs = []

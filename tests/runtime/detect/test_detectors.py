@@ -115,7 +115,7 @@ def test_make_detector_picks_backends(caplog):
         det = make_detector(backend=backend)
         assert det.name == backend
         det.close()
-    with pytest.raises(DetectorError, match="unknown detector backend 'dlib'"):
+    with pytest.raises(DetectorError, match="backend: must be 'auto', 'blazeface', 'mediapipe' or 'opencv', not the string 'dlib'"):
         make_detector(backend="dlib")
 
 

@@ -10,6 +10,7 @@ the new classifier raising on a frame. Everything else (signature, store, links,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -183,7 +184,8 @@ def test_replayed_or_older_pushes_are_refused_unless_downgrades_are_allowed(rig,
     again = receiver.handle(topic, newer)
     assert again["code"] == "downgrade" and "already accepted" in again["reason"], again
     assert daemon.model_id == rolled_back_to
-    receiver.config.model_push.allow_downgrade = True
+    cfg = receiver.config
+    receiver.config = dataclasses.replace(cfg, model_push=dataclasses.replace(cfg.model_push, allow_downgrade=True))
     assert receiver.handle(topic, older)["code"] == "ok"
     assert store.newest_push()["created"] == "2026-01-03T00:00:00+00:00"
 
