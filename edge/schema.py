@@ -268,7 +268,10 @@ def _scalar(hint: Any, value: Any, rules: Rules) -> Any:
     elif hint is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise _expected(value, "a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # a whole number beyond any float
+            value = math.inf
         if not math.isfinite(value):
             raise Invalid([Problem((), f"must be a finite number, not {value!r}")])
     elif hint is str or hint is Path:
@@ -289,7 +292,8 @@ def _scalar(hint: Any, value: Any, rules: Rules) -> Any:
     for limit, ok, words in ((rules.ge, lambda a, b: a >= b, "at least"), (rules.gt, lambda a, b: a > b, "more than"),
                              (rules.le, lambda a, b: a <= b, "at most")):
         if limit is not None and not ok(value, limit):
-            raise Invalid([Problem((), f"must be {words} {limit:g}, not {value!r}")])
+            shown = int(limit) if float(limit).is_integer() else limit  # 16777216, not 1.67772e+07
+            raise Invalid([Problem((), f"must be {words} {shown}, not {value!r}")])
     return value
 
 

@@ -85,6 +85,8 @@ def test_numbers_are_strict_but_a_whole_number_is_a_number():
     assert type(out.inner.low) is float and out.inner.low == 1.0
     assert problems({"name": "a", "inner": {"high": math.inf}}) == {"inner.high": "must be a finite number, not inf"}
     assert problems({"name": "a", "inner": {"high": True}}) == {"inner.high": "must be a number, not a boolean"}
+    assert problems({"name": "a", "inner": {"high": 10**400}}) == {"inner.high": "must be a finite number, not inf"}
+    assert problems({"name": "a", "inner": {"high": 10.5}}) == {"inner.high": "must be at most 10, not 10.5"}
 
 
 def test_paths_come_from_strings_and_an_empty_one_is_refused():
