@@ -65,6 +65,7 @@ def test_a_turn_with_replicated_border_is_opencvs_exactly(face, roll):
     ref = cv2.warpAffine(gray, m, (150, 140), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inverse = imaging.invert_affine(m)
     assert np.array_equal(inverse, cv2.invertAffineTransform(m))
+    assert np.array_equal(imaging.invert_affine(m.tolist()), inverse)  # the map's rows as plain floats: the same
     assert np.array_equal(imaging.warp_affine(gray, inverse, 150, 140, "replicate", opencv=False), ref)
 
 
