@@ -19,12 +19,13 @@ MediaPipe detectors, the debug preview) asks for it through :func:`require_openc
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from edge.version import opencv_missing
 
@@ -200,19 +201,26 @@ def match_template(image: np.ndarray, template: Template) -> np.ndarray:
     but its first use maps about 2.6 MB more of the library into the daemon's memory.
     """
     th, tw = template.values.shape
+    oh, ow = image.shape[0] - th + 1, image.shape[1] - tw + 1
     if template.flat:  # never a NaN to argmax
-        return np.zeros((image.shape[0] - th + 1, image.shape[1] - tw + 1), np.float32)
-    num = np.tensordot(sliding_window_view(image, (th, tw)), template.values, axes=([2, 3], [0, 1]))
+        return np.zeros((oh, ow), np.float32)
+    # np.tensordot(sliding_window_view(image, (th, tw)), template, axes=([2, 3], [0, 1])), call for call: every
+    # window copied out as a row, times the template as a column, in one dot. Spelt out, it skips both functions'
+    # Python work, a good part of a carried frame's matching.
+    windows = as_strided(image, (oh, ow, th, tw), image.strides * 2, writeable=False).reshape(oh * ow, th * tw)
+    num = np.dot(windows, template.values.reshape(th * tw, 1)).reshape(oh, ow)
     # Window sums and sums of squares, for the variance term of the correlation's denominator.
-    image64 = image.astype(np.float64)
-    total, squares = _window_sums(np.stack([image64, image64 * image64]), th, tw)
+    planes = np.empty((2, *image.shape))
+    planes[0] = image
+    np.multiply(planes[0], planes[0], out=planes[1])
+    total, squares = _window_sums(planes, th, tw)
     var = squares - total * total / (th * tw)
     flat = var <= np.minimum(0.5, _FLT_EPSILON_10 * squares)  # OpenCV's bound
     var[flat] = 1.0
     ncc = num / (np.sqrt(var) * template.norm)
     ncc[flat] = 0.0
     # Rounding can push a ratio a hair past 1 (OpenCV snaps those within 1.125 to 1; none get further here).
-    return np.clip(ncc, -1.0, 1.0, out=ncc).astype(np.float32, copy=False)
+    return ncc.clip(-1.0, 1.0, out=ncc).astype(np.float32, copy=False)
 
 
 #: OpenCV's fixed point for warps, kept so that the tensors are its tensors bit for bit: map coordinates in 1/1024
@@ -250,13 +258,16 @@ def _weighted_to_uint8(acc: np.ndarray) -> np.ndarray:
     return ((acc + (_SUBPIXELS * _SUBPIXELS // 2)) >> 10).astype(np.uint8)
 
 
-def invert_affine(m: np.ndarray) -> np.ndarray:
-    """The inverse of the 2x3 affine map ``m``, computed as ``cv2.invertAffineTransform`` (and cv2.warpAffine
-    without WARP_INVERSE_MAP) computes it, operation for operation, so that sampling through it is OpenCV's."""
-    d = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+def invert_affine(m: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """The inverse of the 2x3 affine map ``m`` (an array, or its two rows of floats), computed as
+    ``cv2.invertAffineTransform`` (and cv2.warpAffine without WARP_INVERSE_MAP) computes it, operation for
+    operation, so that sampling through it is OpenCV's."""
+    # Plain floats: the same double arithmetic as numpy scalars', at a fraction of the cost (a crop per face).
+    (m00, m01, m02), (m10, m11, m12) = m.tolist() if isinstance(m, np.ndarray) else m
+    d = m00 * m11 - m01 * m10
     d = 1.0 / d if d != 0 else 0.0
-    a11, a22, a12, a21 = m[1, 1] * d, m[0, 0] * d, -m[0, 1] * d, -m[1, 0] * d
-    return np.array([[a11, a12, -a11 * m[0, 2] - a12 * m[1, 2]], [a21, a22, -a21 * m[0, 2] - a22 * m[1, 2]]])
+    a11, a22, a12, a21 = m11 * d, m00 * d, -m01 * d, -m10 * d
+    return np.array([[a11, a12, -a11 * m02 - a12 * m12], [a21, a22, -a21 * m02 - a22 * m12]])
 
 
 def warp_affine(image: np.ndarray, m: np.ndarray, width: int, height: int, border: Border,

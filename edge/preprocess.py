@@ -144,24 +144,23 @@ def crop_face(
         # Sample the turned square straight from the frame (one interpolation at the frame's resolution, then the
         # same area resize as every crop). The centre is the crop's middle pixel, so a zero turn would give the
         # plain crop below, border replication included.
-        centre = (x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0)
+        cx, cy = x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0
         # The map from frame pixels to crop pixels: a turn by the roll about the centre (OpenCV's
         # getRotationMatrix2D, term for term: y is down, so a positive roll turns the eye line back to level),
         # then the crop's offset. It is inverted for sampling the way cv2.warpAffine inverts it, so the sample
-        # positions are OpenCV's to the last bit.
+        # positions are OpenCV's to the last bit. (Plain floats: the same double arithmetic as numpy's, without
+        # its per-scalar cost on every face.)
         a = math.radians(roll)
         cos, sin = math.cos(a), math.sin(a)
-        m = np.array([[cos, sin, (1 - cos) * centre[0] - sin * centre[1] - x0],
-                      [-sin, cos, sin * centre[0] + (1 - cos) * centre[1] - y0]])
         # Only the part of the frame the turned square can read (its bounding box, 2 px more for the bilinear
         # taps), clipped to the frame: where it is clipped, the frame's own edge is replicated, as before.
         reach = side / 2.0 * (abs(cos) + abs(sin)) + 2.0
-        rx0, ry0 = max(0, int(np.floor(centre[0] - reach))), max(0, int(np.floor(centre[1] - reach)))
-        rx1, ry1 = min(w, int(np.ceil(centre[0] + reach)) + 1), min(h, int(np.ceil(centre[1] + reach)) + 1)
+        rx0, ry0 = max(0, math.floor(cx - reach)), max(0, math.floor(cy - reach))
+        rx1, ry1 = min(w, math.ceil(cx + reach) + 1), min(h, math.ceil(cy + reach) + 1)
         region = to_gray(frame[ry0:ry1, rx0:rx1])
-        # m maps frame pixels to crop pixels; a region pixel (a, b) is the frame pixel (a + rx0, b + ry0).
-        m[0, 2] += m[0, 0] * rx0 + m[0, 1] * ry0
-        m[1, 2] += m[1, 0] * rx0 + m[1, 1] * ry0
+        # The map of frame pixels, shifted to the region's: a region pixel (a, b) is the frame pixel (a + rx0, b + ry0).
+        m = ((cos, sin, (1 - cos) * cx - sin * cy - x0 + (cos * rx0 + sin * ry0)),
+             (-sin, cos, sin * cx + (1 - cos) * cy - y0 + (-sin * rx0 + cos * ry0)))
         crop = warp_affine(region, invert_affine(m), side, side, "replicate")
         return resize_face(crop, prep.input_size)
     crop = to_gray(frame[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)])

@@ -65,6 +65,7 @@ def test_a_turn_with_replicated_border_is_opencvs_exactly(face, roll):
     ref = cv2.warpAffine(gray, m, (150, 140), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inverse = imaging.invert_affine(m)
     assert np.array_equal(inverse, cv2.invertAffineTransform(m))
+    assert np.array_equal(imaging.invert_affine(m.tolist()), inverse)  # the map's rows as plain floats: the same
     assert np.array_equal(imaging.warp_affine(gray, inverse, 150, 140, "replicate", opencv=False), ref)
 
 
@@ -111,6 +112,25 @@ def test_template_matching_is_opencvs_normalised_correlation(face):
     assert ncc.max() == pytest.approx(1.0, abs=1e-5)
     # OpenCV takes the template's mean out itself, and so does the numpy path
     np.testing.assert_allclose(imaging.match_template(region, imaging.Template.of(template + 40)), ref, atol=1e-4)
+
+
+def test_the_correlation_numerator_is_tensordots_over_the_sliding_windows_exactly(face):
+    """match_template spells np.tensordot out; a carried face's place hangs on the last bit of the scores, so its
+    numerator must be tensordot's, bit for bit (checked through the score: the same denominators divide both)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    gray = imaging.bgr_to_gray(face)[::4, ::4].astype(np.float32)
+    for region, cut in ((gray[4:32, 6:36], gray[10:26, 12:28]), (gray[::-1, :30][:25], gray[3:15, 5:22])):
+        tpl = imaging.Template.of(cut)
+        num = np.tensordot(sliding_window_view(region, cut.shape), tpl.values, axes=([2, 3], [0, 1]))
+        total, squares = imaging._window_sums(np.stack([region.astype(np.float64), region.astype(np.float64) ** 2]),
+                                              *cut.shape)
+        var = squares - total * total / cut.size
+        flat = var <= np.minimum(0.5, 10 * float(np.finfo(np.float32).eps) * squares)
+        var[flat] = 1.0
+        want = np.clip(num / (np.sqrt(var) * tpl.norm), -1.0, 1.0)
+        want[flat] = 0.0
+        np.testing.assert_array_equal(imaging.match_template(region, tpl), want.astype(np.float32))
 
 
 def test_a_flat_window_correlates_zero_with_anything():

@@ -89,6 +89,11 @@ def command_event(command: str | None, ok: bool, detail: str | None, request: An
     return body
 
 
+#: What json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False) makes for every message,
+#: made once (dumps builds an encoder on each call with these options, and the frame loop encodes every frame).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON of a message. NaN/Infinity are refused because they are not JSON.
 
@@ -96,7 +101,7 @@ def encode(message: dict[str, Any]) -> bytes:
         PayloadError: The message holds something JSON cannot represent.
     """
     try:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return _ENCODER.encode(message).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{message.get('kind', '?')} payload is not JSON-serialisable: {exc}") from None
 

@@ -78,6 +78,7 @@ class EmotionWatch:
         now = self._clock()
         events = []
         counts = dict(self.counts)
+        label = NO_EMOTION
         for t in observed:
             label, conf = emotion(t.probs)
             counts[label] = counts.get(label, 0) + 1
@@ -88,7 +89,9 @@ class EmotionWatch:
                 self._reported[t.track_id] = (label, now)
                 events.append(emotion_change_event(t.track_id, last[0], label, conf))
         self.counts = counts
-        if observed:
+        if len(observed) == 1:  # one face, the usual case: its own probabilities (and emotion) are the mean
+            self.mean_probs, self.dominant = observed[0].probs.copy(), label
+        elif observed:
             mean = np.mean([t.probs for t in observed], axis=0)
             self.mean_probs, self.dominant = mean, emotion(mean)[0]
         else:

@@ -30,7 +30,8 @@ def read_cpu_temp(path: Path = CPU_TEMP_FILE) -> float | None:
 
 def probs_dict(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
     """``{label: probability}`` rounded to 4 decimals, in the model's label order."""
-    return {label: round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
+    # tolist(): the same doubles as float() of each element, without a numpy scalar per label.
+    return {label: round(p, 4) for label, p in zip(labels, probs.tolist(), strict=True)}
 
 
 def fraction_box(box: Box, width: int, height: int) -> list[float]:
@@ -96,11 +97,18 @@ class SummaryWindow:
         self.faces_max = max(self.faces_max, len(tracks))
         for t in tracks:
             p = t.raw_probs
-            self.prob_sum = p.copy() if self.prob_sum is None else self.prob_sum + p
+            # The sums are this window's own arrays, so they are added to in place.
+            if self.prob_sum is None:
+                self.prob_sum = p.copy()
+            else:
+                self.prob_sum += p
             self.observations += 1
-            entry = self.tracks.setdefault(t.track_id, [0, np.zeros_like(p)])
-            entry[0] += 1
-            entry[1] = entry[1] + p
+            entry = self.tracks.get(t.track_id)
+            if entry is None:
+                self.tracks[t.track_id] = [1, np.zeros_like(p) + p]  # a sum from 0, as every later one
+            else:
+                entry[0] += 1
+                entry[1] += p
 
     def body(self, labels: Sequence[str], end_ts: float, now_mono: float) -> dict[str, Any]:
         """The ``summary`` body of the window ending now."""

@@ -61,7 +61,7 @@ class Track:
     prob_sum: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.prob_sum = self.raw_probs.astype(np.float64).copy()
+        self.prob_sum = np.array(self.raw_probs, dtype=np.float64)  # always a copy
 
     def mean_probs(self) -> np.ndarray:
         """Mean of the raw probabilities over all observations."""
@@ -177,6 +177,6 @@ class Tracker:
 
     def emotion(self, probs: np.ndarray) -> tuple[str, float]:
         """The reported emotion label (or ``"uncertain"``) and the top probability of ``probs``."""
-        top = int(np.argmax(probs))
+        top = int(probs.argmax())
         conf = float(probs[top])
         return (self.labels[top] if conf >= self.uncertain_below else UNCERTAIN), conf

@@ -28,7 +28,10 @@ def _env(kind, body, seq=1):
     [("status", status_body()), ("faces", faces_body(3, 2)), ("summary", summary_body()), ("events", event_body(4))],
 )
 def test_every_kind_validates_and_starts_with_the_envelope(kind, body):
-    msg = json.loads(encode(_env(kind, body, seq=7)))
+    env = _env(kind, body, seq=7)
+    # Compact UTF-8 JSON, byte for byte what json.dumps makes with these options.
+    assert encode(env) == json.dumps(env, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    msg = json.loads(encode(env))
     assert list(msg)[: len(ENVELOPE_FIELDS)] == list(ENVELOPE_FIELDS)
     assert msg["kind"] == kind and msg["seq"] == 7 and msg["schema_version"] == 1
     validator().validate(msg)

@@ -78,6 +78,21 @@ def test_the_device_wide_bound_holds_with_many_faces():
     assert len(events) == MAX_CHANGES_PER_S and all(e["previous_emotion"] == "calm" for e in events)
 
 
+def test_the_figures_of_one_face_are_its_own_and_of_several_their_mean():
+    tracker, watch, clock = Tracker(LABELS, smoothing=0.5), EmotionWatch(LABELS), Clock()
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        step(tracker, watch, [(10, 10, 50, 50)], list(rng.dirichlet(np.ones(3), 1)), clock)
+        (track,) = tracker.tracks
+        assert watch.mean_probs is not None and watch.mean_probs is not track.probs
+        np.testing.assert_array_equal(watch.mean_probs, np.mean([track.probs], axis=0))
+        assert watch.dominant == tracker.emotion(track.probs)[0]
+    step(tracker, watch, [(10, 10, 50, 50), (300, 10, 50, 50)], list(rng.dirichlet(np.ones(3), 2)), clock)
+    np.testing.assert_array_equal(watch.mean_probs, np.mean([t.probs for t in tracker.tracks], axis=0))
+    step(tracker, watch, [], [], clock)
+    assert watch.mean_probs is None and watch.dominant == "none"
+
+
 def test_a_new_model_brings_its_labels_and_keeps_the_counters():
     watch = EmotionWatch(LABELS)
     watch.counts = {**watch.counts, "joy": 4}

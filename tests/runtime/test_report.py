@@ -46,6 +46,11 @@ def test_a_box_is_a_frame_fraction_clipped_to_the_frame():
 def test_probabilities_are_keyed_by_label_in_model_order_and_rounded():
     d = probs_dict(["happy", "sad"], np.array([0.123456, 0.876544]))
     assert list(d) == ["happy", "sad"] and d == {"happy": 0.1235, "sad": 0.8765}
+    # Python's round of each element's double, whatever the array's float type (a float32 one included).
+    p = np.random.default_rng(2).random(500)
+    for arr in (p, p.astype(np.float32)):
+        values = list(probs_dict([str(i) for i in range(500)], arr).values())
+        assert values == [round(float(v), 4) for v in arr] and all(type(v) is float for v in values)
     with pytest.raises(ValueError):  # a model whose output does not match its labels is an error, not a guess
         probs_dict(["happy", "sad"], np.array([1.0]))
 
@@ -90,6 +95,39 @@ def test_a_summary_window_counts_frames_and_faces_and_averages_the_raw_probabili
     assert body["mean_probs"]["happy"] == pytest.approx((0.9 + 0.9 + 0.1 / 6) / 3, abs=1e-4)
     assert [(t["track_id"], t["observations"], t["dominant_emotion"]) for t in body["tracks"]] == [
         (1, 2, "happy"), (2, 1, "sad")]
+
+
+def test_a_window_sums_in_arrays_of_its_own_exactly_as_plain_sums():
+    """The window adds each frame's raw probabilities in place: its sums must be the plain ones to the bit, and the
+    tracks' own arrays must stay as they were."""
+    rng = np.random.default_rng(6)
+    tracker = Tracker(LABELS)
+    window = SummaryWindow(start_ts=0.0, start_mono=0.0)
+    seen: dict[int, list] = {}
+    for i in range(40):
+        boxes = [(10.0 + i, 10.0, 50.0, 50.0), (300.0, 10.0, 50.0, 50.0)][: 1 + i % 2]
+        observed = tracker.update(boxes, rng.dirichlet(np.ones(len(LABELS)), len(boxes)), ts=float(i)).observed
+        kept = [t.raw_probs.copy() for t in observed]
+        window.add(observed)
+        for t, raw in zip(observed, kept, strict=True):
+            np.testing.assert_array_equal(t.raw_probs, raw)
+            seen.setdefault(t.track_id, []).append(raw)
+    by_track = {}
+    for tid, raws in seen.items():
+        acc = np.zeros_like(raws[0])
+        for r in raws:
+            acc = acc + r
+        by_track[tid] = acc
+    # Added in frame order, one track after the other: the same order of float additions.
+    order = [r for i in range(40) for r in ([seen[1][i]] if i % 2 == 0 else [seen[1][i], seen[2][i // 2]])]
+    total = order[0].copy()
+    for r in order[1:]:
+        total = total + r
+    assert window.prob_sum is not None and window.observations == len(order) == 60
+    np.testing.assert_array_equal(window.prob_sum, total)
+    for tid, (n, psum) in window.tracks.items():
+        assert n == len(seen[tid])
+        np.testing.assert_array_equal(psum, by_track[tid])
 
 
 def test_a_window_without_faces_has_no_dominant_emotion():

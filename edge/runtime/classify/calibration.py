@@ -9,6 +9,8 @@ stays at 0.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -18,14 +20,17 @@ def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     Raises:
         ValueError: ``temperature`` is not a positive finite number.
     """
-    if not (np.isfinite(temperature) and temperature > 0):
+    if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     p = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0:
         return p
     # Log space with the row maximum subtracted, so a sharpening T cannot underflow every class of a row to 0.
+    # In place after the log (a frame loop runs this on every face; the values are those of the plain formula).
     with np.errstate(divide="ignore"):
-        logp = np.log(np.clip(p, 0.0, None)) / temperature
+        logp = np.log(np.maximum(p, 0.0))  # NaN stays NaN, as with np.clip, and either zero logs to -inf
+    logp /= temperature
     logp -= logp.max(axis=1, keepdims=True)
-    out = np.exp(logp)
-    return out / out.sum(axis=1, keepdims=True)
+    np.exp(logp, out=logp)
+    logp /= logp.sum(axis=1, keepdims=True)
+    return logp

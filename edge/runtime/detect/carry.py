@@ -104,7 +104,7 @@ def _match(image: np.ndarray, c: _Carried) -> tuple[float, float, float]:
         return 0.0, c.dx, c.dy
     rx0, ry0 = cx - left * s, cy - top * s
     ncc = match_template(_sample(image, rx0, ry0, nx, ny, s), c.template)
-    iy, ix = (int(v) for v in np.unravel_index(int(np.argmax(ncc)), ncc.shape))
+    iy, ix = divmod(int(ncc.argmax()), ncc.shape[1])  # the flat index's row and column
     score = float(ncc[iy, ix])
     fx, fy = ix + _peak(ncc[iy, :], ix), iy + _peak(ncc[:, ix], iy)
     return score, rx0 + fx * s - c.x, ry0 + fy * s - c.y

@@ -60,6 +60,22 @@ def test_ece_of_known_cases():
     assert [r["n"] for r in rows] == [2, 2] and rows[0]["accuracy"] == 0.5
 
 
+def test_scaling_is_the_plain_formula_to_the_bit_and_leaves_its_input_alone():
+    """temperature_scale works in place on its own arrays: the values must be the plain formula's, exactly."""
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.full(7, 0.4), 200)
+    p[::3, 2] = 0.0
+    p[::5, :] = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    before = p.copy()
+    for t in (0.3, 0.6243, 2.5):
+        with np.errstate(divide="ignore"):
+            logp = np.log(np.clip(p, 0.0, None)) / t
+        logp -= logp.max(axis=1, keepdims=True)
+        out = np.exp(logp)
+        np.testing.assert_array_equal(temperature_scale(p, t), out / out.sum(axis=1, keepdims=True))
+    np.testing.assert_array_equal(p, before)
+
+
 @pytest.mark.parametrize("true_t", [0.5, 2.0])
 def test_the_fitted_temperature_recovers_the_miscalibration(true_t):
     probs, y = miscalibrated(6000, true_t)

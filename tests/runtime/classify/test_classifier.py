@@ -67,6 +67,39 @@ def test_the_integer_input_is_the_shared_normalise_and_quantize(clf):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_the_probabilities_are_the_plain_dequantize_to_the_bit(clf):
+    """The classifier looks each int8 output level up in a table made once per model; on every one of the 256
+    levels (and a row of nothing but the lowest, which sums to 0 and falls back to uniform) the probabilities
+    must be exactly the plain formula's: dequantize, clip at 0, renormalise."""
+    levels = np.arange(-128, 128, dtype=np.int8)
+    y = np.concatenate([np.stack([np.roll(levels, -7 * i)[:7] for i in range(37)]), np.full((1, 7), -128, np.int8)])
+    assert set(y.ravel().tolist()) == set(levels.tolist())
+    scale, zero = clf._out["quantization"]
+    plain = np.clip((y.astype(np.float64) - zero) * scale, 0.0, None)
+    sums = plain.sum(axis=1, keepdims=True)
+    expected = np.divide(plain, sums, out=np.full_like(plain, 1.0 / 7), where=sums > 0)
+    got = clf._dequantize(y)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[-1], np.full(7, 1.0 / 7))
+
+
+def test_one_face_is_cropped_as_in_a_stack_and_never_shares_the_frame(clf):
+    frame = DemoSource(faces=1).render(0)
+    box, eyes = (250.0, 160.0, 130.0, 130.0), ((285.0, 200.0), (345.0, 206.0))
+    from edge.preprocess import crop_face
+
+    for f, b, e in ((frame, box, eyes), (frame, box, None)):
+        one = clf.crops(f, [b], [e])
+        assert one.shape == (1, 48, 48) and one.dtype == np.uint8 and one.flags.c_contiguous
+        np.testing.assert_array_equal(one, np.stack([crop_face(f, b, clf.prep, e if clf.align_eyes else None)]))
+    # A gray frame already the model's size, boxed whole: its crop is the frame's own pixels, so it is copied.
+    small = np.ascontiguousarray(faces(1, seed=4)[0])
+    whole = clf.crops(small, [(4.8, 4.8, 38.4, 38.4)])
+    np.testing.assert_array_equal(whole[0], small)
+    assert not np.shares_memory(whole, small)
+
+
 def test_different_faces_give_different_outputs(clf):
     p = clf.classify_faces(np.stack([np.zeros((48, 48), np.uint8), np.full((48, 48), 255, np.uint8)]))
     assert not np.allclose(p[0], p[1])
