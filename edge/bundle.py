@@ -40,6 +40,12 @@ def _image_shape(v: list[int]) -> list[int]:
     return v
 
 
+def _class_shape(v: list[int]) -> list[int]:
+    if len(v) != 2 or v[1] < 2:
+        raise ValueError(f"expected [batch, classes] with at least 2 classes, got {v}")
+    return v
+
+
 def _known_version(v: int) -> int:
     if v not in READ_VERSIONS:
         raise ValueError(f"bundle format {v} is not supported by this runtime (reads {', '.join(map(str, READ_VERSIONS))}); "
@@ -82,7 +88,7 @@ class InputSpec(_Strict):
 class OutputSpec(_Strict):
     """The ``output`` block of a manifest."""
 
-    shape: list[int] = option(doc="Model output shape, batch first, e.g. [1, 7].")
+    shape: Annotated[list[int], _class_shape] = option(doc="Model output shape, batch first, e.g. [1, 7].")
     dtype: Literal["int8", "uint8", "float32"] = option(doc="Output tensor element type.")
     quantization: Quantization | None = option(None, doc="Output quantization; null for float output.")
     activation: Literal["softmax"] = option("softmax", doc="What the outputs are.")
@@ -192,7 +198,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"no {MANIFEST_FILE} in {bundle_dir}; point --model at a bundle folder made by train_export")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise BundleError(f"{path} is not valid JSON ({exc}); re-export or re-copy the bundle") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path} must hold a JSON object")

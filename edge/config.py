@@ -9,6 +9,7 @@ credentials instead of the file: see :func:`resolve_secret`.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ def _not_empty(value: Any) -> Any:
     return value
 
 
+def _host_id(hostname: str) -> str:
+    # The default id must pass the id's own check whatever the host is called (a name with '+' or '_' in it, or
+    # one too long), or a config that does not set it would fail on this host alone.
+    return re.sub(r"[^A-Za-z0-9_-]", "-", hostname.split(".")[0])[:64] or "edge"
+
+
 def _group_name(value: str) -> str:
     # A group is one topic level of the fleet's push topics.
     if not value or any(c in value for c in "#+/"):
@@ -57,7 +64,8 @@ _ID_HINT = "1 to 64 letters, digits, '_' or '-' (it is an MQTT topic level)"
 
 @dataclass(frozen=True, kw_only=True)
 class _Section(Validated):
-    """A section of the file: frozen, so a value that passed validation is the value in use."""
+    """A section of the file: frozen (its fields cannot be reassigned; a changed copy, ``dataclasses.replace``,
+    is validated again)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +73,9 @@ class DeviceConfig(_Section):
     """``[device]``: identity, logging and the state folder."""
 
     id: str = option(
-        factory=lambda: socket.gethostname().split(".")[0] or "edge",
-        doc="Device id used in MQTT topics and client id; defaults to the host name.",
+        factory=lambda: _host_id(socket.gethostname()),
+        doc="Device id used in MQTT topics and client id; defaults to the host name (its first label, any other "
+        "character than a letter, digit, '_' or '-' made '-').",
         pattern=_ID, pattern_hint=_ID_HINT,
     )
     name: Text | None = option(None, doc="Human-friendly device name (Home Assistant); defaults to the id.")
@@ -371,7 +380,8 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: a number with more digits than Python converts; RecursionError: arrays nested thousands deep.
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, path)
 

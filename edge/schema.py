@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
-#: A check of one value after its type's: returns the value (possibly converted) or raises ValueError.
-Check = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -282,7 +280,8 @@ def _scalar(hint: Any, value: Any, rules: Rules) -> Any:
         if hint is Path and not value.strip():
             # '' as a path would mean the current folder: never what an empty value meant.
             raise Invalid([Problem((), "must not be empty; leave the key out to use the default")])
-        if rules.pattern is not None and not re.search(rules.pattern, value):
+        # The whole string: re.search would let "$" match before a final newline ("pi\n" as a device id).
+        if rules.pattern is not None and not re.fullmatch(rules.pattern, value):
             what = rules.pattern_hint or f"like {rules.pattern}"
             raise Invalid([Problem((), f"{value[:70]!r} is not allowed: it must be {what}")])
         _length(value, rules)

@@ -37,7 +37,7 @@ def test_config_example_parses_to_the_defaults_and_documents_every_option():
     data = tomllib.loads(EXAMPLE.read_text())
     cfg = parse_config(data, EXAMPLE)
     defaults = Config()
-    assert dataclasses.replace(cfg, device=defaults.device) == defaults
+    assert dataclasses.replace(cfg, device=dataclasses.replace(cfg.device, id=defaults.device.id)) == defaults
     text = EXAMPLE.read_text()
     missing = []
     for dotted in _fields(Config):
@@ -64,6 +64,25 @@ def test_unusable_state_dir_is_a_config_error(tmp_path):
     cfg = parse_config({"device": {"state_dir": str(blocker / "state")}})
     with pytest.raises(ConfigError, match="device.state_dir"):
         cfg.state_dir()
+
+
+@pytest.mark.parametrize(("hostname", "expected"), [("pi_kitchen+1.lan", "pi_kitchen-1"), ("x" * 80, "x" * 64), (".", "edge")])
+def test_the_default_device_id_is_a_valid_id_whatever_the_host_is_called(monkeypatch, hostname, expected):
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    assert Config().device.id == expected
+    assert parse_config({}).device.id == expected
+
+
+@pytest.mark.parametrize("content", ["x = " + "[" * 5000 + "]" * 5000 + "\n", "[mqtt]\nport = " + "9" * 5000 + "\n"])
+def test_a_config_python_cannot_read_is_a_config_error(tmp_path, content):
+    from edge.config import ConfigError, load_config
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
 
 
 def test_check_config_ok_prints_a_summary():

@@ -69,6 +69,10 @@ def test_every_problem_is_reported_at_once_by_its_key():
     }
 
 
+def test_a_pattern_must_match_the_whole_string():
+    assert problems({"name": "ab\n"}) == {"name": "'ab\\n' is not allowed: it must be lower-case letters"}
+
+
 def test_a_required_key_left_out_and_a_non_table_are_problems():
     assert problems({}) == {"name": "is required"}
     assert problems({"name": "a", "inner": [1]}) == {"inner": "must be a table of keys, not a list"}

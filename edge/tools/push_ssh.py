@@ -131,7 +131,7 @@ def load_inventory(path: Path | str) -> list[Host]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InventoryError(f"{path}: inventory not found; start from deploy/inventory.example.toml") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
         raise InventoryError(f"{path}: cannot read inventory ({exc})") from None
     try:
         inv = parse(Inventory, data)

@@ -147,6 +147,29 @@ def test_manifest_labels_that_disagree_with_the_model_are_refused(tiny_bundle, t
         Classifier(bad)
 
 
+@pytest.mark.parametrize(("change", "text"), [
+    (lambda m: m["output"].update(shape=[]), r"output.shape: expected \[batch, classes\]"),
+    (lambda m: m.update(format_version=2.0), "format_version: must be a whole number"),
+    (lambda m: m.update(sha256=m["sha256"] + "\n"), "sha256: .* is not allowed: it must be 64 lowercase hex digits"),
+])
+def test_a_malformed_manifest_is_a_bundle_error_naming_the_key(tiny_bundle, tmp_path, change, text):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    change(manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"invalid manifest: {text}"):
+        Classifier(bad)
+
+
+def test_an_unreadable_manifest_is_a_bundle_error(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    (bad / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # nested deeper than Python recurses
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        Classifier(bad)
+
+
 def test_missing_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         Classifier(tmp_path / "nope")
