@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from edge.config_errors import format_error
 from edge.protocol.topics import check_mqtt_string, check_topic_prefix
-from edge.schema import Invalid, Validated, option, parse
+from edge.schema import Invalid, Rules, Validated, option, parse
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,13 +44,6 @@ def _host_id(hostname: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", hostname.split(".")[0])[:64] or "edge"
 
 
-def _group_name(value: str) -> str:
-    # A group is one topic level of the fleet's push topics.
-    if not value or any(c in value for c in "#+/"):
-        raise ValueError(f"{value[:70]!r} is not allowed: it must be free of '/' and the MQTT wildcards '#' and '+'")
-    return value
-
-
 #: A non-empty string.
 Text = Annotated[str, _not_empty]
 #: A string sent in an MQTT packet (client id, user name).
@@ -60,6 +53,8 @@ TopicPrefix = Annotated[str, _not_empty, check_topic_prefix]
 #: The id pattern, and what it means for a message.
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_HINT = "1 to 64 letters, digits, '_' or '-' (it is an MQTT topic level)"
+#: A fleet group: one topic level of the push topics.
+_GROUP = Rules("", pattern=r"[^#+/]+", pattern_hint="free of '/' and the MQTT wildcards '#' and '+'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,7 +284,7 @@ class ModelPushConfig(_Section):
 
     enabled: bool = option(False, doc="Accept signed model pushes over MQTT.")
     trusted_keys: list[Path] = option(factory=list, doc="Ed25519 public keys (PEM) that may sign models.")
-    groups: list[Annotated[str, _group_name]] = option(
+    groups: list[Annotated[str, _GROUP]] = option(
         factory=list,
         doc="Fleet groups this device also listens to (one topic level each: no '/', '#' or '+').",
     )

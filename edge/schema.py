@@ -59,12 +59,15 @@ class Problem:
         """The dotted key (list indexes as numbers), or ``""`` for the top level."""
         return ".".join(str(p) for p in self.loc)
 
+    def __str__(self) -> str:
+        return f"{self.key or '(top level)'}: {self.message}"
+
 
 class Invalid(ValueError):
     """The data does not validate; :attr:`problems` lists every problem found."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(f"{p.key or '(top level)'}: {p.message}" for p in problems))
+        super().__init__("; ".join(map(str, problems)))
         self.problems = problems
 
 
@@ -124,14 +127,14 @@ class Validated:
         """Checks across fields; raise ValueError saying what to change. Nothing by default."""
 
 
-def parse(cls: type[T], data: Any, loc: tuple[str | int, ...] = ()) -> T:
+def parse(cls: type[T], data: Any) -> T:
     """Build the dataclass ``cls`` (a :class:`Validated`) from ``data`` (a dict of plain values).
 
     Raises:
-        Invalid: every problem found, each with its location under ``loc``.
+        Invalid: every problem found, each located by its keys within ``data``.
     """
     if not isinstance(data, Mapping):
-        raise Invalid([Problem(loc, f"must be a table of keys, not {_what(data)}")])
+        raise Invalid([Problem((), f"must be a table of keys, not {_what(data)}")])
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     extra_key = getattr(cls, "extra_key", None)
     problems: list[Problem] = []
@@ -143,23 +146,20 @@ def parse(cls: type[T], data: Any, loc: tuple[str | int, ...] = ()) -> T:
             if extra_key is not None:
                 extra[key] = value
             else:
-                problems.append(Problem((*loc, key), "unknown key", "unknown"))
+                problems.append(Problem((key,), "unknown key", "unknown"))
             continue
         try:
-            values[key] = _value(hints(cls)[key], value, rules_of(f), (*loc, key))
+            values[key] = _value(hints(cls)[key], value, rules_of(f), (key,))
         except Invalid as exc:
             problems += exc.problems
     for name, f in fields.items():
         if name not in data and name != extra_key and f.default is MISSING and f.default_factory is MISSING:
-            problems.append(Problem((*loc, name), "is required", "missing"))
+            problems.append(Problem((name,), "is required", "missing"))
     if problems:
         raise Invalid(problems)
     if extra_key is not None:
         values[extra_key] = extra
-    try:
-        return cls(**values)
-    except Invalid as exc:
-        raise Invalid([dataclasses.replace(p, loc=(*loc, *p.loc)) for p in exc.problems]) from None
+    return cls(**values)  # its checks across fields raise Invalid, located within it
 
 
 def dump(obj: Any) -> Any:
@@ -206,16 +206,19 @@ _UNQUOTED = ("true or false", "a whole number", "a number")
 def _value(hint: Any, value: Any, rules: Rules, loc: tuple[str | int, ...]) -> Any:
     """``value`` checked against the annotation ``hint`` and ``rules``; Invalid (located at ``loc``) if not."""
     try:
-        return _checked(hint, value, rules, loc)
+        return _checked(hint, value, rules)
     except Invalid as exc:
         raise Invalid([dataclasses.replace(p, loc=(*loc, *p.loc)) for p in exc.problems]) from None
 
 
-def _checked(hint: Any, value: Any, rules: Rules, loc: tuple[str | int, ...]) -> Any:
+def _checked(hint: Any, value: Any, rules: Rules) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
-        value = _checked(args[0], value, rules, loc)
+        # A Rules in the annotation gives the limits where no field carries them (a list's items).
+        value = _checked(args[0], value, next((m for m in args[1:] if isinstance(m, Rules)), rules))
         for check in args[1:]:
+            if isinstance(check, Rules):
+                continue
             try:
                 value = check(value)
             except ValueError as exc:
@@ -225,7 +228,7 @@ def _checked(hint: Any, value: Any, rules: Rules, loc: tuple[str | int, ...]) ->
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _checked(inner, value, rules, loc)
+        return _checked(inner, value, rules)
     if origin is typing.Literal:
         if any(type(value) is type(a) and value == a for a in args):
             return value

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import pytest
 
-from edge.schema import Invalid, Validated, dump, option, parse
+from edge.schema import Invalid, Rules, Validated, dump, option, parse
 
 
 def _even(value: int) -> int:
@@ -71,6 +71,18 @@ def test_every_problem_is_reported_at_once_by_its_key():
 
 def test_a_pattern_must_match_the_whole_string():
     assert problems({"name": "ab\n"}) == {"name": "'ab\\n' is not allowed: it must be lower-case letters"}
+
+
+def test_rules_in_an_annotation_check_a_lists_items():
+    @dataclass(frozen=True, kw_only=True)
+    class Levels(Validated):
+        names: list[Annotated[str, Rules("", pattern="[a-z]+", pattern_hint="lower-case letters")]] = option(
+            factory=list, doc="Names.")
+
+    assert parse(Levels, {"names": ["ab", "cd"]}).names == ["ab", "cd"]
+    with pytest.raises(Invalid) as err:
+        parse(Levels, {"names": ["ab", "C/d"]})
+    assert [str(p) for p in err.value.problems] == ["names.1: 'C/d' is not allowed: it must be lower-case letters"]
 
 
 def test_a_required_key_left_out_and_a_non_table_are_problems():

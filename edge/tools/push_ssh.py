@@ -119,11 +119,6 @@ class Host:
     control_dir: str | None = None
 
 
-def _first_problem(exc: Invalid) -> str:
-    problem = exc.problems[0]
-    return f"{problem.key}: {problem.message}"
-
-
 def load_inventory(path: Path | str) -> list[Host]:
     """Read an inventory TOML; raise :class:`InventoryError` with a one-line message naming the bad key."""
     path = Path(path)
@@ -136,14 +131,14 @@ def load_inventory(path: Path | str) -> list[Host]:
     try:
         inv = parse(Inventory, data)
     except Invalid as exc:
-        raise InventoryError(f"{path}: {_first_problem(exc)}") from None
+        raise InventoryError(f"{path}: {exc.problems[0]}") from None
     defaults = data.get("defaults", {})
     hosts = []
     for i, entry in enumerate(inv.hosts):
         try:
             settings = parse(HostSettings, {**defaults, **entry.overrides})
         except Invalid as exc:
-            raise InventoryError(f"{path}: hosts[{i}] ({entry.name}).{_first_problem(exc)}") from None
+            raise InventoryError(f"{path}: hosts[{i}] ({entry.name}).{exc.problems[0]}") from None
         hosts.append(Host(entry.name, entry.host, tuple(entry.groups), settings))
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
